@@ -1,0 +1,1 @@
+//! handset-shell (being written)
