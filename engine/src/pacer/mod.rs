@@ -1,1 +1,1503 @@
-//! (being written)
+//! Outbound pacer: agent audio leaves for Twilio as one 160-byte µ-law frame per 20 ms, on
+//! absolute deadlines, with marks kept in order with the audio.
+//!
+//! # Why
+//!
+//! Twilio queues outbound `media` and plays it in arrival order, so sending faster than real time
+//! only grows Twilio's buffer (and delays barge-in, because a `clear` is needed to drop it), while
+//! sending slower makes the caller hear gaps and makes `mark`s come back early. Relative sleeping
+//! drifts by 0.4–0.8 % (dsp-notes §5); this pacer computes every deadline from a fixed anchor, so
+//! late wake-ups never add up.
+//!
+//! # Model
+//!
+//! The pacer keeps an estimate of Twilio's playback position. When audio starts from idle
+//! (nothing left at Twilio by our estimate) the schedule is anchored at that instant:
+//! `anchor = now`. Frame `n` (counted from 0 since the anchor) is played by Twilio during
+//! `[anchor + n·20 ms, anchor + (n+1)·20 ms)` and is **due** at
+//! `anchor + (n − lead)·20 ms` (saturating at the anchor), so the first `lead + 1` frames go out
+//! at once and after that a frame is released exactly when our estimate of Twilio's buffered
+//! audio falls to `lead` frames. The estimate ignores network delay, so it is conservative: the
+//! real buffer at Twilio is larger by the one-way delay.
+//!
+//! When the local queue runs empty the schedule keeps running. When new audio is pushed:
+//! - before Twilio's estimated buffer has drained (`now < anchor + n·20 ms`, `n` = frames sent
+//!   since the anchor), the schedule continues unchanged: no re-anchor, no drift;
+//! - after it has drained, the pacer re-anchors at `now` and counts an **underrun** (the producer
+//!   was too slow), unless the previous audio ended naturally: the caller declared it complete
+//!   with [`Pacer::end_audio`], or a [`Pacer::flush`] happened, or nothing was ever sent.
+//!
+//! Marks are queued in order with the audio: a mark pushed after frames is released right after
+//! the last of those frames; a mark with nothing queued before it is released immediately.
+//! [`Pacer::flush`] (barge-in) drops every queued frame and mark, reports how many, and resets the
+//! schedule: the caller sends Twilio a `clear`, so the estimate of Twilio's buffer becomes empty
+//! and the next audio starts a new anchor.
+//!
+//! # Late wake-up policy (catch-up)
+//!
+//! A wake-up is a call to [`Pacer::handle_timeout`] or [`Pacer::push_frame`] with a given
+//! `now`; all calls with the same `now` are the same wake-up. At each wake-up with `k` deadlines
+//! passed (frames due: deadline ≤ `now`):
+//!
+//! 1. **Catch up.** Every due frame is released immediately; they are all still needed, because
+//!    Twilio's buffer has shrunk by the lateness. Frames are never released before their
+//!    deadline.
+//! 2. **Burst cap.** At most `max_burst` frames (default `lead + 2` = 5) leave in one wake-up. If
+//!    the cap stops a catch-up, the rest wait for the next scheduled deadline (strictly after
+//!    this wake-up), so a backlog drains at `max_burst` frames per 20 ms tick instead of flooding
+//!    the socket.
+//! 3. **Re-anchor.** If `k > reanchor_after` (default `reanchor_after = lead`, which is exactly
+//!    "our estimate says Twilio's buffer has run dry": `now ≥ anchor + n·20 ms`), the schedule is
+//!    broken: Twilio has played a gap and paused. The late frames are still sent, but the anchor
+//!    moves to `now` and frame numbering restarts, so the next `lead + 1` frames are due at once
+//!    (the lead is restored) and the following ones every 20 ms from `now`, instead of bursting
+//!    to replay the missed time. A larger `reanchor_after` trusts the network delay to have kept
+//!    Twilio playing for `reanchor_after − lead` more frames; it may not be below `lead`.
+//! 4. **Counting.** The lateness of a wake-up is `now − max(deadline, push time)` of the first
+//!    frame it releases (a frame pushed after its deadline is not late until it has waited). A
+//!    wake-up is **late** when that lateness exceeds `late_threshold` (default 2 ms: above the
+//!    1 ms rounding of tokio's timer wheel and the ~0.2 ms wake-up latency of an absolute
+//!    `clock_nanosleep`, far below one frame). [`PacerStats`] counts wake-ups that released
+//!    frames, late wake-ups, total and maximum lateness (over all releasing wake-ups), catch-up
+//!    bursts (late wake-ups releasing more than one frame), capped bursts, re-anchors (late
+//!    wake-ups with `k > reanchor_after`) and underruns (re-anchors caused by a starved queue).
+//!
+//! With the defaults (lead 3, cap 5, re-anchor after 3) a wake-up up to 59 ms late is absorbed
+//! with no audible effect and no drift; a longer stall costs one re-anchor.
+//!
+//! # Assumptions
+//!
+//! `now` comes from a monotonic clock; a `now` earlier than the previous one is treated as the
+//! previous one. Storage is preallocated by [`Pacer::new`]: each queue slot is 176 bytes (a
+//! frame plus its push instant), so the default 3,000 frames (60 s of audio) plus 256 marks take
+//! about 570 KB per call. Pushing beyond capacity is an error, never an allocation. The hot path
+//! (push, timeout, poll) does not allocate, lock, log or format.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use handset_engine::pacer::{Pacer, PacerConfig, Transmit};
+//! use handset_engine::{MarkId, MulawFrame};
+//!
+//! let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+//! let start = Instant::now();
+//! for _ in 0..10 {
+//!     pacer.push_frame(start, MulawFrame::SILENCE).unwrap();
+//! }
+//! pacer.push_mark(MarkId(7)).unwrap();
+//! let mut sent = 0;
+//! while let Some(Transmit::Frame { .. }) = pacer.poll_transmit() {
+//!     sent += 1;
+//! }
+//! assert_eq!(sent, 4); // lead 3 + 1 at the anchor
+//! assert_eq!(pacer.poll_timeout(), Some(start + Duration::from_millis(20)));
+//! ```
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::frame::{MarkId, MulawFrame};
+use crate::time::FRAME;
+
+/// One frame period in nanoseconds.
+const FRAME_NANOS: u64 = FRAME.as_nanos() as u64;
+
+/// Pacer settings. Validated once by [`Pacer::new`].
+#[derive(Clone, Debug)]
+pub struct PacerConfig {
+    /// Send-ahead lead in 20 ms frames: a frame is released when our estimate of Twilio's
+    /// buffered audio falls to this many frames, and `lead_frames + 1` frames go out at once
+    /// when audio starts. Default 3 (60 ms). More lead survives longer stalls; less lead makes
+    /// barge-in quieter sooner if a `clear` is lost. Any value is valid.
+    pub lead_frames: u32,
+    /// Most frames released in one wake-up (one `now`). Default 5 (`lead + 2`). Must be at least
+    /// `lead_frames + 1`, so the lead can be restored in one wake-up.
+    pub max_burst: u32,
+    /// A wake-up that finds more than this many frames overdue re-anchors the schedule at `now`
+    /// instead of catching up further. Default 3 (= `lead_frames`: our estimate of Twilio's
+    /// buffer has run dry). Must be at least `lead_frames`.
+    pub reanchor_after: u32,
+    /// Frames the local queue can hold, preallocated (176 bytes each). Default 3,000 (60 s of
+    /// audio, about 530 KB). Must be non-zero.
+    pub capacity_frames: usize,
+    /// Marks the local queue can hold, preallocated. Default 256. Must be non-zero.
+    pub capacity_marks: usize,
+    /// A wake-up whose first release is more than this late is counted as late. Default 2 ms.
+    /// Must be below one frame (20 ms).
+    pub late_threshold: Duration,
+}
+
+impl Default for PacerConfig {
+    fn default() -> Self {
+        Self {
+            lead_frames: 3,
+            max_burst: 5,
+            reanchor_after: 3,
+            capacity_frames: 3_000,
+            capacity_marks: 256,
+            late_threshold: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Why a [`PacerConfig`] was rejected.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum PacerConfigError {
+    /// The queue storage could not be reserved.
+    #[error("cannot preallocate the pacer queue: {slots} slots")]
+    Allocation {
+        /// Slots requested (frames plus marks).
+        slots: usize,
+    },
+    /// `max_burst` cannot restore the lead in one wake-up.
+    #[error("max_burst {max_burst} is below lead_frames + 1 = {needed}")]
+    BurstBelowLead {
+        /// The configured `max_burst`.
+        max_burst: u32,
+        /// `lead_frames + 1`.
+        needed: u64,
+    },
+    /// `late_threshold` is not below one frame.
+    #[error("late_threshold {threshold:?} is not below one frame (20 ms)")]
+    LateThresholdTooLarge {
+        /// The configured threshold.
+        threshold: Duration,
+    },
+    /// `reanchor_after` would re-anchor while Twilio still holds the lead.
+    #[error("reanchor_after {reanchor_after} is below lead_frames {lead_frames}")]
+    ReanchorBeforeLead {
+        /// The configured `reanchor_after`.
+        reanchor_after: u32,
+        /// The configured `lead_frames`.
+        lead_frames: u32,
+    },
+    /// `capacity_frames` is zero.
+    #[error("capacity_frames is zero")]
+    ZeroCapacity,
+    /// `capacity_marks` is zero.
+    #[error("capacity_marks is zero")]
+    ZeroMarkCapacity,
+}
+
+/// Why a push was refused. Nothing was queued.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum PacerError {
+    /// The mark queue holds `capacity` marks already.
+    #[error("pacer mark queue full: {capacity} marks queued")]
+    MarkQueueFull {
+        /// The configured mark capacity.
+        capacity: usize,
+    },
+    /// The frame queue holds `capacity` frames already.
+    #[error("pacer queue full: {capacity} frames queued")]
+    QueueFull {
+        /// The configured frame capacity.
+        capacity: usize,
+    },
+}
+
+/// Something to send to Twilio now, in this order.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Transmit {
+    /// A 20 ms `media` message.
+    Frame {
+        /// Frames sent by this pacer before this one (the first frame is 0).
+        seq: u64,
+        /// The audio.
+        frame: MulawFrame,
+    },
+    /// A `mark` message: every frame pushed before it has been sent.
+    Mark(MarkId),
+}
+
+/// What [`Pacer::flush`] dropped.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct Flushed {
+    /// Frames dropped from the local queue.
+    pub frames: usize,
+    /// Marks dropped from the local queue.
+    pub marks: usize,
+}
+
+/// Pacer counters since creation. Plain data.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct PacerStats {
+    /// Schedules started: first audio, audio after a natural end or flush, underruns and
+    /// re-anchors.
+    pub anchors: u64,
+    /// Wake-ups whose release was capped by `max_burst`, leaving due frames for the next tick.
+    pub capped_bursts: u64,
+    /// Late wake-ups that released more than one frame.
+    pub catch_up_bursts: u64,
+    /// Frames dropped by flushes.
+    pub frames_flushed: u64,
+    /// Frames released by `poll_transmit`.
+    pub frames_sent: u64,
+    /// Calls to `flush`.
+    pub flushes: u64,
+    /// Wake-ups whose lateness exceeded `late_threshold`.
+    pub late_wakeups: u64,
+    /// Marks dropped by flushes.
+    pub marks_flushed: u64,
+    /// Marks released by `poll_transmit`.
+    pub marks_sent: u64,
+    /// Largest lateness of any releasing wake-up.
+    pub max_lateness: Duration,
+    /// Re-anchors after a late wake-up found more than `reanchor_after` frames overdue.
+    pub reanchors: u64,
+    /// Sum of the lateness of all releasing wake-ups (divide by `wakeups` for the mean).
+    pub total_lateness: Duration,
+    /// Audio pushed after Twilio's estimated buffer drained mid-speech (no `end_audio`).
+    pub underruns: u64,
+    /// Wake-ups that released at least one frame.
+    pub wakeups: u64,
+}
+
+/// One queue slot.
+#[derive(Clone, Copy)]
+enum Entry {
+    /// Audio and the instant it was pushed.
+    Frame {
+        frame: MulawFrame,
+        pushed: Instant,
+    },
+    Mark(MarkId),
+}
+
+/// Releases queued µ-law frames on an anchored 20 ms schedule with a send-ahead lead. See the
+/// module docs for the model and the late wake-up policy.
+pub struct Pacer {
+    /// Send-ahead lead, in frames.
+    lead: u64,
+    /// Most frames released per wake-up.
+    max_burst: u64,
+    /// Overdue frames beyond which a wake-up re-anchors.
+    reanchor_after: u64,
+    /// Lateness above which a wake-up is counted late.
+    late_threshold: Duration,
+    /// Frame capacity of `queue`.
+    capacity_frames: usize,
+    /// Mark capacity of `queue`.
+    capacity_marks: usize,
+    /// Frames and marks in push order; preallocated for both capacities.
+    queue: VecDeque<Entry>,
+    /// Frames in `queue`.
+    queued_frames: usize,
+    /// Marks in `queue`.
+    queued_marks: usize,
+    /// Start of the current schedule; `None` when no schedule runs (new, or after a flush).
+    anchor: Option<Instant>,
+    /// Frames sent since `anchor`: the number `n` of the next frame.
+    next_index: u64,
+    /// Frames at the head of `queue` granted for release and not yet polled.
+    ready: u64,
+    /// The current wake-up instant (latest `now` seen); `None` after a flush.
+    wake: Option<Instant>,
+    /// Frames polled during the current wake-up.
+    polled_at_wake: u64,
+    /// Whether the current wake-up's lateness is already in the stats.
+    wake_recorded: bool,
+    /// Whether the current wake-up was late.
+    wake_late: bool,
+    /// Whether the current wake-up was already counted as a catch-up burst.
+    burst_recorded: bool,
+    /// Whether the current wake-up was already counted as capped.
+    cap_recorded: bool,
+    /// The audio sent so far is complete (`end_audio`), so a drain is not an underrun.
+    audio_ended: bool,
+    /// `seq` of the next frame released.
+    next_seq: u64,
+    /// Counters.
+    stats: PacerStats,
+}
+
+impl Pacer {
+    /// A pacer with its queue preallocated; nothing is queued and no schedule runs.
+    pub fn new(config: &PacerConfig) -> Result<Self, PacerConfigError> {
+        let lead = u64::from(config.lead_frames);
+        if u64::from(config.max_burst) < lead + 1 {
+            return Err(PacerConfigError::BurstBelowLead {
+                max_burst: config.max_burst,
+                needed: lead + 1,
+            });
+        }
+        if config.reanchor_after < config.lead_frames {
+            return Err(PacerConfigError::ReanchorBeforeLead {
+                reanchor_after: config.reanchor_after,
+                lead_frames: config.lead_frames,
+            });
+        }
+        if config.late_threshold >= FRAME {
+            return Err(PacerConfigError::LateThresholdTooLarge {
+                threshold: config.late_threshold,
+            });
+        }
+        if config.capacity_frames == 0 {
+            return Err(PacerConfigError::ZeroCapacity);
+        }
+        if config.capacity_marks == 0 {
+            return Err(PacerConfigError::ZeroMarkCapacity);
+        }
+        let slots = config.capacity_frames.saturating_add(config.capacity_marks);
+        let mut queue = VecDeque::new();
+        queue
+            .try_reserve_exact(slots)
+            .map_err(|_| PacerConfigError::Allocation { slots })?;
+        Ok(Self {
+            lead,
+            max_burst: u64::from(config.max_burst),
+            reanchor_after: u64::from(config.reanchor_after),
+            late_threshold: config.late_threshold,
+            capacity_frames: config.capacity_frames,
+            capacity_marks: config.capacity_marks,
+            queue,
+            queued_frames: 0,
+            queued_marks: 0,
+            anchor: None,
+            next_index: 0,
+            ready: 0,
+            wake: None,
+            polled_at_wake: 0,
+            wake_recorded: false,
+            wake_late: false,
+            burst_recorded: false,
+            cap_recorded: false,
+            audio_ended: true,
+            next_seq: 0,
+            stats: PacerStats::default(),
+        })
+    }
+
+    /// Queues one frame of agent audio at `now`, anchoring a new schedule if audio starts from
+    /// idle, and releasing it at once if it is already due. Drain [`Pacer::poll_transmit`]
+    /// afterwards.
+    pub fn push_frame(&mut self, now: Instant, frame: MulawFrame) -> Result<(), PacerError> {
+        if self.queued_frames >= self.capacity_frames {
+            return Err(PacerError::QueueFull {
+                capacity: self.capacity_frames,
+            });
+        }
+        let starved = self.queued_frames == 0;
+        self.queue.push_back(Entry::Frame { frame, pushed: now });
+        self.queued_frames += 1;
+        self.advance(now, starved);
+        self.audio_ended = false;
+        Ok(())
+    }
+
+    /// Queues a mark after everything pushed so far. With nothing queued before it, it is
+    /// released by the next [`Pacer::poll_transmit`].
+    pub fn push_mark(&mut self, mark: MarkId) -> Result<(), PacerError> {
+        if self.queued_marks >= self.capacity_marks {
+            return Err(PacerError::MarkQueueFull {
+                capacity: self.capacity_marks,
+            });
+        }
+        self.queue.push_back(Entry::Mark(mark));
+        self.queued_marks += 1;
+        Ok(())
+    }
+
+    /// Declares the audio pushed so far complete (end of an utterance): when Twilio's buffer
+    /// drains after it, the next audio starts a new schedule without counting an underrun.
+    /// Pushing another frame cancels the declaration.
+    pub fn end_audio(&mut self) {
+        self.audio_ended = true;
+    }
+
+    /// Drops everything queued; `on_mark` is called for each dropped mark (in order) so the
+    /// caller can report them. Resets the schedule: the caller clears Twilio's buffer, so the
+    /// next audio starts a new anchor.
+    pub fn flush(&mut self, mut on_mark: impl FnMut(MarkId)) -> Flushed {
+        let mut flushed = Flushed::default();
+        for entry in self.queue.drain(..) {
+            match entry {
+                Entry::Frame { .. } => flushed.frames += 1,
+                Entry::Mark(mark) => {
+                    flushed.marks += 1;
+                    on_mark(mark);
+                }
+            }
+        }
+        self.queued_frames = 0;
+        self.queued_marks = 0;
+        self.anchor = None;
+        self.next_index = 0;
+        self.ready = 0;
+        self.wake = None;
+        self.audio_ended = true;
+        self.stats.flushes += 1;
+        self.stats.frames_flushed += flushed.frames as u64;
+        self.stats.marks_flushed += flushed.marks as u64;
+        flushed
+    }
+
+    /// When to call [`Pacer::handle_timeout`] next: the next frame's deadline (in the past if
+    /// released frames are waiting to be polled), or `None` when no frame is queued.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.queued_frames == 0 {
+            return None;
+        }
+        // Frames are queued, so `push_frame` has set both the wake-up and the anchor.
+        let (wake, anchor) = (self.wake?, self.anchor?);
+        if self.ready > 0 {
+            return Some(wake);
+        }
+        let deadline = at(anchor, self.next_index.saturating_sub(self.lead));
+        if deadline > wake {
+            Some(deadline)
+        } else {
+            // The burst cap held back due frames: wait for the next tick after this wake-up.
+            Some(at(anchor, ticks_since(anchor, wake) + 1))
+        }
+    }
+
+    /// Wakes the pacer at `now`: due frames become available from [`Pacer::poll_transmit`],
+    /// following the late wake-up policy in the module docs.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now, false);
+    }
+
+    /// The next frame or mark to send. Drain until `None` after every push and
+    /// `handle_timeout`. Frames never leave before their deadline; a mark leaves right after the
+    /// last frame pushed before it.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        match *self.queue.front()? {
+            Entry::Mark(mark) => {
+                self.queue.pop_front();
+                self.queued_marks -= 1;
+                self.stats.marks_sent += 1;
+                Some(Transmit::Mark(mark))
+            }
+            Entry::Frame { frame, .. } => {
+                if self.ready == 0 {
+                    return None;
+                }
+                self.queue.pop_front();
+                self.queued_frames -= 1;
+                self.ready -= 1;
+                self.next_index += 1;
+                self.polled_at_wake += 1;
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.stats.frames_sent += 1;
+                Some(Transmit::Frame { seq, frame })
+            }
+        }
+    }
+
+    /// Frames waiting in the local queue (released-but-unpolled frames included).
+    pub fn queued_frames(&self) -> usize {
+        self.queued_frames
+    }
+
+    /// Marks waiting in the local queue.
+    pub fn queued_marks(&self) -> usize {
+        self.queued_marks
+    }
+
+    /// Nothing is queued locally and our estimate says Twilio has played everything sent: the
+    /// audio has ended naturally.
+    pub fn is_idle(&self, now: Instant) -> bool {
+        self.queue.is_empty() && self.remote_buffered(now).is_zero()
+    }
+
+    /// Our estimate of audio buffered at Twilio (sent but not yet played).
+    pub fn remote_buffered(&self, now: Instant) -> Duration {
+        match self.anchor {
+            Some(anchor) => {
+                frames(self.next_index).saturating_sub(now.saturating_duration_since(anchor))
+            }
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> PacerStats {
+        self.stats
+    }
+
+    /// Grants the frames due at `now` for release. `starved` says the frame queue was empty
+    /// before this call (a push), which makes a broken schedule an underrun, not a late wake-up.
+    fn advance(&mut self, now: Instant, starved: bool) {
+        let now = match self.wake {
+            Some(wake) if now < wake => wake,
+            _ => now,
+        };
+        if self.wake != Some(now) {
+            self.wake = Some(now);
+            self.polled_at_wake = 0;
+            self.wake_recorded = false;
+            self.wake_late = false;
+            self.burst_recorded = false;
+            self.cap_recorded = false;
+        }
+        if self.queued_frames == 0 {
+            return;
+        }
+        let anchor = match self.anchor {
+            Some(anchor) => anchor,
+            None => {
+                self.start_schedule(now);
+                now
+            }
+        };
+        let mut due = self.due(anchor, now);
+        if due == 0 {
+            return;
+        }
+        if !self.wake_recorded {
+            self.record_lateness(anchor, now);
+        }
+        // A schedule anchored in this wake-up cannot be broken yet: its first frames are due at
+        // the anchor and may still be waiting to be polled.
+        if anchor < now && due > self.reanchor_after {
+            if !starved {
+                self.stats.reanchors += 1;
+            } else if !self.audio_ended {
+                self.stats.underruns += 1;
+            }
+            self.start_schedule(now);
+            due = self.lead + 1;
+        }
+        let wanted = due.min(self.queued_frames as u64);
+        self.ready = wanted.min(self.max_burst.saturating_sub(self.polled_at_wake));
+        if self.ready < wanted && !self.cap_recorded {
+            self.cap_recorded = true;
+            self.stats.capped_bursts += 1;
+        }
+        if self.wake_late && !self.burst_recorded && self.polled_at_wake + self.ready > 1 {
+            self.burst_recorded = true;
+            self.stats.catch_up_bursts += 1;
+        }
+    }
+
+    /// Frames due at `now` on the schedule anchored at `anchor`, counted from `next_index`.
+    fn due(&self, anchor: Instant, now: Instant) -> u64 {
+        let last_due = self.lead.saturating_add(ticks_since(anchor, now));
+        last_due.saturating_add(1).saturating_sub(self.next_index)
+    }
+
+    /// Adds the current wake-up's lateness (of the head frame, which is due) to the stats.
+    fn record_lateness(&mut self, anchor: Instant, now: Instant) {
+        let Some(Entry::Frame { pushed, .. }) =
+            self.queue.iter().find(|e| matches!(e, Entry::Frame { .. }))
+        else {
+            return;
+        };
+        let deadline = at(anchor, self.next_index.saturating_sub(self.lead));
+        let lateness = now.saturating_duration_since(deadline.max(*pushed));
+        self.wake_recorded = true;
+        self.wake_late = lateness > self.late_threshold;
+        self.stats.wakeups += 1;
+        self.stats.total_lateness += lateness;
+        self.stats.max_lateness = self.stats.max_lateness.max(lateness);
+        if self.wake_late {
+            self.stats.late_wakeups += 1;
+        }
+    }
+
+    /// Starts a schedule at `now`: Twilio's buffer is empty by our estimate.
+    fn start_schedule(&mut self, now: Instant) {
+        self.anchor = Some(now);
+        self.next_index = 0;
+        self.stats.anchors += 1;
+    }
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer")
+            .field("queued_frames", &self.queued_frames)
+            .field("queued_marks", &self.queued_marks)
+            .field("anchor", &self.anchor)
+            .field("next_index", &self.next_index)
+            .field("ready", &self.ready)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The duration of `n` frames.
+fn frames(n: u64) -> Duration {
+    Duration::from_nanos(n.saturating_mul(FRAME_NANOS))
+}
+
+/// `anchor + n·20 ms`.
+fn at(anchor: Instant, n: u64) -> Instant {
+    // Overflowing `Instant` would need centuries of frames on one schedule; stay at the anchor
+    // rather than panic.
+    anchor.checked_add(frames(n)).unwrap_or(anchor)
+}
+
+/// Whole frame periods from `anchor` to `now` (0 if `now` is earlier).
+fn ticks_since(anchor: Instant, now: Instant) -> u64 {
+    let ticks = now.saturating_duration_since(anchor).as_nanos() / u128::from(FRAME_NANOS);
+    u64::try_from(ticks).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, VecDeque};
+
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// The one real instant the tests need; all later times are virtual offsets from it.
+    #[allow(clippy::disallowed_methods)]
+    fn base() -> Instant {
+        Instant::now()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A frame whose first bytes carry `id`, so order can be checked on the way out.
+    fn frame(id: u64) -> MulawFrame {
+        let mut bytes = [MULAW_FILL; 160];
+        bytes[..8].copy_from_slice(&id.to_le_bytes());
+        MulawFrame(bytes)
+    }
+
+    const MULAW_FILL: u8 = 0xFF;
+
+    fn id_of(frame: &MulawFrame) -> u64 {
+        u64::from_le_bytes(frame.0[..8].try_into().unwrap())
+    }
+
+    /// Drains the pacer, recording each output with the instant it left.
+    fn drain(pacer: &mut Pacer, now: Instant, out: &mut Vec<(Instant, Transmit)>) {
+        while let Some(t) = pacer.poll_transmit() {
+            out.push((now, t));
+        }
+    }
+
+    fn frame_ids(out: &[(Instant, Transmit)]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|(_, t)| match t {
+                Transmit::Frame { frame, .. } => Some(id_of(frame)),
+                Transmit::Mark(_) => None,
+            })
+            .collect()
+    }
+
+    fn pacer_with(lead: u32, max_burst: u32, reanchor_after: u32) -> Pacer {
+        Pacer::new(&PacerConfig {
+            lead_frames: lead,
+            max_burst,
+            reanchor_after,
+            ..PacerConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn default_config_is_valid_and_documented_values_hold() {
+        let config = PacerConfig::default();
+        assert_eq!(config.lead_frames, 3);
+        assert_eq!(config.max_burst, config.lead_frames + 2);
+        assert_eq!(config.reanchor_after, config.lead_frames);
+        assert!(Pacer::new(&config).is_ok());
+        // The module docs state the slot size used for the memory estimate.
+        assert_eq!(size_of::<Entry>(), 176);
+    }
+
+    #[test]
+    fn invalid_configs_are_rejected_with_their_numbers() {
+        let ok = PacerConfig::default();
+        let burst = PacerConfig {
+            max_burst: 3,
+            ..ok.clone()
+        };
+        assert_eq!(
+            Pacer::new(&burst).unwrap_err(),
+            PacerConfigError::BurstBelowLead {
+                max_burst: 3,
+                needed: 4
+            }
+        );
+        let reanchor = PacerConfig {
+            reanchor_after: 2,
+            ..ok.clone()
+        };
+        assert_eq!(
+            Pacer::new(&reanchor).unwrap_err(),
+            PacerConfigError::ReanchorBeforeLead {
+                reanchor_after: 2,
+                lead_frames: 3
+            }
+        );
+        let late = PacerConfig {
+            late_threshold: FRAME,
+            ..ok.clone()
+        };
+        assert_eq!(
+            Pacer::new(&late).unwrap_err(),
+            PacerConfigError::LateThresholdTooLarge { threshold: FRAME }
+        );
+        let empty = PacerConfig {
+            capacity_frames: 0,
+            ..ok.clone()
+        };
+        assert_eq!(
+            Pacer::new(&empty).unwrap_err(),
+            PacerConfigError::ZeroCapacity
+        );
+        let no_marks = PacerConfig {
+            capacity_marks: 0,
+            ..ok.clone()
+        };
+        assert_eq!(
+            Pacer::new(&no_marks).unwrap_err(),
+            PacerConfigError::ZeroMarkCapacity
+        );
+        let huge = PacerConfig {
+            capacity_frames: usize::MAX / 2,
+            ..ok
+        };
+        assert!(matches!(
+            Pacer::new(&huge),
+            Err(PacerConfigError::Allocation { .. })
+        ));
+        assert_eq!(
+            PacerConfigError::BurstBelowLead {
+                max_burst: 3,
+                needed: 4
+            }
+            .to_string(),
+            "max_burst 3 is below lead_frames + 1 = 4"
+        );
+    }
+
+    #[test]
+    fn first_lead_plus_one_frames_leave_at_the_anchor_then_one_per_frame() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base();
+        let mut out = Vec::new();
+        for id in 0..8 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+            drain(&mut pacer, t0, &mut out);
+        }
+        assert_eq!(frame_ids(&out), [0, 1, 2, 3]);
+        assert!(out.iter().all(|(t, _)| *t == t0));
+        for (i, expected) in (4..8).enumerate() {
+            let deadline = pacer.poll_timeout().unwrap();
+            assert_eq!(deadline, t0 + ms(20) * (i as u32 + 1));
+            // Just before the deadline nothing leaves.
+            pacer.handle_timeout(deadline - Duration::from_micros(1));
+            assert_eq!(pacer.poll_transmit(), None);
+            pacer.handle_timeout(deadline);
+            assert_eq!(
+                pacer.poll_transmit(),
+                Some(Transmit::Frame {
+                    seq: expected,
+                    frame: frame(expected)
+                })
+            );
+            assert_eq!(pacer.poll_transmit(), None);
+        }
+        assert_eq!(pacer.poll_timeout(), None);
+        assert_eq!(pacer.stats().frames_sent, 8);
+        assert_eq!(pacer.stats().anchors, 1);
+    }
+
+    #[test]
+    fn ten_virtual_minutes_release_30000_frames_on_schedule_without_drift() {
+        const TOTAL: u64 = 30_000;
+        let seed = 0x5eed_0001;
+        let config = PacerConfig::default();
+        let lead = u64::from(config.lead_frames);
+        let mut pacer = Pacer::new(&config).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let t0 = base();
+        let mut now = t0;
+        let mut pushed = 0;
+        let mut out = Vec::new();
+        let mut worst_drawn = Duration::ZERO;
+        let mut stalls = 0;
+        loop {
+            // Keep audio queued at all times: top up whenever fewer than 100 frames wait.
+            while pacer.queued_frames() < 100 && pushed < TOTAL {
+                pacer.push_frame(now, frame(pushed)).unwrap();
+                pushed += 1;
+                drain(&mut pacer, now, &mut out);
+            }
+            let Some(deadline) = pacer.poll_timeout() else {
+                break;
+            };
+            let late = if rng.gen_ratio(1, 400) {
+                stalls += 1;
+                ms(50) + Duration::from_micros(rng.gen_range(0..=5_000))
+            } else {
+                Duration::from_micros(rng.gen_range(0..=5_000))
+            };
+            worst_drawn = worst_drawn.max(late);
+            now = deadline.max(now) + late;
+            pacer.handle_timeout(now);
+            drain(&mut pacer, now, &mut out);
+        }
+        assert!(stalls > 10, "seed {seed:#x}: only {stalls} stalls drawn");
+        assert_eq!(out.len(), TOTAL as usize, "seed {seed:#x}");
+        let mut per_wakeup: HashMap<Instant, u32> = HashMap::new();
+        for (n, (t, transmit)) in out.iter().enumerate() {
+            let n = n as u64;
+            let Transmit::Frame { seq, frame } = transmit else {
+                panic!("no marks were pushed")
+            };
+            assert_eq!((*seq, id_of(frame)), (n, n), "seed {seed:#x}");
+            let ideal = at(t0, n.saturating_sub(lead));
+            assert!(*t >= ideal, "seed {seed:#x}: frame {n} left early");
+            assert!(
+                *t - ideal <= worst_drawn,
+                "seed {seed:#x}: frame {n} late by {:?}",
+                *t - ideal
+            );
+            *per_wakeup.entry(*t).or_default() += 1;
+        }
+        // Zero cumulative drift: the last frame leaves within one wake-up of its ideal time.
+        let (last_at, _) = out[out.len() - 1];
+        let ideal_last = at(t0, TOTAL - 1 - lead);
+        assert_eq!(ideal_last, t0 + ms(20) * (TOTAL as u32 - 4));
+        assert!(
+            last_at >= ideal_last && last_at - ideal_last < FRAME,
+            "seed {seed:#x}"
+        );
+        let stats = pacer.stats();
+        assert!(
+            per_wakeup.values().all(|&n| n <= config.max_burst),
+            "seed {seed:#x}"
+        );
+        assert!(
+            per_wakeup.values().filter(|&&n| n > 1).count() > 10,
+            "seed {seed:#x}"
+        );
+        assert_eq!(
+            (stats.anchors, stats.reanchors, stats.underruns),
+            (1, 0, 0),
+            "seed {seed:#x}"
+        );
+        assert!(stats.catch_up_bursts >= 10 && stats.late_wakeups > stats.catch_up_bursts);
+        assert!(stats.max_lateness >= ms(50) && stats.max_lateness <= worst_drawn);
+        assert_eq!(stats.frames_sent, TOTAL);
+    }
+
+    #[test]
+    fn pacer_never_releases_early_after_late_wakeup() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base();
+        let mut out = Vec::new();
+        for id in 0..20 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        drain(&mut pacer, t0, &mut out);
+        // Every wake-up is 7 ms late; the next deadline must still come from the anchor.
+        while let Some(deadline) = pacer.poll_timeout() {
+            let now = deadline + ms(7);
+            pacer.handle_timeout(now);
+            drain(&mut pacer, now, &mut out);
+        }
+        assert_eq!(frame_ids(&out), (0..20).collect::<Vec<_>>());
+        for (n, (t, _)) in out.iter().enumerate() {
+            let deadline = at(t0, (n as u64).saturating_sub(3));
+            assert!(*t >= deadline, "frame {n} left before its deadline");
+            if n > 3 {
+                assert_eq!(
+                    *t,
+                    deadline + ms(7),
+                    "frame {n}: lateness must not accumulate"
+                );
+            }
+        }
+        assert_eq!(pacer.stats().late_wakeups, 16);
+    }
+
+    #[test]
+    fn late_wakeups_are_counted_above_the_threshold_only() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base();
+        let mut out = Vec::new();
+        for id in 0..6 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        drain(&mut pacer, t0, &mut out);
+        pacer.handle_timeout(t0 + ms(21));
+        drain(&mut pacer, t0 + ms(21), &mut out);
+        pacer.handle_timeout(t0 + ms(43));
+        drain(&mut pacer, t0 + ms(43), &mut out);
+        let stats = pacer.stats();
+        assert_eq!(out.len(), 6);
+        assert_eq!(stats.wakeups, 3); // the anchor, 1 ms late, 3 ms late
+        assert_eq!(stats.late_wakeups, 1);
+        assert_eq!(stats.total_lateness, ms(4));
+        assert_eq!(stats.max_lateness, ms(3));
+        assert_eq!(stats.catch_up_bursts, 0);
+    }
+
+    #[test]
+    fn catch_up_releases_all_due_frames_in_one_burst() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base();
+        let mut out = Vec::new();
+        for id in 0..20 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        drain(&mut pacer, t0, &mut out);
+        // 45 ms late for frame 4 (due at 20 ms): frames 4, 5 and 6 are due at 65 ms.
+        pacer.handle_timeout(t0 + ms(65));
+        let before = out.len();
+        drain(&mut pacer, t0 + ms(65), &mut out);
+        assert_eq!(frame_ids(&out[before..]), [4, 5, 6]);
+        assert_eq!(pacer.poll_timeout(), Some(t0 + ms(80)));
+        assert_eq!(pacer.remote_buffered(t0 + ms(65)), ms(75));
+        let stats = pacer.stats();
+        assert_eq!(
+            (stats.catch_up_bursts, stats.reanchors, stats.anchors),
+            (1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn stall_beyond_the_lead_reanchors_and_restores_the_lead() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base();
+        let mut out = Vec::new();
+        for id in 0..40 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        drain(&mut pacer, t0, &mut out);
+        for _ in 0..6 {
+            let now = pacer.poll_timeout().unwrap();
+            pacer.handle_timeout(now);
+            drain(&mut pacer, now, &mut out);
+        }
+        assert_eq!(out.len(), 10);
+        // Frame 10 is due at 140 ms; waking at 240 ms finds 6 overdue: Twilio ran dry at 200 ms.
+        assert_eq!(pacer.poll_timeout(), Some(t0 + ms(140)));
+        assert_eq!(pacer.remote_buffered(t0 + ms(240)), Duration::ZERO);
+        let now = t0 + ms(240);
+        pacer.handle_timeout(now);
+        let before = out.len();
+        drain(&mut pacer, now, &mut out);
+        assert_eq!(
+            frame_ids(&out[before..]),
+            [10, 11, 12, 13],
+            "lead + 1 at the new anchor"
+        );
+        assert_eq!(pacer.remote_buffered(now), ms(80));
+        assert_eq!(pacer.poll_timeout(), Some(now + ms(20)));
+        let stats = pacer.stats();
+        assert_eq!((stats.reanchors, stats.anchors, stats.underruns), (1, 2, 0));
+        assert_eq!(stats.max_lateness, ms(100));
+        assert_eq!(stats.catch_up_bursts, 1);
+    }
+
+    #[test]
+    fn catch_up_is_capped_by_max_burst_when_reanchor_allows_a_deeper_backlog() {
+        let mut pacer = pacer_with(1, 2, 6);
+        let t0 = base();
+        let mut out = Vec::new();
+        for id in 0..20 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        drain(&mut pacer, t0, &mut out);
+        assert_eq!(out.len(), 2);
+        // Frame 2 is due at 20 ms; at 95 ms frames 2..=5 are due but only 2 may leave.
+        pacer.handle_timeout(t0 + ms(95));
+        drain(&mut pacer, t0 + ms(95), &mut out);
+        // Asking again in the same wake-up does not extend the burst.
+        pacer.handle_timeout(t0 + ms(95));
+        drain(&mut pacer, t0 + ms(95), &mut out);
+        assert_eq!(frame_ids(&out), [0, 1, 2, 3]);
+        // The rest wait for the next tick of the unchanged schedule.
+        assert_eq!(pacer.poll_timeout(), Some(t0 + ms(100)));
+        pacer.handle_timeout(t0 + ms(100));
+        drain(&mut pacer, t0 + ms(100), &mut out);
+        assert_eq!(pacer.poll_timeout(), Some(t0 + ms(120)));
+        pacer.handle_timeout(t0 + ms(120));
+        drain(&mut pacer, t0 + ms(120), &mut out);
+        assert_eq!(frame_ids(&out), (0..8).collect::<Vec<_>>());
+        assert_eq!(
+            pacer.poll_timeout(),
+            Some(t0 + ms(140)),
+            "caught up, schedule intact"
+        );
+        for (n, (t, _)) in out.iter().enumerate() {
+            assert!(
+                *t >= at(t0, (n as u64).saturating_sub(1)),
+                "frame {n} left early"
+            );
+        }
+        let stats = pacer.stats();
+        assert_eq!(
+            (stats.capped_bursts, stats.reanchors, stats.anchors),
+            (2, 0, 1)
+        );
+    }
+
+    #[test]
+    fn marks_leave_right_after_the_last_frame_before_them() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base();
+        let mut out = Vec::new();
+        for id in 0..6 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        pacer.push_mark(MarkId(1)).unwrap();
+        pacer.push_frame(t0, frame(6)).unwrap();
+        pacer.push_mark(MarkId(2)).unwrap();
+        drain(&mut pacer, t0, &mut out);
+        while let Some(now) = pacer.poll_timeout() {
+            pacer.handle_timeout(now);
+            drain(&mut pacer, now, &mut out);
+        }
+        let shape: Vec<_> = out
+            .iter()
+            .map(|(t, x)| {
+                let at_ms = (*t - t0).as_millis() as u64;
+                match x {
+                    Transmit::Frame { frame, .. } => (at_ms, 'f', id_of(frame)),
+                    Transmit::Mark(MarkId(m)) => (at_ms, 'm', *m),
+                }
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (0, 'f', 0),
+                (0, 'f', 1),
+                (0, 'f', 2),
+                (0, 'f', 3),
+                (20, 'f', 4),
+                (40, 'f', 5),
+                (40, 'm', 1),
+                (60, 'f', 6),
+                (60, 'm', 2),
+            ]
+        );
+        assert_eq!(pacer.stats().marks_sent, 2);
+    }
+
+    #[test]
+    fn mark_with_nothing_before_it_leaves_immediately() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        pacer.push_mark(MarkId(9)).unwrap();
+        assert_eq!(pacer.poll_transmit(), Some(Transmit::Mark(MarkId(9))));
+        assert_eq!(pacer.poll_transmit(), None);
+        // Also when earlier frames are all sent but still playing at Twilio.
+        let t0 = base();
+        pacer.push_frame(t0, frame(0)).unwrap();
+        assert!(matches!(
+            pacer.poll_transmit(),
+            Some(Transmit::Frame { seq: 0, .. })
+        ));
+        pacer.push_mark(MarkId(10)).unwrap();
+        assert_eq!(pacer.poll_transmit(), Some(Transmit::Mark(MarkId(10))));
+        assert_eq!(pacer.queued_marks(), 0);
+    }
+
+    #[test]
+    fn flush_drops_everything_counts_it_and_restarts_the_schedule() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base();
+        let mut out = Vec::new();
+        for id in 0..6 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        pacer.push_mark(MarkId(1)).unwrap();
+        for id in 6..10 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        pacer.push_mark(MarkId(2)).unwrap();
+        drain(&mut pacer, t0, &mut out);
+        assert_eq!(out.len(), 4);
+        let mut dropped_marks = Vec::new();
+        let flushed = pacer.flush(|m| dropped_marks.push(m));
+        assert_eq!(
+            flushed,
+            Flushed {
+                frames: 6,
+                marks: 2
+            }
+        );
+        assert_eq!(dropped_marks, [MarkId(1), MarkId(2)]);
+        assert_eq!((pacer.queued_frames(), pacer.queued_marks()), (0, 0));
+        assert_eq!(pacer.poll_timeout(), None);
+        assert_eq!(pacer.poll_transmit(), None);
+        // Twilio's buffer is cleared too, so the estimate is empty at once.
+        assert_eq!(pacer.remote_buffered(t0 + ms(1)), Duration::ZERO);
+        assert!(pacer.is_idle(t0 + ms(1)));
+        // New audio starts a new anchor with the full lead, and seq keeps counting.
+        let t1 = t0 + ms(10);
+        for id in 100..106 {
+            pacer.push_frame(t1, frame(id)).unwrap();
+        }
+        let before = out.len();
+        drain(&mut pacer, t1, &mut out);
+        assert_eq!(frame_ids(&out[before..]), [100, 101, 102, 103]);
+        assert!(matches!(out[before].1, Transmit::Frame { seq: 4, .. }));
+        assert_eq!(pacer.poll_timeout(), Some(t1 + ms(20)));
+        let stats = pacer.stats();
+        assert_eq!(
+            (stats.flushes, stats.frames_flushed, stats.marks_flushed),
+            (1, 6, 2)
+        );
+        assert_eq!((stats.anchors, stats.underruns), (2, 0));
+    }
+
+    /// Sends five frames at `t0` (four at once, one at 20 ms): Twilio's estimate drains at 100 ms.
+    fn five_frames_sent(pacer: &mut Pacer, t0: Instant) {
+        let mut out = Vec::new();
+        for id in 0..5 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        drain(pacer, t0, &mut out);
+        pacer.handle_timeout(t0 + ms(20));
+        drain(pacer, t0 + ms(20), &mut out);
+        assert_eq!(out.len(), 5);
+        assert!(!pacer.is_idle(t0 + ms(99)));
+        assert!(pacer.is_idle(t0 + ms(100)));
+    }
+
+    #[test]
+    fn underrun_is_counted_when_the_queue_starves_mid_speech() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base();
+        five_frames_sent(&mut pacer, t0);
+        let t1 = t0 + ms(150);
+        pacer.push_frame(t1, frame(5)).unwrap();
+        assert!(matches!(
+            pacer.poll_transmit(),
+            Some(Transmit::Frame { seq: 5, .. })
+        ));
+        assert_eq!(pacer.remote_buffered(t1), ms(20));
+        let stats = pacer.stats();
+        assert_eq!((stats.underruns, stats.anchors, stats.reanchors), (1, 2, 0));
+        assert_eq!(
+            stats.late_wakeups, 0,
+            "the producer was slow, not the wake-up"
+        );
+    }
+
+    #[test]
+    fn natural_end_is_not_an_underrun() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base();
+        five_frames_sent(&mut pacer, t0);
+        pacer.end_audio();
+        pacer.push_frame(t0 + ms(150), frame(5)).unwrap();
+        assert!(pacer.poll_transmit().is_some());
+        let stats = pacer.stats();
+        assert_eq!((stats.underruns, stats.anchors), (0, 2));
+        // The declaration covers one drain only: starving the next audio is an underrun again.
+        pacer.push_frame(t0 + ms(300), frame(6)).unwrap();
+        assert_eq!(pacer.stats().underruns, 1);
+    }
+
+    #[test]
+    fn audio_resumed_before_twilio_drains_keeps_the_schedule() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base();
+        five_frames_sent(&mut pacer, t0);
+        // At 50 ms Twilio still holds 50 ms; frame 5 was due at 40 ms, so it leaves at once.
+        pacer.push_frame(t0 + ms(50), frame(5)).unwrap();
+        assert!(matches!(
+            pacer.poll_transmit(),
+            Some(Transmit::Frame { seq: 5, .. })
+        ));
+        pacer.push_frame(t0 + ms(50), frame(6)).unwrap();
+        assert_eq!(pacer.poll_transmit(), None);
+        assert_eq!(
+            pacer.poll_timeout(),
+            Some(t0 + ms(60)),
+            "same anchor, no drift"
+        );
+        let stats = pacer.stats();
+        assert_eq!(
+            (stats.underruns, stats.anchors, stats.late_wakeups),
+            (0, 1, 0)
+        );
+    }
+
+    #[test]
+    fn remote_buffered_tracks_twilio_playback() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base();
+        assert_eq!(pacer.remote_buffered(t0), Duration::ZERO);
+        assert!(pacer.is_idle(t0));
+        for id in 0..5 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        assert!(!pacer.is_idle(t0 + ms(500)), "frames still queued locally");
+        while pacer.poll_transmit().is_some() {}
+        assert_eq!(pacer.remote_buffered(t0), ms(80));
+        assert_eq!(pacer.remote_buffered(t0 + ms(50)), ms(30));
+        pacer.flush(|_| {});
+        pacer.push_mark(MarkId(3)).unwrap();
+        assert!(!pacer.is_idle(t0 + ms(500)), "a mark is still queued");
+    }
+
+    #[test]
+    fn pushing_beyond_capacity_is_an_error_and_changes_nothing() {
+        let config = PacerConfig {
+            capacity_frames: 4,
+            capacity_marks: 1,
+            ..PacerConfig::default()
+        };
+        let mut pacer = Pacer::new(&config).unwrap();
+        let t0 = base();
+        for id in 0..4 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        assert_eq!(
+            pacer.push_frame(t0, frame(4)),
+            Err(PacerError::QueueFull { capacity: 4 })
+        );
+        assert_eq!(pacer.queued_frames(), 4);
+        assert_eq!(
+            pacer.poll_timeout(),
+            Some(t0),
+            "released frames wait to be polled"
+        );
+        pacer.push_mark(MarkId(1)).unwrap();
+        assert_eq!(
+            pacer.push_mark(MarkId(2)),
+            Err(PacerError::MarkQueueFull { capacity: 1 })
+        );
+        assert_eq!(
+            PacerError::QueueFull { capacity: 4 }.to_string(),
+            "pacer queue full: 4 frames queued"
+        );
+        let mut out = Vec::new();
+        drain(&mut pacer, t0, &mut out);
+        assert_eq!(frame_ids(&out), [0, 1, 2, 3]);
+        assert_eq!(out.len(), 5);
+        // Space is free again once frames leave.
+        pacer.push_frame(t0, frame(4)).unwrap();
+        pacer.push_mark(MarkId(2)).unwrap();
+    }
+
+    #[test]
+    fn earlier_now_is_treated_as_the_latest_now() {
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        let t0 = base() + ms(1_000);
+        for id in 0..6 {
+            pacer.push_frame(t0, frame(id)).unwrap();
+        }
+        while pacer.poll_transmit().is_some() {}
+        pacer.handle_timeout(t0 - ms(500));
+        assert_eq!(pacer.poll_transmit(), None);
+        assert_eq!(pacer.poll_timeout(), Some(t0 + ms(20)));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Push this many frames now.
+        Push(u8),
+        /// Push a mark now.
+        Mark,
+        /// Declare the audio complete.
+        End,
+        /// Barge-in.
+        Flush,
+        /// Wake at the pacer's deadline plus this lateness (µs).
+        Timer(u32),
+        /// Let this much time pass (µs), then wake.
+        Wait(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1u8..12).prop_map(Op::Push),
+            2 => Just(Op::Mark),
+            1 => Just(Op::End),
+            1 => Just(Op::Flush),
+            6 => prop_oneof![3 => 0u32..6_000, 1 => 0u32..120_000].prop_map(Op::Timer),
+            2 => (0u32..150_000).prop_map(Op::Wait),
+        ]
+    }
+
+    #[derive(Clone, Copy, Debug, Eq, PartialEq)]
+    enum Item {
+        Frame(u64),
+        Mark(u64),
+    }
+
+    /// Checks one output against independent models of Twilio's playback.
+    struct Checker {
+        lead: Duration,
+        exact: bool,
+        max_burst: u32,
+        /// Pushed, not yet sent or flushed, in push order.
+        expected: VecDeque<Item>,
+        /// Twilio's playback end if it pauses when starved (exact when `reanchor_after == lead`).
+        twilio_end: Option<Instant>,
+        /// Playback end if Twilio never paused since the last flush (a lower bound).
+        steady_end: Option<Instant>,
+        /// Frames sent per (flush epoch, instant).
+        bursts: HashMap<(u64, Instant), u32>,
+        epoch: u64,
+        next_seq: u64,
+    }
+
+    impl Checker {
+        fn sent(&mut self, now: Instant, transmit: Transmit) -> Result<(), TestCaseError> {
+            match transmit {
+                Transmit::Frame { seq, frame } => {
+                    prop_assert_eq!(seq, self.next_seq);
+                    self.next_seq += 1;
+                    prop_assert_eq!(self.expected.pop_front(), Some(Item::Frame(id_of(&frame))));
+                    let buffered = self
+                        .twilio_end
+                        .map_or(Duration::ZERO, |e| e.saturating_duration_since(now));
+                    let steady = self
+                        .steady_end
+                        .map_or(Duration::ZERO, |e| e.saturating_duration_since(now));
+                    prop_assert!(
+                        steady <= self.lead,
+                        "early release: steady buffer {:?}",
+                        steady
+                    );
+                    if self.exact {
+                        prop_assert!(
+                            buffered <= self.lead,
+                            "early release: twilio holds {:?}",
+                            buffered
+                        );
+                    }
+                    self.twilio_end = Some(self.twilio_end.map_or(now, |e| e.max(now)) + FRAME);
+                    self.steady_end = Some(self.steady_end.unwrap_or(now) + FRAME);
+                    let burst = self.bursts.entry((self.epoch, now)).or_default();
+                    *burst += 1;
+                    prop_assert!(*burst <= self.max_burst, "burst of {} frames", burst);
+                }
+                Transmit::Mark(MarkId(m)) => {
+                    prop_assert_eq!(self.expected.pop_front(), Some(Item::Mark(m)));
+                }
+            }
+            Ok(())
+        }
+
+        fn drain(&mut self, pacer: &mut Pacer, now: Instant) -> Result<(), TestCaseError> {
+            while let Some(t) = pacer.poll_transmit() {
+                self.sent(now, t)?;
+            }
+            if self.exact && pacer.queued_frames() > 0 {
+                // Nothing due is held back, and the next deadline is exactly when Twilio's
+                // buffer falls to the lead.
+                let end = self.twilio_end.unwrap_or(now);
+                prop_assert!(
+                    end.saturating_duration_since(now) > self.lead,
+                    "due frame held back"
+                );
+                prop_assert_eq!(pacer.poll_timeout(), Some(end - self.lead));
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn pacer_keeps_schedule_order_and_counts_for_any_schedule(
+            lead in 0u32..5,
+            extra_burst in 0u32..4,
+            extra_reanchor in prop_oneof![2 => Just(0u32), 1 => 0u32..5],
+            capacity in 1usize..64,
+            ops in prop::collection::vec(op(), 1..80),
+        ) {
+            let config = PacerConfig {
+                lead_frames: lead,
+                max_burst: lead + 1 + extra_burst,
+                reanchor_after: lead + extra_reanchor,
+                capacity_frames: capacity,
+                capacity_marks: 8,
+                ..PacerConfig::default()
+            };
+            let mut pacer = Pacer::new(&config).unwrap();
+            let mut check = Checker {
+                lead: FRAME * lead,
+                exact: extra_reanchor == 0,
+                max_burst: config.max_burst,
+                expected: VecDeque::new(),
+                twilio_end: None,
+                steady_end: None,
+                bursts: HashMap::new(),
+                epoch: 0,
+                next_seq: 0,
+            };
+            let mut now = base();
+            let (mut frames_in, mut next_id, mut marks_in) = (0u64, 0u64, 0u64);
+            for op in ops {
+                match op {
+                    Op::Push(n) => {
+                        for _ in 0..n {
+                            let id = next_id;
+                            next_id += 1;
+                            match pacer.push_frame(now, frame(id)) {
+                                Ok(()) => {
+                                    frames_in += 1;
+                                    check.expected.push_back(Item::Frame(id));
+                                }
+                                Err(e) => prop_assert_eq!(e, PacerError::QueueFull { capacity }),
+                            }
+                            check.drain(&mut pacer, now)?;
+                        }
+                    }
+                    Op::Mark => {
+                        let id = marks_in;
+                        if pacer.push_mark(MarkId(id)).is_ok() {
+                            marks_in += 1;
+                            check.expected.push_back(Item::Mark(id));
+                        }
+                        check.drain(&mut pacer, now)?;
+                    }
+                    Op::End => pacer.end_audio(),
+                    Op::Flush => {
+                        let mut marks = Vec::new();
+                        let flushed = pacer.flush(|m| marks.push(Item::Mark(m.0)));
+                        let frames = check.expected.iter().filter(|i| matches!(i, Item::Frame(_))).count();
+                        let expected_marks: Vec<_> =
+                            check.expected.iter().copied().filter(|i| matches!(i, Item::Mark(_))).collect();
+                        prop_assert_eq!(flushed, Flushed { frames, marks: expected_marks.len() });
+                        prop_assert_eq!(marks, expected_marks);
+                        check.expected.clear();
+                        check.twilio_end = None;
+                        check.steady_end = None;
+                        check.epoch += 1;
+                        prop_assert_eq!(pacer.poll_timeout(), None);
+                    }
+                    Op::Timer(late) => {
+                        if let Some(deadline) = pacer.poll_timeout() {
+                            now = deadline.max(now) + Duration::from_micros(late.into());
+                            pacer.handle_timeout(now);
+                            check.drain(&mut pacer, now)?;
+                        }
+                    }
+                    Op::Wait(us) => {
+                        now += Duration::from_micros(us.into());
+                        pacer.handle_timeout(now);
+                        check.drain(&mut pacer, now)?;
+                    }
+                }
+            }
+            // Play everything out on time.
+            while let Some(deadline) = pacer.poll_timeout() {
+                now = deadline.max(now);
+                pacer.handle_timeout(now);
+                check.drain(&mut pacer, now)?;
+            }
+            prop_assert!(check.expected.is_empty());
+            let stats = pacer.stats();
+            prop_assert_eq!(stats.frames_sent, frames_in - stats.frames_flushed);
+            prop_assert_eq!(stats.marks_sent, marks_in - stats.marks_flushed);
+            prop_assert_eq!(stats.frames_sent, check.next_seq);
+            prop_assert!(pacer.is_idle(now + FRAME * (lead + 1)));
+        }
+    }
+}
