@@ -1,1 +1,48 @@
-//! handset-shell (being written)
+//! # handset-shell
+//!
+//! The thin I/O shell of Handset: a hyper 1.x HTTP/1.1 server that Twilio talks to. It answers
+//! the voice webhooks with TwiML, verifies `X-Twilio-Signature`, issues the single-use stream
+//! tokens the Media Streams WebSocket checks, stores recording and call-status callbacks
+//! durably, and reports health and version. Everything that is Twilio protocol is pure and lives
+//! in its own module; the handlers in [`routes`] are glue.
+//!
+//! Layout:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | `Config::from_vars` (environment + flags, validated once), `Secret` |
+//! | [`server`] | `serve(listener, state, shutdown)`, shared `AppState`, `ActiveCalls` |
+//! | [`routes`] | one `match (method, path)`, webhook handlers, error → status mapping |
+//! | [`signature`] | HMAC-SHA1/SHA256 webhook and WebSocket-upgrade signature verification |
+//! | [`twiml`] | pure TwiML builders |
+//! | [`tokens`] | single-use per-call stream tokens |
+//! | [`store`] | append-only JSON-lines logs under `DATA_DIR` |
+//! | [`form`] | strict form decoding |
+//!
+//! Tests start the real server on `127.0.0.1:0`:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = handset_shell::Config::from_vars([("DATA_DIR", "/tmp/handset")])?;
+//! let (state, _startup) = handset_shell::AppState::new(config)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! handset_shell::serve(listener, state, std::future::pending()).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod form;
+pub mod routes;
+pub mod server;
+pub mod signature;
+pub mod store;
+pub mod tokens;
+pub mod twiml;
+
+mod clock;
+
+pub use config::{Config, ConfigError, LogFormat, PublicUrl, Secret};
+pub use server::{ActiveCallGuard, ActiveCalls, AppState, Startup, serve};
+pub use signature::{Algorithm, SignatureError, SignedContent, UrlVariant, Verifier};
+pub use tokens::{CallIdentity, StreamToken, StreamTokens, TokenError};

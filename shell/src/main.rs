@@ -1,1 +1,198 @@
-fn main() {}
+//! `handset`: the Handset server binary.
+//!
+//! Parses the command line (`serve` is the default subcommand), builds the [`Config`] from the
+//! environment with flags layered on top, initialises `tracing` (text or JSON), binds, and runs
+//! [`handset_shell::serve`] until SIGTERM or Ctrl-C. A configuration error prints one clear line
+//! to stderr and exits with status 2. `anyhow` is used here only.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use handset_shell::{AppState, Config, LogFormat};
+
+/// Realtime voice media engine for Twilio Media Streams.
+#[derive(Debug, Parser)]
+#[command(name = "handset", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Options for `serve` when no subcommand is given.
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server (default).
+    Serve(ServeArgs),
+}
+
+/// Flags override the environment variable named in each help line.
+#[derive(Debug, Args, Default)]
+struct ServeArgs {
+    /// Port to listen on [env: PORT, default 3000].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to bind [env: BIND, default 0.0.0.0].
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Log format [env: LOG_FORMAT, default text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
+    /// Directory for the durable event logs [env: DATA_DIR, default ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormatArg {
+    Json,
+    Text,
+}
+
+impl ServeArgs {
+    /// The flags as `(variable, value)` pairs, applied after the environment.
+    fn as_vars(&self) -> Vec<(String, String)> {
+        let mut vars = Vec::new();
+        if let Some(port) = self.port {
+            vars.push(("PORT".to_owned(), port.to_string()));
+        }
+        if let Some(bind) = self.bind {
+            vars.push(("BIND".to_owned(), bind.to_string()));
+        }
+        if let Some(format) = self.log_format {
+            let value = match format {
+                LogFormatArg::Json => "json",
+                LogFormatArg::Text => "text",
+            };
+            vars.push(("LOG_FORMAT".to_owned(), value.to_owned()));
+        }
+        if let Some(dir) = &self.data_dir {
+            vars.push(("DATA_DIR".to_owned(), dir.display().to_string()));
+        }
+        vars
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let config = match Config::from_vars(std::env::vars().chain(args.as_vars())) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("handset: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("handset: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "fatal");
+            eprintln!("handset: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+
+    let listen = config.listen;
+    let (state, startup) = AppState::new(config).context("cannot open the data directory")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    let config = &state.config;
+    tracing::info!(
+        listen = %local,
+        public_url = config.public_url.as_ref().map(ToString::to_string),
+        deploy_id = config.deploy_id.as_deref(),
+        data_dir = %config.data_dir.display(),
+        recordings_stored = startup.reloaded.recordings.len(),
+        call_statuses_stored = startup.reloaded.call_statuses,
+        skipped_lines = startup.reloaded.skipped_lines,
+        version = env!("CARGO_PKG_VERSION"),
+        "handset listening"
+    );
+    if config.signature_checks() {
+        tracing::info!("X-Twilio-Signature checks are on");
+    } else {
+        tracing::warn!(
+            "SIGNATURE CHECKS ARE OFF: TWILIO_AUTH_TOKEN is not set, so anyone can call the webhooks"
+        );
+    }
+    if config.public_url.is_none() {
+        tracing::warn!(
+            "PUBLIC_URL is not set: public URLs are rebuilt from X-Forwarded-*/Host headers"
+        );
+    }
+
+    // Until transcription is connected, stored recordings are only announced.
+    let mut recordings = startup.recordings;
+    tokio::spawn(async move {
+        while let Some(rec) = recordings.recv().await {
+            tracing::info!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, "recording ready for transcription");
+        }
+    });
+
+    handset_shell::serve(listener, state.clone(), shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,499 @@
+//! Shell configuration, read once at start from environment-style variables.
+//!
+//! [`Config::from_vars`] takes any iterator of `(name, value)` pairs, so tests inject the
+//! environment the way the engine injects time. `main` passes `std::env::vars()` followed by the
+//! command-line flags translated to the same names, so a flag overrides its variable and every
+//! value is validated in one place. After validation every field holds a type that cannot be
+//! invalid (`Duration`, `SocketAddr`, [`PublicUrl`]).
+//!
+//! Secrets (the auth token) live in [`Secret`], whose `Debug`/`Display` never show the value.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A secret string (the Twilio auth token). `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, Eq, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where the bytes are needed (HMAC keys).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The public origin Twilio uses to reach the server, e.g. `https://voice.example.com`.
+///
+/// Always `http` or `https`, with a host, optional port, no credentials, no path, no query and
+/// no fragment; stored without a trailing slash.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct PublicUrl {
+    /// `http` or `https`, lowercase.
+    scheme: &'static str,
+    /// Host and optional `:port` exactly as configured.
+    authority: String,
+}
+
+impl PublicUrl {
+    /// Parses and validates a public origin. `name` is used in the error message.
+    pub fn parse(name: &'static str, value: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::PublicUrl {
+            name,
+            value: value.to_owned(),
+        };
+        let trimmed = value.trim();
+        let (scheme, rest) = trimmed.split_once("://").ok_or_else(bad)?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "http" => "http",
+            "https" => "https",
+            _ => return Err(bad()),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let valid = !authority.is_empty()
+            && !authority.contains(['/', '?', '#', '@', ' '])
+            && authority.is_ascii();
+        if !valid {
+            return Err(bad());
+        }
+        Ok(Self {
+            scheme,
+            authority: authority.to_owned(),
+        })
+    }
+
+    /// Builds a public URL from a scheme and authority taken from request headers.
+    pub fn from_parts(scheme: &'static str, authority: &str) -> Self {
+        Self {
+            scheme,
+            authority: authority.to_owned(),
+        }
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// Host and optional port.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// Absolute `http(s)` URL for `path_and_query` (which starts with `/`).
+    pub fn http_url(&self, path_and_query: &str) -> String {
+        format!("{}://{}{}", self.scheme, self.authority, path_and_query)
+    }
+
+    /// Absolute WebSocket URL for `path`: `wss` for an `https` origin, `ws` for `http`.
+    pub fn ws_url(&self, path: &str) -> String {
+        let scheme = if self.scheme == "https" { "wss" } else { "ws" };
+        format!("{scheme}://{}{path}", self.authority)
+    }
+}
+
+impl fmt::Display for PublicUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text (default).
+    #[default]
+    Text,
+}
+
+/// What the caller hears before the stream connects.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Greeting {
+    /// Text spoken with `<Say>`; empty means no greeting.
+    pub text: String,
+    /// `<Say voice>`, e.g. `Polly.Joanna`; `None` lets Twilio pick its default voice.
+    pub voice: Option<String>,
+    /// `<Say language>`, a tag like `en-US`.
+    pub language: String,
+}
+
+/// Validated shell configuration. Every field is read once at start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listen address. `BIND` (default `0.0.0.0`) and `PORT` (default 3000).
+    pub listen: SocketAddr,
+    /// `TWILIO_AUTH_TOKEN`: webhook signing secret. `None` turns signature checks off.
+    pub auth_token: Option<Secret>,
+    /// `PUBLIC_URL`: public origin used for TwiML URLs and signature checks. `None` rebuilds it
+    /// per request from `X-Forwarded-Proto`/`X-Forwarded-Host` or `Host`.
+    pub public_url: Option<PublicUrl>,
+    /// `DEPLOY_ID`: free-form deployment label shown by `/version`.
+    pub deploy_id: Option<String>,
+    /// `BUILD_COMMIT`: commit shown by `/version` when the binary was not built with
+    /// `HANDSET_BUILD_COMMIT`.
+    pub build_commit: Option<String>,
+    /// `GREETING_TEXT`, `GREETING_VOICE`, `GREETING_LANGUAGE` (default language `en-US`).
+    pub greeting: Greeting,
+    /// `FALLBACK_PROMPT`: spoken before recording a message when the stream ends.
+    pub fallback_prompt: String,
+    /// `RECORD_MAX_LENGTH` in seconds (2–14400, default 120): `<Record maxLength>`.
+    pub record_max_length: Duration,
+    /// `LOG_FORMAT`: `text` (default) or `json`.
+    pub log_format: LogFormat,
+    /// `DATA_DIR` (default `./data`): where the append-only event logs live.
+    pub data_dir: PathBuf,
+    /// `STREAM_TOKEN_TTL` in seconds (10–86400, default 600): life of a per-call stream token.
+    pub stream_token_ttl: Duration,
+    /// `STREAM_TOKEN_CAPACITY` (16–1000000, default 10000): most outstanding stream tokens.
+    pub stream_token_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            auth_token: None,
+            public_url: None,
+            deploy_id: None,
+            build_commit: None,
+            greeting: Greeting {
+                text: String::new(),
+                voice: None,
+                language: "en-US".to_owned(),
+            },
+            fallback_prompt: DEFAULT_FALLBACK_PROMPT.to_owned(),
+            record_max_length: Duration::from_secs(120),
+            log_format: LogFormat::Text,
+            data_dir: PathBuf::from("./data"),
+            stream_token_ttl: Duration::from_secs(600),
+            stream_token_capacity: 10_000,
+        }
+    }
+}
+
+/// Default `PORT`.
+pub const DEFAULT_PORT: u16 = 3000;
+const DEFAULT_FALLBACK_PROMPT: &str =
+    "Sorry, we could not connect you. Please leave a message after the beep.";
+
+/// A configuration value that cannot be used. Messages name the variable and the bad value
+/// (never for secrets).
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `TWILIO_AUTH_TOKEN` is set but empty.
+    #[error(
+        "TWILIO_AUTH_TOKEN is set but empty: unset it to run without signature checks, or set the account's auth token"
+    )]
+    EmptyAuthToken,
+    /// A bind address that is not an IP address.
+    #[error("{name} must be an IP address such as 0.0.0.0 or ::1: got {value:?}")]
+    BindAddress {
+        /// Variable name.
+        name: &'static str,
+        /// Value given.
+        value: String,
+    },
+    /// A language tag that is not `ll-CC`.
+    #[error("{name} must be a language tag like en-US: got {value:?}")]
+    Language {
+        /// Variable name.
+        name: &'static str,
+        /// Value given.
+        value: String,
+    },
+    /// An unknown log format.
+    #[error("{name} must be text or json: got {value:?}")]
+    LogFormat {
+        /// Variable name.
+        name: &'static str,
+        /// Value given.
+        value: String,
+    },
+    /// An integer outside its range or not an integer.
+    #[error("{name} must be an integer from {min} to {max}: got {value:?}")]
+    OutOfRange {
+        /// Variable name.
+        name: &'static str,
+        /// Value given.
+        value: String,
+        /// Smallest accepted value.
+        min: u64,
+        /// Largest accepted value.
+        max: u64,
+    },
+    /// A public URL that is not an absolute http(s) origin.
+    #[error(
+        "{name} must be an absolute http(s) URL without a path, query string, fragment or credentials: got {value:?}"
+    )]
+    PublicUrl {
+        /// Variable name.
+        name: &'static str,
+        /// Value given.
+        value: String,
+    },
+}
+
+impl Config {
+    /// Builds and validates a configuration from `(name, value)` pairs. Later pairs override
+    /// earlier ones with the same name; unknown names are ignored.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut map = std::collections::HashMap::new();
+        for (k, v) in vars {
+            map.insert(k.as_ref().to_owned(), v.as_ref().to_owned());
+        }
+        let get = |name: &str| map.get(name).map(String::as_str);
+        let non_empty = |name: &str| get(name).map(str::trim).filter(|v| !v.is_empty());
+
+        let mut config = Self::default();
+
+        let ip = match non_empty("BIND") {
+            Some(v) => v.parse::<IpAddr>().map_err(|_| ConfigError::BindAddress {
+                name: "BIND",
+                value: v.to_owned(),
+            })?,
+            None => config.listen.ip(),
+        };
+        let port = match non_empty("PORT") {
+            Some(v) => int_in("PORT", v, 0, u64::from(u16::MAX))? as u16,
+            None => DEFAULT_PORT,
+        };
+        config.listen = SocketAddr::new(ip, port);
+
+        config.auth_token = match get("TWILIO_AUTH_TOKEN") {
+            Some(v) if v.trim().is_empty() => return Err(ConfigError::EmptyAuthToken),
+            Some(v) => Some(Secret::new(v.trim())),
+            None => None,
+        };
+        config.public_url = non_empty("PUBLIC_URL")
+            .map(|v| PublicUrl::parse("PUBLIC_URL", v))
+            .transpose()?;
+        config.deploy_id = non_empty("DEPLOY_ID").map(str::to_owned);
+        config.build_commit = non_empty("BUILD_COMMIT").map(str::to_owned);
+
+        if let Some(text) = get("GREETING_TEXT") {
+            config.greeting.text = text.trim().to_owned();
+        }
+        config.greeting.voice = non_empty("GREETING_VOICE").map(str::to_owned);
+        if let Some(lang) = non_empty("GREETING_LANGUAGE") {
+            config.greeting.language = language_tag("GREETING_LANGUAGE", lang)?;
+        }
+        if let Some(prompt) = non_empty("FALLBACK_PROMPT") {
+            config.fallback_prompt = prompt.to_owned();
+        }
+        if let Some(v) = non_empty("RECORD_MAX_LENGTH") {
+            config.record_max_length =
+                Duration::from_secs(int_in("RECORD_MAX_LENGTH", v, 2, 14_400)?);
+        }
+        if let Some(v) = non_empty("LOG_FORMAT") {
+            config.log_format = match v.to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::LogFormat {
+                        name: "LOG_FORMAT",
+                        value: v.to_owned(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = non_empty("DATA_DIR") {
+            config.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = non_empty("STREAM_TOKEN_TTL") {
+            config.stream_token_ttl =
+                Duration::from_secs(int_in("STREAM_TOKEN_TTL", v, 10, 86_400)?);
+        }
+        if let Some(v) = non_empty("STREAM_TOKEN_CAPACITY") {
+            config.stream_token_capacity =
+                int_in("STREAM_TOKEN_CAPACITY", v, 16, 1_000_000)? as usize;
+        }
+        Ok(config)
+    }
+
+    /// Whether `X-Twilio-Signature` is checked on webhooks.
+    pub fn signature_checks(&self) -> bool {
+        self.auth_token.is_some()
+    }
+}
+
+fn int_in(name: &'static str, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| ConfigError::OutOfRange {
+            name,
+            value: value.to_owned(),
+            min,
+            max,
+        })
+}
+
+/// Accepts `ll-CC` / `ll_CC` in any case and returns `ll-CC` (the form Twilio documents).
+fn language_tag(name: &'static str, value: &str) -> Result<String, ConfigError> {
+    let b = value.as_bytes();
+    let ok = b.len() == 5
+        && b[..2].iter().all(u8::is_ascii_alphabetic)
+        && (b[2] == b'-' || b[2] == b'_')
+        && b[3..].iter().all(u8::is_ascii_alphabetic);
+    if !ok {
+        return Err(ConfigError::Language {
+            name,
+            value: value.to_owned(),
+        });
+    }
+    Ok(format!(
+        "{}-{}",
+        value[..2].to_ascii_lowercase(),
+        value[3..].to_ascii_uppercase()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(pairs.iter().copied())
+    }
+
+    #[test]
+    fn empty_environment_gives_documented_defaults() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:3000".parse().unwrap());
+        assert!(c.auth_token.is_none());
+        assert!(!c.signature_checks());
+        assert!(c.public_url.is_none());
+        assert_eq!(c.greeting.language, "en-US");
+        assert!(c.greeting.text.is_empty());
+        assert_eq!(c.record_max_length, Duration::from_secs(120));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.stream_token_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn full_environment_is_parsed() {
+        let c = from(&[
+            ("PORT", "8080"),
+            ("BIND", "127.0.0.1"),
+            ("TWILIO_AUTH_TOKEN", "tok"),
+            ("PUBLIC_URL", "https://voice.example.com/"),
+            ("DEPLOY_ID", "blue-7"),
+            ("GREETING_TEXT", "Hello"),
+            ("GREETING_VOICE", "Polly.Joanna"),
+            ("GREETING_LANGUAGE", "en_gb"),
+            ("RECORD_MAX_LENGTH", "60"),
+            ("LOG_FORMAT", "JSON"),
+            ("DATA_DIR", "/var/lib/handset"),
+            ("STREAM_TOKEN_TTL", "30"),
+        ])
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.auth_token.as_ref().unwrap().expose(), "tok");
+        let url = c.public_url.unwrap();
+        assert_eq!(url.http_url("/a"), "https://voice.example.com/a");
+        assert_eq!(url.ws_url("/ws"), "wss://voice.example.com/ws");
+        assert_eq!(c.deploy_id.as_deref(), Some("blue-7"));
+        assert_eq!(c.greeting.language, "en-GB");
+        assert_eq!(c.greeting.voice.as_deref(), Some("Polly.Joanna"));
+        assert_eq!(c.record_max_length, Duration::from_secs(60));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/handset"));
+        assert_eq!(c.stream_token_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn later_pairs_override_earlier_ones() {
+        let c = from(&[("PORT", "1"), ("PORT", "2")]).unwrap();
+        assert_eq!(c.listen.port(), 2);
+    }
+
+    #[test]
+    fn public_url_with_query_or_path_is_rejected_with_the_value() {
+        for bad in [
+            "voice.example.com",
+            "ftp://voice.example.com",
+            "https://voice.example.com/?x=1",
+            "https://voice.example.com/base",
+            "https://user:pw@voice.example.com",
+            "https://",
+        ] {
+            let err = from(&[("PUBLIC_URL", bad)]).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("PUBLIC_URL must be an absolute http(s) URL"),
+                "{msg}"
+            );
+            assert!(msg.contains(bad), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_numbers_name_the_variable_and_range() {
+        let err = from(&[("PORT", "70000")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "PORT must be an integer from 0 to 65535: got \"70000\""
+        );
+        assert!(from(&[("RECORD_MAX_LENGTH", "1")]).is_err());
+        assert!(from(&[("RECORD_MAX_LENGTH", "abc")]).is_err());
+        assert!(from(&[("STREAM_TOKEN_TTL", "5")]).is_err());
+    }
+
+    #[test]
+    fn empty_auth_token_is_an_error_not_a_silent_disable() {
+        assert_eq!(
+            from(&[("TWILIO_AUTH_TOKEN", "  ")]).unwrap_err(),
+            ConfigError::EmptyAuthToken
+        );
+    }
+
+    #[test]
+    fn bad_language_bind_and_log_format_are_rejected() {
+        assert!(matches!(
+            from(&[("GREETING_LANGUAGE", "english")]),
+            Err(ConfigError::Language { .. })
+        ));
+        assert!(matches!(
+            from(&[("BIND", "localhost")]),
+            Err(ConfigError::BindAddress { .. })
+        ));
+        assert!(matches!(
+            from(&[("LOG_FORMAT", "xml")]),
+            Err(ConfigError::LogFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn secret_never_prints_its_value() {
+        let c = from(&[("TWILIO_AUTH_TOKEN", "hunter2")]).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.auth_token.unwrap().to_string(), "[redacted]");
+    }
+}

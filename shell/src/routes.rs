@@ -1,0 +1,638 @@
+//! HTTP routing and the Twilio webhook handlers (glue around the pure modules).
+//!
+//! One `match (method, path)` in [`route`] picks a [`Route`]; everything that can go wrong is an
+//! [`HttpError`], mapped to a status in exactly one place ([`HttpError::into_response`]).
+//! Every `/webhook/*` request is read with a 64 KiB cap, its public URL is rebuilt (configured
+//! `PUBLIC_URL`, else `X-Forwarded-Proto`/`X-Forwarded-Host`/`Host`), and, when an auth token is
+//! configured, its `X-Twilio-Signature` is verified before any handler runs. A failed check is a
+//! bare 403; the log line names the path and the failure kind, never the signature or token.
+//!
+//! One `REQ` line and one `RES` line are logged per request, sharing a request id.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::clock;
+use crate::config::PublicUrl;
+use crate::form;
+use crate::server::AppState;
+use crate::signature::{
+    Algorithm, BODY_SHA256_PARAM, SETTINGS_HEADER, SIGNATURE_HEADER, SignedContent,
+};
+use crate::store::{CallStatusEvent, RecordingEvent};
+use crate::tokens::{CallIdentity, TOKEN_PARAMETER};
+use crate::twiml;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest time to wait for a request body once the headers are in.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Path of the Media Streams WebSocket, written into the TwiML `<Stream url>`.
+pub const MEDIA_STREAM_PATH: &str = "/ws/twilio-media";
+
+/// Response body type used by every handler.
+pub type Body = Full<Bytes>;
+
+/// The endpoints the shell serves.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Route {
+    /// `POST /webhook/call_status`.
+    CallStatus,
+    /// `POST /webhook/handle_recording`.
+    HandleRecording,
+    /// `GET /healthz`.
+    Healthz,
+    /// `GET|POST /webhook/incoming_call`.
+    IncomingCall,
+    /// `POST /webhook/stream_ended`.
+    StreamEnded,
+    /// `POST /webhook/stream_status`.
+    StreamStatus,
+    /// `GET /version`.
+    Version,
+}
+
+impl Route {
+    /// Whether the route is a Twilio webhook (signed, body parsed).
+    pub fn is_webhook(self) -> bool {
+        !matches!(self, Self::Healthz | Self::Version)
+    }
+}
+
+/// Everything a request can fail with; [`HttpError::into_response`] maps it to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Malformed request (form decoding, missing field, bad Host).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Signature missing or wrong (the reason is logged, never returned).
+    #[error("forbidden")]
+    Forbidden,
+    /// Server-side failure (e.g. the store could not sync).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// Known path, wrong method; carries the `Allow` header value.
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// Unknown path.
+    #[error("not found")]
+    NotFound,
+    /// Body over [`MAX_BODY_BYTES`].
+    #[error("request body over {MAX_BODY_BYTES} bytes")]
+    PayloadTooLarge,
+    /// Body not received within [`BODY_READ_TIMEOUT`].
+    #[error("request body not received in time")]
+    Timeout,
+    /// A POST body that is neither a form nor a signed JSON document.
+    #[error("unsupported content type: expected application/x-www-form-urlencoded")]
+    UnsupportedMediaType,
+}
+
+impl HttpError {
+    /// The one place errors become HTTP responses.
+    pub fn into_response(self) -> Response<Body> {
+        let status = match &self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        };
+        // Internal details stay in the logs.
+        let text = match &self {
+            Self::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        let mut resp = text_response(status, "text/plain; charset=utf-8", format!("{text}\n"));
+        if let Self::MethodNotAllowed(allow) = self {
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The unread body may still be in flight: do not reuse the connection.
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// Maps a request line to a route, or to 404/405.
+pub fn route(method: &Method, path: &str) -> Result<Route, HttpError> {
+    match (method, path) {
+        (&Method::GET | &Method::POST, "/webhook/incoming_call") => Ok(Route::IncomingCall),
+        (_, "/webhook/incoming_call") => Err(HttpError::MethodNotAllowed("GET, POST")),
+        (&Method::POST, "/webhook/stream_ended") => Ok(Route::StreamEnded),
+        (&Method::POST, "/webhook/handle_recording") => Ok(Route::HandleRecording),
+        (&Method::POST, "/webhook/call_status") => Ok(Route::CallStatus),
+        (&Method::POST, "/webhook/stream_status") => Ok(Route::StreamStatus),
+        (
+            _,
+            "/webhook/stream_ended"
+            | "/webhook/handle_recording"
+            | "/webhook/call_status"
+            | "/webhook/stream_status",
+        ) => Err(HttpError::MethodNotAllowed("POST")),
+        (&Method::GET | &Method::HEAD, "/healthz") => Ok(Route::Healthz),
+        (&Method::GET | &Method::HEAD, "/version") => Ok(Route::Version),
+        (_, "/healthz" | "/version") => Err(HttpError::MethodNotAllowed("GET, HEAD")),
+        _ => Err(HttpError::NotFound),
+    }
+}
+
+/// Handles one request: logs `REQ`/`RES`, routes, verifies, dispatches, maps errors.
+pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let id = state
+        .request_ids
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = clock::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    tracing::info!(id, %method, %path, %peer, "REQ");
+    let response = match dispatch(state, req, id).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            if let HttpError::Internal(detail) = &err {
+                tracing::error!(id, %path, error = %detail, "request failed");
+            }
+            err.into_response()
+        }
+    };
+    let elapsed = started.elapsed();
+    tracing::info!(
+        id,
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        "RES"
+    );
+    response
+}
+
+async fn dispatch(
+    state: &AppState,
+    req: Request<Incoming>,
+    id: u64,
+) -> Result<Response<Body>, HttpError> {
+    let route = route(req.method(), req.uri().path())?;
+    if !route.is_webhook() {
+        return Ok(match route {
+            Route::Healthz => healthz(state),
+            _ => version(state),
+        });
+    }
+    let hook = read_webhook(state, req, id).await?;
+    match route {
+        Route::IncomingCall => incoming_call(state, &hook, id),
+        Route::StreamEnded => Ok(stream_ended(state, &hook, id)),
+        Route::HandleRecording => handle_recording(state, &hook, id).await,
+        Route::CallStatus => call_status(state, &hook, id).await,
+        Route::StreamStatus => Ok(stream_status(&hook, id)),
+        Route::Healthz | Route::Version => Err(HttpError::NotFound),
+    }
+}
+
+/// A verified webhook request.
+struct Webhook {
+    /// Public origin of this request (configured or rebuilt).
+    origin: PublicUrl,
+    /// Body parameters followed by query parameters.
+    fields: Vec<(String, String)>,
+}
+
+impl Webhook {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn field_or_empty(&self, name: &str) -> String {
+        self.field(name).unwrap_or_default().to_owned()
+    }
+}
+
+async fn read_webhook(
+    state: &AppState,
+    req: Request<Incoming>,
+    id: u64,
+) -> Result<Webhook, HttpError> {
+    let (parts, body) = req.into_parts();
+    if let Some(len) = parts.headers.get(CONTENT_LENGTH) {
+        let len = len
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| HttpError::BadRequest("invalid Content-Length".to_owned()))?;
+        if len > MAX_BODY_BYTES as u64 {
+            return Err(HttpError::PayloadTooLarge);
+        }
+    }
+    let body = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(body, MAX_BODY_BYTES).collect(),
+    )
+    .await
+    {
+        Err(_) => return Err(HttpError::Timeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(HttpError::PayloadTooLarge);
+        }
+        Ok(Err(e)) => return Err(HttpError::BadRequest(format!("cannot read body: {e}"))),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+
+    let origin = match &state.config.public_url {
+        Some(url) => url.clone(),
+        None => origin_from_headers(&parts.headers)?,
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let url = origin.http_url(&path_and_query);
+
+    let query_fields = match parts.uri.query() {
+        Some(q) => form::decode(q.as_bytes())
+            .map_err(|e| HttpError::BadRequest(format!("query string: {e}")))?,
+        None => Vec::new(),
+    };
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let is_form = content_type.starts_with("application/x-www-form-urlencoded");
+    let signed_body = query_fields.iter().any(|(k, _)| k == BODY_SHA256_PARAM);
+
+    let body_fields = if is_form {
+        form::decode(&body).map_err(|e| HttpError::BadRequest(format!("form body: {e}")))?
+    } else if body.is_empty() {
+        Vec::new()
+    } else if content_type.starts_with("application/json") && signed_body {
+        json_fields(&body)?
+    } else {
+        return Err(HttpError::UnsupportedMediaType);
+    };
+
+    if let Some(verifier) = &state.verifier {
+        let header = parts
+            .headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let algorithm = Algorithm::from_settings_header(
+            parts
+                .headers
+                .get(SETTINGS_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let content = if is_form || !signed_body {
+            SignedContent::Params(&body_fields)
+        } else {
+            SignedContent::RawBody(&body)
+        };
+        match verifier.verify_with(&url, content, header, algorithm) {
+            Ok(variant) => tracing::debug!(id, ?variant, "signature verified"),
+            Err(kind) => {
+                tracing::warn!(
+                    id,
+                    url = %origin.http_url(parts.uri.path()),
+                    reason = %kind,
+                    "signature check failed"
+                );
+                return Err(HttpError::Forbidden);
+            }
+        }
+    }
+
+    let mut fields = body_fields;
+    fields.extend(query_fields);
+    Ok(Webhook { origin, fields })
+}
+
+/// Rebuilds the public origin from `X-Forwarded-Proto`/`X-Forwarded-Host` (first values) or `Host`.
+fn origin_from_headers(headers: &HeaderMap) -> Result<PublicUrl, HttpError> {
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let scheme = match first("x-forwarded-proto")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("https" | "wss") => "https",
+        _ => "http",
+    };
+    let host = first("x-forwarded-host")
+        .or_else(|| first(HOST.as_str()))
+        .ok_or_else(|| {
+            HttpError::BadRequest("no Host header to build the public URL from".to_owned())
+        })?;
+    let valid = host.is_ascii() && !host.contains(['/', '?', '#', '@', ' ', '\\']);
+    if !valid {
+        return Err(HttpError::BadRequest("invalid Host header".to_owned()));
+    }
+    Ok(PublicUrl::from_parts(scheme, host))
+}
+
+/// Flattens a JSON object's string/number/bool members into fields.
+fn json_fields(body: &[u8]) -> Result<Vec<(String, String)>, HttpError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| HttpError::BadRequest(format!("json body: {e}")))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(HttpError::BadRequest(
+            "json body must be an object".to_owned(),
+        ));
+    };
+    Ok(map
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::String(s) => Some((k, s)),
+            serde_json::Value::Number(n) => Some((k, n.to_string())),
+            serde_json::Value::Bool(b) => Some((k, b.to_string())),
+            _ => None,
+        })
+        .collect())
+}
+
+fn incoming_call(state: &AppState, hook: &Webhook, id: u64) -> Result<Response<Body>, HttpError> {
+    let call_sid = hook
+        .field("CallSid")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| HttpError::BadRequest("missing CallSid".to_owned()))?;
+    let identity = CallIdentity {
+        call_sid: call_sid.to_owned(),
+        account_sid: hook.field_or_empty("AccountSid"),
+        from: hook.field_or_empty("From"),
+        to: hook.field_or_empty("To"),
+    };
+    let token = state.tokens.issue(identity.clone());
+    let config = &state.config;
+    let greeting = (!config.greeting.text.is_empty()).then(|| twiml::Say {
+        text: &config.greeting.text,
+        voice: config.greeting.voice.as_deref(),
+        language: Some(&config.greeting.language),
+    });
+    let action = hook.origin.http_url("/webhook/stream_ended");
+    let status_callback = hook.origin.http_url("/webhook/stream_status");
+    let stream_url = hook.origin.ws_url(MEDIA_STREAM_PATH);
+    let parameters = [
+        ("callSid", identity.call_sid.as_str()),
+        ("accountSid", identity.account_sid.as_str()),
+        ("from", identity.from.as_str()),
+        ("to", identity.to.as_str()),
+        (TOKEN_PARAMETER, token.as_str()),
+    ];
+    let xml = twiml::connect_stream(&twiml::ConnectStream {
+        greeting,
+        action: &action,
+        stream_url: &stream_url,
+        status_callback: &status_callback,
+        parameters: &parameters,
+    });
+    tracing::info!(id, call_sid = %identity.call_sid, status = hook.field("CallStatus").unwrap_or(""), "incoming call");
+    Ok(xml_response(xml))
+}
+
+fn stream_ended(state: &AppState, hook: &Webhook, id: u64) -> Response<Body> {
+    tracing::info!(
+        id,
+        call_sid = hook.field("CallSid").unwrap_or(""),
+        "stream ended: recording a message"
+    );
+    let config = &state.config;
+    let action = hook.origin.http_url("/webhook/handle_recording");
+    xml_response(twiml::record_fallback(&twiml::RecordFallback {
+        prompt: twiml::Say {
+            text: &config.fallback_prompt,
+            voice: config.greeting.voice.as_deref(),
+            language: Some(&config.greeting.language),
+        },
+        action: &action,
+        max_length_secs: config.record_max_length.as_secs(),
+    }))
+}
+
+async fn handle_recording(
+    state: &AppState,
+    hook: &Webhook,
+    id: u64,
+) -> Result<Response<Body>, HttpError> {
+    let Some(url) = hook.field("RecordingUrl").filter(|u| !u.is_empty()) else {
+        tracing::warn!(
+            id,
+            call_sid = hook.field("CallSid").unwrap_or(""),
+            "recording callback without RecordingUrl"
+        );
+        return Ok(xml_response(twiml::hangup()));
+    };
+    let event = RecordingEvent {
+        received_unix_ms: clock::unix_ms(),
+        call_sid: hook.field_or_empty("CallSid"),
+        account_sid: hook.field_or_empty("AccountSid"),
+        recording_sid: hook.field_or_empty("RecordingSid"),
+        recording_url: url.to_owned(),
+        duration_secs: hook
+            .field("RecordingDuration")
+            .and_then(|d| d.trim().parse().ok()),
+        digits: hook
+            .field("Digits")
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned),
+    };
+    let store = state.store.clone();
+    let stored = event.clone();
+    tokio::task::spawn_blocking(move || store.append_recording(&stored))
+        .await
+        .map_err(|e| HttpError::Internal(format!("store task failed: {e}")))?
+        .map_err(|e| HttpError::Internal(e.to_string()))?;
+    tracing::info!(id, call_sid = %event.call_sid, recording_sid = %event.recording_sid, duration_secs = ?event.duration_secs, "recording stored");
+    if state.recordings.try_send(event).is_err() {
+        tracing::warn!(
+            id,
+            "transcription queue full or closed: recording stays in the store only"
+        );
+    }
+    Ok(xml_response(twiml::hangup()))
+}
+
+async fn call_status(
+    state: &AppState,
+    hook: &Webhook,
+    id: u64,
+) -> Result<Response<Body>, HttpError> {
+    let event = CallStatusEvent {
+        received_unix_ms: clock::unix_ms(),
+        call_sid: hook.field_or_empty("CallSid"),
+        call_status: hook.field_or_empty("CallStatus"),
+        sequence_number: hook
+            .field("SequenceNumber")
+            .and_then(|s| s.trim().parse().ok()),
+        duration_secs: hook
+            .field("CallDuration")
+            .and_then(|s| s.trim().parse().ok()),
+    };
+    let store = state.store.clone();
+    let stored = event.clone();
+    tokio::task::spawn_blocking(move || store.append_call_status(&stored))
+        .await
+        .map_err(|e| HttpError::Internal(format!("store task failed: {e}")))?
+        .map_err(|e| HttpError::Internal(e.to_string()))?;
+    tracing::info!(id, call_sid = %event.call_sid, call_status = %event.call_status, sequence = ?event.sequence_number, "call status");
+    Ok(text_response(
+        StatusCode::OK,
+        "text/plain; charset=utf-8",
+        String::new(),
+    ))
+}
+
+fn stream_status(hook: &Webhook, id: u64) -> Response<Body> {
+    let event = hook.field("StreamEvent").unwrap_or("");
+    let call_sid = hook.field("CallSid").unwrap_or("");
+    let stream_sid = hook.field("StreamSid").unwrap_or("");
+    match hook.field("StreamError") {
+        Some(error) => tracing::warn!(id, call_sid, stream_sid, event, error, "stream status"),
+        None => tracing::info!(id, call_sid, stream_sid, event, "stream status"),
+    }
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
+fn healthz(state: &AppState) -> Response<Body> {
+    let checks = state.verifier.is_some();
+    let mut body = serde_json::json!({
+        "status": "ok",
+        "active_calls": state.active_calls.count(),
+        "signature_checks": checks,
+        "stream_tokens_outstanding": state.tokens.len(),
+    });
+    if !checks {
+        body["warning"] = "signature checks are off: TWILIO_AUTH_TOKEN is not set".into();
+    }
+    json_response(&body)
+}
+
+fn version(state: &AppState) -> Response<Body> {
+    let commit = option_env!("HANDSET_BUILD_COMMIT")
+        .map(str::to_owned)
+        .or_else(|| state.config.build_commit.clone());
+    json_response(&serde_json::json!({
+        "package": env!("CARGO_PKG_NAME"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "deploy_id": state.config.deploy_id,
+        "commit": commit,
+    }))
+}
+
+fn xml_response(xml: String) -> Response<Body> {
+    text_response(StatusCode::OK, "text/xml; charset=utf-8", xml)
+}
+
+fn json_response(value: &serde_json::Value) -> Response<Body> {
+    text_response(StatusCode::OK, "application/json", value.to_string())
+}
+
+fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_known_paths_and_methods() {
+        assert_eq!(
+            route(&Method::GET, "/webhook/incoming_call").unwrap(),
+            Route::IncomingCall
+        );
+        assert_eq!(
+            route(&Method::POST, "/webhook/incoming_call").unwrap(),
+            Route::IncomingCall
+        );
+        assert_eq!(
+            route(&Method::POST, "/webhook/stream_status").unwrap(),
+            Route::StreamStatus
+        );
+        assert_eq!(route(&Method::GET, "/healthz").unwrap(), Route::Healthz);
+    }
+
+    #[test]
+    fn wrong_method_is_405_with_allow_and_unknown_path_404() {
+        let resp = route(&Method::GET, "/webhook/stream_ended")
+            .unwrap_err()
+            .into_response();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[ALLOW], "POST");
+        let resp = route(&Method::DELETE, "/webhook/incoming_call")
+            .unwrap_err()
+            .into_response();
+        assert_eq!(resp.headers()[ALLOW], "GET, POST");
+        assert_eq!(
+            route(&Method::GET, "/webhook/incoming_call/")
+                .unwrap_err()
+                .into_response()
+                .status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn forwarded_headers_take_first_value_and_fall_back_to_host() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("internal:8080"));
+        assert_eq!(
+            origin_from_headers(&h).unwrap().to_string(),
+            "http://internal:8080"
+        );
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https, http"));
+        h.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("voice.example.com, proxy.local"),
+        );
+        assert_eq!(
+            origin_from_headers(&h).unwrap().to_string(),
+            "https://voice.example.com"
+        );
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil/x"));
+        assert!(origin_from_headers(&h).is_err());
+        assert!(origin_from_headers(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_details() {
+        let resp = HttpError::Internal("disk /secret full".to_owned()).into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = resp.into_body();
+        let bytes = futures_bytes(body);
+        assert!(!String::from_utf8_lossy(&bytes).contains("secret"));
+    }
+
+    fn futures_bytes(body: Body) -> Bytes {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async { body.collect().await.unwrap().to_bytes() })
+    }
+}

@@ -1,0 +1,94 @@
+//! The built `handset` binary: configuration errors exit non-zero with a clear message, and a
+//! running server answers and stops gracefully on SIGTERM.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+fn handset() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_handset"));
+    cmd.env_clear();
+    cmd
+}
+
+#[test]
+fn bad_public_url_exits_2_with_the_variable_and_value() {
+    let out = handset()
+        .env("PUBLIC_URL", "voice.example.com/path?x=1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "PUBLIC_URL must be an absolute http(s) URL without a path, query string, fragment or credentials: got \"voice.example.com/path?x=1\""
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn empty_auth_token_and_bad_port_flag_are_refused() {
+    let out = handset().env("TWILIO_AUTH_TOKEN", "").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TWILIO_AUTH_TOKEN is set but empty"));
+
+    let out = handset()
+        .args(["serve", "--port", "99999"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
+}
+
+#[test]
+fn help_lists_the_serve_subcommand() {
+    let out = handset().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serve"));
+}
+
+#[cfg(unix)]
+#[test]
+fn server_answers_healthz_and_stops_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("handset-cli-{}", std::process::id()));
+    let mut child = handset()
+        .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "json"])
+        .env("DATA_DIR", &dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() && stderr.read_line(&mut line).unwrap() > 0 {
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+            if json["message"] == "handset listening" {
+                addr = json["listen"].as_str().map(str::to_owned);
+            }
+        }
+        line.clear();
+    }
+    let addr = addr.expect("the server logs its listen address");
+
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"signature_checks\":false"), "{reply}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful exit on SIGTERM, got {exit:?}");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("SIGTERM received"), "{rest}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
