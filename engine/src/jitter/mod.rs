@@ -1,1 +1,1245 @@
-//! (being written)
+//! Inbound jitter buffer: re-times Twilio's bursty, TCP-delivered µ-law frames into a steady
+//! 20 ms playout on the buffer's own clock and conceals what is missing.
+//!
+//! Twilio Media Streams run over a WebSocket, so frames never get lost or reordered in transit;
+//! they arrive late and in bursts (head-of-line blocking), and `chunk`/`timestamp` may skip when
+//! Twilio omits audio. Input is still treated as hostile: duplicates, backwards numbers and absurd
+//! jumps are counted and bounded, never a panic or an unbounded allocation.
+//!
+//! # Model
+//!
+//! * **Slots.** The first frame is sender slot 0. Every later in-sequence frame advances the
+//!   sender slot by `max(chunk delta, timestamp advance)`, where the timestamp advance is the
+//!   difference of `round((timestamp − first timestamp) / 20 ms)`, so a gap shows up through
+//!   missing chunk numbers or through a timestamp jump, and off-grid timestamps never drift.
+//! * **Schedule.** Playout slot `n` is due at `anchor + n·20 ms`, with `anchor = first arrival +
+//!   initial_delay` (absolute schedule: late wake-ups never accumulate drift). A frame in sender
+//!   slot `s` plays in slot `s + offset`; the offset starts at 0 and moves by one frame when the
+//!   delay grows or shrinks. [`Playout::at`] is slot `n` on the caller timeline
+//!   (`n·160` samples) and always advances by exactly 160 per popped slot, resyncs included.
+//! * **Admission.** `chunk` equal to the newest (or to one of the last 64 accepted) is a
+//!   [`Admission::Duplicate`]. A lower `chunk` or an earlier timestamp is
+//!   [`Admission::Backwards`]. A frame whose slot was already played is [`Admission::Late`]. If
+//!   the buffer holds `capacity_frames` frames, the oldest is dropped and every buffered frame
+//!   moves one slot earlier, so no gap opens ([`Admission::Overflow`]).
+//! * **Resync.** A frame is re-placed at the slot its arrival time implies (where its relative
+//!   delay is below one frame, and after the newest slot) instead of where its numbers point when:
+//!   the advance exceeds `max_jump` (10 s by default); or it skips slots yet would play more than
+//!   `capacity_frames`·20 ms after it arrived (the sender clock jumped, arrivals did not); or more
+//!   than `max_backwards_frames` consecutive frames were backwards (the newest numbers were bogus
+//!   or the stream restarted). Resyncing a frame that is consistent with its arrival time places it
+//!   where its numbers point, so a resync never reorders audio; the frames rejected before a
+//!   backwards resync are counted as backwards. [`Playout::at`] stays continuous across resyncs.
+//! * **Stalls.** Frames held up past their slot (a TCP stall longer than the playout delay) are
+//!   late and dropped; their delays raise the target, and the delay grows to it by one slot per
+//!   20 ms.
+//! * **Concealment.** A due slot without a frame repeats the last played frame, 6 dB quieter per
+//!   consecutive concealed slot, for up to `max_repeat_frames` slots, then plays µ-law silence.
+//!   Slots keep coming while Twilio sends nothing (the call needs a continuous 20 ms feed). After
+//!   `idle_after_frames` consecutive concealed slots with nothing buffered, the stream counts as
+//!   idle ([`JitterBuffer::is_idle`]) rather than underrunning.
+//! * **Adaptation.** The target delay follows the 0.95 quantile of relative arrival delay (see
+//!   `delay.rs`), clamped to `[min_delay, max_delay]`. The playout delay `D` is how long before
+//!   its deadline the fastest recent frame arrives: `anchor + offset·20 ms − reference`. When
+//!   `D < target`, the due slot is concealed and everything buffered moves one slot later
+//!   (decelerate). When `D ≥ target + 20 ms` for `accelerate_after_frames` received slots in a
+//!   row, the due frame is dropped and the next one plays in its slot (accelerate) if it is quiet
+//!   (µ-law codes near 0xFF/0x7F), or if the excess lasted five times as long. `D` therefore
+//!   settles in `[target, target + 20 ms)`.
+//!
+//! Assumptions: one buffer per stream; instants come from one monotonic clock (an instant earlier
+//! than the first arrival counts as the first arrival).
+//!
+//! Hot path: `insert` and `pop` do a bounded amount of work (at most one pass over the buffered
+//! frames and the 10 ms histogram buckets); nothing allocates after [`JitterBuffer::new`].
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use handset_engine::jitter::{JitterBuffer, JitterConfig, PlayoutKind};
+//! use handset_engine::{InboundMedia, MulawFrame};
+//!
+//! let mut jb = JitterBuffer::new(&JitterConfig::default()).unwrap();
+//! let t0 = Instant::now();
+//! jb.insert(t0, &InboundMedia { chunk: 1, timestamp_ms: 5, payload: MulawFrame::SILENCE });
+//! // Nothing is due before the first deadline (arrival + 40 ms).
+//! assert!(jb.pop(t0).is_none());
+//! let due = jb.poll_timeout().unwrap();
+//! assert_eq!(due, t0 + Duration::from_millis(40));
+//! let slot = jb.pop(due).unwrap();
+//! assert_eq!(slot.kind, PlayoutKind::Received);
+//! ```
+
+mod config;
+mod delay;
+mod mulaw;
+mod queue;
+
+use std::time::{Duration, Instant};
+
+use crate::frame::{InboundMedia, MulawFrame};
+use crate::time::{FRAME, SampleTime};
+
+pub use self::config::{
+    CAPACITY_LIMIT, JitterConfig, JitterConfigError, MAX_DELAY_LIMIT, MAX_JUMP_RANGE, REPEAT_LIMIT,
+};
+use self::delay::{DelayEstimator, duration_ns};
+use self::queue::{Entry, FrameQueue};
+
+/// One frame in nanoseconds.
+const FRAME_NS: u64 = FRAME.as_nanos() as u64;
+
+/// How many recently accepted chunk numbers are remembered to tell duplicates from backwards.
+const RECENT_CHUNKS: usize = 64;
+/// An excess delay lasting this many times `accelerate_after_frames` drops even loud frames.
+const FORCED_ACCELERATE_FACTOR: u32 = 5;
+
+/// What [`JitterBuffer::insert`] did with a frame.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Admission {
+    /// Dropped: its chunk is lower than the newest, or its timestamp went backwards.
+    Backwards,
+    /// Dropped: its chunk was already accepted.
+    Duplicate,
+    /// Dropped: its playout slot was already played.
+    Late,
+    /// Queued, but the buffer was full: the oldest frame was dropped and every buffered frame
+    /// moved one slot earlier.
+    Overflow,
+    /// Queued for playout.
+    Queued,
+}
+
+/// Where the audio of a [`Playout`] came from.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum PlayoutKind {
+    /// No frame for this slot: a faded repeat of the last frame, or silence.
+    Concealed,
+    /// The frame Twilio sent for this slot.
+    Received,
+}
+
+/// One 20 ms playout slot.
+#[derive(Clone, Copy, Debug)]
+pub struct Playout {
+    /// Start of the slot on the caller timeline (8 kHz samples; slot n starts at n·160).
+    pub at: SampleTime,
+    /// The audio to play.
+    pub frame: MulawFrame,
+    /// Whether the audio was received or concealed.
+    pub kind: PlayoutKind,
+}
+
+/// Jitter buffer counters and gauges. Counts are frames since construction unless stated.
+///
+/// Every inserted frame ends up in exactly one of `duplicate`, `backwards`, `late`, `overflow`,
+/// `accelerated`, `played_received` or `buffered`, and `played == played_received + concealed`.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct JitterStats {
+    /// Frames passed to `insert`.
+    pub received: u64,
+    /// Slots popped (received + concealed).
+    pub played: u64,
+    /// Slots popped with [`PlayoutKind::Received`].
+    pub played_received: u64,
+    /// Slots popped with [`PlayoutKind::Concealed`], including decelerate slots.
+    pub concealed: u64,
+    /// Runs of consecutive concealed slots (W3C `concealmentEvents`).
+    pub concealment_events: u64,
+    /// Concealed slots popped while the stream was idle (a subset of `concealed`).
+    pub idle_concealed: u64,
+    /// Frames dropped because their slot was already played (W3C `packetsDiscarded`).
+    pub late: u64,
+    /// Frames dropped as duplicates.
+    pub duplicate: u64,
+    /// Frames dropped because chunk or timestamp went backwards.
+    pub backwards: u64,
+    /// Oldest frames dropped because the buffer was full.
+    pub overflow: u64,
+    /// Frames dropped to shrink the delay (W3C `removedSamplesForAcceleration` / 160).
+    pub accelerated: u64,
+    /// Concealed slots inserted to grow the delay (W3C `insertedSamplesForDeceleration` / 160).
+    pub decelerated: u64,
+    /// Frames re-placed by a resync.
+    pub resyncs: u64,
+    /// Frames buffered now.
+    pub buffered: u64,
+    /// Most frames ever buffered at once.
+    pub max_buffered: u64,
+    /// Current target delay (W3C `jitterBufferTargetDelay`).
+    pub target_delay: Duration,
+    /// Current quantile (0.95) estimate of relative arrival delay, before clamping.
+    pub p95_delay: Duration,
+    /// Current playout delay: how long before its deadline the fastest recent frame arrives.
+    pub playout_delay: Duration,
+    /// Most frames that arrived within 20 ms of the first frame of a burst.
+    pub max_burst: u64,
+    /// RFC 3550 interarrival jitter (A.8), on the 20 ms slot schedule.
+    pub interarrival_jitter: Duration,
+}
+
+/// Sender-side position of the newest accepted frame.
+#[derive(Clone, Copy, Debug)]
+struct Newest {
+    /// Its `chunk`.
+    chunk: u64,
+    /// Its `timestamp_ms`.
+    timestamp_ms: u64,
+    /// Timestamp of the frame the timestamp positions count from (first frame or last resync), ms.
+    timestamp_base: u64,
+    /// Its timestamp position: `round((timestamp − base) / 20 ms)`, frames.
+    timestamp_slot: u64,
+    /// Its sender slot, frames since the first frame.
+    slot: u64,
+}
+
+/// The adaptive jitter buffer. See the module docs for the model.
+#[derive(Debug)]
+pub struct JitterBuffer {
+    /// Buffered frames in playout order.
+    queue: FrameQueue,
+    /// Relative-delay histogram, reference and interarrival jitter.
+    delay: DelayEstimator,
+    /// `initial_delay` in ns: the anchor's offset from the first arrival.
+    anchor_ns: u64,
+    /// Faded repeats before silence, frames.
+    max_repeat_frames: u32,
+    /// Slots of excess delay before a quiet frame is dropped.
+    accelerate_after: u32,
+    /// Concealed slots with an empty buffer before the stream is idle.
+    idle_after: u32,
+    /// Largest advance taken at face value, frames.
+    max_jump_frames: u64,
+    /// Consecutive backwards frames tolerated before a resync.
+    max_backwards: u32,
+    /// A skipping frame due more than this long after its arrival is resynced, ns.
+    early_limit_ns: u64,
+    /// First arrival; `None` until the first frame.
+    origin: Option<Instant>,
+    /// The newest accepted frame (meaningless while `origin` is `None`).
+    newest: Newest,
+    /// Ring of recently accepted chunk numbers, for duplicate detection.
+    recent_chunks: [u64; RECENT_CHUNKS],
+    /// Live entries in `recent_chunks`.
+    recent_len: usize,
+    /// Next write index in `recent_chunks`.
+    recent_next: usize,
+    /// Consecutive backwards frames so far.
+    backwards_run: u32,
+    /// Next playout slot to pop.
+    next_slot: u64,
+    /// Playout slot minus sender slot, frames.
+    offset: i64,
+    /// The last received frame played, for concealment.
+    last_frame: MulawFrame,
+    /// Consecutive concealed slots up to now.
+    concealed_run: u32,
+    /// Received slots played in a row with the playout delay at least a frame above target
+    /// (concealed slots leave it unchanged).
+    above_target_run: u32,
+    /// Arrival of the first frame of the current burst, ns since the first arrival.
+    burst_start_ns: u64,
+    /// Frames in the current burst.
+    burst_len: u64,
+    /// Counters (gauges are filled in by [`JitterBuffer::stats`]).
+    stats: JitterStats,
+}
+
+impl JitterBuffer {
+    /// A buffer for `config`, with all memory allocated.
+    pub fn new(config: &JitterConfig) -> Result<Self, JitterConfigError> {
+        config.validate()?;
+        Ok(Self {
+            queue: FrameQueue::new(config.capacity_frames),
+            delay: DelayEstimator::new(
+                config.initial_delay,
+                config.min_delay,
+                config.max_delay,
+                config.quantile,
+                config.forget_factor,
+            ),
+            anchor_ns: duration_ns(config.initial_delay),
+            max_repeat_frames: config.max_repeat_frames,
+            accelerate_after: config.accelerate_after_frames,
+            idle_after: config.idle_after_frames,
+            max_jump_frames: duration_ns(config.max_jump) / FRAME_NS,
+            max_backwards: config.max_backwards_frames,
+            early_limit_ns: (config.capacity_frames as u64).saturating_mul(FRAME_NS),
+            origin: None,
+            newest: Newest {
+                chunk: 0,
+                timestamp_ms: 0,
+                timestamp_base: 0,
+                timestamp_slot: 0,
+                slot: 0,
+            },
+            recent_chunks: [0; RECENT_CHUNKS],
+            recent_len: 0,
+            recent_next: 0,
+            backwards_run: 0,
+            next_slot: 0,
+            offset: 0,
+            last_frame: MulawFrame::SILENCE,
+            concealed_run: 0,
+            above_target_run: 0,
+            burst_start_ns: 0,
+            burst_len: 0,
+            stats: JitterStats::default(),
+        })
+    }
+
+    /// Offers one frame. `now` is when the frame was read off the socket (not when this is
+    /// called). After inserting, drain [`JitterBuffer::pop`] until `None`.
+    pub fn insert(&mut self, now: Instant, media: &InboundMedia) -> Admission {
+        self.stats.received += 1;
+        let Some(origin) = self.origin else {
+            self.origin = Some(now);
+            self.burst_start_ns = 0;
+            self.burst_len = 1;
+            self.stats.max_burst = 1;
+            self.accept(media, 0, 0, true);
+            self.delay.observe(0, 0, false);
+            return self.place(0, media.payload);
+        };
+        let now_ns = nanos_since(origin, now);
+        if now_ns.saturating_sub(self.burst_start_ns) < FRAME_NS {
+            self.burst_len += 1;
+        } else {
+            self.burst_start_ns = now_ns;
+            self.burst_len = 1;
+        }
+        self.stats.max_burst = self.stats.max_burst.max(self.burst_len);
+
+        let newest = self.newest;
+        if media.chunk == newest.chunk
+            || (media.chunk < newest.chunk
+                && self.recent_chunks[..self.recent_len].contains(&media.chunk))
+        {
+            self.stats.duplicate += 1;
+            return Admission::Duplicate;
+        }
+        let (slot, timestamp_slot, resync) =
+            if media.chunk < newest.chunk || media.timestamp_ms < newest.timestamp_ms {
+                self.backwards_run += 1;
+                if self.backwards_run <= self.max_backwards {
+                    self.stats.backwards += 1;
+                    return Admission::Backwards;
+                }
+                (self.resync_slot(now_ns), 0, true)
+            } else {
+                let timestamp_slot = timestamp_position(media.timestamp_ms - newest.timestamp_base);
+                let advance = (media.chunk - newest.chunk)
+                    .max(timestamp_slot.saturating_sub(newest.timestamp_slot));
+                let slot = newest.slot.saturating_add(advance);
+                if advance > self.max_jump_frames || (advance > 1 && self.too_early(slot, now_ns)) {
+                    (self.resync_slot(now_ns), 0, true)
+                } else {
+                    (slot, timestamp_slot, false)
+                }
+            };
+        if resync {
+            self.stats.resyncs += 1;
+        }
+        self.accept(media, slot, timestamp_slot, resync);
+        let transit = i64::try_from(i128::from(now_ns) - i128::from(slot) * i128::from(FRAME_NS))
+            .unwrap_or(i64::MIN);
+        self.delay.observe(now_ns, transit, !resync);
+        self.place(slot, media.payload)
+    }
+
+    /// Next playout deadline: when [`JitterBuffer::pop`] will next return a slot. `None` before
+    /// the first frame arrived (and, unreachably, if the deadline does not fit an `Instant`).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.origin?
+            .checked_add(Duration::from_nanos(self.deadline_ns(self.next_slot)))
+    }
+
+    /// The next slot if its deadline is at or before `now`, else `None`. Returns every due slot,
+    /// one per call and in order, so after a late wake-up the caller drains until `None` and
+    /// gets them all; none is skipped. `at` advances by exactly 160 samples per returned slot.
+    pub fn pop(&mut self, now: Instant) -> Option<Playout> {
+        let origin = self.origin?;
+        let n = self.next_slot;
+        if nanos_since(origin, now) < self.deadline_ns(n) {
+            return None;
+        }
+        let delay = self.playout_delay_ns();
+        let target = i128::from(self.delay.target_ns());
+        if delay < target {
+            // Decelerate: hold everything back by one slot and conceal this one.
+            self.queue.delay_all();
+            self.offset += 1;
+            self.stats.decelerated += 1;
+            self.above_target_run = 0;
+        } else if delay >= target + i128::from(FRAME_NS) {
+            // Only slots that play audio count, so a long idle stretch cannot force the drop
+            // of the first (likely loud) frame when the caller speaks again.
+            if self.queue.front().is_some_and(|head| head.slot == n) {
+                self.above_target_run = self.above_target_run.saturating_add(1);
+                self.try_accelerate(n);
+            }
+        } else {
+            self.above_target_run = 0;
+        }
+
+        let (frame, kind) = match self.queue.front() {
+            Some(head) if head.slot <= n => {
+                // Slots only ever move in step with `next_slot`, so `head.slot < n` cannot
+                // happen; playing it now is the safe answer if it ever did.
+                let frame = head.frame;
+                self.queue.pop_front();
+                self.last_frame = frame;
+                self.concealed_run = 0;
+                self.stats.played_received += 1;
+                (frame, PlayoutKind::Received)
+            }
+            _ => (self.conceal(), PlayoutKind::Concealed),
+        };
+        self.next_slot += 1;
+        self.stats.played += 1;
+        Some(Playout {
+            at: SampleTime::from_frames(n),
+            frame,
+            kind,
+        })
+    }
+
+    /// Current target delay.
+    pub fn target_delay(&self) -> Duration {
+        Duration::from_nanos(self.delay.target_ns())
+    }
+
+    /// Whether Twilio has stopped sending: nothing is buffered and at least `idle_after_frames`
+    /// consecutive slots were concealed. Slots keep coming (as silence) while idle.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.concealed_run >= self.idle_after
+    }
+
+    /// Counters and current gauges.
+    pub fn stats(&self) -> JitterStats {
+        let playout_delay = u64::try_from(self.playout_delay_ns().max(0)).unwrap_or(u64::MAX);
+        JitterStats {
+            buffered: self.queue.len() as u64,
+            target_delay: self.target_delay(),
+            p95_delay: self.delay.estimate(),
+            playout_delay: Duration::from_nanos(playout_delay),
+            interarrival_jitter: self.delay.jitter(),
+            ..self.stats
+        }
+    }
+
+    /// Records `media` as the newest accepted frame at sender `slot`.
+    fn accept(&mut self, media: &InboundMedia, slot: u64, timestamp_slot: u64, rebase: bool) {
+        let timestamp_base = if rebase {
+            media.timestamp_ms
+        } else {
+            self.newest.timestamp_base
+        };
+        self.newest = Newest {
+            chunk: media.chunk,
+            timestamp_ms: media.timestamp_ms,
+            timestamp_base,
+            timestamp_slot,
+            slot,
+        };
+        self.backwards_run = 0;
+        self.recent_chunks[self.recent_next] = media.chunk;
+        self.recent_next = (self.recent_next + 1) % RECENT_CHUNKS;
+        self.recent_len = (self.recent_len + 1).min(RECENT_CHUNKS);
+    }
+
+    /// Queues a frame of sender slot `slot`, or reports it late.
+    fn place(&mut self, slot: u64, frame: MulawFrame) -> Admission {
+        let playout = i128::from(slot) + i128::from(self.offset);
+        if playout < i128::from(self.next_slot) {
+            self.stats.late += 1;
+            return Admission::Late;
+        }
+        // In range: at least `next_slot` and at most `slot + offset` with a bounded offset.
+        let mut playout = u64::try_from(playout).unwrap_or(u64::MAX);
+        let mut admission = Admission::Queued;
+        if self.queue.is_full() {
+            // Every buffered slot is >= next_slot and below `playout`, so after dropping the
+            // oldest, moving everything one slot earlier keeps all of them >= next_slot.
+            self.queue.pop_front();
+            self.queue.advance_all();
+            self.offset -= 1;
+            playout -= 1;
+            self.stats.overflow += 1;
+            admission = Admission::Overflow;
+        }
+        let entry = Entry {
+            slot: playout,
+            quiet: mulaw::is_quiet(&frame),
+            frame,
+        };
+        // Always true: the queue was made non-full above.
+        let pushed = self.queue.push_back(entry);
+        debug_assert!(pushed);
+        self.stats.max_buffered = self.stats.max_buffered.max(self.queue.len() as u64);
+        admission
+    }
+
+    /// Drops the due frame in slot `n` to shrink the delay, if the next frame can take its slot
+    /// and the excess has lasted long enough (longer still for a loud frame).
+    fn try_accelerate(&mut self, n: u64) {
+        if self.above_target_run < self.accelerate_after {
+            return;
+        }
+        let (Some(head), Some(next)) = (self.queue.front(), self.queue.get(1)) else {
+            return;
+        };
+        let forced = self.above_target_run
+            >= self
+                .accelerate_after
+                .saturating_mul(FORCED_ACCELERATE_FACTOR);
+        if head.slot == n && next.slot == n + 1 && (head.quiet || forced) {
+            self.queue.pop_front();
+            self.queue.advance_all();
+            self.offset -= 1;
+            self.stats.accelerated += 1;
+            self.above_target_run = 0;
+        }
+    }
+
+    /// The audio for a slot without a frame, with the concealment counters.
+    fn conceal(&mut self) -> MulawFrame {
+        self.concealed_run = self.concealed_run.saturating_add(1);
+        self.stats.concealed += 1;
+        if self.concealed_run == 1 {
+            self.stats.concealment_events += 1;
+        }
+        if self.queue.is_empty() && self.concealed_run > self.idle_after {
+            self.stats.idle_concealed += 1;
+        }
+        if self.concealed_run <= self.max_repeat_frames {
+            mulaw::attenuate(&self.last_frame, self.concealed_run)
+        } else {
+            MulawFrame::SILENCE
+        }
+    }
+
+    /// Sender slot for a resynced frame that arrived at `now_ns`: where its relative delay is
+    /// below one frame, and after the newest slot.
+    fn resync_slot(&self, now_ns: u64) -> u64 {
+        let reference = self.delay.reference().unwrap_or(0);
+        let since = (i128::from(now_ns) - i128::from(reference)).max(0);
+        let implied = u64::try_from(since / i128::from(FRAME_NS)).unwrap_or(u64::MAX);
+        implied.max(self.newest.slot.saturating_add(1))
+    }
+
+    /// Whether sender slot `slot` would play more than the early limit after `now_ns`.
+    fn too_early(&self, slot: u64, now_ns: u64) -> bool {
+        let playout = i128::from(slot) + i128::from(self.offset);
+        let deadline = i128::from(self.anchor_ns) + playout * i128::from(FRAME_NS);
+        deadline - i128::from(now_ns) > i128::from(self.early_limit_ns)
+    }
+
+    /// Deadline of playout slot `n`, ns since the first arrival.
+    fn deadline_ns(&self, n: u64) -> u64 {
+        self.anchor_ns.saturating_add(n.saturating_mul(FRAME_NS))
+    }
+
+    /// Playout delay `anchor + offset·20 ms − reference`, ns (may be negative).
+    fn playout_delay_ns(&self) -> i128 {
+        let reference = self.delay.reference().unwrap_or(0);
+        i128::from(self.anchor_ns) + i128::from(self.offset) * i128::from(FRAME_NS)
+            - i128::from(reference)
+    }
+}
+
+/// `round(delta_ms / 20)`: a timestamp difference in whole frames, halves rounded up.
+fn timestamp_position(delta_ms: u64) -> u64 {
+    let frame_ms = FRAME.as_millis() as u64;
+    delta_ms / frame_ms + u64::from(delta_ms % frame_ms >= frame_ms / 2)
+}
+
+/// `now − origin` in ns; 0 if `now` is earlier, saturating after 584 years.
+fn nanos_since(origin: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::FRAME_SAMPLES;
+    use proptest::prelude::*;
+
+    const fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    /// An arbitrary origin for virtual time: only differences matter to the buffer.
+    #[allow(clippy::disallowed_methods)]
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    /// A frame whose first 8 bytes carry `chunk`, so tests can tell which frame played. Quiet
+    /// frames are otherwise silence; loud ones use the loudest µ-law code.
+    fn marked(chunk: u64, loud: bool) -> MulawFrame {
+        let mut frame = MulawFrame([if loud { 0x80 } else { 0xFF }; FRAME_SAMPLES]);
+        frame.0[..8].copy_from_slice(&chunk.to_le_bytes());
+        frame
+    }
+
+    fn marker(frame: &MulawFrame) -> u64 {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&frame.0[..8]);
+        u64::from_le_bytes(bytes)
+    }
+
+    /// Twilio's numbering for the frame generated at `20·(k − 1)` ms: chunk k, timestamp offset 5.
+    fn media(chunk: u64) -> InboundMedia {
+        InboundMedia {
+            chunk,
+            timestamp_ms: 5 + 20 * (chunk - 1),
+            payload: marked(chunk, false),
+        }
+    }
+
+    /// Output of a virtual-time run.
+    struct Run {
+        jb: JitterBuffer,
+        /// Admission of each arrival, in arrival order.
+        admissions: Vec<Admission>,
+        /// Every popped slot with the virtual time it was popped at.
+        out: Vec<(Duration, Playout)>,
+    }
+
+    impl Run {
+        fn received_markers(&self) -> Vec<u64> {
+            self.out
+                .iter()
+                .filter(|(_, p)| p.kind == PlayoutKind::Received)
+                .map(|(_, p)| marker(&p.frame))
+                .collect()
+        }
+
+        fn slot_of(&self, chunk: u64) -> u64 {
+            self.out
+                .iter()
+                .find(|(_, p)| p.kind == PlayoutKind::Received && marker(&p.frame) == chunk)
+                .map(|(_, p)| p.at.0 / FRAME_SAMPLES as u64)
+                .unwrap_or_else(|| panic!("chunk {chunk} never played"))
+        }
+    }
+
+    /// Feeds `arrivals` (sorted by time) at their virtual times and pops every slot at its
+    /// deadline until `end`; arrivals at a deadline are inserted before the pop.
+    fn run(config: &JitterConfig, arrivals: &[(Duration, InboundMedia)], end: Duration) -> Run {
+        let start = epoch();
+        let mut jb = JitterBuffer::new(config).unwrap();
+        let mut admissions = Vec::new();
+        let mut out = Vec::new();
+        let mut i = 0;
+        loop {
+            let arrival = arrivals.get(i).map(|a| a.0);
+            let deadline = jb.poll_timeout().map(|t| t - start);
+            let t = match (arrival, deadline) {
+                (Some(a), Some(d)) => a.min(d),
+                (Some(t), None) | (None, Some(t)) => t,
+                (None, None) => break,
+            };
+            if t > end {
+                break;
+            }
+            let now = start + t;
+            while i < arrivals.len() && arrivals[i].0 == t {
+                admissions.push(jb.insert(now, &arrivals[i].1));
+                i += 1;
+            }
+            while let Some(p) = jb.pop(now) {
+                out.push((t, p));
+            }
+        }
+        Run {
+            jb,
+            admissions,
+            out,
+        }
+    }
+
+    /// Chunks `1..=count` arriving at their generation time plus `delay(k)`, kept monotone (TCP).
+    fn schedule(count: u64, delay: impl Fn(u64) -> Duration) -> Vec<(Duration, InboundMedia)> {
+        let mut last = Duration::ZERO;
+        (1..=count)
+            .map(|k| {
+                last = last.max(ms(20 * (k - 1)) + delay(k));
+                (last, media(k))
+            })
+            .collect()
+    }
+
+    fn assert_contiguous(run: &Run) {
+        for (i, (_, p)) in run.out.iter().enumerate() {
+            assert_eq!(p.at, SampleTime::from_frames(i as u64), "slot {i}");
+        }
+    }
+
+    #[test]
+    fn new_validates_the_config_and_starts_at_the_initial_delay() {
+        let bad = JitterConfig {
+            capacity_frames: 0,
+            ..JitterConfig::default()
+        };
+        assert!(matches!(
+            JitterBuffer::new(&bad),
+            Err(JitterConfigError::Capacity { got: 0, .. })
+        ));
+        let config = JitterConfig {
+            initial_delay: ms(60),
+            ..JitterConfig::default()
+        };
+        let jb = JitterBuffer::new(&config).unwrap();
+        assert_eq!(jb.target_delay(), ms(60));
+        assert!(!jb.is_idle());
+    }
+
+    #[test]
+    fn nothing_is_due_before_the_first_frame() {
+        let mut jb = JitterBuffer::new(&JitterConfig::default()).unwrap();
+        let t = epoch();
+        assert_eq!(jb.poll_timeout(), None);
+        assert!(jb.pop(t + ms(1000)).is_none());
+        assert_eq!(
+            jb.stats(),
+            JitterBuffer::new(&JitterConfig::default()).unwrap().stats()
+        );
+    }
+
+    #[test]
+    fn first_frame_plays_initial_delay_after_it_arrived() {
+        let mut jb = JitterBuffer::new(&JitterConfig::default()).unwrap();
+        let t = epoch();
+        assert_eq!(jb.insert(t, &media(1)), Admission::Queued);
+        assert_eq!(jb.poll_timeout(), Some(t + ms(40)));
+        assert!(jb.pop(t + ms(39)).is_none());
+        let p = jb.pop(t + ms(40)).unwrap();
+        assert_eq!(
+            (p.at, p.kind, marker(&p.frame)),
+            (SampleTime(0), PlayoutKind::Received, 1)
+        );
+        assert_eq!(jb.poll_timeout(), Some(t + ms(60)));
+    }
+
+    #[test]
+    fn steady_arrivals_play_without_concealment_and_settle_at_min_delay() {
+        // 10 s of frames with 0–4 ms of arrival jitter.
+        let arrivals = schedule(500, |k| ms(k * 7919 % 5));
+        let r = run(&JitterConfig::default(), &arrivals, ms(9_980));
+        let s = r.jb.stats();
+        assert_contiguous(&r);
+        assert_eq!(s.concealed, 0);
+        assert_eq!(s.late, 0);
+        assert_eq!(r.jb.target_delay(), ms(20));
+        assert!(
+            s.playout_delay >= ms(20) && s.playout_delay < ms(40),
+            "{s:?}"
+        );
+        assert_eq!(
+            s.accelerated, 1,
+            "40 ms initial delay shrinks to the 20 ms floor once"
+        );
+        let played = r.received_markers();
+        assert!(played.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(s.played_received + s.accelerated + s.buffered, 500);
+        assert!(r.admissions.iter().all(|a| *a == Admission::Queued));
+    }
+
+    #[test]
+    fn bursty_arrivals_grow_the_target_to_cover_the_burst_then_play_steadily() {
+        // Twilio delivers every 100 ms whatever was generated since: 5 frames per burst, and the
+        // first frame arrives alone, so the initial 40 ms is too short.
+        let arrivals = schedule(750, |k| {
+            let generated = 20 * (k - 1);
+            ms(generated.div_ceil(100) * 100 - generated)
+        });
+        let r = run(&JitterConfig::default(), &arrivals, ms(15_000));
+        let s = r.jb.stats();
+        assert_contiguous(&r);
+        assert_eq!(s.max_burst, 5);
+        assert!(
+            s.concealed > 0 && s.decelerated > 0,
+            "adaptation was needed: {s:?}"
+        );
+        assert!(r.jb.target_delay() >= ms(80), "{:?}", r.jb.target_delay());
+        assert!(s.playout_delay >= r.jb.target_delay());
+        let after_adapting: Vec<_> = r.out.iter().filter(|(t, _)| *t >= ms(3_000)).collect();
+        assert!(after_adapting.len() > 500);
+        assert!(
+            after_adapting
+                .iter()
+                .all(|(_, p)| p.kind == PlayoutKind::Received),
+            "concealment after adaptation"
+        );
+        // Output is steady: every slot popped exactly at its deadline, 20 ms apart.
+        for w in after_adapting.windows(2) {
+            assert_eq!(w[1].0 - w[0].0, FRAME);
+        }
+    }
+
+    #[test]
+    fn missing_frame_conceals_exactly_one_slot_and_later_frames_keep_their_slots() {
+        // The gap shows in both numbers, in the chunk only, or in the timestamp only.
+        for (chunk_gap, timestamp_gap) in [(true, true), (true, false), (false, true)] {
+            let mut arrivals = Vec::new();
+            for k in 1..=500u64 {
+                if k == 400 {
+                    continue;
+                }
+                let mut m = media(k);
+                if !chunk_gap && k > 400 {
+                    m.chunk -= 1;
+                }
+                if !timestamp_gap && k > 400 {
+                    m.timestamp_ms -= 20;
+                }
+                arrivals.push((ms(20 * (k - 1)), m));
+            }
+            let r = run(&JitterConfig::default(), &arrivals, ms(9_980));
+            let s = r.jb.stats();
+            let case = (chunk_gap, timestamp_gap);
+            assert_contiguous(&r);
+            assert_eq!((s.concealed, s.concealment_events), (1, 1), "{case:?}");
+            let (before, after) = (r.slot_of(399), r.slot_of(401));
+            assert_eq!(after - before, 2, "{case:?}");
+            assert_eq!(r.out[before as usize + 1].1.kind, PlayoutKind::Concealed);
+            assert!(r.admissions.iter().all(|a| *a == Admission::Queued));
+        }
+    }
+
+    #[test]
+    fn one_second_timestamp_jump_conceals_fifty_slots_then_reports_idle() {
+        // Twilio omitted 1 s of silence: chunks stay contiguous, timestamp and arrival jump.
+        let arrivals: Vec<_> = (1..=300u64)
+            .map(|k| {
+                let generated = 20 * (k - 1) + if k > 200 { 1000 } else { 0 };
+                let mut m = media(k);
+                m.timestamp_ms = 5 + generated;
+                (ms(generated), m)
+            })
+            .collect();
+        let r = run(&JitterConfig::default(), &arrivals, ms(6_980));
+        let s = r.jb.stats();
+        assert_contiguous(&r);
+        assert_eq!(r.slot_of(201) - r.slot_of(200), 51);
+        assert_eq!((s.concealed, s.concealment_events), (50, 1));
+        // The first 10 concealed slots are an underrun; so are those popped once frame 201 has
+        // arrived (it waits the playout delay for its slot).
+        let after_resume = r
+            .out
+            .iter()
+            .filter(|(t, p)| *t >= ms(5_000) && p.kind == PlayoutKind::Concealed)
+            .count() as u64;
+        assert!((1..=2).contains(&after_resume), "{after_resume}");
+        assert_eq!(s.idle_concealed, 40 - after_resume);
+        assert_eq!(s.resyncs, 0);
+        // The first repeats fade frame 200; then silence.
+        let gap = r.slot_of(200) as usize + 1;
+        let levels: Vec<u32> = (gap..gap + 5)
+            .map(|i| mulaw::loudness(&r.out[i].1.frame))
+            .collect();
+        assert!(
+            levels[0] > levels[1] && levels[1] > levels[2] && levels[2] > 0,
+            "{levels:?}"
+        );
+        assert_eq!(r.out[gap + 3].1.frame, MulawFrame::SILENCE);
+    }
+
+    #[test]
+    fn timestamp_jump_without_arrival_gap_resyncs_instead_of_concealing() {
+        let arrivals: Vec<_> = (1..=300u64)
+            .map(|k| {
+                let mut m = media(k);
+                if k > 200 {
+                    m.timestamp_ms += 1000;
+                }
+                (ms(20 * (k - 1)), m)
+            })
+            .collect();
+        let r = run(&JitterConfig::default(), &arrivals, ms(5_980));
+        let s = r.jb.stats();
+        assert_eq!(s.resyncs, 1);
+        assert_eq!(s.concealed, 0);
+        assert_eq!(r.slot_of(201) - r.slot_of(200), 1);
+        assert_contiguous(&r);
+    }
+
+    #[test]
+    fn duplicates_and_backwards_frames_are_counted_and_never_played() {
+        let mut arrivals = Vec::new();
+        for k in 1..=200u64 {
+            let t = ms(20 * (k - 1));
+            arrivals.push((t, media(k)));
+            match k {
+                10 => arrivals.push((t, media(10))), // immediate duplicate
+                20 => arrivals.push((t, media(15))), // recent duplicate
+                30 => {
+                    // Higher chunk but timestamp going backwards.
+                    let mut m = media(31);
+                    m.timestamp_ms = media(5).timestamp_ms;
+                    arrivals.push((t, m));
+                }
+                100 => arrivals.push((t, media(2))), // long forgotten: backwards
+                _ => {}
+            }
+        }
+        let r = run(&JitterConfig::default(), &arrivals, ms(3_980));
+        let s = r.jb.stats();
+        assert_eq!((s.duplicate, s.backwards), (2, 2));
+        let dropped: Vec<_> = r
+            .admissions
+            .iter()
+            .filter(|a| **a != Admission::Queued)
+            .collect();
+        assert_eq!(
+            dropped,
+            [
+                &Admission::Duplicate,
+                &Admission::Duplicate,
+                &Admission::Backwards,
+                &Admission::Backwards
+            ]
+        );
+        let played = r.received_markers();
+        assert!(
+            played.windows(2).all(|w| w[0] < w[1]),
+            "each frame once, in order"
+        );
+        assert_eq!(s.concealed, 0);
+        assert_eq!(s.played_received + s.accelerated + s.buffered, 200);
+    }
+
+    #[test]
+    fn frame_arriving_after_its_slot_played_is_late() {
+        // Frame 301 is held up 100 ms, and the frames behind it with it (head-of-line blocking).
+        let arrivals = schedule(400, |k| if k == 301 { ms(100) } else { Duration::ZERO });
+        let r = run(&JitterConfig::default(), &arrivals, ms(7_980));
+        assert_eq!(r.admissions[300], Admission::Late);
+        let s = r.jb.stats();
+        assert!(s.late >= 1 && s.concealed >= 1, "{s:?}");
+        assert!(!r.received_markers().contains(&301));
+        assert_eq!(
+            s.received,
+            s.late + s.played_received + s.accelerated + s.buffered
+        );
+    }
+
+    #[test]
+    fn hostile_numbers_are_bounded_and_the_stream_recovers() {
+        let mut arrivals = Vec::new();
+        for k in 1..=1000u64 {
+            let mut m = media(k);
+            match k {
+                51 => m.chunk = u64::MAX,
+                151 => m.chunk = 0,
+                251 => m.timestamp_ms = u64::MAX,
+                351 => m.timestamp_ms += 1_000_000_000_000,
+                451 => m.chunk += 1_000_000_000_000_000,
+                _ => {}
+            }
+            arrivals.push((ms(20 * (k - 1)), m));
+        }
+        let r = run(&JitterConfig::default(), &arrivals, ms(19_980));
+        let s = r.jb.stats();
+        assert_contiguous(&r);
+        assert!(s.max_buffered <= 50);
+        assert!(s.resyncs >= 5 && s.resyncs <= 10, "{s:?}");
+        assert!(s.backwards <= 50, "{s:?}");
+        // The last 5 s play every frame on time.
+        let tail: Vec<_> = r.out.iter().filter(|(t, _)| *t >= ms(15_000)).collect();
+        assert!(tail.len() >= 240);
+        assert!(tail.iter().all(|(_, p)| p.kind == PlayoutKind::Received));
+        assert!(s.playout_delay <= ms(200), "{s:?}");
+    }
+
+    #[test]
+    fn first_frame_with_extreme_numbers_does_not_break_the_buffer() {
+        for (chunk, ts) in [(u64::MAX, u64::MAX), (0, 0), (u64::MAX, 0), (0, u64::MAX)] {
+            let mut arrivals = vec![(
+                Duration::ZERO,
+                InboundMedia {
+                    chunk,
+                    timestamp_ms: ts,
+                    payload: MulawFrame::SILENCE,
+                },
+            )];
+            arrivals.extend((2..=200u64).map(|k| (ms(20 * (k - 1)), media(k))));
+            let r = run(&JitterConfig::default(), &arrivals, ms(3_980));
+            let tail: Vec<_> = r.out.iter().filter(|(t, _)| *t >= ms(1_000)).collect();
+            assert!(
+                tail.iter().all(|(_, p)| p.kind == PlayoutKind::Received),
+                "({chunk}, {ts})"
+            );
+            assert_contiguous(&r);
+        }
+    }
+
+    #[test]
+    fn concealment_fades_the_last_frame_then_keeps_feeding_silence_while_idle() {
+        let mut jb = JitterBuffer::new(&JitterConfig::default()).unwrap();
+        let t = epoch();
+        let loud = InboundMedia {
+            payload: marked(1, true),
+            ..media(1)
+        };
+        jb.insert(t, &loud);
+        let mut out = Vec::new();
+        let mut idle_at = None;
+        for n in 0..100u64 {
+            let now = t + ms(40 + 20 * n);
+            out.push(jb.pop(now).unwrap());
+            assert!(jb.pop(now).is_none());
+            if idle_at.is_none() && jb.is_idle() {
+                idle_at = Some(n);
+            }
+        }
+        assert_eq!(out[0].kind, PlayoutKind::Received);
+        assert!(out[1..].iter().all(|p| p.kind == PlayoutKind::Concealed));
+        let levels: Vec<u32> = out[..5].iter().map(|p| mulaw::loudness(&p.frame)).collect();
+        assert!(levels.windows(2).take(3).all(|w| w[0] > w[1]), "{levels:?}");
+        assert!(out[4..].iter().all(|p| p.frame == MulawFrame::SILENCE));
+        assert_eq!(idle_at, Some(10), "idle after 10 concealed slots");
+        let s = jb.stats();
+        assert_eq!((s.played, s.concealed, s.concealment_events), (100, 99, 1));
+        assert_eq!(s.idle_concealed, 89);
+        // A new frame ends the idle state.
+        assert!(jb.is_idle());
+        assert_eq!(jb.insert(t + ms(2_100), &media(110)), Admission::Queued);
+        assert!(!jb.is_idle());
+    }
+
+    #[test]
+    fn late_wakeup_drains_every_due_slot_in_order() {
+        let mut jb = JitterBuffer::new(&JitterConfig::default()).unwrap();
+        let t = epoch();
+        for k in 1..=40u64 {
+            assert_eq!(
+                jb.insert(t + ms(20 * (k - 1)), &media(k)),
+                Admission::Queued
+            );
+        }
+        // First wake-up 1 s after the first deadline: 51 slots are due (40 frames + 11 gaps).
+        let now = t + ms(1_040);
+        let out: Vec<_> = std::iter::from_fn(|| jb.pop(now)).collect();
+        assert_eq!(out.len(), 51);
+        for (i, p) in out.iter().enumerate() {
+            assert_eq!(p.at, SampleTime::from_frames(i as u64));
+        }
+        let received: Vec<u64> = out
+            .iter()
+            .filter(|p| p.kind == PlayoutKind::Received)
+            .map(|p| marker(&p.frame))
+            .collect();
+        assert_eq!(received, (1..=40).collect::<Vec<_>>());
+        assert_eq!(jb.poll_timeout(), Some(t + ms(1_060)));
+    }
+
+    #[test]
+    fn overflow_drops_the_oldest_and_pulls_the_rest_forward_without_a_gap() {
+        // Keep the delay where the flood put it, to see the overflow alone.
+        let config = JitterConfig {
+            accelerate_after_frames: 1_000,
+            ..JitterConfig::default()
+        };
+        let mut jb = JitterBuffer::new(&config).unwrap();
+        let t = epoch();
+        let admissions: Vec<_> = (1..=60u64).map(|k| jb.insert(t, &media(k))).collect();
+        assert!(admissions[..50].iter().all(|a| *a == Admission::Queued));
+        assert!(admissions[50..].iter().all(|a| *a == Admission::Overflow));
+        let s = jb.stats();
+        assert_eq!((s.overflow, s.buffered, s.max_buffered), (10, 50, 50));
+        let out: Vec<_> = std::iter::from_fn(|| jb.pop(t + ms(40 + 49 * 20))).collect();
+        let received: Vec<u64> = out.iter().map(|p| marker(&p.frame)).collect();
+        assert_eq!(received, (11..=60).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn shrinking_the_delay_drops_only_quiet_frames_when_it_can() {
+        // The first frame arrives 200 ms late with the next ten behind it, so the playout
+        // delay starts ~200 ms above what steady arrivals need.
+        let loud_even = |k: u64| InboundMedia {
+            payload: marked(k, k.is_multiple_of(2)),
+            ..media(k)
+        };
+        let arrivals: Vec<_> = (1..=1000u64)
+            .map(|k| (ms((20 * (k - 1)).max(200)), loud_even(k)))
+            .collect();
+        let r = run(&JitterConfig::default(), &arrivals, ms(19_980));
+        let s = r.jb.stats();
+        assert!(s.accelerated >= 8, "{s:?}");
+        assert!(s.playout_delay < s.target_delay + FRAME, "{s:?}");
+        let played = r.received_markers();
+        let dropped: Vec<u64> = (1..=played[played.len() - 1])
+            .filter(|k| !played.contains(k))
+            .collect();
+        assert_eq!(dropped.len() as u64, s.accelerated);
+        assert!(
+            dropped.iter().all(|k| !k.is_multiple_of(2)),
+            "dropped loud frames: {dropped:?}"
+        );
+        assert_eq!(s.concealed, 0);
+    }
+
+    #[test]
+    fn shrinking_the_delay_eventually_drops_loud_frames_too() {
+        let arrivals: Vec<_> = (1..=1000u64)
+            .map(|k| {
+                let m = InboundMedia {
+                    payload: marked(k, true),
+                    ..media(k)
+                };
+                (ms((20 * (k - 1)).max(200)), m)
+            })
+            .collect();
+        let r = run(&JitterConfig::default(), &arrivals, ms(19_980));
+        let s = r.jb.stats();
+        assert!(s.accelerated >= 8, "{s:?}");
+        assert!(s.playout_delay < s.target_delay + FRAME, "{s:?}");
+    }
+
+    /// One step of a random arrival schedule.
+    #[derive(Clone, Debug)]
+    struct Step {
+        /// 0–79 normal, 80–87 drop the frame, 88–95 send it twice, 96–99 timestamp jump.
+        kind: u8,
+        /// Extra network delay of this frame, ms (arrivals stay monotone).
+        delay_ms: u64,
+        /// How late the popper wakes after each deadline, ms.
+        lateness_ms: u64,
+        /// Below the case's flood percentage, the frame arrives with the previous one even if
+        /// it was not generated yet (a sender running ahead: early frames fill the buffer).
+        flood: u8,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            0u8..100,
+            prop_oneof![8 => 0u64..25, 1 => 25u64..400],
+            prop_oneof![4 => Just(0u64), 1 => 0u64..70],
+            0u8..100,
+        )
+            .prop_map(|(kind, delay_ms, lateness_ms, flood)| Step {
+                kind,
+                delay_ms,
+                lateness_ms,
+                flood,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn playout_is_ordered_on_schedule_and_bounded_for_any_arrivals(
+            steps in proptest::collection::vec(step(), 1..400),
+            capacity in 12usize..60,
+            flood_percent in prop_oneof![Just(0u8), 0u8..80],
+        ) {
+            let config = JitterConfig { capacity_frames: capacity, ..JitterConfig::default() };
+            // Build arrivals: (time, media, how late the next pop wakes).
+            let mut arrivals = Vec::new();
+            let mut last = Duration::ZERO;
+            let mut ts_shift = 0;
+            for (k, s) in (1u64..).zip(&steps) {
+                if s.kind >= 96 {
+                    ts_shift += 20 * u64::from(s.kind - 95);
+                }
+                let generated = ms(20 * (k - 1) + ts_shift);
+                if s.flood >= flood_percent {
+                    last = last.max(generated + ms(s.delay_ms));
+                }
+                let mut m = media(k);
+                m.timestamp_ms += ts_shift;
+                if (80..88).contains(&s.kind) {
+                    continue;
+                }
+                arrivals.push((last, m, s.lateness_ms));
+                if (88..96).contains(&s.kind) {
+                    arrivals.push((last, m, s.lateness_ms));
+                }
+            }
+
+            let start = epoch();
+            let mut jb = JitterBuffer::new(&config).unwrap();
+            let mut first_arrival = None;
+            let mut next_at = 0;
+            let mut last_marker = 0;
+            let mut received = 0;
+            let mut i = 0;
+            let mut lateness = ms(0);
+            let end = last + ms(500);
+            loop {
+                let deadline = jb.poll_timeout().map(|d| d - start + lateness);
+                let t = match (arrivals.get(i).map(|a| a.0), deadline) {
+                    (Some(a), Some(d)) => a.min(d),
+                    (Some(t), None) | (None, Some(t)) => t,
+                    (None, None) => break,
+                };
+                if t > end {
+                    break;
+                }
+                let now = start + t;
+                while i < arrivals.len() && arrivals[i].0 == t {
+                    first_arrival.get_or_insert(t);
+                    jb.insert(now, &arrivals[i].1);
+                    lateness = ms(arrivals[i].2);
+                    i += 1;
+                }
+                while let Some(p) = jb.pop(now) {
+                    prop_assert_eq!(p.at, SampleTime(next_at));
+                    next_at += FRAME_SAMPLES as u64;
+                    let first = first_arrival.unwrap();
+                    let due = first + ms(40) + FRAME * ((p.at.0 / 160) as u32);
+                    prop_assert!(t >= due, "slot {:?} popped at {:?}, due {:?}", p.at, t, due);
+                    if p.kind == PlayoutKind::Received {
+                        received += 1;
+                        let m = marker(&p.frame);
+                        prop_assert!(m > last_marker, "frame {} after {}", m, last_marker);
+                        last_marker = m;
+                    }
+                }
+                prop_assert!(jb.poll_timeout().is_none_or(|d| d > now));
+                let s = jb.stats();
+                prop_assert!(s.buffered <= capacity as u64 && s.max_buffered <= capacity as u64);
+                prop_assert_eq!(s.played_received + s.concealed, s.played);
+                prop_assert_eq!(s.played_received, received);
+                prop_assert_eq!(
+                    s.received,
+                    s.duplicate + s.backwards + s.late + s.overflow + s.accelerated
+                        + s.played_received + s.buffered
+                );
+                prop_assert!(s.target_delay >= ms(20) && s.target_delay <= ms(200));
+            }
+        }
+
+        #[test]
+        fn hostile_numbers_never_panic_and_stay_bounded(
+            frames in proptest::collection::vec(
+                (any::<u64>(), any::<u64>(), 0u64..60, any::<bool>()), 1..200),
+        ) {
+            let mut jb = JitterBuffer::new(&JitterConfig::default()).unwrap();
+            let start = epoch();
+            let mut t = Duration::ZERO;
+            let mut next_at = 0;
+            for (chunk, timestamp_ms, dt, pop) in frames {
+                t += ms(dt);
+                let m = InboundMedia { chunk, timestamp_ms, payload: MulawFrame::SILENCE };
+                jb.insert(start + t, &m);
+                if pop {
+                    while let Some(p) = jb.pop(start + t) {
+                        prop_assert_eq!(p.at, SampleTime(next_at));
+                        next_at += FRAME_SAMPLES as u64;
+                    }
+                }
+                let s = jb.stats();
+                prop_assert!(s.buffered <= 50);
+                prop_assert_eq!(
+                    s.received,
+                    s.duplicate + s.backwards + s.late + s.overflow + s.accelerated
+                        + s.played_received + s.buffered
+                );
+            }
+        }
+    }
+}
