@@ -271,15 +271,23 @@ impl Resampler {
     /// out, so the output of every input sample since the last `new`/`reset`/`flush` is
     /// poppable, exactly `round(input_len × to / from)` samples in all. Then the filter starts
     /// afresh: the next pushed sample begins a new, again time-aligned, segment.
+    ///
+    /// The FIFO keeps room for one flush beyond what `push` fills. Flushing again and again
+    /// without popping in between can exhaust that room; the tail that does not fit is dropped.
     pub fn flush(&mut self) {
         if self.fft.is_some() {
             let from = u64::from(self.from.hz());
             let to = u64::from(self.to.hz());
             let target = (self.segment_in * to + from / 2) / from;
             while self.segment_out < target {
+                let before = self.segment_out;
                 self.staged[self.staged_len..].fill(0.0);
                 self.staged_len = self.chunk_in;
                 self.process_chunk(target);
+                if self.segment_out == before {
+                    // FIFO full: only after repeated flushes with nothing popped in between.
+                    break;
+                }
             }
         }
         self.restart_segment();
@@ -542,6 +550,20 @@ mod tests {
         r.flush();
         let expected = (consumed as u64 * 8_000 + 22_050) / 44_100;
         assert_eq!(r.available() as u64, expected);
+    }
+
+    #[test]
+    fn repeated_flushes_without_popping_stay_bounded() {
+        let mut r = Resampler::new(SampleRate::HZ_22050, SampleRate::NARROWBAND).unwrap();
+        let input = tone(800.0, SampleRate::HZ_22050, 22_050 * 3);
+        let mut offset = r.push(&input);
+        for _ in 0..10 {
+            r.flush();
+            assert!(r.available() <= r.capacity());
+            offset += r.push(&input[offset..offset + 300]);
+        }
+        r.flush();
+        assert_eq!(r.available(), r.capacity(), "the FIFO ends full, nothing more");
     }
 
     #[test]
