@@ -563,7 +563,11 @@ mod tests {
             offset += r.push(&input[offset..offset + 300]);
         }
         r.flush();
-        assert_eq!(r.available(), r.capacity(), "the FIFO ends full, nothing more");
+        assert_eq!(
+            r.available(),
+            r.capacity(),
+            "the FIFO ends full, nothing more"
+        );
     }
 
     #[test]
