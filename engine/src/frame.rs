@@ -78,6 +78,9 @@ pub enum MediaError {
     /// `media.chunk` was not a decimal integer.
     #[error("media.chunk is not a decimal integer")]
     BadChunk,
+    /// `media.payload` could not be decoded (not base64).
+    #[error("media payload is not valid base64")]
+    Encoding,
     /// `media.timestamp` was not a decimal integer.
     #[error("media.timestamp is not a decimal integer")]
     BadTimestamp,
@@ -128,9 +131,15 @@ mod tests {
     fn rejects_bad_media_fields() {
         let p = [0u8; 160];
         assert_eq!(InboundMedia::parse("x", "5", &p), Err(MediaError::BadChunk));
-        assert_eq!(InboundMedia::parse("-1", "5", &p), Err(MediaError::BadChunk));
+        assert_eq!(
+            InboundMedia::parse("-1", "5", &p),
+            Err(MediaError::BadChunk)
+        );
         assert_eq!(InboundMedia::parse("", "5", &p), Err(MediaError::BadChunk));
-        assert_eq!(InboundMedia::parse("1", " 5", &p), Err(MediaError::BadTimestamp));
+        assert_eq!(
+            InboundMedia::parse("1", " 5", &p),
+            Err(MediaError::BadTimestamp)
+        );
         assert_eq!(
             InboundMedia::parse("1", "99999999999999999999", &p),
             Err(MediaError::BadTimestamp)

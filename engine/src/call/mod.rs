@@ -1,1 +1,796 @@
-//! (being written)
+//! The per-call state machine: composes codec, jitter buffer, resamplers, VAD and pacer, and
+//! decides barge-in.
+//!
+//! ```text
+//!  Input::Media ──▶ JitterBuffer ──(20 ms playout)──▶ µ-law decode ──▶ Vad ──▶ CallEvent::Speech*
+//!                                                            └──▶ 8→16 kHz ──▶ Output::CallerAudio
+//!  Input::AgentAudio (any rate) ──▶ →8 kHz ──▶ µ-law encode ──▶ Pacer ──▶ Output::Transmit / Mark
+//!  Input::MarkEcho ──▶ playback position ──▶ CallEvent::MarkPlayed, heard time at barge-in
+//! ```
+//!
+//! Contract (sans-IO, str0m style): feed one [`Input`] with [`Call::handle_input`], then drain
+//! [`Call::poll_output`] until it returns `None`, then sleep until [`Call::poll_timeout`] and feed
+//! [`Input::Timeout`]. Nothing here reads a clock; every `Instant` comes from the driver.
+//!
+//! ## Playback truth and heard time
+//! At the start of every playback the call queues a *progress mark* before the first frame
+//! (Twilio echoes it as soon as it starts playing) and then one every
+//! [`CallConfig::mark_interval_frames`] frames. A progress mark's echo pins the caller's playback
+//! position to a known sample at a known instant; between echoes the position advances at real
+//! time. The first mark of a playback is echoed on arrival (Twilio's buffer is empty), which
+//! measures the round trip; a `clear` sent now lands half a round trip later, and the newest
+//! echo left half a round trip ago, so the heard time adds one round trip, capped at what was
+//! sent. At barge-in the heard time is therefore exact to the sample whenever Twilio plays
+//! continuously (which the pacer's lead ensures).
+//! Marks that Twilio echoes because a `clear` flushed them are recognised and ignored.
+//!
+//! ## Barge-in
+//! Caller speech onset (the VAD's `SpeechStarted`) while agent audio is queued locally or not yet
+//! confirmed played at Twilio → the pacer is flushed, [`Output::Clear`] is emitted and
+//! [`CallEvent::BargeIn`] reports the heard time. The decision is made on the frame that
+//! completes the VAD attack, so it lands within `attack_frames` frames of the onset (plus the
+//! jitter buffer's delay).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::codec;
+use crate::frame::{InboundMedia, MarkId, MediaError, MulawFrame, PcmFrame, WidebandFrame};
+use crate::jitter::{Admission, JitterBuffer, JitterConfig, JitterStats};
+use crate::pacer::{Pacer, PacerConfig, PacerStats, Transmit};
+use crate::resample::Resampler;
+use crate::time::{FRAME, FRAME_SAMPLES, SampleRate, SampleTime, WIDEBAND_FRAME_SAMPLES};
+use crate::vad::{Vad, VadConfig, VadTransition};
+
+mod marks;
+
+use marks::MarkLedger;
+
+/// Marks at or above this value are the call's own progress marks; the shell names them
+/// `p<n>` on the wire. Agent marks use ids below it.
+pub const PROGRESS_MARK_BASE: u64 = 1 << 62;
+
+/// Output FIFO of each resampler: the call pops after every push, so two frames suffice.
+const RESAMPLER_FIFO: Duration = Duration::from_millis(40);
+
+/// Capacity of the output queue between two drains. One input produces a handful of outputs
+/// (a late wake-up: one caller frame per overdue 20 ms; a barge-in: clear plus a few events);
+/// transmits are produced lazily and never queue here. Kept small: an `Output` holds a 16 kHz
+/// frame (640 bytes) and this queue is part of every call's memory.
+const OUTPUT_CAPACITY: usize = 32;
+
+/// Configuration of one call. Plain data, validated once by [`Call::new`].
+#[derive(Clone, Debug)]
+pub struct CallConfig {
+    /// Inbound jitter buffer.
+    pub jitter: JitterConfig,
+    /// Outbound pacer (lead, catch-up policy, queue size).
+    pub pacer: PacerConfig,
+    /// Voice activity detector (attack and hangover in frames).
+    pub vad: VadConfig,
+    /// Frames between progress marks during playback (default 5 = 100 ms). Smaller values
+    /// tighten heard-time accuracy when Twilio's playback stalls, at the cost of more messages.
+    pub mark_interval_frames: u32,
+    /// Whether caller speech during agent playback interrupts it (default true).
+    pub barge_in: bool,
+    /// Whether to produce 16 kHz caller audio for the agent (default true).
+    pub agent_feed: bool,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        Self {
+            jitter: JitterConfig::default(),
+            // Agents hand audio over a little at a time (the driver pulls ~200 ms when less than
+            // 200 ms is queued), so 3 s of queue is plenty and keeps each call small: a slot is
+            // 176 bytes, so 150 slots are 26 KB.
+            pacer: PacerConfig {
+                capacity_frames: 150,
+                ..PacerConfig::default()
+            },
+            // End of turn after 500 ms of silence (the detector's own default hangover is tuned
+            // for frame accuracy, which is too eager for turn-taking: it would end a turn at
+            // every pause between words).
+            vad: VadConfig {
+                hangover_frames: 25,
+                ..VadConfig::default()
+            },
+            mark_interval_frames: 5,
+            barge_in: true,
+            agent_feed: true,
+        }
+    }
+}
+
+/// Why a [`CallConfig`] was refused.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// The jitter buffer configuration is invalid.
+    #[error("jitter buffer: {0}")]
+    Jitter(String),
+    /// The pacer configuration is invalid.
+    #[error("pacer: {0}")]
+    Pacer(String),
+    /// The VAD configuration is invalid.
+    #[error("vad: {0}")]
+    Vad(String),
+    /// `mark_interval_frames` is zero.
+    #[error("mark interval must be at least 1 frame, got 0")]
+    MarkInterval,
+}
+
+/// Runtime errors: every one is also counted in [`CallStats`] and leaves the call usable.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// Input arrived after `Stop`.
+    #[error("input after the stream stopped")]
+    AfterStop,
+    /// Agent audio at a rate the engine does not resample.
+    #[error("unsupported agent audio rate: {hz} Hz")]
+    UnsupportedRate {
+        /// The rate offered.
+        hz: u32,
+    },
+    /// The outbound queue is full; the agent is sending far ahead of real time.
+    #[error("playback queue full: {dropped_frames} frames dropped")]
+    PlaybackQueueFull {
+        /// Frames dropped by this input.
+        dropped_frames: u32,
+    },
+    /// The output queue was not drained after the previous input.
+    #[error("outputs not drained before the next input")]
+    InputWithoutDrain,
+    /// A mark id in the range reserved for the call's own progress marks.
+    #[error("mark id {id} is reserved for progress marks")]
+    ReservedMark {
+        /// The id offered.
+        id: u64,
+    },
+}
+
+/// One input to the call.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// Agent audio to play to the caller: PCM at `rate`, any length, faster than real time
+    /// allowed (the pacer paces it).
+    AgentAudio(Instant, &'a [i16], SampleRate),
+    /// The agent stops its playback (no caller speech involved): flush and `clear`.
+    AgentClear(Instant),
+    /// The agent marks the end of a segment: its audio so far is completed (partial frames padded
+    /// with silence) and the mark follows it. The mark's echo is reported as
+    /// [`CallEvent::MarkPlayed`].
+    AgentMark(Instant, MarkId),
+    /// A DTMF digit from the caller.
+    Dtmf(Instant, char),
+    /// Twilio echoed a mark.
+    MarkEcho(Instant, MarkId),
+    /// Caller audio as read off the socket; the `Instant` is when it was read.
+    Media(Instant, InboundMedia),
+    /// A `media` message the shell could not turn into [`InboundMedia`]; counted.
+    MediaRejected(Instant, MediaError),
+    /// The stream ended (Twilio `stop` or the socket closed).
+    Stop(Instant),
+    /// A deadline from [`Call::poll_timeout`] was reached.
+    Timeout(Instant),
+}
+
+impl Input<'_> {
+    /// The instant carried by the input.
+    pub fn time(&self) -> Instant {
+        match *self {
+            Self::AgentAudio(t, ..)
+            | Self::AgentClear(t)
+            | Self::AgentMark(t, _)
+            | Self::Dtmf(t, _)
+            | Self::MarkEcho(t, _)
+            | Self::Media(t, _)
+            | Self::MediaRejected(t, _)
+            | Self::Stop(t)
+            | Self::Timeout(t) => t,
+        }
+    }
+}
+
+/// One output of the call. Drain with [`Call::poll_output`] after every input.
+///
+/// `CallerAudio` carries its 16 kHz frame inline (648 bytes): boxing it would allocate on every
+/// frame, which the hot path must not.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Output {
+    /// Caller audio for the agent: 20 ms at 16 kHz, at caller time `at` (8 kHz samples).
+    CallerAudio(SampleTime, WidebandFrame),
+    /// Send Twilio `clear` now.
+    Clear,
+    /// Something happened.
+    Event(CallEvent),
+    /// Send Twilio a `mark` with this id now.
+    Mark(MarkId),
+    /// Send Twilio this 20 ms µ-law frame now.
+    Transmit(MulawFrame),
+}
+
+/// Events for the agent and the logs.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+#[non_exhaustive]
+pub enum CallEvent {
+    /// The caller spoke over agent audio; playback was flushed and `clear` sent.
+    BargeIn(Interruption),
+    /// A DTMF digit.
+    Dtmf(char),
+    /// An agent mark's audio has played.
+    MarkPlayed(MarkId),
+    /// An agent mark will never play: its audio was flushed.
+    MarkCleared(MarkId),
+    /// The agent's clear request was carried out.
+    PlaybackCleared(Interruption),
+    /// All queued agent audio has played (per Twilio's mark echoes).
+    PlaybackFinished {
+        /// Audio played in this playback.
+        played: Duration,
+    },
+    /// The caller started speaking; `at` is the onset on the caller timeline.
+    SpeechStarted {
+        /// Onset.
+        at: SampleTime,
+    },
+    /// The caller stopped speaking; `at` is the end of the last speech frame.
+    SpeechEnded {
+        /// End of speech.
+        at: SampleTime,
+    },
+    /// The stream stopped.
+    Stopped,
+}
+
+/// What a barge-in or agent clear cut off.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct Interruption {
+    /// Caller speech onset that caused it (`None` for an agent clear).
+    pub onset: Option<SampleTime>,
+    /// Agent audio of the current playback the caller actually heard.
+    pub heard: Duration,
+    /// Agent audio of the current playback sent to Twilio.
+    pub sent: Duration,
+    /// Agent audio still queued locally and dropped.
+    pub dropped: Duration,
+    /// The last agent mark confirmed played in this playback, if any: the interrupted audio is
+    /// the segment after it.
+    pub last_played_mark: Option<MarkId>,
+}
+
+/// Counters for one call. Plain `Copy` data.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct CallStats {
+    /// Valid `media` messages handed to the jitter buffer.
+    pub media_in: u64,
+    /// `media` messages rejected: payload not 160 bytes.
+    pub media_bad_length: u64,
+    /// `media` messages rejected: payload not base64.
+    pub media_bad_encoding: u64,
+    /// `media` messages rejected: chunk or timestamp not a decimal integer.
+    pub media_bad_number: u64,
+    /// `media` rejected by the jitter buffer as duplicate.
+    pub media_duplicate: u64,
+    /// `media` rejected by the jitter buffer as late or backwards.
+    pub media_late: u64,
+    /// Inputs refused after `Stop`.
+    pub after_stop: u64,
+    /// Jitter buffer counters.
+    pub jitter: JitterStats,
+    /// Pacer counters.
+    pub pacer: PacerStats,
+    /// Caller frames played out of the jitter buffer (received or concealed).
+    pub caller_frames: u64,
+    /// 16 kHz frames handed to the agent.
+    pub agent_feed_frames: u64,
+    /// Speech-started transitions.
+    pub speech_started: u64,
+    /// Speech-ended transitions.
+    pub speech_ended: u64,
+    /// Barge-ins decided.
+    pub barge_ins: u64,
+    /// Agent clears carried out.
+    pub agent_clears: u64,
+    /// Agent audio frames accepted for playback.
+    pub agent_frames: u64,
+    /// Agent audio frames dropped because the playback queue was full.
+    pub agent_frames_dropped: u64,
+    /// Agent audio refused for an unsupported rate.
+    pub agent_bad_rate: u64,
+    /// Frames sent to Twilio.
+    pub frames_out: u64,
+    /// Marks sent to Twilio (progress and agent).
+    pub marks_out: u64,
+    /// Mark echoes counted as played.
+    pub marks_played: u64,
+    /// Mark echoes recognised as flushed by our `clear`.
+    pub marks_flushed: u64,
+    /// Mark echoes for marks we never sent or already saw.
+    pub marks_unknown: u64,
+    /// DTMF digits received.
+    pub dtmf: u64,
+    /// Outputs dropped because the caller did not drain (a driver bug; should stay 0).
+    pub outputs_dropped: u64,
+}
+
+/// Lifecycle of the stream.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Phase {
+    Running,
+    Stopped,
+}
+
+/// The per-call state machine. See the module docs for the contract.
+pub struct Call {
+    /// Configuration as validated.
+    config: CallConfig,
+    /// Running or stopped.
+    phase: Phase,
+    /// Inbound jitter buffer (caller → agent).
+    jitter: JitterBuffer,
+    /// Caller speech detector on the jitter buffer's playout.
+    vad: Vad,
+    /// Caller 8 kHz → 16 kHz for the agent feed.
+    upsampler: Resampler,
+    /// 16 kHz samples gathered toward the next agent-feed frame.
+    feed: [i16; WIDEBAND_FRAME_SAMPLES],
+    /// Valid samples in `feed`.
+    feed_len: usize,
+    /// Agent audio → 8 kHz, rebuilt only when the agent changes rate.
+    downsampler: Option<Resampler>,
+    /// 8 kHz agent samples gathered toward the next outbound frame.
+    outgoing: [i16; FRAME_SAMPLES],
+    /// Valid samples in `outgoing`.
+    outgoing_len: usize,
+    /// Outbound 20 ms pacing.
+    pacer: Pacer,
+    /// What was sent, what Twilio confirmed, and what is in flight.
+    ledger: MarkLedger,
+    /// Frames pushed into the pacer since the last progress mark.
+    frames_since_mark: u32,
+    /// Next progress mark id.
+    next_progress_mark: u64,
+    /// When to confirm the end of playback with a trailing mark, if the queue stays empty.
+    trailing_mark_at: Option<Instant>,
+    /// The newest instant seen in any input.
+    now: Instant,
+    /// Outputs waiting to be drained.
+    outputs: VecDeque<Output>,
+    /// Counters.
+    stats: CallStats,
+}
+
+impl Call {
+    /// A new call; `now` is when the stream started. Validates the configuration once.
+    pub fn new(config: &CallConfig, now: Instant) -> Result<Self, ConfigError> {
+        if config.mark_interval_frames == 0 {
+            return Err(ConfigError::MarkInterval);
+        }
+        let jitter =
+            JitterBuffer::new(&config.jitter).map_err(|e| ConfigError::Jitter(e.to_string()))?;
+        let pacer = Pacer::new(&config.pacer).map_err(|e| ConfigError::Pacer(e.to_string()))?;
+        let vad = Vad::new(&config.vad).map_err(|e| ConfigError::Vad(e.to_string()))?;
+        let upsampler =
+            Resampler::with_fifo(SampleRate::NARROWBAND, SampleRate::WIDEBAND, RESAMPLER_FIFO)
+                .expect("8 kHz to 16 kHz is always supported");
+        Ok(Self {
+            config: config.clone(),
+            phase: Phase::Running,
+            jitter,
+            vad,
+            upsampler,
+            feed: [0; WIDEBAND_FRAME_SAMPLES],
+            feed_len: 0,
+            downsampler: None,
+            outgoing: [0; FRAME_SAMPLES],
+            outgoing_len: 0,
+            pacer,
+            ledger: MarkLedger::new(),
+            frames_since_mark: 0,
+            next_progress_mark: PROGRESS_MARK_BASE,
+            trailing_mark_at: None,
+            now,
+            outputs: VecDeque::with_capacity(OUTPUT_CAPACITY),
+            stats: CallStats::default(),
+        })
+    }
+
+    /// Feeds one input. Drain [`Call::poll_output`] until `None` before the next input.
+    pub fn handle_input(&mut self, input: Input<'_>) -> Result<(), CallError> {
+        if !self.outputs.is_empty() {
+            return Err(CallError::InputWithoutDrain);
+        }
+        if self.phase == Phase::Stopped {
+            self.stats.after_stop += 1;
+            return Err(CallError::AfterStop);
+        }
+        self.now = self.now.max(input.time());
+        match input {
+            Input::AgentAudio(now, pcm, rate) => self.agent_audio(now, pcm, rate),
+            Input::AgentClear(now) => {
+                self.interrupt(now, None);
+                Ok(())
+            }
+            Input::AgentMark(now, mark) => self.agent_mark(now, mark),
+            Input::Dtmf(_, digit) => {
+                self.stats.dtmf += 1;
+                self.emit(Output::Event(CallEvent::Dtmf(digit)));
+                Ok(())
+            }
+            Input::MarkEcho(now, mark) => {
+                self.mark_echo(now, mark);
+                Ok(())
+            }
+            Input::Media(now, media) => {
+                self.media(now, &media);
+                self.handle_timeout(now);
+                Ok(())
+            }
+            Input::MediaRejected(_, error) => {
+                match error {
+                    MediaError::PayloadLength { .. } => self.stats.media_bad_length += 1,
+                    MediaError::Encoding => self.stats.media_bad_encoding += 1,
+                    MediaError::BadChunk | MediaError::BadTimestamp => {
+                        self.stats.media_bad_number += 1;
+                    }
+                }
+                Ok(())
+            }
+            Input::Stop(_) => {
+                self.phase = Phase::Stopped;
+                self.pacer.flush(|_| {});
+                self.emit(Output::Event(CallEvent::Stopped));
+                Ok(())
+            }
+            Input::Timeout(now) => {
+                self.handle_timeout(now);
+                Ok(())
+            }
+        }
+    }
+
+    /// The next output, or `None` when drained. Frames are released only at their deadline.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(out) = self.outputs.pop_front() {
+            return Some(out);
+        }
+        if self.phase == Phase::Stopped {
+            return None;
+        }
+        match self.pacer.poll_transmit()? {
+            Transmit::Frame { frame, .. } => {
+                self.stats.frames_out += 1;
+                self.ledger.sent_frame();
+                if self.pacer.queued_frames() == 0 && self.outgoing_len == 0 {
+                    self.trailing_mark_at = Some(self.now + FRAME);
+                }
+                Some(Output::Transmit(frame))
+            }
+            Transmit::Mark(mark) => {
+                self.stats.marks_out += 1;
+                self.ledger.sent_mark(self.now, mark);
+                Some(Output::Mark(mark))
+            }
+        }
+    }
+
+    /// When the call next needs [`Input::Timeout`]; `None` when it is waiting for input only.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Stopped {
+            return None;
+        }
+        [
+            self.jitter.poll_timeout(),
+            self.pacer.poll_timeout(),
+            self.trailing_mark_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> CallStats {
+        CallStats {
+            jitter: self.jitter.stats(),
+            pacer: self.pacer.stats(),
+            ..self.stats
+        }
+    }
+
+    /// Whether the caller is speaking (smoothed VAD decision).
+    pub fn caller_speaking(&self) -> bool {
+        self.vad.is_speech()
+    }
+
+    /// Agent audio queued here and not yet sent to Twilio.
+    pub fn queued_playback(&self) -> Duration {
+        FRAME * self.pacer.queued_frames() as u32
+            + SampleRate::NARROWBAND.duration_of(self.outgoing_len as u64)
+    }
+
+    /// Whether agent audio is queued here or not yet confirmed played at Twilio.
+    pub fn agent_playing(&self) -> bool {
+        self.pacer.queued_frames() > 0 || self.outgoing_len > 0 || self.ledger.in_flight()
+    }
+
+    /// Whether the stream has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.phase == Phase::Stopped
+    }
+
+    fn emit(&mut self, out: Output) {
+        if self.outputs.len() >= OUTPUT_CAPACITY {
+            self.stats.outputs_dropped += 1;
+            return;
+        }
+        self.outputs.push_back(out);
+    }
+
+    fn media(&mut self, now: Instant, media: &InboundMedia) {
+        match self.jitter.insert(now, media) {
+            Admission::Queued | Admission::Overflow => self.stats.media_in += 1,
+            Admission::Duplicate => self.stats.media_duplicate += 1,
+            Admission::Backwards | Admission::Late => self.stats.media_late += 1,
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.trailing_mark_at.is_some_and(|t| t <= now) {
+            self.trailing_mark_at = None;
+            if self.pacer.queued_frames() == 0
+                && self.outgoing_len == 0
+                && self.ledger.needs_trailing_mark()
+            {
+                self.push_progress_mark();
+            }
+        }
+        self.pacer.handle_timeout(now);
+        while let Some(playout) = self.jitter.pop(now) {
+            self.stats.caller_frames += 1;
+            let pcm = codec::decode_frame(&playout.frame);
+            if let Some(transition) = self.vad.push(&pcm) {
+                self.vad_transition(now, transition);
+            }
+            if self.config.agent_feed {
+                self.feed_agent(&pcm);
+            }
+        }
+    }
+
+    fn vad_transition(&mut self, now: Instant, transition: VadTransition) {
+        match transition {
+            VadTransition::SpeechStarted { at } => {
+                self.stats.speech_started += 1;
+                self.emit(Output::Event(CallEvent::SpeechStarted { at }));
+                if self.config.barge_in && self.agent_playing() {
+                    self.interrupt(now, Some(at));
+                }
+            }
+            VadTransition::SpeechEnded { at } => {
+                self.stats.speech_ended += 1;
+                self.emit(Output::Event(CallEvent::SpeechEnded { at }));
+            }
+        }
+    }
+
+    /// 8 kHz caller frame → 16 kHz agent feed frames. The upsampler's output is time-aligned
+    /// (its delay trimmed), so feed frame `n` covers caller time `n · 20 ms`.
+    fn feed_agent(&mut self, pcm: &PcmFrame) {
+        let mut input: &[i16] = &pcm.0;
+        loop {
+            let used = self.upsampler.push(input);
+            input = &input[used..];
+            loop {
+                let n = self.upsampler.pop_into(&mut self.feed[self.feed_len..]);
+                self.feed_len += n;
+                if self.feed_len == WIDEBAND_FRAME_SAMPLES {
+                    let at = SampleTime::from_frames(self.stats.agent_feed_frames);
+                    self.stats.agent_feed_frames += 1;
+                    self.feed_len = 0;
+                    let frame = WidebandFrame(self.feed);
+                    self.emit(Output::CallerAudio(at, frame));
+                } else if n == 0 {
+                    break;
+                }
+            }
+            if input.is_empty() || used == 0 {
+                break;
+            }
+        }
+    }
+
+    fn agent_audio(
+        &mut self,
+        now: Instant,
+        pcm: &[i16],
+        rate: SampleRate,
+    ) -> Result<(), CallError> {
+        if SampleRate::supported(rate.hz()).is_none() {
+            self.stats.agent_bad_rate += 1;
+            return Err(CallError::UnsupportedRate { hz: rate.hz() });
+        }
+        if self.downsampler.as_ref().map(Resampler::from_rate) != Some(rate) {
+            // A rate change completes the previous segment, then builds the new resampler (the
+            // only allocation on this path; agents keep one rate in practice).
+            self.finish_segment(now);
+            match Resampler::with_fifo(rate, SampleRate::NARROWBAND, RESAMPLER_FIFO) {
+                Ok(r) => self.downsampler = Some(r),
+                Err(_) => {
+                    self.stats.agent_bad_rate += 1;
+                    return Err(CallError::UnsupportedRate { hz: rate.hz() });
+                }
+            }
+        }
+        let mut dropped = 0;
+        let mut input = pcm;
+        while !input.is_empty() {
+            let Some(resampler) = self.downsampler.as_mut() else {
+                break;
+            };
+            let used = resampler.push(input);
+            input = &input[used..];
+            dropped += self.drain_downsampler(now);
+            if used == 0 {
+                break;
+            }
+        }
+        self.handle_timeout(now);
+        if dropped > 0 {
+            return Err(CallError::PlaybackQueueFull {
+                dropped_frames: dropped,
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves resampled agent audio into frames and the pacer; returns frames dropped.
+    fn drain_downsampler(&mut self, now: Instant) -> u32 {
+        let mut dropped = 0;
+        loop {
+            let Some(resampler) = self.downsampler.as_mut() else {
+                return dropped;
+            };
+            let n = resampler.pop_into(&mut self.outgoing[self.outgoing_len..]);
+            self.outgoing_len += n;
+            if self.outgoing_len == FRAME_SAMPLES {
+                let frame = codec::encode_frame(&PcmFrame(self.outgoing));
+                self.outgoing_len = 0;
+                if !self.push_agent_frame(now, frame) {
+                    dropped += 1;
+                }
+            } else if n == 0 {
+                return dropped;
+            }
+        }
+    }
+
+    /// Queues one agent frame, with progress marks at playback start and every interval.
+    fn push_agent_frame(&mut self, now: Instant, frame: MulawFrame) -> bool {
+        if self.pacer.queued_frames() >= self.config.pacer.capacity_frames {
+            self.stats.agent_frames_dropped += 1;
+            return false;
+        }
+        if !self.agent_playing() {
+            // A new playback: pin its start with a mark Twilio echoes as soon as it plays.
+            self.ledger.start_playback();
+            self.push_progress_mark();
+        } else if self.frames_since_mark >= self.config.mark_interval_frames {
+            self.push_progress_mark();
+        }
+        match self.pacer.push_frame(now, frame) {
+            Ok(()) => {
+                self.stats.agent_frames += 1;
+                self.frames_since_mark += 1;
+                true
+            }
+            Err(_) => {
+                self.stats.agent_frames_dropped += 1;
+                false
+            }
+        }
+    }
+
+    fn push_progress_mark(&mut self) {
+        let mark = MarkId(self.next_progress_mark);
+        if self.pacer.push_mark(mark).is_ok() {
+            self.next_progress_mark += 1;
+            self.frames_since_mark = 0;
+        }
+    }
+
+    /// Completes the current agent segment: resampler tail flushed, partial frame padded.
+    fn finish_segment(&mut self, now: Instant) {
+        if let Some(resampler) = self.downsampler.as_mut() {
+            resampler.flush();
+        }
+        self.drain_downsampler(now);
+        if self.outgoing_len > 0 {
+            self.outgoing[self.outgoing_len..].fill(0);
+            self.outgoing_len = 0;
+            let frame = codec::encode_frame(&PcmFrame(self.outgoing));
+            self.push_agent_frame(now, frame);
+        }
+        // If no audio follows, Twilio draining is the natural end, not an underrun.
+        self.pacer.end_audio();
+    }
+
+    fn agent_mark(&mut self, now: Instant, mark: MarkId) -> Result<(), CallError> {
+        if mark.0 >= PROGRESS_MARK_BASE {
+            return Err(CallError::ReservedMark { id: mark.0 });
+        }
+        self.finish_segment(now);
+        if self.pacer.push_mark(mark).is_err() {
+            self.emit(Output::Event(CallEvent::MarkCleared(mark)));
+            return Err(CallError::PlaybackQueueFull { dropped_frames: 0 });
+        }
+        self.handle_timeout(now);
+        Ok(())
+    }
+
+    fn mark_echo(&mut self, now: Instant, mark: MarkId) {
+        match self.ledger.echo(now, mark) {
+            marks::Echo::Played { agent } => {
+                self.stats.marks_played += 1;
+                if agent {
+                    self.emit(Output::Event(CallEvent::MarkPlayed(mark)));
+                }
+                if !self.agent_playing() && self.pacer.queued_frames() == 0 {
+                    let played = self.ledger.playback_played();
+                    self.emit(Output::Event(CallEvent::PlaybackFinished { played }));
+                }
+            }
+            marks::Echo::Flushed => self.stats.marks_flushed += 1,
+            marks::Echo::Unknown => self.stats.marks_unknown += 1,
+        }
+    }
+
+    /// Barge-in (`onset` is `Some`) or agent clear: flush, `clear`, report the heard time.
+    fn interrupt(&mut self, now: Instant, onset: Option<SampleTime>) {
+        let partial = u64::from(self.outgoing_len > 0);
+        self.outgoing_len = 0;
+        if let Some(resampler) = self.downsampler.as_mut() {
+            resampler.reset();
+        }
+        self.trailing_mark_at = None;
+        self.frames_since_mark = 0;
+        self.emit(Output::Clear);
+        // Agent marks still queued here never reach Twilio: report them as cleared.
+        let outputs = &mut self.outputs;
+        let stats = &mut self.stats;
+        let flushed = self.pacer.flush(|mark| {
+            if mark.0 < PROGRESS_MARK_BASE {
+                if outputs.len() < OUTPUT_CAPACITY {
+                    outputs.push_back(Output::Event(CallEvent::MarkCleared(mark)));
+                } else {
+                    stats.outputs_dropped += 1;
+                }
+            }
+        });
+        let report = self.ledger.interrupt(now, flushed.frames as u64 + partial);
+        while let Some(mark) = self.ledger.pop_cleared_agent_mark() {
+            self.emit(Output::Event(CallEvent::MarkCleared(mark)));
+        }
+        let interruption = Interruption {
+            onset,
+            heard: report.heard,
+            sent: report.sent,
+            dropped: report.dropped,
+            last_played_mark: report.last_played_mark,
+        };
+        if onset.is_some() {
+            self.stats.barge_ins += 1;
+            self.emit(Output::Event(CallEvent::BargeIn(interruption)));
+        } else {
+            self.stats.agent_clears += 1;
+            self.emit(Output::Event(CallEvent::PlaybackCleared(interruption)));
+        }
+    }
+}
+
+/// 20 ms in the units the ledger uses.
+const FRAME_DURATION: Duration = FRAME;
+
+#[cfg(test)]
+mod tests;

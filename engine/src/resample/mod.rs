@@ -132,6 +132,17 @@ impl Resampler {
     /// A resampler from `from` to `to`: 8 kHz → 16 kHz, or any of
     /// [`SampleRate::SUPPORTED`] → 8 kHz. Allocates every buffer it will use.
     pub fn new(from: SampleRate, to: SampleRate) -> Result<Self, ResampleError> {
+        Self::with_fifo(from, to, Duration::from_secs(FIFO_SECONDS as u64))
+    }
+
+    /// Like [`Resampler::new`] with an output FIFO of `fifo` (at least one 20 ms chunk) plus the
+    /// flush headroom. A caller that pops after every push needs only a chunk or two; the call
+    /// state machine uses 40 ms so each call's resamplers stay a few kilobytes.
+    pub fn with_fifo(
+        from: SampleRate,
+        to: SampleRate,
+        fifo: Duration,
+    ) -> Result<Self, ResampleError> {
         let unsupported = ResampleError::Unsupported {
             from: from.hz(),
             to: to.hz(),
@@ -141,7 +152,8 @@ impl Resampler {
         if !supported {
             return Err(unsupported);
         }
-        let push_limit = FIFO_SECONDS * to.hz() as usize;
+        let push_limit =
+            ((fifo.as_micros() * u128::from(to.hz()) / 1_000_000) as usize).max(to.frame_samples());
         if from == to {
             return Ok(Self::with_parts(from, to, None, 1, 1, 0, push_limit));
         }

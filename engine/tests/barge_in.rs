@@ -1,0 +1,188 @@
+//! Barge-in through the whole call: caller speech over agent playback flushes the queue, sends
+//! `clear` within the VAD attack window, and reports exactly how much the caller heard.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{CallerScript, Impair, Sim, ms, roomy, seed, tone};
+use handset_engine::SampleRate;
+use handset_engine::call::{CallConfig, CallEvent, Interruption};
+
+fn barge_in(sim: &Sim) -> Vec<(Duration, Interruption)> {
+    sim.events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            CallEvent::BargeIn(i) => Some((*t - sim.start, *i)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Agent talks for 10 s from t = 1 s; the caller talks over it at t = 3 s.
+fn talk_over(seed: u64, link_delay: Duration, impair: Impair) -> Sim {
+    let mut sim = Sim::new(roomy(10), seed);
+    sim.link_delay = link_delay;
+    sim.impair = impair;
+    sim.script = CallerScript {
+        speech: vec![(Duration::from_secs(3), Duration::from_secs(2))],
+    };
+    sim.run_for(Duration::from_secs(1));
+    let rate = SampleRate::HZ_24000;
+    sim.agent_says(&tone(rate, 500.0, 0.3, 24_000 * 10, 0), rate);
+    sim.agent_mark(42);
+    sim.run_for(Duration::from_secs(5));
+    sim
+}
+
+#[test]
+fn caller_speech_over_playback_flushes_and_clears_within_the_attack_window() {
+    let sim = talk_over(seed(10), ms(20), Impair::default());
+    let config = CallConfig::default();
+    let barges = barge_in(&sim);
+    assert_eq!(barges.len(), 1, "one barge-in: {:?}", sim.events);
+    let (at, interruption) = barges[0];
+    let onset = interruption.onset.expect("caller onset");
+    // The onset is where the caller started (3 s into the stream), within one frame.
+    let onset_time = onset.as_duration();
+    assert!(
+        onset_time >= Duration::from_secs(3) - ms(20)
+            && onset_time <= Duration::from_secs(3) + ms(20),
+        "onset at {onset_time:?}"
+    );
+    // Decided within the attack window after the onset frame was played out of the jitter
+    // buffer (whose delay is bounded by its configured maximum).
+    let attack = common::FRAME * config.vad.attack_frames;
+    let jitter = config.jitter.max_delay;
+    assert!(
+        at <= Duration::from_secs(3) + attack + jitter + ms(20),
+        "barge-in decided at {at:?}"
+    );
+    assert_eq!(sim.clears.len(), 1, "exactly one clear");
+    assert_eq!(
+        sim.clears[0] - sim.start,
+        at,
+        "clear goes out with the decision"
+    );
+    // Nothing more was sent after the clear, and the local queue is empty.
+    assert!(sim.sent.iter().all(|(t, _)| *t <= sim.clears[0]));
+    assert!(!sim.call.agent_playing());
+    assert!(
+        interruption.dropped > Duration::from_secs(5),
+        "most of the 10 s was dropped"
+    );
+    // The agent's own mark never played and is reported as cleared.
+    assert!(
+        sim.events
+            .iter()
+            .any(|(_, e)| matches!(e, CallEvent::MarkCleared(m) if m.0 == 42)),
+        "agent mark reported cleared"
+    );
+    assert!(
+        !sim.events
+            .iter()
+            .any(|(_, e)| matches!(e, CallEvent::MarkPlayed(m) if m.0 == 42))
+    );
+}
+
+#[test]
+fn heard_time_is_exactly_what_twilio_played_before_the_clear() {
+    for (seed_value, link) in [(11, ms(0)), (12, ms(17)), (13, ms(45))] {
+        let sim = talk_over(seed(seed_value), link, Impair::default());
+        let barges = barge_in(&sim);
+        assert_eq!(barges.len(), 1, "link {link:?}");
+        let heard = barges[0].1.heard;
+        // Twilio executed the clear one link delay after the engine sent it; everything it
+        // played before that is what the caller heard.
+        let clear_at_twilio = sim.clears[0] + link;
+        let truth = Duration::from_micros(sim.twilio.played_bytes_until(clear_at_twilio) * 125);
+        let error = heard.abs_diff(truth);
+        assert!(
+            error <= Duration::from_micros(125),
+            "link {link:?}: heard {heard:?}, Twilio played {truth:?}"
+        );
+        assert!(
+            heard > Duration::from_secs(1),
+            "about 2 s played before the caller spoke"
+        );
+        // Twilio's model agrees nothing played after the clear.
+        assert_eq!(
+            sim.twilio
+                .played_bytes_until(sim.start + Duration::from_secs(60)),
+            sim.twilio.played_bytes_until(clear_at_twilio)
+        );
+    }
+}
+
+#[test]
+fn marks_flushed_by_clear_are_not_taken_as_played() {
+    let sim = talk_over(seed(14), ms(25), Impair::default());
+    let stats = sim.call.stats();
+    assert!(
+        stats.marks_flushed > 0,
+        "progress marks in flight came back flushed: {stats:?}"
+    );
+    assert_eq!(stats.marks_unknown, 0);
+    assert_eq!(
+        stats.marks_flushed + stats.marks_played,
+        stats.marks_out,
+        "every mark sent came back exactly once"
+    );
+}
+
+#[test]
+fn caller_speech_without_agent_audio_is_not_a_barge_in() {
+    let mut sim = Sim::new(CallConfig::default(), seed(15));
+    sim.script = CallerScript {
+        speech: vec![(Duration::from_secs(1), Duration::from_secs(1))],
+    };
+    sim.run_for(Duration::from_secs(3));
+    assert!(barge_in(&sim).is_empty());
+    assert!(sim.clears.is_empty());
+    let started = sim.events_matching(|e| matches!(e, CallEvent::SpeechStarted { .. }));
+    let ended = sim.events_matching(|e| matches!(e, CallEvent::SpeechEnded { .. }));
+    assert_eq!((started.len(), ended.len()), (1, 1), "{:?}", sim.events);
+}
+
+#[test]
+fn barge_in_holds_under_bursty_arrivals() {
+    let impair = Impair {
+        burst: 4,
+        jitter: ms(15),
+        ..Impair::default()
+    };
+    let sim = talk_over(seed(16), ms(20), impair);
+    let barges = barge_in(&sim);
+    assert_eq!(barges.len(), 1);
+    let config = CallConfig::default();
+    let bound = Duration::from_secs(3)
+        + common::FRAME * config.vad.attack_frames
+        + config.jitter.max_delay
+        + ms(20);
+    assert!(barges[0].0 <= bound, "decided at {:?}", barges[0].0);
+}
+
+#[test]
+fn agent_clear_flushes_without_a_barge_in() {
+    let mut sim = Sim::new(roomy(5), seed(17));
+    sim.caller_until = Duration::ZERO;
+    let rate = SampleRate::WIDEBAND;
+    sim.agent_says(&tone(rate, 700.0, 0.3, 16_000 * 5, 0), rate);
+    sim.run_for(Duration::from_secs(2));
+    let now = sim.now;
+    sim.input(handset_engine::call::Input::AgentClear(now));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.clears.len(), 1);
+    let cleared: Vec<_> = sim.events_matching(|e| matches!(e, CallEvent::PlaybackCleared(_)));
+    assert_eq!(cleared.len(), 1);
+    let CallEvent::PlaybackCleared(i) = cleared[0].1 else {
+        unreachable!()
+    };
+    assert!(i.onset.is_none());
+    let played = Duration::from_micros(sim.twilio.played_bytes_until(sim.now) * 125);
+    assert!(
+        i.heard.abs_diff(played) <= Duration::from_micros(125),
+        "{i:?} vs {played:?}"
+    );
+    assert!(barge_in(&sim).is_empty());
+}
