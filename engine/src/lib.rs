@@ -16,21 +16,26 @@
 //! | VAD | [`vad`] | speech started / ended at 8 kHz on 20 ms frames |
 //! | pacer | [`pacer`] | one 160-byte frame per 20 ms on absolute deadlines, marks in order |
 //! | call | [`call`] | the per-call state machine composing all of the above, with barge-in |
+//! | agent | [`agent`] | the per-call agent seam and the built-in echo agent |
+//! | driver | [`driver`] | dedicated worker threads, absolute-deadline sleeps, rings to the shell |
+//! | sim | [`sim`] | models of Twilio's side for tests and the simulator |
 //!
 //! Every stateful component has the same verbs: `handle_*` / `push`/`insert` for inputs,
 //! `poll_timeout()` for the next instant it wants to be woken at, and `poll_*` / `pop` for
-//! outputs. After any input the caller drains the outputs until they return `None` (or
-//! [`call::Output::Timeout`]).
+//! outputs. After any input the caller drains the outputs until they return `None`.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod call;
 pub mod codec;
+pub mod driver;
 pub mod frame;
 pub mod jitter;
 pub mod pacer;
 pub mod resample;
+pub mod sim;
 pub mod time;
 pub mod vad;
 

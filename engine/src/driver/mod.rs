@@ -1,0 +1,348 @@
+//! The driver: the engine's only impure code. It owns a small fixed pool of dedicated threads
+//! (one per core by default), shards calls across them, and runs each call's sans-IO state
+//! machine and agent on absolute deadlines.
+//!
+//! ```text
+//!  shell task (per socket)                    engine worker thread (one per core)
+//!  ───────────────────────                    ──────────────────────────────────
+//!  media JSON → base64 → InboundMedia ──SPSC ring (ringbuf, lock-free)──▶ Call::handle_input
+//!  mark / dtmf / stop ─────────crossbeam bounded channel──────────────▶        │
+//!                                                                       Agent ◀─┤ caller audio,
+//!  socket writer ◀──OutboundSink::try_send (never blocks)── Outbound ◀──────────┘ events
+//! ```
+//!
+//! A worker sleeps with `clock_nanosleep(TIMER_ABSTIME)` until the earliest deadline of its
+//! calls (a binary heap), wakes, serves only the calls that are due, and sleeps again. Every call
+//! is served at least every [`EngineConfig::max_idle`], which is when its rings and control
+//! messages are read if it has no deadline of its own. Inbound frames carry the instant the
+//! shell read them, so serving them a few milliseconds later changes no decision.
+//!
+//! Nothing on a worker blocks: the rings and channels are non-blocking, and a full socket queue
+//! is counted, never waited on, so one slow socket cannot stall other calls.
+
+#![allow(clippy::disallowed_methods)] // the driver owns the threads
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use ringbuf::HeapRb;
+use ringbuf::traits::{Producer, Split};
+
+use crate::agent::{Agent, CallInfo, HangupReason};
+use crate::call::{CallConfig, CallEvent, CallStats};
+use crate::frame::{InboundMedia, MarkId, MediaError, MulawFrame};
+
+mod clock;
+mod worker;
+
+pub use clock::{Clock, SystemClock};
+
+/// Engine settings. Plain data; validated by [`Engine::start`].
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// Inbound frames a call's ring holds (default 256 = 5.1 s of audio): room for a burst.
+    pub inbound_ring_frames: usize,
+    /// Control messages a call's channel holds (default 256).
+    pub control_capacity: usize,
+    /// Longest a call goes unserved (default 10 ms): bounds how late its rings are read when
+    /// it has no deadline of its own.
+    pub max_idle: Duration,
+    /// Pull more agent audio when less than this is queued locally (default 200 ms).
+    pub playback_low_water: Duration,
+    /// How much agent audio to pull at a time (default 200 ms).
+    pub playback_chunk: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            inbound_ring_frames: 256,
+            control_capacity: 256,
+            max_idle: Duration::from_millis(10),
+            playback_low_water: Duration::from_millis(200),
+            playback_chunk: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Why the engine or a call could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The operating system refused a thread.
+    #[error("cannot start engine worker thread: {0}")]
+    Thread(#[from] std::io::Error),
+    /// A setting is out of range.
+    #[error("invalid engine setting: {0}")]
+    Config(&'static str),
+    /// The call configuration is invalid.
+    #[error("invalid call configuration: {0}")]
+    Call(#[from] crate::call::ConfigError),
+    /// The engine is shutting down.
+    #[error("engine is shutting down")]
+    ShuttingDown,
+}
+
+/// A message from the engine to a call's socket writer.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    /// Send Twilio `clear`.
+    Clear,
+    /// The call is over; its final counters.
+    Ended(Box<CallStats>),
+    /// A call event, for logs and for remote agents.
+    Event(CallEvent),
+    /// The agent asked to end the call: close the stream.
+    Hangup(HangupReason),
+    /// Send Twilio a `mark`.
+    Mark(MarkId),
+    /// Send Twilio this 20 ms µ-law frame.
+    Media(MulawFrame),
+}
+
+/// Why an [`OutboundSink`] refused a message.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum SinkError {
+    /// The writer is gone.
+    Closed,
+    /// The writer's queue is full (a slow socket).
+    Full,
+}
+
+/// Where a call's outbound messages go. Implementations must never block.
+pub trait OutboundSink: Send {
+    /// Queues `msg` or refuses at once.
+    fn try_send(&mut self, msg: Outbound) -> Result<(), SinkError>;
+}
+
+/// Control messages from the shell to a call.
+#[derive(Clone, Copy, Debug)]
+pub enum Control {
+    /// A DTMF digit.
+    Dtmf(Instant, char),
+    /// Twilio echoed a mark.
+    MarkEcho(Instant, MarkId),
+    /// A `media` message the shell could not validate.
+    MediaRejected(Instant, MediaError),
+    /// The stream stopped or the socket closed.
+    Stop(Instant),
+}
+
+/// Everything needed to run one call.
+pub struct CallSpec {
+    /// The call's configuration.
+    pub config: CallConfig,
+    /// Who the call is with.
+    pub info: CallInfo,
+    /// What answers the caller.
+    pub agent: Box<dyn Agent>,
+    /// Where outbound messages go.
+    pub sink: Box<dyn OutboundSink>,
+}
+
+/// One inbound frame with the instant it was read off the socket.
+pub(crate) type InboundItem = (Instant, InboundMedia);
+
+/// Counters shared by the engine's workers (relaxed atomics; read for metrics and health).
+#[derive(Debug, Default)]
+pub struct EngineCounters {
+    /// Calls running now.
+    pub active_calls: AtomicUsize,
+    /// Calls started since the engine started.
+    pub calls_started: AtomicU64,
+    /// Frames handed to socket writers.
+    pub frames_out: AtomicU64,
+    /// Outbound messages dropped because a socket writer's queue was full.
+    pub sink_full: AtomicU64,
+    /// Worker wake-ups.
+    pub wakeups: AtomicU64,
+    /// Wake-ups more than 1 ms after the deadline they were for.
+    pub late_wakeups: AtomicU64,
+    /// Total lateness of wake-ups, in microseconds.
+    pub lateness_us: AtomicU64,
+}
+
+/// The shell's end of one call: push media, send control.
+pub struct CallHandle {
+    inbound: ringbuf::HeapProd<InboundItem>,
+    control: Sender<Control>,
+    /// Frames refused because the ring was full.
+    inbound_dropped: u64,
+    /// Control messages refused because the channel was full.
+    control_dropped: u64,
+}
+
+impl CallHandle {
+    /// Hands one caller frame, read off the socket at `at`, to the engine. Returns false (and
+    /// counts it) when the ring is full: the engine is far behind or the peer floods.
+    pub fn push_media(&mut self, at: Instant, media: InboundMedia) -> bool {
+        if self.inbound.try_push((at, media)).is_err() {
+            self.inbound_dropped += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Sends a control message; false (and counted) when the channel is full or the call ended.
+    pub fn send(&mut self, control: Control) -> bool {
+        match self.control.try_send(control) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.control_dropped += 1;
+                false
+            }
+        }
+    }
+
+    /// Frames refused because the ring was full.
+    pub fn inbound_dropped(&self) -> u64 {
+        self.inbound_dropped
+    }
+
+    /// Control messages refused.
+    pub fn control_dropped(&self) -> u64 {
+        self.control_dropped
+    }
+}
+
+impl Drop for CallHandle {
+    fn drop(&mut self) {
+        // The worker also ends a call whose control channel disconnects; this makes it prompt.
+        let _ = self.control.try_send(Control::Stop(Instant::now()));
+    }
+}
+
+enum WorkerMsg {
+    Open(Box<worker::Slot>),
+    Shutdown,
+}
+
+#[derive(Debug)]
+struct WorkerHandle {
+    tx: Sender<WorkerMsg>,
+    thread: Option<JoinHandle<()>>,
+    load: Arc<AtomicUsize>,
+}
+
+/// The engine: a fixed pool of worker threads running calls.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    workers: Vec<WorkerHandle>,
+    counters: Arc<EngineCounters>,
+    shutting_down: AtomicBool,
+}
+
+impl Engine {
+    /// Starts the worker threads.
+    pub fn start(config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        if config.inbound_ring_frames == 0 || config.control_capacity == 0 {
+            return Err(StartError::Config(
+                "ring and channel capacities must be at least 1",
+            ));
+        }
+        if config.max_idle.is_zero() || config.playback_chunk.is_zero() {
+            return Err(StartError::Config(
+                "max_idle and playback_chunk must be positive",
+            ));
+        }
+        let count = if config.workers == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            config.workers
+        };
+        let counters = Arc::new(EngineCounters::default());
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let load = Arc::new(AtomicUsize::new(0));
+            let worker = worker::Worker::new(
+                rx,
+                config.clone(),
+                Arc::clone(&clock),
+                Arc::clone(&counters),
+                Arc::clone(&load),
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("handset-engine-{index}"))
+                .spawn(move || worker.run())?;
+            workers.push(WorkerHandle {
+                tx,
+                thread: Some(thread),
+                load,
+            });
+        }
+        Ok(Self {
+            config,
+            workers,
+            counters,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts a call on the least-loaded worker and returns the shell's handle to it.
+    pub fn open_call(&self, spec: CallSpec, now: Instant) -> Result<CallHandle, StartError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(StartError::ShuttingDown);
+        }
+        let call = crate::call::Call::new(&spec.config, now)?;
+        let (producer, consumer) =
+            HeapRb::<InboundItem>::new(self.config.inbound_ring_frames).split();
+        let (control_tx, control_rx): (Sender<Control>, Receiver<Control>) =
+            crossbeam_channel::bounded(self.config.control_capacity);
+        let worker = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+            .ok_or(StartError::Config("no workers"))?;
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        let slot = worker::Slot::new(call, spec, consumer, control_rx);
+        worker
+            .tx
+            .send(WorkerMsg::Open(Box::new(slot)))
+            .map_err(|_| StartError::ShuttingDown)?;
+        Ok(CallHandle {
+            inbound: producer,
+            control: control_tx,
+            inbound_dropped: 0,
+            control_dropped: 0,
+        })
+    }
+
+    /// Shared counters.
+    pub fn counters(&self) -> &Arc<EngineCounters> {
+        &self.counters
+    }
+
+    /// Worker threads running.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Stops every call (each gets `Stop` and its `Ended` message) and joins the workers.
+    pub fn shutdown(&mut self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        for w in &self.workers {
+            let _ = w.tx.send(WorkerMsg::Shutdown);
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests;
