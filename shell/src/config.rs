@@ -166,6 +166,11 @@ pub struct Config {
     pub stream_token_ttl: Duration,
     /// `STREAM_TOKEN_CAPACITY` (16–1000000, default 10000): most outstanding stream tokens.
     pub stream_token_capacity: usize,
+    /// `ENGINE_WORKERS` (0–256, default 0 = one per core): engine media threads.
+    pub engine_workers: usize,
+    /// `DRAIN_TIMEOUT` in seconds (0–3600, default 10): on shutdown, how long active calls may
+    /// go on before their streams are closed with 1001.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Config {
@@ -187,6 +192,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             stream_token_ttl: Duration::from_secs(600),
             stream_token_capacity: 10_000,
+            engine_workers: 0,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -332,6 +339,12 @@ impl Config {
         if let Some(v) = non_empty("STREAM_TOKEN_CAPACITY") {
             config.stream_token_capacity =
                 int_in("STREAM_TOKEN_CAPACITY", v, 16, 1_000_000)? as usize;
+        }
+        if let Some(v) = non_empty("ENGINE_WORKERS") {
+            config.engine_workers = int_in("ENGINE_WORKERS", v, 0, 256)? as usize;
+        }
+        if let Some(v) = non_empty("DRAIN_TIMEOUT") {
+            config.drain_timeout = Duration::from_secs(int_in("DRAIN_TIMEOUT", v, 0, 3_600)?);
         }
         Ok(config)
     }

@@ -18,6 +18,9 @@
 //! | [`tokens`] | single-use per-call stream tokens |
 //! | [`store`] | append-only JSON-lines logs under `DATA_DIR` |
 //! | [`form`] | strict form decoding |
+//! | [`bridge`] | the Media Streams WebSocket: upgrade checks and the socket ↔ engine bridge |
+//! | [`media_stream`] | pure parsing and writing of Twilio's Media Streams JSON |
+//! | [`sim`] | a Twilio call simulator (webhook, TwiML, signed WebSocket, playback model) |
 //!
 //! Tests start the real server on `127.0.0.1:0`:
 //!
@@ -31,11 +34,14 @@
 //! # }
 //! ```
 
+pub mod bridge;
 pub mod config;
 pub mod form;
+pub mod media_stream;
 pub mod routes;
 pub mod server;
 pub mod signature;
+pub mod sim;
 pub mod store;
 pub mod tokens;
 pub mod twiml;
@@ -43,6 +49,6 @@ pub mod twiml;
 mod clock;
 
 pub use config::{Config, ConfigError, LogFormat, PublicUrl, Secret};
-pub use server::{ActiveCallGuard, ActiveCalls, AppState, Startup, serve};
+pub use server::{ActiveCallGuard, ActiveCalls, AppState, Startup, StateError, serve};
 pub use signature::{Algorithm, SignatureError, SignedContent, UrlVariant, Verifier};
 pub use tokens::{CallIdentity, StreamToken, StreamTokens, TokenError};

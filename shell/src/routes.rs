@@ -10,6 +10,7 @@
 //! One `REQ` line and one `RES` line are logged per request, sharing a request id.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -48,6 +49,8 @@ pub enum Route {
     HandleRecording,
     /// `GET /healthz`.
     Healthz,
+    /// `GET /ws/twilio-media`: the Media Streams WebSocket.
+    MediaStream,
     /// `GET|POST /webhook/incoming_call`.
     IncomingCall,
     /// `POST /webhook/stream_ended`.
@@ -61,7 +64,7 @@ pub enum Route {
 impl Route {
     /// Whether the route is a Twilio webhook (signed, body parsed).
     pub fn is_webhook(self) -> bool {
-        !matches!(self, Self::Healthz | Self::Version)
+        !matches!(self, Self::Healthz | Self::MediaStream | Self::Version)
     }
 }
 
@@ -142,6 +145,8 @@ pub fn route(method: &Method, path: &str) -> Result<Route, HttpError> {
             | "/webhook/call_status"
             | "/webhook/stream_status",
         ) => Err(HttpError::MethodNotAllowed("POST")),
+        (&Method::GET, MEDIA_STREAM_PATH) => Ok(Route::MediaStream),
+        (_, MEDIA_STREAM_PATH) => Err(HttpError::MethodNotAllowed("GET")),
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(Route::Healthz),
         (&Method::GET | &Method::HEAD, "/version") => Ok(Route::Version),
         (_, "/healthz" | "/version") => Err(HttpError::MethodNotAllowed("GET, HEAD")),
@@ -150,7 +155,11 @@ pub fn route(method: &Method, path: &str) -> Result<Route, HttpError> {
 }
 
 /// Handles one request: logs `REQ`/`RES`, routes, verifies, dispatches, maps errors.
-pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let id = state
         .request_ids
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -180,7 +189,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) 
 }
 
 async fn dispatch(
-    state: &AppState,
+    state: &Arc<AppState>,
     req: Request<Incoming>,
     id: u64,
 ) -> Result<Response<Body>, HttpError> {
@@ -188,6 +197,15 @@ async fn dispatch(
     if !route.is_webhook() {
         return Ok(match route {
             Route::Healthz => healthz(state),
+            Route::MediaStream => {
+                // Twilio signs the wss:// URL exactly as written in the TwiML.
+                let origin = match &state.config.public_url {
+                    Some(url) => url.clone(),
+                    None => origin_from_headers(req.headers())?,
+                };
+                let ws_url = origin.ws_url(MEDIA_STREAM_PATH);
+                crate::bridge::upgrade(Arc::clone(state), req, &ws_url, id)
+            }
             _ => version(state),
         });
     }
@@ -198,7 +216,7 @@ async fn dispatch(
         Route::HandleRecording => handle_recording(state, &hook, id).await,
         Route::CallStatus => call_status(state, &hook, id).await,
         Route::StreamStatus => Ok(stream_status(&hook, id)),
-        Route::Healthz | Route::Version => Err(HttpError::NotFound),
+        Route::Healthz | Route::MediaStream | Route::Version => Err(HttpError::NotFound),
     }
 }
 
@@ -520,6 +538,8 @@ fn healthz(state: &AppState) -> Response<Body> {
     let mut body = serde_json::json!({
         "status": "ok",
         "active_calls": state.active_calls.count(),
+        "engine_calls": state.engine.counters().active_calls.load(std::sync::atomic::Ordering::Relaxed),
+        "engine_workers": state.engine.workers(),
         "signature_checks": checks,
         "stream_tokens_outstanding": state.tokens.len(),
     });

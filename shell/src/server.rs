@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use handset_engine::driver::{Engine, EngineConfig, StartError, SystemClock};
+
 use crate::config::Config;
 use crate::signature::Verifier;
 use crate::store::{RecordingEvent, Reloaded, Store, StoreError};
@@ -72,6 +74,11 @@ pub struct AppState {
     pub active_calls: ActiveCalls,
     /// Stored recordings handed on for transcription.
     pub recordings: mpsc::Sender<RecordingEvent>,
+    /// The media engine's worker threads.
+    pub engine: Engine,
+    /// Set to true when the server starts draining: media streams finish within
+    /// `config.drain_timeout`, then close with 1001.
+    pub draining: watch::Sender<bool>,
     /// Source of per-request ids for log correlation.
     pub(crate) request_ids: AtomicU64,
 }
@@ -85,10 +92,29 @@ pub struct Startup {
     pub reloaded: Reloaded,
 }
 
+/// Why the shared state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The data directory could not be opened.
+    #[error("cannot open the data directory: {0}")]
+    Store(#[from] StoreError),
+    /// The media engine could not start.
+    #[error("cannot start the media engine: {0}")]
+    Engine(#[from] StartError),
+}
+
 impl AppState {
-    /// Opens the store under `config.data_dir` and builds the shared state.
-    pub fn new(config: Config) -> Result<(Arc<Self>, Startup), StoreError> {
+    /// Opens the store under `config.data_dir`, starts the media engine and builds the shared
+    /// state.
+    pub fn new(config: Config) -> Result<(Arc<Self>, Startup), StateError> {
         let (store, reloaded) = Store::open(&config.data_dir)?;
+        let engine = Engine::start(
+            EngineConfig {
+                workers: config.engine_workers,
+                ..EngineConfig::default()
+            },
+            Arc::new(SystemClock::new()),
+        )?;
         let (tx, rx) = mpsc::channel(RECORDING_QUEUE);
         let state = Self {
             verifier: config.auth_token.clone().map(Verifier::new),
@@ -96,6 +122,8 @@ impl AppState {
             store: Arc::new(store),
             active_calls: ActiveCalls::default(),
             recordings: tx,
+            engine,
+            draining: watch::channel(false).0,
             request_ids: AtomicU64::new(1),
             config,
         };
@@ -172,15 +200,26 @@ pub async fn serve(
         });
     }
 
-    tracing::info!("shutting down: draining open connections");
+    tracing::info!(
+        active_calls = state.active_calls.count(),
+        "shutting down: draining open connections and calls"
+    );
     drop(listener);
     let _ = notify_tx.send(true);
+    let _ = state.draining.send(true);
     drop(done_tx);
     if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv())
         .await
         .is_err()
     {
         tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout");
+    }
+    // Media streams are upgraded connections hyper no longer tracks: wait for them too (each
+    // closes itself with 1001 once the drain timeout passes).
+    let deadline =
+        tokio::time::Instant::now() + state.config.drain_timeout + Duration::from_secs(2);
+    while state.active_calls.count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }

@@ -1,0 +1,716 @@
+//! The Media Streams WebSocket: the upgrade, and the per-call bridge between the socket and an
+//! engine call.
+//!
+//! The upgrade is checked before anything is accepted: it must be a WebSocket handshake, and
+//! when an auth token is configured its `X-Twilio-Signature` must match the `wss://` URL as
+//! written in the TwiML (no parameters); otherwise 400/403 and no upgrade. The subprotocol
+//! `audio.twilio.com` is echoed exactly when the client offers it.
+//!
+//! After the upgrade, a reader task parses each text message ([`media_stream::parse`]), decodes
+//! base64 into a fixed 160-byte frame and pushes it into the call's lock-free ring with the
+//! instant it was read; marks, DTMF and stop go over the call's control channel. A writer task
+//! turns the engine's [`Outbound`] messages into the three JSON shapes Twilio accepts. Neither
+//! ever blocks an engine thread: the engine hands messages over with `try_send` into a bounded
+//! queue, and a socket that stops reading fills only its own queue.
+//!
+//! Bad input never ends the process or touches another call: each case either continues the
+//! call with a counted drop or closes it with a specific close code and a log line
+//! (see [`CloseReason`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use handset_engine::MarkId;
+use handset_engine::agent::CallInfo;
+use handset_engine::agent::echo::{EchoAgent, EchoConfig};
+use handset_engine::call::{CallConfig, CallEvent, PROGRESS_MARK_BASE};
+use handset_engine::driver::{CallHandle, CallSpec, Control, Outbound, OutboundSink, SinkError};
+use handset_engine::frame::MediaError;
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use crate::media_stream::{self, Inbound, ProtocolError, Writer};
+use crate::server::AppState;
+use crate::tokens::TOKEN_PARAMETER;
+
+/// The subprotocol some Twilio clients offer; echoed only when offered.
+pub const TWILIO_SUBPROTOCOL: &str = "audio.twilio.com";
+/// Largest WebSocket message accepted (a 20 ms media message is about 400 bytes).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Time allowed between the upgrade and a valid `start`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// A stream with no message at all for this long is closed (Twilio sends media every 20 ms,
+/// though it may pause during silence).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a single socket write may take before the peer is considered stalled.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Outbound messages queued per call between the engine and the socket (about 8 s of audio).
+pub const OUTBOUND_QUEUE: usize = 512;
+/// Messages ignored before `start` before the socket is closed.
+const MAX_BEFORE_START: u32 = 50;
+/// How often the writer logs a `MEDIA_TX` summary while sending.
+const MEDIA_TX_EVERY: Duration = Duration::from_secs(5);
+
+/// Why the shell closed a media stream, with the close code sent.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum CloseReason {
+    /// The agent hung up (1000).
+    AgentHangup,
+    /// The stream ended normally after `stop` (1000).
+    Completed,
+    /// The server is shutting down (1001).
+    GoingAway,
+    /// Too many messages before `start`, or `start` never came (1008).
+    NoStart,
+    /// The peer stopped reading (1008 when it can still be sent).
+    Stalled,
+    /// The engine refused the call (1011).
+    EngineRefused,
+    /// Idle for [`IDLE_TIMEOUT`] (1001).
+    Idle,
+    /// `start` without a valid single-use token (1008).
+    InvalidToken,
+    /// A message over [`MAX_MESSAGE_BYTES`] (1009).
+    TooBig,
+    /// `start` with a media format other than 8 kHz mono µ-law (1003).
+    UnsupportedFormat,
+}
+
+impl CloseReason {
+    fn frame(self) -> CloseFrame {
+        let (code, reason) = match self {
+            Self::AgentHangup => (CloseCode::Normal, "call ended by agent"),
+            Self::Completed => (CloseCode::Normal, "stream stopped"),
+            Self::GoingAway => (CloseCode::Away, "server shutting down"),
+            Self::NoStart => (CloseCode::Policy, "expected start message"),
+            Self::Stalled => (CloseCode::Policy, "peer stopped reading"),
+            Self::EngineRefused => (CloseCode::Error, "cannot start call"),
+            Self::Idle => (CloseCode::Away, "idle timeout"),
+            Self::InvalidToken => (CloseCode::Policy, "invalid or missing stream token"),
+            Self::TooBig => (CloseCode::Size, "message too big"),
+            Self::UnsupportedFormat => (CloseCode::Unsupported, "unsupported media format"),
+        };
+        CloseFrame {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Counters for one stream's socket, logged when it ends.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamCounters {
+    /// Text messages received.
+    pub messages: u64,
+    /// Malformed JSON or missing fields.
+    pub malformed: u64,
+    /// Media with invalid base64 or the wrong payload size (also counted by the engine).
+    pub bad_media: u64,
+    /// Binary frames (Twilio sends only text).
+    pub binary: u64,
+    /// Unknown events, ignored.
+    pub unknown_events: u64,
+    /// Messages for another streamSid.
+    pub wrong_stream: u64,
+    /// Messages before `start` (other than `connected`).
+    pub before_start: u64,
+    /// Extra `start` messages.
+    pub extra_start: u64,
+    /// Frames refused because the engine's ring was full (media faster than real time).
+    pub ring_full: u64,
+    /// Mark echoes with names we never sent.
+    pub unknown_marks: u64,
+}
+
+/// Handles `GET /ws/twilio-media`: validates and upgrades, or refuses with a status.
+pub fn upgrade(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    ws_url: &str,
+    id: u64,
+) -> Response<Full<Bytes>> {
+    let headers = req.headers();
+    let Some(key) = websocket_key(headers) else {
+        return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+    };
+    if let Some(verifier) = &state.verifier {
+        let header = headers
+            .get(crate::signature::SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Err(reason) = verifier.verify(ws_url, &[], header) {
+            tracing::warn!(id, url = ws_url, %reason, "WS handshake refused: signature check failed");
+            return plain(StatusCode::FORBIDDEN, "forbidden\n");
+        }
+    }
+    let offered = offers_twilio_protocol(headers);
+    let accept = derive_accept_key(key.as_bytes());
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if offered {
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(TWILIO_SUBPROTOCOL),
+        );
+    }
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(MAX_MESSAGE_BYTES))
+                    .max_frame_size(Some(MAX_MESSAGE_BYTES));
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                tracing::info!(id, subprotocol = offered, "WS connected");
+                run(state, ws, id).await;
+            }
+            Err(e) => tracing::warn!(id, error = %e, "WS upgrade failed"),
+        }
+    });
+    resp
+}
+
+fn websocket_key(headers: &HeaderMap) -> Option<String> {
+    let has_token = |name, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(UPGRADE, "websocket") || !has_token(CONNECTION, "upgrade") {
+        return None;
+    }
+    if headers
+        .get("sec-websocket-version")
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return None;
+    }
+    headers
+        .get(SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Whether the client listed `audio.twilio.com` among its subprotocols.
+pub fn offers_twilio_protocol(headers: &HeaderMap) -> bool {
+    headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|p| p.trim() == TWILIO_SUBPROTOCOL))
+    })
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The engine's handle on the socket writer's queue.
+struct ChannelSink(mpsc::Sender<Outbound>);
+
+impl OutboundSink for ChannelSink {
+    fn try_send(&mut self, msg: Outbound) -> Result<(), SinkError> {
+        self.0.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SinkError::Full,
+            mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
+        })
+    }
+}
+
+/// Wire name of a mark id: `p<n>` for the call's progress marks, `a<n>` for agent marks.
+pub fn mark_name(id: MarkId) -> String {
+    if id.0 >= PROGRESS_MARK_BASE {
+        format!("p{}", id.0 - PROGRESS_MARK_BASE)
+    } else {
+        format!("a{}", id.0)
+    }
+}
+
+/// The mark id of a wire name written by [`mark_name`].
+pub fn parse_mark_name(name: &str) -> Option<MarkId> {
+    let (kind, digits) = name.split_at_checked(1)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 18 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    match kind {
+        "p" => Some(MarkId(PROGRESS_MARK_BASE + n)),
+        "a" if n < PROGRESS_MARK_BASE => Some(MarkId(n)),
+        _ => None,
+    }
+}
+
+type WsStream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Runs one media stream to its end.
+async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
+    let (sink, mut stream) = ws.split();
+    let (close_tx, close_rx) = mpsc::channel::<CloseReason>(4);
+    let (out_tx, out_rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    let mut counters = StreamCounters::default();
+    let mut draining = state.draining.subscribe();
+
+    // Phase 1: until a valid `start`.
+    let started = tokio::time::timeout(START_TIMEOUT, async {
+        loop {
+            let msg = stream.next().await;
+            let text = match msg {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Binary(_))) => {
+                    counters.binary += 1;
+                    continue;
+                }
+                Some(Ok(Message::Close(_))) | None => return Err(None),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(Some(close_for_error(&e))),
+            };
+            counters.messages += 1;
+            match media_stream::parse(&text) {
+                Ok(Inbound::Connected { .. }) => {}
+                Ok(Inbound::Start(meta)) => return Ok(meta),
+                Ok(Inbound::Unknown) => counters.unknown_events += 1,
+                Ok(_) => counters.before_start += 1,
+                Err(ProtocolError::Format { .. }) => {
+                    return Err(Some(CloseReason::UnsupportedFormat));
+                }
+                Err(_) => counters.malformed += 1,
+            }
+            if counters.before_start
+                + counters.malformed
+                + counters.unknown_events
+                + counters.binary
+                > u64::from(MAX_BEFORE_START)
+            {
+                return Err(Some(CloseReason::NoStart));
+            }
+        }
+    })
+    .await;
+    let meta = match started {
+        Ok(Ok(meta)) => meta,
+        Ok(Err(reason)) => {
+            finish_without_call(sink, reason, id, &counters).await;
+            return;
+        }
+        Err(_) => {
+            finish_without_call(sink, Some(CloseReason::NoStart), id, &counters).await;
+            return;
+        }
+    };
+    let token = meta
+        .custom_parameters
+        .get(TOKEN_PARAMETER)
+        .map_or("", String::as_str);
+    let identity = match state.tokens.redeem(token, &meta.call_sid) {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::warn!(id, call_sid = %meta.call_sid, stream_sid = %meta.stream_sid, reason = %e, "WS start refused: stream token");
+            finish_without_call(sink, Some(CloseReason::InvalidToken), id, &counters).await;
+            return;
+        }
+    };
+    let info = CallInfo {
+        call_sid: meta.call_sid.clone(),
+        stream_sid: meta.stream_sid.clone(),
+        from: identity.from.clone(),
+        to: identity.to.clone(),
+    };
+    let spec = CallSpec {
+        config: CallConfig::default(),
+        info: info.clone(),
+        agent: Box::new(EchoAgent::new(EchoConfig::default())),
+        sink: Box::new(ChannelSink(out_tx)),
+    };
+    let mut handle = match state.engine.open_call(spec, crate::clock::now()) {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::error!(id, call_sid = %info.call_sid, error = %e, "WS start refused: engine");
+            finish_without_call(sink, Some(CloseReason::EngineRefused), id, &counters).await;
+            return;
+        }
+    };
+    let _active = state.active_calls.enter();
+    tracing::info!(id, call_sid = %info.call_sid, stream_sid = %info.stream_sid, from = %info.from, to = %info.to, "WS start");
+
+    let writer = tokio::spawn(write_loop(sink, out_rx, close_rx, info.clone(), id));
+
+    // Phase 2: stream until stop, close, error, idle or shutdown.
+    let mut reason = None;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let idle = tokio::time::sleep(IDLE_TIMEOUT);
+        let drain = async {
+            match drain_deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = stream.next() => {
+                let now = crate::clock::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        counters.messages += 1;
+                        if on_text(&text, now, &meta.stream_sid, &mut handle, &mut counters) {
+                            reason = Some(CloseReason::Completed);
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => counters.binary += 1,
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        reason = Some(close_for_error(&e));
+                        tracing::info!(id, call_sid = %info.call_sid, error = %e, "WS read ended");
+                        break;
+                    }
+                }
+            }
+            () = idle => {
+                reason = Some(CloseReason::Idle);
+                break;
+            }
+            changed = draining.changed(), if drain_deadline.is_none() => {
+                if changed.is_err() || *draining.borrow() {
+                    drain_deadline = Some(tokio::time::Instant::now() + state.config.drain_timeout);
+                }
+            }
+            () = drain => {
+                reason = Some(CloseReason::GoingAway);
+                break;
+            }
+        }
+    }
+    handle.send(Control::Stop(crate::clock::now()));
+    if let Some(reason) = reason {
+        let _ = close_tx.try_send(reason);
+    }
+    drop(close_tx);
+    drop(handle);
+    let _ = writer.await;
+    log_counters(id, &info, &counters);
+}
+
+/// Applies one text message; returns true on `stop`.
+fn on_text(
+    text: &str,
+    now: Instant,
+    stream_sid: &str,
+    handle: &mut CallHandle,
+    counters: &mut StreamCounters,
+) -> bool {
+    match media_stream::parse(text) {
+        Ok(Inbound::Media {
+            stream_sid: sid,
+            media,
+        }) => {
+            if sid != stream_sid {
+                counters.wrong_stream += 1;
+            } else if !handle.push_media(now, media) {
+                counters.ring_full += 1;
+            }
+        }
+        Ok(Inbound::Mark {
+            stream_sid: sid,
+            name,
+        }) => {
+            if sid != stream_sid {
+                counters.wrong_stream += 1;
+            } else if let Some(mark) = parse_mark_name(&name) {
+                handle.send(Control::MarkEcho(now, mark));
+            } else {
+                counters.unknown_marks += 1;
+            }
+        }
+        Ok(Inbound::Dtmf {
+            stream_sid: sid,
+            digit,
+        }) => {
+            if sid != stream_sid {
+                counters.wrong_stream += 1;
+            } else {
+                handle.send(Control::Dtmf(now, digit));
+            }
+        }
+        Ok(Inbound::Stop { stream_sid: sid }) => {
+            if sid == stream_sid {
+                return true;
+            }
+            counters.wrong_stream += 1;
+        }
+        Ok(Inbound::Start(_)) => counters.extra_start += 1,
+        Ok(Inbound::Connected { .. }) => {}
+        Ok(Inbound::Unknown) => counters.unknown_events += 1,
+        Err(ProtocolError::Base64) => {
+            counters.bad_media += 1;
+            handle.send(Control::MediaRejected(now, MediaError::Encoding));
+        }
+        Err(ProtocolError::Media(e)) => {
+            counters.bad_media += 1;
+            handle.send(Control::MediaRejected(now, e));
+        }
+        Err(_) => counters.malformed += 1,
+    }
+    false
+}
+
+fn close_for_error(e: &tokio_tungstenite::tungstenite::Error) -> CloseReason {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Capacity(_) => CloseReason::TooBig,
+        _ => CloseReason::Completed,
+    }
+}
+
+async fn finish_without_call(
+    mut sink: futures_util::stream::SplitSink<WsStream, Message>,
+    reason: Option<CloseReason>,
+    id: u64,
+    counters: &StreamCounters,
+) {
+    if let Some(reason) = reason {
+        tracing::info!(id, ?reason, "WS closing");
+        let _ = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            sink.send(Message::Close(Some(reason.frame()))),
+        )
+        .await;
+    }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+    tracing::info!(
+        id,
+        messages = counters.messages,
+        malformed = counters.malformed,
+        binary = counters.binary,
+        before_start = counters.before_start,
+        "WS stop (no call)"
+    );
+}
+
+/// Moves engine output onto the socket until the call ends or a close is asked for.
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WsStream, Message>,
+    mut out: mpsc::Receiver<Outbound>,
+    mut close: mpsc::Receiver<CloseReason>,
+    info: CallInfo,
+    id: u64,
+) {
+    let mut writer = Writer::new(&info.stream_sid);
+    let mut close_reason: Option<CloseReason> = None;
+    let mut frames_total: u64 = 0;
+    let mut frames_window: u64 = 0;
+    let mut summary = tokio::time::interval(MEDIA_TX_EVERY);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    summary.tick().await;
+    let mut close_open = true;
+    loop {
+        tokio::select! {
+            msg = out.recv() => {
+                let Some(msg) = msg else { break };
+                let frame = match msg {
+                    Outbound::Media(frame) => {
+                        frames_total += 1;
+                        frames_window += 1;
+                        Some(writer.media(&frame))
+                    }
+                    Outbound::Mark(mark) => Some(writer.mark(&mark_name(mark))),
+                    Outbound::Clear => Some(writer.clear()),
+                    Outbound::Event(event) => {
+                        log_event(id, &info, &event);
+                        None
+                    }
+                    Outbound::Hangup(reason) => {
+                        tracing::info!(id, call_sid = %info.call_sid, ?reason, "HANGUP");
+                        close_reason = Some(CloseReason::AgentHangup);
+                        break;
+                    }
+                    Outbound::Ended(stats) => {
+                        tracing::info!(
+                            id,
+                            call_sid = %info.call_sid,
+                            stream_sid = %info.stream_sid,
+                            media_in = stats.media_in,
+                            frames_out = stats.frames_out,
+                            concealed = stats.jitter.concealed,
+                            late = stats.jitter.late,
+                            duplicate = stats.media_duplicate,
+                            barge_ins = stats.barge_ins,
+                            marks_played = stats.marks_played,
+                            underruns = stats.pacer.underruns,
+                            late_wakeups = stats.pacer.late_wakeups,
+                            "WS stop"
+                        );
+                        break;
+                    }
+                };
+                if let Some(bytes) = frame {
+                    let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
+                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            tracing::warn!(id, call_sid = %info.call_sid, "WS peer stopped reading: closing");
+                            close_reason = Some(CloseReason::Stalled);
+                            break;
+                        }
+                    }
+                }
+            }
+            reason = close.recv(), if close_open => {
+                match reason {
+                    Some(reason) => close_reason = Some(reason),
+                    None => close_open = false,
+                }
+            }
+            _ = summary.tick() => {
+                if frames_window > 0 {
+                    tracing::info!(id, call_sid = %info.call_sid, frames = frames_window, total = frames_total, "MEDIA_TX");
+                    frames_window = 0;
+                }
+            }
+        }
+    }
+    if frames_window > 0 {
+        tracing::info!(id, call_sid = %info.call_sid, frames = frames_window, total = frames_total, "MEDIA_TX");
+    }
+    if close_reason.is_none() {
+        close_reason = close.try_recv().ok();
+    }
+    let frame = close_reason.unwrap_or(CloseReason::Completed).frame();
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+}
+
+fn log_event(id: u64, info: &CallInfo, event: &CallEvent) {
+    let call_sid = info.call_sid.as_str();
+    match event {
+        CallEvent::BargeIn(i) => tracing::info!(
+            id,
+            call_sid,
+            onset_ms = i.onset.map(|o| o.as_millis()),
+            heard_ms = i.heard.as_millis() as u64,
+            sent_ms = i.sent.as_millis() as u64,
+            dropped_ms = i.dropped.as_millis() as u64,
+            "BARGE_IN"
+        ),
+        CallEvent::PlaybackCleared(i) => {
+            tracing::info!(id, call_sid, heard_ms = i.heard.as_millis() as u64, "CLEAR")
+        }
+        CallEvent::MarkPlayed(m) => tracing::info!(id, call_sid, mark = %mark_name(*m), "MARK"),
+        CallEvent::MarkCleared(m) => {
+            tracing::info!(id, call_sid, mark = %mark_name(*m), "MARK cleared");
+        }
+        CallEvent::Dtmf(d) => tracing::info!(id, call_sid, digit = %d, "DTMF"),
+        CallEvent::SpeechStarted { at } => {
+            tracing::info!(id, call_sid, at_ms = at.as_millis(), "SPEECH_STARTED");
+        }
+        CallEvent::SpeechEnded { at } => {
+            tracing::info!(id, call_sid, at_ms = at.as_millis(), "SPEECH_ENDED");
+        }
+        CallEvent::PlaybackFinished { played } => {
+            tracing::debug!(
+                id,
+                call_sid,
+                played_ms = played.as_millis() as u64,
+                "playback finished"
+            );
+        }
+        _ => {}
+    }
+}
+
+fn log_counters(id: u64, info: &CallInfo, c: &StreamCounters) {
+    let bad = c.malformed
+        + c.bad_media
+        + c.binary
+        + c.unknown_events
+        + c.wrong_stream
+        + c.before_start
+        + c.extra_start
+        + c.ring_full
+        + c.unknown_marks;
+    if bad > 0 {
+        tracing::warn!(
+            id,
+            call_sid = %info.call_sid,
+            malformed = c.malformed,
+            bad_media = c.bad_media,
+            binary = c.binary,
+            unknown_events = c.unknown_events,
+            wrong_stream = c.wrong_stream,
+            before_start = c.before_start,
+            extra_start = c.extra_start,
+            ring_full = c.ring_full,
+            unknown_marks = c.unknown_marks,
+            "WS input dropped"
+        );
+    }
+}
+
+/// A stream's drain signal source, owned by [`AppState`].
+pub type Draining = watch::Sender<bool>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mark_names_round_trip() {
+        for id in [
+            MarkId(0),
+            MarkId(7),
+            MarkId(PROGRESS_MARK_BASE),
+            MarkId(PROGRESS_MARK_BASE + 99),
+        ] {
+            assert_eq!(parse_mark_name(&mark_name(id)), Some(id));
+        }
+        for bad in ["", "p", "x1", "p-1", "a99999999999999999999", "p1 ", "a1.5"] {
+            assert_eq!(parse_mark_name(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn subprotocol_is_echoed_only_when_offered() {
+        let mut h = HeaderMap::new();
+        assert!(!offers_twilio_protocol(&h));
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat, audio.twilio.com"),
+        );
+        assert!(offers_twilio_protocol(&h));
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("audio.twilio.com.evil"),
+        );
+        assert!(!offers_twilio_protocol(&h));
+    }
+}

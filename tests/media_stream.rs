@@ -1,0 +1,445 @@
+//! End to end over loopback: the real server (hyper shell + engine threads) against a
+//! Twilio-emulating client that signs the webhook and the WebSocket handshake, offers the
+//! subprotocol, streams µ-law at real time and models Twilio's playback buffer (plays at real
+//! time, echoes marks when played, `clear` flushes and echoes pending marks).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use handset_engine::agent::echo::GREETING;
+use handset_engine::codec;
+use handset_shell::sim::{CallOutcome, CallPlan, ReceivedKind, SimError, run_call};
+use handset_shell::{AppState, Config};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const TOKEN: &str = "e2e-auth-token";
+
+/// A server on a loopback port whose PUBLIC_URL is its own address.
+struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "handset-ws-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let public = format!("http://{addr}");
+        let config = Config::from_vars([
+            ("DATA_DIR", dir.display().to_string().as_str()),
+            ("PUBLIC_URL", public.as_str()),
+            ("TWILIO_AUTH_TOKEN", TOKEN),
+            ("ENGINE_WORKERS", "2"),
+        ])
+        .unwrap();
+        let (state, _startup) = AppState::new(config).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(handset_shell::serve(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            state,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn plan(&self, call: u32) -> CallPlan {
+        let mut plan = CallPlan::new(format!("http://{}/webhook/incoming_call", self.addr));
+        plan.auth_token = Some(TOKEN.to_owned());
+        plan.call_sid = format!("CA{call:032x}");
+        plan
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+fn speech() -> Vec<i16> {
+    let bytes = include_bytes!("data/hello-world.ulaw");
+    let mut pcm = vec![0i16; bytes.len()];
+    codec::decode_into(bytes, &mut pcm);
+    pcm
+}
+
+/// `lead` of silence, then `clip`, then silence.
+fn caller_audio(lead: Duration, clip: &[i16]) -> Arc<Vec<i16>> {
+    let mut audio = vec![0i16; (lead.as_millis() * 8) as usize];
+    audio.extend_from_slice(clip);
+    Arc::new(audio)
+}
+
+/// The PCM the simulated caller heard between `from` and `to` (stream time).
+fn heard_between(outcome: &CallOutcome, from: Duration, to: Duration) -> Vec<i16> {
+    let mut pcm = Vec::new();
+    for (start, bytes) in &outcome.played {
+        for (i, b) in bytes.iter().enumerate() {
+            let t = *start + Duration::from_micros(i as u64 * 125);
+            if t >= from && t < to {
+                pcm.push(codec::decode_sample(*b));
+            }
+        }
+    }
+    pcm
+}
+
+/// Best normalised cross-correlation between `a` and `b` over lags of either sign up to
+/// `max_lag` samples (overlaps shorter than half a second are ignored).
+fn best_correlation(a: &[i16], b: &[i16], max_lag: usize) -> f64 {
+    let energy = |x: &[i16]| x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>().sqrt();
+    let mut best = 0.0f64;
+    for shift in -(max_lag as i64)..=(max_lag as i64) {
+        let (a0, b0) = if shift >= 0 {
+            (0, shift as usize)
+        } else {
+            ((-shift) as usize, 0)
+        };
+        if a0 >= a.len() || b0 >= b.len() {
+            continue;
+        }
+        let n = (a.len() - a0).min(b.len() - b0);
+        if n < 4000 {
+            continue;
+        }
+        let (x, y) = (&a[a0..a0 + n], &b[b0..b0 + n]);
+        let dot: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(&p, &q)| f64::from(p) * f64::from(q))
+            .sum();
+        let denom = energy(x) * energy(y);
+        if denom > 0.0 {
+            best = best.max(dot / denom);
+        }
+    }
+    best
+}
+
+fn assert_exact_shapes(outcome: &CallOutcome) {
+    assert!(
+        outcome.malformed.is_empty(),
+        "malformed messages: {:?}",
+        outcome.malformed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greeting_is_heard_and_real_speech_is_echoed_back() {
+    let server = Server::start().await;
+    let clip = speech();
+    let mut plan = server.plan(1);
+    plan.audio = caller_audio(Duration::from_secs(2), &clip);
+    plan.duration = Duration::from_millis(7_500);
+    let outcome = run_call(plan).await.expect("call runs");
+
+    assert_eq!(outcome.subprotocol.as_deref(), Some("audio.twilio.com"));
+    assert_exact_shapes(&outcome);
+    assert_eq!(
+        outcome.close.as_ref().map(|c| c.0),
+        Some(1000),
+        "{:?}",
+        outcome.close
+    );
+
+    // The greeting, byte for byte (µ-law 0x7F and 0xFF are both zero and re-encode as 0xFF).
+    let first: Vec<u8> = outcome
+        .played
+        .iter()
+        .flat_map(|(_, b)| b.iter().copied())
+        .take(GREETING.len())
+        .collect();
+    let norm = |b: u8| if b == 0x7F { 0xFF } else { b };
+    assert_eq!(first.len(), GREETING.len());
+    assert!(
+        first
+            .iter()
+            .zip(GREETING)
+            .all(|(a, b)| norm(*a) == norm(*b)),
+        "greeting played verbatim"
+    );
+
+    // The echo: after the caller stopped (2 s + 1.4 s), what played is the caller's speech.
+    let spoken_end = Duration::from_secs(2) + Duration::from_millis(clip.len() as u64 / 8);
+    let echo = heard_between(&outcome, spoken_end, Duration::from_millis(7_500));
+    assert!(
+        echo.len() >= clip.len() * 3 / 4,
+        "echo of {} samples for a {}-sample utterance",
+        echo.len(),
+        clip.len()
+    );
+    let corr = best_correlation(&clip, &echo, 12_000);
+    assert!(
+        corr > 0.7,
+        "echo correlates with the caller's speech: {corr:.3}"
+    );
+
+    // The echo started within the VAD hangover (500 ms) plus a little after the caller stopped.
+    let first_echo = outcome
+        .played
+        .iter()
+        .map(|(t, _)| *t)
+        .find(|t| *t > spoken_end)
+        .expect("echo played");
+    assert!(
+        first_echo < spoken_end + Duration::from_millis(900),
+        "echo began at {first_echo:?}, speech ended {spoken_end:?}"
+    );
+
+    // Marks round-trip: the greeting's and the echo's agent marks, and progress marks.
+    assert!(
+        outcome.mark_names.iter().any(|m| m == "a1"),
+        "{:?}",
+        outcome.mark_names
+    );
+    assert!(
+        outcome.mark_names.iter().any(|m| m == "a2"),
+        "{:?}",
+        outcome.mark_names
+    );
+    assert!(outcome.mark_names.iter().any(|m| m.starts_with('p')));
+    assert_eq!(
+        outcome.playback.marks_played,
+        outcome.playback.marks_received
+    );
+    assert_eq!(outcome.playback.underruns, 0, "{:?}", outcome.playback);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talking_over_the_greeting_clears_it() {
+    let server = Server::start().await;
+    let clip = speech();
+    let mut plan = server.plan(2);
+    let onset = Duration::from_millis(300);
+    plan.audio = caller_audio(onset, &clip);
+    plan.duration = Duration::from_secs(5);
+    let outcome = run_call(plan).await.expect("call runs");
+    assert_exact_shapes(&outcome);
+
+    let clears: Vec<Duration> = outcome
+        .received
+        .iter()
+        .filter(|r| r.kind == ReceivedKind::Clear)
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(clears.len(), 1, "one clear: {:?}", outcome.received);
+    let clear = clears[0];
+    assert!(
+        clear > onset && clear < onset + Duration::from_millis(400),
+        "clear at {clear:?}"
+    );
+    assert!(
+        outcome.playback.bytes_cleared > 0,
+        "Twilio's buffer was flushed"
+    );
+    // Nothing more was sent until the caller's utterance ended (the greeting was dropped).
+    let spoken_end = onset + Duration::from_millis(clip.len() as u64 / 8);
+    let stale = outcome
+        .received
+        .iter()
+        .filter(|r| r.at > clear && r.at < spoken_end && matches!(r.kind, ReceivedKind::Media(_)))
+        .count();
+    assert_eq!(stale, 0, "no stale audio after the clear");
+    // Less than the whole greeting was heard.
+    let heard: usize = heard_between(&outcome, Duration::ZERO, spoken_end).len();
+    assert!(
+        heard < GREETING.len(),
+        "heard {heard} of {} greeting samples",
+        GREETING.len()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_without_a_valid_token_or_signature_are_refused() {
+    let server = Server::start().await;
+    let mut no_token = server.plan(3);
+    no_token.override_parameters = Some(vec![("callSid".into(), no_token.call_sid.clone())]);
+    no_token.duration = Duration::from_secs(1);
+    let outcome = run_call(no_token).await.expect("socket opens");
+    let (code, reason) = outcome.close.expect("server closed the stream");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("token"), "{reason}");
+    assert!(
+        outcome.received.is_empty(),
+        "nothing was played: {:?}",
+        outcome.received
+    );
+
+    let mut forged = server.plan(4);
+    forged.forge_signature = Some("bm90IHRoZSBzaWduYXR1cmU=".into());
+    match run_call(forged).await {
+        Err(SimError::Handshake(e)) => assert!(e.contains("403"), "{e}"),
+        other => panic!("forged handshake must be refused, got {other:?}"),
+    }
+
+    // A token is single use: replaying the same TwiML parameters fails the second time.
+    let plan = server.plan(5);
+    let twiml = handset_shell::sim::post_webhook(&plan).await.unwrap();
+    let target = handset_shell::sim::parse_twiml(&twiml).unwrap();
+    let mut short = plan.clone();
+    short.duration = Duration::from_millis(300);
+    let first = handset_shell::sim::run_stream(&short, &target)
+        .await
+        .unwrap();
+    assert_ne!(first.close.as_ref().map(|c| c.0), Some(1008));
+    let second = handset_shell::sim::run_stream(&short, &target)
+        .await
+        .unwrap();
+    assert_eq!(second.close.map(|c| c.0), Some(1008));
+    server.stop().await;
+}
+
+/// Opens a raw signed WebSocket and runs `connected` + `start` with a fresh token.
+async fn raw_stream(
+    server: &Server,
+    call: u32,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    String,
+) {
+    let plan = server.plan(call);
+    let twiml = handset_shell::sim::post_webhook(&plan).await.unwrap();
+    let target = handset_shell::sim::parse_twiml(&twiml).unwrap();
+    let mut req = format!("ws://{}/ws/twilio-media", server.addr)
+        .into_client_request()
+        .unwrap();
+    let sig = handset_shell::signature::compute(
+        TOKEN.as_bytes(),
+        &target.url,
+        &[],
+        handset_shell::Algorithm::HmacSha1,
+    );
+    req.headers_mut()
+        .insert("X-Twilio-Signature", HeaderValue::from_str(&sig).unwrap());
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert!(
+        resp.headers().get("Sec-WebSocket-Protocol").is_none(),
+        "no subprotocol when none offered"
+    );
+    let sid = format!("MZ{call:032x}");
+    let params: serde_json::Map<String, serde_json::Value> = target
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    ws.send(Message::text(
+        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+    ))
+    .await
+    .unwrap();
+    let start = serde_json::json!({"event":"start","sequenceNumber":"1","streamSid":sid,
+        "start":{"accountSid":"AC1","streamSid":sid,"callSid":plan.call_sid,"tracks":["inbound"],
+        "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},"customParameters":params}});
+    ws.send(Message::text(start.to_string())).await.unwrap();
+    (ws, sid)
+}
+
+fn media(sid: &str, chunk: u64, payload: &str) -> Message {
+    Message::text(
+        serde_json::json!({"event":"media","sequenceNumber":(chunk+1).to_string(),"streamSid":sid,
+            "media":{"track":"inbound","chunk":chunk.to_string(),"timestamp":(chunk*20).to_string(),"payload":payload}})
+        .to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_dropped_or_closed_and_other_calls_never_notice() {
+    use base64::Engine as _;
+    let server = Server::start().await;
+    // A healthy call runs alongside everything below.
+    let mut healthy = server.plan(10);
+    healthy.duration = Duration::from_secs(4);
+    let healthy = tokio::spawn(run_call(healthy));
+
+    let (mut ws, sid) = raw_stream(&server, 11).await;
+    let good = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 160]);
+    let short = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 100]);
+    let garbage = [
+        Message::text("not json at all"),
+        Message::text(r#"{"event":"media"}"#),
+        Message::text(r#"{"no_event":true}"#),
+        media(&sid, 1, "!!!not base64!!!"),
+        media(&sid, 2, &short),
+        media("MZwrong", 3, &good),
+        Message::binary(vec![1u8, 2, 3]),
+        Message::text(r#"{"event":"start","start":{"streamSid":"MZother","callSid":"CAx"}}"#),
+        Message::text(r#"{"event":"hologram","streamSid":"x"}"#),
+        Message::text(
+            r#"{"event":"mark","streamSid":"SID","mark":{"name":"never-sent"}}"#
+                .replace("SID", &sid),
+        ),
+    ];
+    for m in garbage {
+        ws.send(m).await.unwrap();
+    }
+    // Media faster than real time: a flood of 600 frames at once is absorbed or counted.
+    for chunk in 4..604 {
+        ws.send(media(&sid, chunk, &good)).await.unwrap();
+    }
+    // The call is still alive: it keeps sending the greeting.
+    let mut got_media = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline && !got_media {
+        if let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(500), ws.next()).await
+        {
+            got_media = t.contains(r#""event":"media""#);
+        }
+    }
+    assert!(got_media, "the call survived the garbage");
+    // A message over 64 KiB closes the stream with 1009.
+    ws.send(Message::text(format!(
+        r#"{{"event":"media","x":"{}"}}"#,
+        "A".repeat(70_000)
+    )))
+    .await
+    .unwrap();
+    let mut close = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+        if let Ok(Message::Close(frame)) = msg {
+            close = frame.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(close, Some(1009), "oversized message closes with 1009");
+
+    // An abrupt disconnect mid-call: the TCP connection just goes away.
+    let (ws2, sid2) = raw_stream(&server, 12).await;
+    let _ = sid2;
+    drop(ws2);
+
+    let healthy = healthy.await.unwrap().expect("healthy call runs");
+    assert_exact_shapes(&healthy);
+    assert_eq!(healthy.playback.underruns, 0);
+    let played: usize = healthy.played.iter().map(|(_, b)| b.len()).sum();
+    assert!(
+        played >= GREETING.len(),
+        "the healthy call heard its whole greeting"
+    );
+    // Every call ends; the server is still serving.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while server.state.active_calls.count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.state.active_calls.count(), 0);
+    server.stop().await;
+}
