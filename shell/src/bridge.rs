@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use handset_engine::MarkId;
-use handset_engine::agent::CallInfo;
 use handset_engine::agent::echo::{EchoAgent, EchoConfig};
+use handset_engine::agent::{Agent, CallInfo, HangupReason};
 use handset_engine::call::{CallConfig, CallEvent, PROGRESS_MARK_BASE};
 use handset_engine::driver::{CallHandle, CallSpec, Control, Outbound, OutboundSink, SinkError};
 use handset_engine::frame::MediaError;
@@ -70,6 +70,8 @@ const MEDIA_TX_EVERY: Duration = Duration::from_secs(5);
 pub enum CloseReason {
     /// The agent hung up (1000).
     AgentHangup,
+    /// The remote agent failed; Twilio goes on to the recording fallback (1000).
+    AgentFailed,
     /// The stream ended normally after `stop` (1000).
     Completed,
     /// The server is shutting down (1001).
@@ -94,6 +96,7 @@ impl CloseReason {
     fn frame(self) -> CloseFrame {
         let (code, reason) = match self {
             Self::AgentHangup => (CloseCode::Normal, "call ended by agent"),
+            Self::AgentFailed => (CloseCode::Normal, "agent failed"),
             Self::Completed => (CloseCode::Normal, "stream stopped"),
             Self::GoingAway => (CloseCode::Away, "server shutting down"),
             Self::NoStart => (CloseCode::Policy, "expected start message"),
@@ -344,10 +347,19 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         from: identity.from.clone(),
         to: identity.to.clone(),
     };
+    let agent: Box<dyn Agent> = match &state.config.agent {
+        Some(agent) => Box::new(crate::agent::start(
+            agent,
+            &info,
+            &meta.custom_parameters,
+            id,
+        )),
+        None => Box::new(EchoAgent::new(EchoConfig::default())),
+    };
     let spec = CallSpec {
         config: CallConfig::default(),
         info: info.clone(),
-        agent: Box::new(EchoAgent::new(EchoConfig::default())),
+        agent,
         sink: Box::new(ChannelSink(out_tx)),
     };
     let mut handle = match state.engine.open_call(spec, crate::clock::now()) {
@@ -550,7 +562,10 @@ async fn write_loop(
                     }
                     Outbound::Hangup(reason) => {
                         tracing::info!(id, call_sid = %info.call_sid, ?reason, "HANGUP");
-                        close_reason = Some(CloseReason::AgentHangup);
+                        close_reason = Some(match reason {
+                            HangupReason::AgentFailed => CloseReason::AgentFailed,
+                            HangupReason::Completed => CloseReason::AgentHangup,
+                        });
                         break;
                     }
                     Outbound::Ended(stats) => {

@@ -171,6 +171,37 @@ pub struct Config {
     /// `DRAIN_TIMEOUT` in seconds (0–3600, default 10): on shutdown, how long active calls may
     /// go on before their streams are closed with 1001.
     pub drain_timeout: Duration,
+    /// `AGENT_*`: the remote voice agent each call is bridged to. `None` (no `AGENT_URL`) keeps
+    /// the built-in echo agent.
+    pub agent: Option<AgentConfig>,
+}
+
+/// What the caller hears when the remote agent fails, before the stream closes.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum AgentFallback {
+    /// A short spoken apology (default).
+    #[default]
+    Apology,
+    /// Three short beeps.
+    Tone,
+}
+
+/// The remote agent settings (`AGENT_*` variables), validated.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct AgentConfig {
+    /// `AGENT_URL`: `ws://` or `wss://` URL each call connects to.
+    pub url: String,
+    /// `AGENT_AUTH_HEADER` (`Name: value`) or `AGENT_TOKEN` (sent as `Authorization: Bearer
+    /// <token>`): header name and secret value sent with the WebSocket handshake.
+    pub auth: Option<(String, Secret)>,
+    /// `AGENT_CONNECT_TIMEOUT_MS` (100–60000, default 3000): the TCP, TLS and WebSocket
+    /// handshake must finish within this.
+    pub connect_timeout: Duration,
+    /// `AGENT_REPLY_TIMEOUT_MS` (0–600000, default 0 = off): after the caller stops speaking,
+    /// the agent must send audio within this, or the call falls back.
+    pub reply_timeout: Option<Duration>,
+    /// `AGENT_FALLBACK`: `apology` (default) or `tone`.
+    pub fallback: AgentFallback,
 }
 
 impl Default for Config {
@@ -194,6 +225,7 @@ impl Default for Config {
             stream_token_capacity: 10_000,
             engine_workers: 0,
             drain_timeout: Duration::from_secs(10),
+            agent: None,
         }
     }
 }
@@ -248,6 +280,42 @@ pub enum ConfigError {
         min: u64,
         /// Largest accepted value.
         max: u64,
+    },
+    /// A WebSocket URL that is not `ws://` or `wss://` with a host.
+    #[error("{name} must be a ws:// or wss:// URL with a host and no credentials: got {value:?}")]
+    WebSocketUrl {
+        /// Variable name.
+        name: &'static str,
+        /// Value given.
+        value: String,
+    },
+    /// An authentication header that is not `Name: value` (the value is never shown).
+    #[error("{name} must look like \"Name: value\" with a valid header name and a non-empty value")]
+    AuthHeader {
+        /// Variable name.
+        name: &'static str,
+    },
+    /// Two variables that exclude each other are both set.
+    #[error("{first} and {second} cannot both be set")]
+    Conflict {
+        /// One variable.
+        first: &'static str,
+        /// The other.
+        second: &'static str,
+    },
+    /// An `AGENT_*` variable without `AGENT_URL`.
+    #[error("{name} is set but AGENT_URL is not")]
+    AgentUrlMissing {
+        /// Variable name.
+        name: &'static str,
+    },
+    /// An unknown fallback sound.
+    #[error("{name} must be apology or tone: got {value:?}")]
+    Fallback {
+        /// Variable name.
+        name: &'static str,
+        /// Value given.
+        value: String,
     },
     /// A public URL that is not an absolute http(s) origin.
     #[error(
@@ -346,6 +414,7 @@ impl Config {
         if let Some(v) = non_empty("DRAIN_TIMEOUT") {
             config.drain_timeout = Duration::from_secs(int_in("DRAIN_TIMEOUT", v, 0, 3_600)?);
         }
+        config.agent = agent_config(&non_empty)?;
         Ok(config)
     }
 
@@ -353,6 +422,117 @@ impl Config {
     pub fn signature_checks(&self) -> bool {
         self.auth_token.is_some()
     }
+}
+
+/// Reads the `AGENT_*` variables; `None` without `AGENT_URL`.
+fn agent_config<'a>(
+    non_empty: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<Option<AgentConfig>, ConfigError> {
+    const DEPENDENT: [&str; 5] = [
+        "AGENT_AUTH_HEADER",
+        "AGENT_TOKEN",
+        "AGENT_CONNECT_TIMEOUT_MS",
+        "AGENT_REPLY_TIMEOUT_MS",
+        "AGENT_FALLBACK",
+    ];
+    let Some(url) = non_empty("AGENT_URL") else {
+        if let Some(name) = DEPENDENT.into_iter().find(|n| non_empty(n).is_some()) {
+            return Err(ConfigError::AgentUrlMissing { name });
+        }
+        return Ok(None);
+    };
+    let url = ws_url("AGENT_URL", url)?;
+    let auth = match (non_empty("AGENT_AUTH_HEADER"), non_empty("AGENT_TOKEN")) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Conflict {
+                first: "AGENT_AUTH_HEADER",
+                second: "AGENT_TOKEN",
+            });
+        }
+        (Some(line), None) => {
+            let bad = ConfigError::AuthHeader {
+                name: "AGENT_AUTH_HEADER",
+            };
+            let (name, value) = line.split_once(':').ok_or(bad.clone())?;
+            let (name, value) = (name.trim(), value.trim());
+            if value.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(bad);
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(bad);
+            }
+            Some((name.to_ascii_lowercase(), Secret::new(value)))
+        }
+        (None, Some(token)) => {
+            if http::HeaderValue::from_str(token).is_err() {
+                return Err(ConfigError::AuthHeader {
+                    name: "AGENT_TOKEN",
+                });
+            }
+            Some((
+                "authorization".to_owned(),
+                Secret::new(format!("Bearer {token}")),
+            ))
+        }
+        (None, None) => None,
+    };
+    let connect_timeout = match non_empty("AGENT_CONNECT_TIMEOUT_MS") {
+        Some(v) => Duration::from_millis(int_in("AGENT_CONNECT_TIMEOUT_MS", v, 100, 60_000)?),
+        None => Duration::from_secs(3),
+    };
+    let reply_timeout = match non_empty("AGENT_REPLY_TIMEOUT_MS") {
+        Some(v) => Some(Duration::from_millis(int_in(
+            "AGENT_REPLY_TIMEOUT_MS",
+            v,
+            0,
+            600_000,
+        )?))
+        .filter(|d| !d.is_zero()),
+        None => None,
+    };
+    let fallback = match non_empty("AGENT_FALLBACK") {
+        None => AgentFallback::Apology,
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "apology" => AgentFallback::Apology,
+            "tone" => AgentFallback::Tone,
+            _ => {
+                return Err(ConfigError::Fallback {
+                    name: "AGENT_FALLBACK",
+                    value: v.to_owned(),
+                });
+            }
+        },
+    };
+    Ok(Some(AgentConfig {
+        url,
+        auth,
+        connect_timeout,
+        reply_timeout,
+        fallback,
+    }))
+}
+
+/// Accepts `ws://host[:port][/path][?query]` or `wss://…`: a host, no credentials, no fragment.
+fn ws_url(name: &'static str, value: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError::WebSocketUrl {
+        name,
+        value: value.to_owned(),
+    };
+    let (scheme, rest) = value.split_once("://").ok_or_else(bad)?;
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "ws" | "wss") {
+        return Err(bad());
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let valid = !authority.is_empty()
+        && !authority.starts_with(':')
+        && !authority.contains('@')
+        && !value.contains(['#', ' '])
+        && value.is_ascii()
+        && value.parse::<http::Uri>().is_ok();
+    if !valid {
+        return Err(bad());
+    }
+    Ok(value.to_owned())
 }
 
 fn int_in(name: &'static str, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
@@ -439,6 +619,64 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/handset"));
         assert_eq!(c.stream_token_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn agent_variables_are_validated_and_secrets_never_shown() {
+        assert!(from(&[]).unwrap().agent.is_none());
+        let c = from(&[
+            ("AGENT_URL", "wss://agent.example.com/voice?x=1"),
+            ("AGENT_AUTH_HEADER", "X-Api-Key: s3cret"),
+            ("AGENT_CONNECT_TIMEOUT_MS", "250"),
+            ("AGENT_REPLY_TIMEOUT_MS", "4000"),
+            ("AGENT_FALLBACK", "Tone"),
+        ])
+        .unwrap();
+        let agent = c.agent.unwrap();
+        assert_eq!(agent.url, "wss://agent.example.com/voice?x=1");
+        let (name, value) = agent.auth.clone().unwrap();
+        assert_eq!((name.as_str(), value.expose()), ("x-api-key", "s3cret"));
+        assert!(!format!("{agent:?}").contains("s3cret"));
+        assert_eq!(agent.connect_timeout, Duration::from_millis(250));
+        assert_eq!(agent.reply_timeout, Some(Duration::from_secs(4)));
+        assert_eq!(agent.fallback, AgentFallback::Tone);
+
+        let token = from(&[("AGENT_URL", "ws://127.0.0.1:9"), ("AGENT_TOKEN", "t")]).unwrap();
+        let (name, value) = token.agent.unwrap().auth.unwrap();
+        assert_eq!(
+            (name.as_str(), value.expose()),
+            ("authorization", "Bearer t")
+        );
+        let off = from(&[("AGENT_URL", "ws://h"), ("AGENT_REPLY_TIMEOUT_MS", "0")]).unwrap();
+        assert_eq!(off.agent.unwrap().reply_timeout, None);
+
+        for bad in ["http://h", "ws://", "ws://u:p@h/", "wss://h/#f", "h:80"] {
+            assert!(
+                matches!(
+                    from(&[("AGENT_URL", bad)]),
+                    Err(ConfigError::WebSocketUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let err = from(&[("AGENT_URL", "ws://h"), ("AGENT_AUTH_HEADER", "novalue")]).unwrap_err();
+        assert!(!err.to_string().contains("novalue"), "{err}");
+        assert!(matches!(
+            from(&[
+                ("AGENT_URL", "ws://h"),
+                ("AGENT_AUTH_HEADER", "A: b"),
+                ("AGENT_TOKEN", "c")
+            ]),
+            Err(ConfigError::Conflict { .. })
+        ));
+        assert_eq!(
+            from(&[("AGENT_TOKEN", "c")]).unwrap_err(),
+            ConfigError::AgentUrlMissing {
+                name: "AGENT_TOKEN"
+            }
+        );
+        assert!(from(&[("AGENT_URL", "ws://h"), ("AGENT_CONNECT_TIMEOUT_MS", "5")]).is_err());
+        assert!(from(&[("AGENT_URL", "ws://h"), ("AGENT_FALLBACK", "music")]).is_err());
     }
 
     #[test]

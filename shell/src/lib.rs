@@ -21,6 +21,7 @@
 //! | [`bridge`] | the Media Streams WebSocket: upgrade checks and the socket ↔ engine bridge |
 //! | [`media_stream`] | pure parsing and writing of Twilio's Media Streams JSON |
 //! | [`sim`] | a Twilio call simulator (webhook, TwiML, signed WebSocket, playback model) |
+//! | [`agent`] | remote voice agents over WebSocket: per-call client, engine-side agent, fallback |
 //!
 //! Tests start the real server on `127.0.0.1:0`:
 //!
@@ -34,6 +35,7 @@
 //! # }
 //! ```
 
+pub mod agent;
 pub mod bridge;
 pub mod config;
 pub mod form;
@@ -48,7 +50,7 @@ pub mod twiml;
 
 mod clock;
 
-pub use config::{Config, ConfigError, LogFormat, PublicUrl, Secret};
+pub use config::{AgentConfig, AgentFallback, Config, ConfigError, LogFormat, PublicUrl, Secret};
 pub use server::{ActiveCallGuard, ActiveCalls, AppState, Startup, StateError, serve};
 pub use signature::{Algorithm, SignatureError, SignedContent, UrlVariant, Verifier};
 pub use tokens::{CallIdentity, StreamToken, StreamTokens, TokenError};
