@@ -1,9 +1,12 @@
 //! VAD evaluation program: Handset's [`Vad`] against WebRTC VAD mode 3 on real 8 kHz telephone
-//! speech mixed with white noise and hold music, every condition through a µ-law round trip.
+//! speech mixed with white noise and hold music, every condition through a µ-law round trip; and
+//! the trainer of the VAD's speech classifier.
 //!
 //! Run with `cargo bench --bench vad_eval` (add `-- --quick` for fewer prompts, `-- --tune` to
-//! run on the tuning split instead of the held-out split). Needs the Debian audio packages
-//! installed by `scripts/install-audio-data.sh`. Method and results: `docs/vad-eval.md`.
+//! run on the tuning split instead of the held-out split). `-- --train` trains the classifier on
+//! the tuning split only and writes `engine/src/vad/weights.rs` (seeded, deterministic; run
+//! `cargo fmt` afterwards). Needs the Debian audio packages installed by
+//! `scripts/install-audio-data.sh`. Method and results: `docs/vad-eval.md`.
 //!
 //! Recipe (dsp-notes §3.3):
 //! - The 568 Allison prompts are shuffled with a fixed seed and split in half: a tuning pool and
@@ -16,9 +19,10 @@
 //! - Conditions: clean; white Gaussian noise at 10 and 0 dB SNR; hold music at 10 and 0 dB SNR.
 //!   SNR is relative to the active speech level (mean power over the speech-labelled frames of
 //!   the clean signal); noise and music run under everything, gaps included. The music is the
-//!   five opsound tracks, each cut in half: the first halves are used for tuning, the second
-//!   halves for reporting; concatenated and looped to length, scaled so its mean power over the
-//!   run gives the SNR. The mix is clipped to 16 bits and passed through G.711 µ-law.
+//!   five opsound tracks, each cut in half: the first halves are used for tuning and training,
+//!   the second halves for reporting; concatenated and looped to length, scaled so its mean
+//!   power over the run gives the SNR. The mix is clipped to 16 bits and passed through G.711
+//!   µ-law.
 //! - Detectors run causally, one frame at a time; a frame's decision is the state after pushing it.
 //! - Onset delay: for each prompt, the frames from its first labelled speech frame to the first
 //!   frame (within the prompt) on which the smoothed decision is speech, i.e. the push that
@@ -27,14 +31,23 @@
 //! - A hold-music-only run (the held-out halves, ~9 min, at the tracks' own level and through
 //!   µ-law) counts speech-start events per minute: for a raw detector every run of speech
 //!   frames is an event.
+//!
+//! Training (`--train`, tuning split only): the tuning pool is shuffled again and cut into a
+//! training part (3/4) and a validation part (1/4); the tuning music halves are cut the same
+//! way (first 70 % of each track for training, the rest for validation). Training mixes: clean,
+//! white noise at 20/10/5/0 dB, music at 20/10/5/0 dB, each with a random speech gain of −12 to
+//! +6 dB and a random music offset, plus music alone at two levels. The classifier (one ReLU
+//! hidden layer, logistic output) is fitted by Adam on cross-entropy; then the gate (attack,
+//! hangover, start and sustain probabilities) is chosen on the validation part.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use handset_engine::PcmFrame;
 use handset_engine::codec::{decode_sample, encode_sample};
-use handset_engine::vad::{SpeechGate, Vad, VadConfig, VadTransition};
+use handset_engine::vad::{FEATURE_COUNT, SpeechGate, Vad, VadConfig, VadTransition};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -42,35 +55,47 @@ use rand_chacha::ChaCha8Rng;
 const SPEECH_DIR: &str = "/usr/share/asterisk/sounds/en_US_f_Allison";
 const MUSIC_DIR: &str = "/usr/share/asterisk/moh";
 const FRAME: usize = 160;
-/// Seeds: the pool split, the tuning draw, the report draw, and noise.
+/// Seeds: the pool split, the tuning draw, the report draw, and the trainer.
 const SPLIT_SEED: u64 = 0x5EED_0001;
 const TUNE_SEED: u64 = 0x5EED_0002;
 const REPORT_SEED: u64 = 0x5EED_0003;
+const TRAIN_SEED: u64 = 0x5EED_0004;
+/// The call layer's turn-taking hangover (500 ms), reported next to the default.
+const TURN_HANGOVER: u32 = 25;
 
 struct Args {
     prompts: usize,
     tune: bool,
+    train: bool,
+    hidden: usize,
+    epochs: usize,
+    start_penalty: f64,
     config: VadConfig,
     only: Option<String>,
-    sweep: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         prompts: 150,
         tune: false,
+        train: false,
+        hidden: 24,
+        epochs: 12,
+        start_penalty: 0.005,
         config: VadConfig::default(),
         only: None,
-        sweep: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => args.prompts = 40,
             "--tune" => args.tune = true,
+            "--train" => args.train = true,
+            "--hidden" => args.hidden = it.next().unwrap_or_default().parse()?,
+            "--start-penalty" => args.start_penalty = it.next().unwrap_or_default().parse()?,
+            "--epochs" => args.epochs = it.next().unwrap_or_default().parse()?,
             "--prompts" => args.prompts = it.next().unwrap_or_default().parse()?,
             "--only" => args.only = it.next(),
-            "--sweep" => args.sweep = it.next().unwrap_or_default().parse()?,
             "--set" => {
                 let kv = it.next().unwrap_or_default();
                 let (k, v) = kv
@@ -89,16 +114,9 @@ fn set_field(c: &mut VadConfig, k: &str, v: &str) -> anyhow::Result<()> {
     match k {
         "attack_frames" => c.attack_frames = v.parse()?,
         "hangover_frames" => c.hangover_frames = v.parse()?,
-        "threshold_db" => c.threshold_db = v.parse()?,
+        "start_probability" => c.start_probability = v.parse()?,
+        "sustain_probability" => c.sustain_probability = v.parse()?,
         "min_level_dbfs" => c.min_level_dbfs = v.parse()?,
-        "noise_window_frames" => c.noise_window_frames = v.parse()?,
-        "noise_bias_db" => c.noise_bias_db = v.parse()?,
-        "noise_smoothing" => c.noise_smoothing = v.parse()?,
-        "floor_rise" => c.floor_rise = v.parse()?,
-        "floor_fall" => c.floor_fall = v.parse()?,
-        "snr_exponent" => c.snr_exponent = v.parse()?,
-        "quantile_up_db" => c.quantile_up_db = v.parse()?,
-        "quantile_down_db" => c.quantile_down_db = v.parse()?,
         _ => anyhow::bail!("unknown config field {k}"),
     }
     Ok(())
@@ -222,17 +240,30 @@ struct Run {
 enum Detector {
     Handset,
     HandsetRaw,
+    HandsetTurn,
     WebRtc,
     WebRtcGated,
+    WebRtcTurn,
 }
 
 impl Detector {
+    const ALL: [Self; 6] = [
+        Self::Handset,
+        Self::HandsetRaw,
+        Self::HandsetTurn,
+        Self::WebRtc,
+        Self::WebRtcGated,
+        Self::WebRtcTurn,
+    ];
+
     fn name(self) -> &'static str {
         match self {
-            Self::Handset => "Handset VAD (smoothed)",
+            Self::Handset => "Handset VAD (default)",
             Self::HandsetRaw => "Handset VAD (raw frames)",
+            Self::HandsetTurn => "Handset VAD (hangover 25)",
             Self::WebRtc => "WebRTC mode 3 (raw)",
             Self::WebRtcGated => "WebRTC mode 3 + Handset gate",
+            Self::WebRtcTurn => "WebRTC mode 3 + gate, hangover 25",
         }
     }
 }
@@ -240,45 +271,36 @@ impl Detector {
 // The evaluation program times the detectors; it is not engine code.
 #[allow(clippy::disallowed_methods)]
 fn run_detector(det: Detector, pcm: &[i16], config: &VadConfig) -> Run {
-    let frames: Vec<PcmFrame> = pcm
-        .chunks_exact(FRAME)
-        .map(|c| PcmFrame(c.try_into().expect("chunks_exact gives whole frames")))
-        .collect();
+    let frames = to_frames(pcm);
     let mut decisions = Vec::with_capacity(frames.len());
     let mut starts = 0;
     let start_time;
+    let mut config = config.clone();
+    if matches!(det, Detector::HandsetTurn | Detector::WebRtcTurn) {
+        config.hangover_frames = TURN_HANGOVER;
+    }
     match det {
-        Detector::Handset | Detector::HandsetRaw => {
-            let mut vad = Vad::new(config).expect("config validated");
+        Detector::Handset | Detector::HandsetRaw | Detector::HandsetTurn => {
+            let mut vad = Vad::new(&config).expect("config validated");
+            let raw = matches!(det, Detector::HandsetRaw);
+            let mut prev = false;
             start_time = Instant::now();
             for f in &frames {
-                if let Some(VadTransition::SpeechStarted { .. }) = vad.push(f) {
-                    starts += 1;
+                let out = vad.push(f);
+                if raw {
+                    let r = vad.frame_is_speech();
+                    starts += usize::from(r && !prev);
+                    prev = r;
+                    decisions.push(r);
+                } else {
+                    if let Some(VadTransition::SpeechStarted { .. }) = out {
+                        starts += 1;
+                    }
+                    decisions.push(vad.is_speech());
                 }
-                decisions.push(vad.is_speech());
-            }
-            let elapsed = start_time.elapsed();
-            if matches!(det, Detector::HandsetRaw) {
-                // Re-run cheaply for the raw decisions (not timed).
-                let mut vad = Vad::new(config).expect("config validated");
-                decisions.clear();
-                starts = 0;
-                let mut prev = false;
-                for f in &frames {
-                    vad.push(f);
-                    let raw = vad.frame_is_speech();
-                    starts += usize::from(raw && !prev);
-                    prev = raw;
-                    decisions.push(raw);
-                }
-            }
-            Run {
-                decisions,
-                starts,
-                elapsed,
             }
         }
-        Detector::WebRtc | Detector::WebRtcGated => {
+        Detector::WebRtc | Detector::WebRtcGated | Detector::WebRtcTurn => {
             let mut vad = webrtc_vad::Vad::new_with_rate_and_mode(
                 webrtc_vad::SampleRate::Rate8kHz,
                 webrtc_vad::VadMode::VeryAggressive,
@@ -288,25 +310,30 @@ fn run_detector(det: Detector, pcm: &[i16], config: &VadConfig) -> Run {
             start_time = Instant::now();
             for f in &frames {
                 let raw = vad.is_voice_segment(&f.0).unwrap_or(false);
-                if matches!(det, Detector::WebRtcGated) {
+                if matches!(det, Detector::WebRtc) {
+                    starts += usize::from(raw && !prev);
+                    prev = raw;
+                    decisions.push(raw);
+                } else {
                     if let Some(VadTransition::SpeechStarted { .. }) = gate.push(raw) {
                         starts += 1;
                     }
                     decisions.push(gate.is_speech());
-                } else {
-                    starts += usize::from(raw && !prev);
-                    prev = raw;
-                    decisions.push(raw);
                 }
-            }
-            let elapsed = start_time.elapsed();
-            Run {
-                decisions,
-                starts,
-                elapsed,
             }
         }
     }
+    Run {
+        decisions,
+        starts,
+        elapsed: start_time.elapsed(),
+    }
+}
+
+fn to_frames(pcm: &[i16]) -> Vec<PcmFrame> {
+    pcm.chunks_exact(FRAME)
+        .map(|c| PcmFrame(c.try_into().expect("chunks_exact gives whole frames")))
+        .collect()
 }
 
 struct Score {
@@ -373,19 +400,80 @@ fn fmt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_owned(), |v| format!("{v:.0}"))
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+fn f1_of(decisions: &[bool], labels: &[bool]) -> f64 {
+    let (mut tp, mut fp, mut fneg) = (0usize, 0usize, 0usize);
+    for (&d, &l) in decisions.iter().zip(labels) {
+        match (d, l) {
+            (true, true) => tp += 1,
+            (true, false) => fp += 1,
+            (false, true) => fneg += 1,
+            (false, false) => {}
+        }
+    }
+    2.0 * tp as f64 / (2 * tp + fp + fneg).max(1) as f64
+}
+
+/// The Allison prompts, sorted then shuffled with the split seed: the first half is the tuning
+/// pool, the second half the held-out pool.
+fn speech_files() -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     wav_files(Path::new(SPEECH_DIR), &mut files).map_err(|e| {
         anyhow::anyhow!("{SPEECH_DIR}: {e}; run scripts/install-audio-data.sh first")
     })?;
     files.sort();
     files.shuffle(&mut ChaCha8Rng::seed_from_u64(SPLIT_SEED));
+    Ok(files)
+}
+
+/// One signal per hold-music track.
+type Tracks = Vec<Vec<f64>>;
+
+/// The five hold-music tracks, sorted, each cut in half: (first halves, second halves).
+fn music_halves() -> anyhow::Result<(Tracks, Tracks)> {
+    let mut music_files = Vec::new();
+    wav_files(Path::new(MUSIC_DIR), &mut music_files)?;
+    music_files.sort();
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for f in &music_files {
+        let pcm: Vec<f64> = read_wav(f)?.iter().map(|&s| f64::from(s)).collect();
+        let (a, b) = pcm.split_at(pcm.len() / 2);
+        first.push(a.to_vec());
+        second.push(b.to_vec());
+    }
+    Ok((first, second))
+}
+
+/// The five conditions of the report for `corpus`, with `music` looped under it.
+fn conditions<'a>(
+    corpus: &Corpus,
+    noise: &'a [f64],
+    music: &'a [f64],
+) -> Vec<(&'static str, Under<'a>)> {
+    let noise_power = mean_power(noise);
+    let music_power = mean_power(music);
+    let gain =
+        |snr_db: f64, power: f64| (corpus.active_power / 10f64.powf(snr_db / 10.0) / power).sqrt();
+    vec![
+        ("clean", None),
+        ("white 10 dB", Some((noise, gain(10.0, noise_power)))),
+        ("white 0 dB", Some((noise, gain(0.0, noise_power)))),
+        ("music 10 dB", Some((music, gain(10.0, music_power)))),
+        ("music 0 dB", Some((music, gain(0.0, music_power)))),
+    ]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let files = speech_files()?;
     let half = files.len() / 2;
-    let (pool, seed) = if args.tune {
-        (&files[..half], TUNE_SEED)
+    let (tuning_music, report_music) = music_halves()?;
+    if args.train {
+        return train(&args, &files[..half], &tuning_music);
+    }
+    let (pool, seed, music) = if args.tune {
+        (&files[..half], TUNE_SEED, tuning_music.concat())
     } else {
-        (&files[half..], REPORT_SEED)
+        (&files[half..], REPORT_SEED, report_music.concat())
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut pool = pool.to_vec();
@@ -393,91 +481,30 @@ fn main() -> anyhow::Result<()> {
     pool.truncate(args.prompts);
     let corpus = build_corpus(&pool, &mut rng)?;
 
-    let mut music_files = Vec::new();
-    wav_files(Path::new(MUSIC_DIR), &mut music_files)?;
-    music_files.sort();
-    let mut music = Vec::new();
-    for f in &music_files {
-        let pcm = read_wav(f)?;
-        let (a, b) = pcm.split_at(pcm.len() / 2);
-        let part = if args.tune { a } else { b };
-        music.extend(part.iter().map(|&s| f64::from(s)));
-    }
-
     let n = corpus.clean.len();
     let noise = white_noise(n, &mut rng);
     let looped_music: Vec<f64> = (0..n).map(|i| music[i % music.len()]).collect();
-    let noise_power = mean_power(&noise);
-    let music_power = mean_power(&looped_music);
     let speech_frames = corpus.labels.iter().filter(|&&l| l).count();
+    let split = if args.tune { "tuning" } else { "held-out" };
     println!(
-        "# VAD evaluation ({} split): {} prompts, {:.1} min, {:.1} % speech frames, active speech level {:.1} dBFS\n",
-        if args.tune { "tuning" } else { "held-out" },
+        "# VAD evaluation ({split} split): {} prompts, {:.1} min, {:.1} % speech frames, active speech level {:.1} dBFS\n",
         corpus.prompts.len(),
         n as f64 / 8000.0 / 60.0,
         100.0 * speech_frames as f64 / corpus.labels.len() as f64,
         10.0 * (corpus.active_power / 32768f64.powi(2)).log10(),
     );
     println!("Handset config: {:?}\n", args.config);
-
-    let conditions: Vec<(&str, Under<'_>)> = vec![
-        ("clean", None),
-        (
-            "white 10 dB",
-            Some((
-                &noise[..],
-                (corpus.active_power / 10f64.powf(1.0) / noise_power).sqrt(),
-            )),
-        ),
-        (
-            "white 0 dB",
-            Some((&noise[..], (corpus.active_power / noise_power).sqrt())),
-        ),
-        (
-            "music 10 dB",
-            Some((
-                &looped_music[..],
-                (corpus.active_power / 10f64.powf(1.0) / music_power).sqrt(),
-            )),
-        ),
-        (
-            "music 0 dB",
-            Some((
-                &looped_music[..],
-                (corpus.active_power / music_power).sqrt(),
-            )),
-        ),
-    ];
-    if args.sweep > 0 {
-        anyhow::ensure!(
-            args.tune,
-            "--sweep only runs on the tuning split (add --tune)"
-        );
-        let mixes: Vec<Vec<i16>> = conditions
-            .iter()
-            .map(|(_, u)| mix(&corpus.clean, *u))
-            .collect();
-        let music_pcm = mix(&music, None);
-        sweep(&args, &corpus, &mixes, &music_pcm);
-        return Ok(());
-    }
-    let detectors = [
-        Detector::Handset,
-        Detector::HandsetRaw,
-        Detector::WebRtc,
-        Detector::WebRtcGated,
-    ];
     println!(
         "| condition | VAD | precision | recall | F1 | false alarms | onset median ms | onset p90 ms | missed onsets | µs/frame |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut f1s: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for (name, under) in &conditions {
+    for (name, under) in conditions(&corpus, &noise, &looped_music) {
         if args.only.as_deref().is_some_and(|o| !name.starts_with(o)) {
             continue;
         }
-        let pcm = mix(&corpus.clean, *under);
-        for det in detectors {
+        let pcm = mix(&corpus.clean, under);
+        for det in Detector::ALL {
             let run = run_detector(det, &pcm, &args.config);
             let s = score(&run, &corpus);
             f1s.entry(name).or_default().push(s.f1);
@@ -495,19 +522,24 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let mean_handset: f64 = f1s.values().map(|v| v[0]).sum::<f64>() / f1s.len().max(1) as f64;
-    println!("\nmean F1 (Handset smoothed): {mean_handset:.4}");
+    println!("\n| condition | Handset F1 | WebRTC mode 3 F1 | margin |");
+    println!("|---|---|---|---|");
+    for (name, v) in &f1s {
+        println!(
+            "| {name} | {:.3} | {:.3} | {:+.3} |",
+            v[0],
+            v[3],
+            v[0] - v[3]
+        );
+    }
 
     // Hold music only: no speech at all, at the tracks' own level.
     let music_pcm = mix(&music, None);
     let minutes = music_pcm.len() as f64 / 8000.0 / 60.0;
-    println!(
-        "\n## Hold music only ({minutes:.1} min, {} split, no speech)\n",
-        if args.tune { "tuning" } else { "held-out" }
-    );
+    println!("\n## Hold music only ({minutes:.1} min, {split} split, no speech)\n");
     println!("| VAD | false SpeechStarted per minute | frames judged speech |");
     println!("|---|---|---|");
-    for det in detectors {
+    for det in Detector::ALL {
         let run = run_detector(det, &music_pcm, &args.config);
         let on = run.decisions.iter().filter(|&&d| d).count() as f64 / run.decisions.len() as f64;
         println!(
@@ -520,62 +552,417 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Random search over the tuning knobs on the tuning split. Prints the best configurations by
-/// mean F1 over the conditions, penalised when any condition falls below WebRTC mode 3.
-fn sweep(args: &Args, corpus: &Corpus, mixes: &[Vec<i16>], music_pcm: &[i16]) {
-    let base = args.config.clone();
-    let webrtc: Vec<f64> = mixes
-        .iter()
-        .map(|m| score(&run_detector(Detector::WebRtc, m, &base), corpus).f1)
-        .collect();
-    println!("WebRTC mode 3 raw F1 per condition: {webrtc:.3?}");
-    let minutes = music_pcm.len() as f64 / 8000.0 / 60.0;
-    let mut rng = ChaCha8Rng::seed_from_u64(0xC0FFEE);
-    let mut results: Vec<(f64, Vec<f64>, f64, VadConfig)> = Vec::new();
-    for i in 0..args.sweep {
-        let mut c = base.clone();
-        if i > 0 {
-            c.attack_frames = rng.gen_range(1..=3);
-            let (up, down) = [
-                (0.0, 1.0),
-                (0.02, 0.2),
-                (0.05, 0.3),
-                (0.05, 0.1),
-                (0.1, 0.2),
-                (0.1, 0.5),
-                (0.2, 0.4),
-                (0.02, 0.05),
-                (0.05, 0.05),
-                (0.1, 0.1),
-            ][rng.gen_range(0..10)];
-            c.quantile_up_db = up;
-            c.quantile_down_db = down;
-            c.hangover_frames = rng.gen_range(0..=20);
-            c.threshold_db = rng.gen_range(3.0..10.0);
-            c.min_level_dbfs = rng.gen_range(-62.0..-44.0);
-            c.noise_window_frames = [48, 96, 160, 240][rng.gen_range(0..4)];
-            c.noise_bias_db = rng.gen_range(0.0..8.0);
-            c.noise_smoothing = [0.3, 0.5, 0.7, 0.85][rng.gen_range(0..4)];
-            c.floor_rise = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2][rng.gen_range(0..6)];
-            c.floor_fall = rng.gen_range(0.02..0.6);
-            c.snr_exponent = rng.gen_range(1.0..4.0);
+/// Feature vectors (row-major, [`FEATURE_COUNT`] per frame) of a signal, from the engine's own
+/// extractor.
+fn features_of(pcm: &[i16], out: &mut Vec<f32>) {
+    let mut vad = Vad::new(&VadConfig::default()).expect("the default config is valid");
+    for f in to_frames(pcm) {
+        vad.push(&f);
+        out.extend_from_slice(vad.features());
+    }
+}
+
+/// The classifier: one ReLU hidden layer and a logistic output, on standardised, clamped
+/// inputs. The same arithmetic as `engine/src/vad/model.rs`.
+struct Mlp {
+    inputs: usize,
+    hidden: usize,
+    /// `[w1 (hidden × inputs, row per unit) | b1 (hidden) | w2 (hidden) | b2]`.
+    params: Vec<f32>,
+}
+
+/// Must equal the engine's `INPUT_CLAMP`.
+const INPUT_CLAMP: f32 = 5.0;
+
+impl Mlp {
+    fn new(inputs: usize, hidden: usize, rng: &mut ChaCha8Rng) -> Self {
+        let mut params = vec![0.0; hidden * inputs + 2 * hidden + 1];
+        let scale = (2.0 / inputs as f32).sqrt();
+        for w in &mut params[..hidden * inputs] {
+            *w = gaussian(rng) * scale;
         }
-        let f1: Vec<f64> = mixes
-            .iter()
-            .map(|m| score(&run_detector(Detector::Handset, m, &c), corpus).f1)
-            .collect();
-        let starts = run_detector(Detector::Handset, music_pcm, &c).starts as f64 / minutes;
-        let mean = f1.iter().sum::<f64>() / f1.len() as f64;
-        let margin = f1
-            .iter()
-            .zip(&webrtc)
-            .map(|(a, b)| a - b)
-            .fold(f64::MAX, f64::min);
-        let objective = margin + 0.25 * mean - 0.001 * starts;
-        results.push((objective, f1, starts, c));
+        let s2 = (1.0 / hidden as f32).sqrt();
+        for w in &mut params[hidden * inputs + hidden..hidden * inputs + 2 * hidden] {
+            *w = gaussian(rng) * s2;
+        }
+        Self {
+            inputs,
+            hidden,
+            params,
+        }
+    }
+
+    /// The output logit for a standardised input `z`; fills `act` with the hidden
+    /// pre-activations.
+    fn forward(&self, z: &[f32], act: &mut [f32]) -> f32 {
+        let (n, h) = (self.inputs, self.hidden);
+        let (w1, rest) = self.params.split_at(h * n);
+        let (b1, rest) = rest.split_at(h);
+        let (w2, b2) = rest.split_at(h);
+        let mut out = b2[0];
+        for j in 0..h {
+            let a = b1[j]
+                + w1[j * n..(j + 1) * n]
+                    .iter()
+                    .zip(z)
+                    .map(|(w, z)| w * z)
+                    .sum::<f32>();
+            act[j] = a;
+            out += w2[j] * a.max(0.0);
+        }
+        out
+    }
+
+    /// Adds the cross-entropy gradient for one example (`z`, label `y`) to `grad`.
+    fn backward(&self, z: &[f32], y: f32, act: &mut [f32], grad: &mut [f32]) -> f32 {
+        let (n, h) = (self.inputs, self.hidden);
+        let logit = self.forward(z, act);
+        let p = sigmoid(logit);
+        let d = p - y;
+        let w2_at = h * n + h;
+        for j in 0..h {
+            let a = act[j];
+            if a > 0.0 {
+                grad[w2_at + j] += d * a;
+                let g = d * self.params[w2_at + j];
+                grad[h * n + j] += g;
+                for (gw, &zi) in grad[j * n..(j + 1) * n].iter_mut().zip(z) {
+                    *gw += g * zi;
+                }
+            }
+        }
+        grad[w2_at + h] += d;
+        let p = p.clamp(1e-7, 1.0 - 1e-7);
+        -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f32 = rng.gen_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.r#gen();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// Standardisation: per-feature mean and 1/std over the training frames.
+fn standardiser(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let rows = x.len() / FEATURE_COUNT;
+    let mut mean = vec![0.0f64; FEATURE_COUNT];
+    let mut sq = vec![0.0f64; FEATURE_COUNT];
+    for row in x.chunks_exact(FEATURE_COUNT) {
+        for (i, &v) in row.iter().enumerate() {
+            mean[i] += f64::from(v);
+            sq[i] += f64::from(v) * f64::from(v);
+        }
+    }
+    let mut scale = vec![0.0f32; FEATURE_COUNT];
+    for i in 0..FEATURE_COUNT {
+        mean[i] /= rows as f64;
+        let var = (sq[i] / rows as f64 - mean[i] * mean[i]).max(1e-12);
+        scale[i] = (1.0 / var.sqrt()) as f32;
+    }
+    (mean.iter().map(|&m| m as f32).collect(), scale)
+}
+
+fn standardise(x: &mut [f32], mean: &[f32], scale: &[f32]) {
+    for row in x.chunks_exact_mut(FEATURE_COUNT) {
+        for ((v, &m), &s) in row.iter_mut().zip(mean).zip(scale) {
+            *v = ((*v - m) * s).clamp(-INPUT_CLAMP, INPUT_CLAMP);
+        }
+    }
+}
+
+/// Fits the classifier with Adam on mini-batches (seeded shuffles).
+fn fit(x: &[f32], y: &[f32], hidden: usize, epochs: usize, rng: &mut ChaCha8Rng) -> Mlp {
+    let n = FEATURE_COUNT;
+    let rows = y.len();
+    let mut mlp = Mlp::new(n, hidden, rng);
+    let p = mlp.params.len();
+    let (mut m, mut v) = (vec![0.0f32; p], vec![0.0f32; p]);
+    let mut grad = vec![0.0f32; p];
+    let mut act = vec![0.0f32; hidden];
+    let mut order: Vec<usize> = (0..rows).collect();
+    let batch = 256;
+    let (b1, b2, eps, decay) = (0.9f32, 0.999f32, 1e-8f32, 1e-4f32);
+    let mut step = 0i32;
+    for epoch in 0..epochs {
+        order.shuffle(rng);
+        let lr = 3e-3 * 0.5f32.powf(epoch as f32 / (epochs as f32 / 3.0));
+        let mut loss = 0.0f64;
+        for chunk in order.chunks(batch) {
+            grad.iter_mut().for_each(|g| *g = 0.0);
+            for &r in chunk {
+                loss += f64::from(mlp.backward(&x[r * n..(r + 1) * n], y[r], &mut act, &mut grad));
+            }
+            step += 1;
+            let bc1 = 1.0 - b1.powi(step);
+            let bc2 = 1.0 - b2.powi(step);
+            for i in 0..p {
+                let mut g = grad[i] / chunk.len() as f32;
+                if i < hidden * n || (hidden * n + hidden..hidden * n + 2 * hidden).contains(&i) {
+                    g += decay * mlp.params[i];
+                }
+                m[i] = b1 * m[i] + (1.0 - b1) * g;
+                v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+                mlp.params[i] -= lr * (m[i] / bc1) / ((v[i] / bc2).sqrt() + eps);
+            }
+        }
+        println!("epoch {epoch}: lr {lr:.5} loss {:.4}", loss / rows as f64);
+    }
+    mlp
+}
+
+/// Per-frame speech probabilities and levels for a signal, with a trained classifier.
+fn probabilities(mlp: &Mlp, pcm: &[i16], mean: &[f32], scale: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut x = Vec::new();
+    features_of(pcm, &mut x);
+    let levels: Vec<f32> = x.chunks_exact(FEATURE_COUNT).map(|r| r[0]).collect();
+    standardise(&mut x, mean, scale);
+    let mut act = vec![0.0f32; mlp.hidden];
+    let probs = x
+        .chunks_exact(FEATURE_COUNT)
+        .map(|z| sigmoid(mlp.forward(z, &mut act)))
+        .collect();
+    (probs, levels)
+}
+
+/// The smoothed decisions and start count of the engine's gate over precomputed probabilities.
+fn gate_decisions(probs: &[f32], levels: &[f32], c: &VadConfig, out: &mut Vec<bool>) -> usize {
+    let mut gate = SpeechGate::new(c.attack_frames, c.hangover_frames);
+    out.clear();
+    let mut starts = 0;
+    for (&p, &l) in probs.iter().zip(levels) {
+        let t = if gate.is_speech() {
+            c.sustain_probability
+        } else {
+            c.start_probability
+        };
+        let raw = l >= c.min_level_dbfs && p >= t;
+        if let Some(VadTransition::SpeechStarted { .. }) = gate.push(raw) {
+            starts += 1;
+        }
+        out.push(gate.is_speech());
+    }
+    starts
+}
+
+/// Trains the classifier on the tuning split, picks the gate on its validation part and writes
+/// `engine/src/vad/weights.rs`.
+fn train(args: &Args, tuning: &[PathBuf], music_tracks: &[Vec<f64>]) -> anyhow::Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(TRAIN_SEED);
+    let mut pool = tuning.to_vec();
+    pool.shuffle(&mut rng);
+    let (valid, train_files) = pool.split_at(pool.len() / 4);
+    let mut train_music = Vec::new();
+    let mut valid_music = Vec::new();
+    for t in music_tracks {
+        let (a, b) = t.split_at(t.len() * 7 / 10);
+        train_music.extend_from_slice(a);
+        valid_music.extend_from_slice(b);
+    }
+
+    // Training mixes.
+    let corpus = build_corpus(train_files, &mut rng)?;
+    let n = corpus.clean.len();
+    let mut x: Vec<f32> = Vec::new();
+    let mut y: Vec<f32> = Vec::new();
+    let variants: [(&str, f64); 9] = [
+        ("clean", 0.0),
+        ("white", 20.0),
+        ("white", 10.0),
+        ("white", 5.0),
+        ("white", 0.0),
+        ("music", 20.0),
+        ("music", 10.0),
+        ("music", 5.0),
+        ("music", 0.0),
+    ];
+    for (kind, snr) in variants {
+        let gain = 10f64.powf(rng.gen_range(-12.0..6.0) / 20.0);
+        let clean: Vec<f64> = corpus.clean.iter().map(|s| s * gain).collect();
+        let power = corpus.active_power * gain * gain / 10f64.powf(snr / 10.0);
+        let under: Vec<f64> = match kind {
+            "white" => white_noise(n, &mut rng),
+            "music" => {
+                let offset = rng.gen_range(0..train_music.len());
+                (0..n)
+                    .map(|i| train_music[(offset + i) % train_music.len()])
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let pcm = if under.is_empty() {
+            mix(&clean, None)
+        } else {
+            let g = (power / mean_power(&under)).sqrt();
+            mix(&clean, Some((&under, g)))
+        };
+        features_of(&pcm, &mut x);
+        y.extend(corpus.labels.iter().map(|&l| f32::from(u8::from(l))));
+        println!(
+            "training mix {kind} {snr} dB: {} frames",
+            corpus.labels.len()
+        );
+    }
+    for gain_db in [0.0, -10.0] {
+        let g = 10f64.powf(gain_db / 20.0);
+        let scaled: Vec<f64> = train_music.iter().map(|s| s * g).collect();
+        let pcm = mix(&scaled, None);
+        let before = x.len();
+        features_of(&pcm, &mut x);
+        y.extend(std::iter::repeat_n(0.0, (x.len() - before) / FEATURE_COUNT));
+        println!(
+            "training mix music alone {gain_db} dB: {} frames",
+            (x.len() - before) / FEATURE_COUNT
+        );
+    }
+    let (mean, scale) = standardiser(&x);
+    standardise(&mut x, &mean, &scale);
+    let mlp = fit(&x, &y, args.hidden, args.epochs, &mut rng);
+
+    // Validation: the report's conditions on the held-back tuning prompts and music.
+    let vcorpus = build_corpus(valid, &mut rng)?;
+    let vn = vcorpus.clean.len();
+    let noise = white_noise(vn, &mut rng);
+    let looped: Vec<f64> = (0..vn)
+        .map(|i| valid_music[i % valid_music.len()])
+        .collect();
+    let mut sets = Vec::new();
+    let base = VadConfig::default();
+    for (name, under) in conditions(&vcorpus, &noise, &looped) {
+        let pcm = mix(&vcorpus.clean, under);
+        let webrtc = score(&run_detector(Detector::WebRtc, &pcm, &base), &vcorpus).f1;
+        let (p, l) = probabilities(&mlp, &pcm, &mean, &scale);
+        sets.push((name, p, l, webrtc));
+    }
+    let music_pcm = mix(&valid_music, None);
+    let minutes = music_pcm.len() as f64 / 8000.0 / 60.0;
+    let (mp, ml) = probabilities(&mlp, &music_pcm, &mean, &scale);
+    let webrtc: Vec<f64> = sets.iter().map(|s| s.3).collect();
+    println!("validation WebRTC mode 3 F1: {webrtc:.3?}");
+
+    let mut results = Vec::new();
+    let mut dec = Vec::new();
+    for attack in 1..=3 {
+        for hangover in [0, 1, 2, 3, 4, 5, 6, 8, 10] {
+            for start in [0.5f32, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998] {
+                for sustain in [0.1f32, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95] {
+                    if sustain > start {
+                        continue;
+                    }
+                    let c = VadConfig {
+                        attack_frames: attack,
+                        hangover_frames: hangover,
+                        start_probability: start,
+                        sustain_probability: sustain,
+                        ..base.clone()
+                    };
+                    let f1: Vec<f64> = sets
+                        .iter()
+                        .map(|(_, p, l, _)| {
+                            gate_decisions(p, l, &c, &mut dec);
+                            f1_of(&dec, &vcorpus.labels)
+                        })
+                        .collect();
+                    let starts = gate_decisions(&mp, &ml, &c, &mut dec) as f64 / minutes;
+                    let on = dec.iter().filter(|&&d| d).count() as f64 / dec.len() as f64;
+                    let mean_f1 = f1.iter().sum::<f64>() / f1.len() as f64;
+                    let margin = f1
+                        .iter()
+                        .zip(&webrtc)
+                        .map(|(a, b)| a - b)
+                        .fold(f64::MAX, f64::min);
+                    let objective =
+                        mean_f1 + 0.5 * margin.min(0.02) - args.start_penalty * starts - 0.05 * on;
+                    results.push((objective, f1, starts, on, c));
+                }
+            }
+        }
     }
     results.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for (obj, f1, starts, c) in results.iter().take(12) {
-        println!("{obj:.4} f1={f1:.3?} music_starts/min={starts:.2} {c:?}");
+    for (obj, f1, starts, on, c) in results.iter().take(10) {
+        println!(
+            "{obj:.4} f1={f1:.3?} music starts/min={starts:.2} music on={on:.3} attack={} hangover={} start={} sustain={}",
+            c.attack_frames, c.hangover_frames, c.start_probability, c.sustain_probability
+        );
     }
+    let best = &results[0].4;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/src/vad/weights.rs");
+    std::fs::write(&path, weights_source(&mlp, &mean, &scale, best))?;
+    println!("wrote {} (run cargo fmt)", path.display());
+    Ok(())
+}
+
+fn weights_source(mlp: &Mlp, mean: &[f32], scale: &[f32], c: &VadConfig) -> String {
+    let (n, h) = (mlp.inputs, mlp.hidden);
+    let arr = |v: &[f32]| {
+        let items: Vec<String> = v.iter().map(|x| format!("{x:?}")).collect();
+        format!("[{}]", items.join(", "))
+    };
+    let p = &mlp.params;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "//! Generated by `cargo bench --bench vad_eval -- --train` (seeded; hidden {h}, epochs \
+         and data in docs/vad-eval.md): do not edit by hand.\n"
+    );
+    let _ = writeln!(
+        s,
+        "/// Hidden units of the classifier.\npub(super) const HIDDEN: usize = {h};"
+    );
+    let _ = writeln!(
+        s,
+        "/// Per-feature mean subtracted before the network.\npub(super) const FEATURE_MEAN: [f32; {n}] = {};",
+        arr(mean)
+    );
+    let _ = writeln!(
+        s,
+        "/// Per-feature scale (1 / standard deviation) applied after the mean.\npub(super) const FEATURE_SCALE: [f32; {n}] = {};",
+        arr(scale)
+    );
+    let rows: Vec<String> = p[..h * n].chunks_exact(n).map(arr).collect();
+    let _ = writeln!(
+        s,
+        "/// Hidden-layer weights, one row per hidden unit.\npub(super) const W1: [[f32; {n}]; {h}] = [{}];",
+        rows.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "/// Hidden-layer biases.\npub(super) const B1: [f32; {h}] = {};",
+        arr(&p[h * n..h * n + h])
+    );
+    let _ = writeln!(
+        s,
+        "/// Output weights.\npub(super) const W2: [f32; {h}] = {};",
+        arr(&p[h * n + h..h * n + 2 * h])
+    );
+    let _ = writeln!(
+        s,
+        "/// Output bias.\npub(super) const B2: f32 = {:?};",
+        p[h * n + 2 * h]
+    );
+    let _ = writeln!(
+        s,
+        "/// Default attack in frames chosen on the tuning split.\npub(super) const TUNED_ATTACK_FRAMES: u32 = {};",
+        c.attack_frames
+    );
+    let _ = writeln!(
+        s,
+        "/// Default hangover in frames chosen on the tuning split.\npub(super) const TUNED_HANGOVER_FRAMES: u32 = {};",
+        c.hangover_frames
+    );
+    let _ = writeln!(
+        s,
+        "/// Default start probability chosen on the tuning split.\npub(super) const TUNED_START_PROBABILITY: f32 = {:?};",
+        c.start_probability
+    );
+    let _ = writeln!(
+        s,
+        "/// Default sustain probability chosen on the tuning split.\npub(super) const TUNED_SUSTAIN_PROBABILITY: f32 = {:?};",
+        c.sustain_probability
+    );
+    s
 }

@@ -1,13 +1,18 @@
-//! The VAD's per-frame front end: band energies from a short FFT, and a per-band noise floor.
+//! The VAD's per-frame front end: band energies and pitch strength from a short FFT, and a
+//! per-band noise floor.
 //!
 //! Everything here is preallocated in `new`; `analyse` does no allocation. The FFT runs on a
 //! 256-sample Hann window (the current 160 samples plus the last 96 of the previous frame), which
-//! gives 31.25 Hz bins over the telephone band.
+//! gives 31.25 Hz bins over the telephone band. Pitch strength is the peak of the normalised
+//! autocorrelation over lags 20..=100 (400 Hz down to 80 Hz), computed as the inverse FFT of the
+//! magnitude spectrum (a "generalised" autocorrelation, compressed so that one loud partial does
+//! not dominate). The autocorrelation is circular over 256 samples; the Hann taper keeps the
+//! aliased lags (156..236) small, which is good enough for a classifier feature.
 
 use std::sync::Arc;
 
 use realfft::num_complex::Complex;
-use realfft::{RealFftPlanner, RealToComplex};
+use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 
 use crate::time::FRAME_SAMPLES;
 
@@ -81,15 +86,28 @@ impl NoiseTracker {
     }
 }
 
+/// Shortest pitch lag searched, in samples (400 Hz at 8 kHz).
+const MIN_LAG: usize = 20;
+/// Longest pitch lag searched, in samples (80 Hz at 8 kHz).
+const MAX_LAG: usize = 100;
+/// Bins used for the pitch autocorrelation: 62.5 Hz to 3.4 kHz (hum and the band edge excluded).
+const PITCH_BINS: std::ops::Range<usize> = 2..110;
+
 /// Short-FFT band analysis with preallocated buffers.
 pub(super) struct FrontEnd {
     fft: Arc<dyn RealToComplex<f32>>,
+    ifft: Arc<dyn ComplexToReal<f32>>,
     window: [f32; FFT_LEN],
     /// The last `FFT_LEN` input samples, oldest first, scaled to ±1.
     history: [f32; FFT_LEN],
     input: Vec<f32>,
     spectrum: Vec<Complex<f32>>,
     scratch: Vec<Complex<f32>>,
+    /// Magnitude spectrum fed to the inverse FFT (its length is `FFT_LEN / 2 + 1`).
+    magnitude: Vec<Complex<f32>>,
+    /// Autocorrelation out of the inverse FFT (`FFT_LEN` lags, circular).
+    autocorr: Vec<f32>,
+    inverse_scratch: Vec<Complex<f32>>,
 }
 
 impl std::fmt::Debug for FrontEnd {
@@ -105,11 +123,18 @@ impl std::fmt::Debug for FrontEnd {
 pub(super) struct FrameAnalysis {
     /// Mean power of the frame's 160 samples, in dBFS (full-scale square wave = 0 dBFS).
     pub(super) level_dbfs: f32,
+    /// Peak of the normalised autocorrelation over lags 20..=100 samples; 0 (no periodicity)
+    /// to 1 (perfectly periodic).
+    pub(super) pitch_strength: f32,
+    /// The lag of that peak, in samples (20..=100; 8000 / lag is the pitch in Hz).
+    pub(super) pitch_lag: f32,
 }
 
 impl FrontEnd {
     pub(super) fn new() -> Self {
-        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(FFT_LEN);
+        let mut planner = RealFftPlanner::<f32>::new();
+        let fft = planner.plan_fft_forward(FFT_LEN);
+        let ifft = planner.plan_fft_inverse(FFT_LEN);
         let mut window = [0.0; FFT_LEN];
         for (i, w) in window.iter_mut().enumerate() {
             let x = std::f32::consts::TAU * (i as f32 + 0.5) / FFT_LEN as f32;
@@ -119,7 +144,11 @@ impl FrontEnd {
             input: fft.make_input_vec(),
             spectrum: fft.make_output_vec(),
             scratch: fft.make_scratch_vec(),
+            magnitude: ifft.make_input_vec(),
+            autocorr: ifft.make_output_vec(),
+            inverse_scratch: ifft.make_scratch_vec(),
             fft,
+            ifft,
             window,
             history: [0.0; FFT_LEN],
         }
@@ -161,9 +190,44 @@ impl FrontEnd {
             }
             *out = p;
         }
+        let (pitch_strength, pitch_lag) = self.pitch();
         FrameAnalysis {
             level_dbfs: power_db(energy / FRAME_SAMPLES as f32),
+            pitch_strength,
+            pitch_lag,
         }
+    }
+
+    /// Pitch strength and lag from the spectrum of the last `analyse`.
+    fn pitch(&mut self) -> (f32, f32) {
+        for m in self.magnitude.iter_mut() {
+            *m = Complex::new(0.0, 0.0);
+        }
+        for (m, c) in self.magnitude[PITCH_BINS]
+            .iter_mut()
+            .zip(&self.spectrum[PITCH_BINS])
+        {
+            m.re = c.norm_sqr().sqrt();
+        }
+        // As above: buffers made by this plan, and the first and last bins are real (zero).
+        let _ = self.ifft.process_with_scratch(
+            &mut self.magnitude,
+            &mut self.autocorr,
+            &mut self.inverse_scratch,
+        );
+        let r0 = self.autocorr[0];
+        if r0 <= 1e-9 {
+            return (0.0, MIN_LAG as f32);
+        }
+        let mut best = f32::MIN;
+        let mut lag = MIN_LAG;
+        for (l, &r) in self.autocorr[MIN_LAG..=MAX_LAG].iter().enumerate() {
+            if r > best {
+                best = r;
+                lag = l + MIN_LAG;
+            }
+        }
+        ((best / r0).clamp(0.0, 1.0), lag as f32)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Voice activity detection at 8 kHz on 20 ms frames: speech started / speech ended.
+//! Voice activity detection at 8 kHz on 20 ms frames: speech started / speech ended, robust to
+//! hold music and noise.
 //!
 //! The call layer uses [`VadTransition::SpeechStarted`] for barge-in and
 //! [`VadTransition::SpeechEnded`] to close an utterance. Everything is counted in frames (media
@@ -8,47 +9,51 @@
 //!
 //! 1. **Front end** (`features.rs`): a 256-point real FFT over a Hann window of the current 160
 //!    samples plus the previous 96, summed into 11 roughly critical-band-spaced bands from
-//!    219 Hz to 3.4 kHz; plus the frame's mean power in dBFS.
-//! 2. **Noise floor per band**, the maximum of three estimates, each covering a weakness of the
-//!    others:
-//!    - minimum statistics (the minimum of the smoothed band power over `noise_window_frames`,
-//!      kept as 8 sub-window minima) plus `noise_bias_db`: follows any step up in noise within
-//!      `noise_window_frames` frames whatever the decision says, and a step down at once;
-//!    - a mean level adapted only on frames judged non-speech (`floor_rise`, `floor_fall`):
-//!      sits at the noise mean rather than its minimum, which matters for fluctuating noise;
-//!    - a quantile tracker in dB (`quantile_up_db`, `quantile_down_db`) that moves on every
-//!      frame, so it also follows music that the decision mistakes for speech.
-//! 3. **Feature**: the band SNRs (dB above the floor, clipped to 0..40) combined by a
-//!    generalised mean with exponent `snr_exponent` (3.5 by default, close to a soft maximum),
-//!    so a few bands carrying voiced harmonics well above white noise decide even when the
-//!    upper bands are buried. A frame is raw speech if this exceeds `threshold_db` and the
-//!    frame is louder than `min_level_dbfs`.
-//! 4. **Gate** ([`SpeechGate`]): `attack_frames` consecutive raw speech frames start speech,
-//!    dated at the first of them; `hangover_frames` raw non-speech frames are bridged, and the
-//!    next one ends speech, dated at the end of the last speech frame.
+//!    219 Hz to 3.4 kHz; the frame's mean power in dBFS; and pitch strength (peak of the
+//!    normalised autocorrelation over 80–400 Hz, from an inverse FFT of the magnitude spectrum).
+//! 2. **Noise floor per band** (`extract.rs`), the maximum of three estimates: minimum
+//!    statistics over 240 frames plus 2.8 dB, a mean level adapted on frames a fixed band-SNR
+//!    test calls quiet, and a dB quantile tracker that follows music whatever the decision says.
+//! 3. **Features** (`extract.rs`, [`FEATURE_COUNT`] of them, listed at [`Vad::features`]): level,
+//!    band SNRs against the floor, cepstrum of the band levels, spectral flux, and context over
+//!    the last 160 ms to 1 s: syllabic-rate energy modulation (level and band-group standard
+//!    deviations over 320 ms), low-energy-frame ratio, level against its 1 s range, and pitch
+//!    strength with pitch continuity (speech glides, music holds notes). None depends on the
+//!    classifier's output, so the classifier is trained offline on precomputed features.
+//! 4. **Classifier** (`model.rs`, `weights.rs`): a small perceptron (one ReLU hidden layer,
+//!    logistic output) gives the probability that the frame is speech. Its weights are trained
+//!    on the tuning half of the evaluation corpus by `cargo bench --bench vad_eval -- --train`
+//!    (seeded, reproducible) and baked in as constants.
+//! 5. **Gate** ([`SpeechGate`] with hysteresis): in silence a frame counts as speech when the
+//!    probability reaches [`VadConfig::start_probability`], and `attack_frames` consecutive ones
+//!    start speech, dated at the first frame of the run of frames at or above the sustain
+//!    probability that led to it (the classifier is sure only a few frames into an
+//!    utterance; at most 500 ms back); in speech a frame counts when it reaches the lower
+//!    [`VadConfig::sustain_probability`], and after `hangover_frames` frames below it speech
+//!    ends, dated at the end of the last speech frame.
 //!
-//! Adaptation: after a step up to a new steady noise floor, the decision returns to non-speech
-//! once the minimum tracker holds only the new noise: within `noise_window_frames` plus one
-//! sub-window (`noise_window_frames / 8`) plus `hangover_frames`, with a few frames for the
-//! mean trackers to settle. With the defaults that is about 276 frames (5.5 s); a 35 dB step
-//! measured 272 frames, and a unit test checks the bound. A step down adapts at once.
+//! Adaptation: after a step up to a new steady noise floor, the floor trackers hold only the
+//! new noise within 240 frames plus one 30-frame sub-window; a step down adapts at once.
 //!
-//! Limits (measured in `docs/vad-eval.md`): the features are level and spectral-shape SNRs,
-//! so hold music under speech is separated only by level; the detector beats WebRTC mode 3
-//! clearly in white noise but not in music or clean speech. Closing that gap needs a feature
-//! that tells speech from music (pitch continuity, syllabic-rate modulation) or a learned model.
+//! Limits (measured in `docs/vad-eval.md`): trained and evaluated on one studio voice and five
+//! hold-music tracks, with synthetic mixing; other voices, languages and music will score lower.
 
+mod extract;
 mod features;
 mod gate;
+mod model;
+mod weights;
 
 use crate::frame::PcmFrame;
 use crate::time::SampleTime;
 
-use features::{BANDS, FrontEnd, NOISE_SUBWINDOWS, NoiseTracker, power_db};
 pub use gate::SpeechGate;
 
-/// Tuning of [`Vad`]. [`VadConfig::default`] holds the values tuned on the evaluation in
-/// `docs/vad-eval.md`.
+/// Number of values in [`Vad::features`].
+pub const FEATURE_COUNT: usize = extract::FEATURES;
+
+/// Tuning of [`Vad`]. [`VadConfig::default`] holds the values chosen on the tuning split of
+/// the evaluation in `docs/vad-eval.md`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VadConfig {
     /// Consecutive speech frames (20 ms each) needed before [`VadTransition::SpeechStarted`];
@@ -58,58 +63,26 @@ pub struct VadConfig {
     /// Non-speech frames (20 ms each) still reported as speech after the last speech frame;
     /// 0..=500. Higher bridges pauses inside an utterance but ends utterances later.
     pub hangover_frames: u32,
-    /// Mean band SNR (dB above the tracked noise floor, averaged over 11 bands from 219 Hz to
-    /// 3.4 kHz) above which a frame is speech; 0.0..=40.0. Lower finds quieter speech but
-    /// fires more on noise and music.
-    pub threshold_db: f32,
+    /// Classifier probability (0.0..=1.0) at or above which a frame counts towards starting
+    /// speech. Higher rejects more music and noise but misses more quiet onsets.
+    pub start_probability: f32,
+    /// Classifier probability (0.0..=`start_probability`) at or above which a frame keeps
+    /// speech going once started. Lower keeps quiet word endings and pauses inside speech.
+    pub sustain_probability: f32,
     /// Frames quieter than this (mean power in dBFS) are never speech; -100.0..=0.0.
     pub min_level_dbfs: f32,
-    /// Length of the noise-floor memory in frames (20 ms each); a multiple of 8 in 16..=4000.
-    /// The floor follows a step up in noise within this many frames, and a step down at once.
-    /// Longer survives longer unbroken speech without mistaking it for noise.
-    pub noise_window_frames: u32,
-    /// Added to the tracked band minima to estimate the mean noise level, in dB; 0.0..=20.0.
-    /// Minimum statistics underestimate the mean by a few dB.
-    pub noise_bias_db: f32,
-    /// Smoothing factor of the band powers fed to the noise tracker (per frame); 0.0..1.0.
-    pub noise_smoothing: f32,
-    /// Per-frame adaptation rate of the mean noise level on frames judged non-speech; 0.0..=1.0
-    /// (0 disables it and leaves only the minimum tracker). Higher follows music and
-    /// fluctuating noise faster.
-    pub floor_rise: f32,
-    /// Per-frame adaptation rate of the mean noise level when a frame is quieter than it;
-    /// 0.0..=1.0. Higher recovers faster after the noise drops.
-    pub floor_fall: f32,
-    /// Exponent of the generalised mean over band SNRs; 1.0..=8.0. 1 is the plain mean; higher
-    /// lets a few strong bands (voiced harmonics under white noise) decide.
-    pub snr_exponent: f32,
-    /// Upward step of the per-band quantile tracker, in dB per frame above it; 0.0..=3.0
-    /// (0 disables it). With `quantile_down_db` this sets which quantile of the band level the
-    /// floor settles on: the fraction of frames above it is `down / (up + down)`. It follows
-    /// the running level of music and babble whatever the decision says.
-    pub quantile_up_db: f32,
-    /// Downward step of the per-band quantile tracker, in dB per frame below it; 0.0..=10.0.
-    pub quantile_down_db: f32,
 }
 
 impl Default for VadConfig {
-    /// Tuned by random search on the tuning split of `benches/vad_eval.rs` (see
-    /// `docs/vad-eval.md`), maximising the worst-case F1 margin over WebRTC mode 3 with a penalty
-    /// on false starts in hold music.
+    /// Chosen with the classifier on the tuning split of `benches/vad_eval.rs` (see
+    /// `docs/vad-eval.md`).
     fn default() -> Self {
         Self {
-            attack_frames: 3,
-            hangover_frames: 6,
-            threshold_db: 3.4,
+            attack_frames: weights::TUNED_ATTACK_FRAMES,
+            hangover_frames: weights::TUNED_HANGOVER_FRAMES,
+            start_probability: weights::TUNED_START_PROBABILITY,
+            sustain_probability: weights::TUNED_SUSTAIN_PROBABILITY,
             min_level_dbfs: -56.0,
-            noise_window_frames: 240,
-            noise_bias_db: 2.8,
-            noise_smoothing: 0.3,
-            floor_rise: 0.02,
-            floor_fall: 0.5,
-            snr_exponent: 3.5,
-            quantile_up_db: 0.02,
-            quantile_down_db: 0.2,
         }
     }
 }
@@ -123,36 +96,20 @@ pub enum VadConfigError {
     /// `hangover_frames` out of range.
     #[error("hangover_frames is {0}, expected 0..=500")]
     HangoverFrames(u32),
-    /// `threshold_db` out of range or not finite.
-    #[error("threshold_db is {0}, expected 0.0..=40.0")]
-    ThresholdDb(f32),
+    /// `start_probability` out of range or not finite.
+    #[error("start_probability is {0}, expected 0.0..=1.0")]
+    StartProbability(f32),
+    /// `sustain_probability` out of range, above `start_probability`, or not finite.
+    #[error("sustain_probability is {sustain}, expected 0.0..={start} (start_probability)")]
+    SustainProbability {
+        /// The rejected sustain probability.
+        sustain: f32,
+        /// The configured start probability, its upper bound.
+        start: f32,
+    },
     /// `min_level_dbfs` out of range or not finite.
     #[error("min_level_dbfs is {0}, expected -100.0..=0.0")]
     MinLevelDbfs(f32),
-    /// `noise_window_frames` out of range or not a multiple of 8.
-    #[error("noise_window_frames is {0}, expected a multiple of 8 in 16..=4000")]
-    NoiseWindowFrames(u32),
-    /// `noise_bias_db` out of range or not finite.
-    #[error("noise_bias_db is {0}, expected 0.0..=20.0")]
-    NoiseBiasDb(f32),
-    /// `noise_smoothing` out of range or not finite.
-    #[error("noise_smoothing is {0}, expected 0.0..1.0")]
-    NoiseSmoothing(f32),
-    /// `floor_rise` out of range or not finite.
-    #[error("floor_rise is {0}, expected 0.0..=1.0")]
-    FloorRise(f32),
-    /// `floor_fall` out of range or not finite.
-    #[error("floor_fall is {0}, expected 0.0..=1.0")]
-    FloorFall(f32),
-    /// `snr_exponent` out of range or not finite.
-    #[error("snr_exponent is {0}, expected 1.0..=8.0")]
-    SnrExponent(f32),
-    /// `quantile_up_db` out of range or not finite.
-    #[error("quantile_up_db is {0}, expected 0.0..=3.0")]
-    QuantileUpDb(f32),
-    /// `quantile_down_db` out of range or not finite.
-    #[error("quantile_down_db is {0}, expected 0.0..=10.0")]
-    QuantileDownDb(f32),
 }
 
 impl VadConfig {
@@ -164,36 +121,17 @@ impl VadConfig {
         if self.hangover_frames > 500 {
             return Err(VadConfigError::HangoverFrames(self.hangover_frames));
         }
-        if !(0.0..=40.0).contains(&self.threshold_db) {
-            return Err(VadConfigError::ThresholdDb(self.threshold_db));
+        if !(0.0..=1.0).contains(&self.start_probability) {
+            return Err(VadConfigError::StartProbability(self.start_probability));
+        }
+        if !(0.0..=self.start_probability).contains(&self.sustain_probability) {
+            return Err(VadConfigError::SustainProbability {
+                sustain: self.sustain_probability,
+                start: self.start_probability,
+            });
         }
         if !(-100.0..=0.0).contains(&self.min_level_dbfs) {
             return Err(VadConfigError::MinLevelDbfs(self.min_level_dbfs));
-        }
-        let w = self.noise_window_frames;
-        if !(16..=4000).contains(&w) || !w.is_multiple_of(NOISE_SUBWINDOWS as u32) {
-            return Err(VadConfigError::NoiseWindowFrames(w));
-        }
-        if !(0.0..=20.0).contains(&self.noise_bias_db) {
-            return Err(VadConfigError::NoiseBiasDb(self.noise_bias_db));
-        }
-        if !(0.0..1.0).contains(&self.noise_smoothing) {
-            return Err(VadConfigError::NoiseSmoothing(self.noise_smoothing));
-        }
-        if !(0.0..=1.0).contains(&self.floor_rise) {
-            return Err(VadConfigError::FloorRise(self.floor_rise));
-        }
-        if !(0.0..=1.0).contains(&self.floor_fall) {
-            return Err(VadConfigError::FloorFall(self.floor_fall));
-        }
-        if !(1.0..=8.0).contains(&self.snr_exponent) {
-            return Err(VadConfigError::SnrExponent(self.snr_exponent));
-        }
-        if !(0.0..=3.0).contains(&self.quantile_up_db) {
-            return Err(VadConfigError::QuantileUpDb(self.quantile_up_db));
-        }
-        if !(0.0..=10.0).contains(&self.quantile_down_db) {
-            return Err(VadConfigError::QuantileDownDb(self.quantile_down_db));
         }
         Ok(())
     }
@@ -207,7 +145,8 @@ pub enum VadTransition {
         /// Sample position (8 kHz, counted since `new`/`reset`) just after the last speech frame.
         at: SampleTime,
     },
-    /// Speech started. `at` is the start of the first frame of the run that met the attack.
+    /// Speech started. `at` is the start of the first frame of the run that led to the decision
+    /// (see [`Vad::push`]; for [`SpeechGate`], the run that met the attack).
     SpeechStarted {
         /// Sample position (8 kHz, counted since `new`/`reset`) of the run's first sample.
         at: SampleTime,
@@ -218,37 +157,29 @@ pub enum VadTransition {
 #[derive(Debug)]
 pub struct Vad {
     config: VadConfig,
-    front: FrontEnd,
-    noise: NoiseTracker,
+    extractor: extract::Extractor,
     gate: SpeechGate,
-    bands: [f32; BANDS],
-    smoothed: [f32; BANDS],
-    floor: [f32; BANDS],
-    /// Mean noise level per band, adapted on non-speech frames.
-    mean_noise: [f32; BANDS],
-    /// Quantile tracker per band, in dB.
-    quantile_db: [f32; BANDS],
-    started: bool,
+    probability: f32,
     raw: bool,
-    snr_db: f32,
+    /// Consecutive frames up to the last one whose probability reached `sustain_probability`
+    /// (and that were loud enough), capped at [`ONSET_LOOKBACK_FRAMES`].
+    sustain_run: u32,
 }
+
+/// How far back (frames, 20 ms each) a start is dated before the run that met the attack:
+/// 500 ms.
+const ONSET_LOOKBACK_FRAMES: u32 = 25;
 
 impl Vad {
     /// A detector with the given tuning, or why the tuning is invalid.
     pub fn new(config: &VadConfig) -> Result<Self, VadConfigError> {
         config.validate()?;
         Ok(Self {
-            front: FrontEnd::new(),
-            noise: NoiseTracker::new(config.noise_window_frames / NOISE_SUBWINDOWS as u32),
+            extractor: extract::Extractor::new(),
             gate: SpeechGate::new(config.attack_frames, config.hangover_frames),
-            bands: [0.0; BANDS],
-            smoothed: [0.0; BANDS],
-            floor: [0.0; BANDS],
-            mean_noise: [0.0; BANDS],
-            quantile_db: [0.0; BANDS],
-            started: false,
+            probability: 0.0,
             raw: false,
-            snr_db: 0.0,
+            sustain_run: 0,
             config: config.clone(),
         })
     }
@@ -261,57 +192,37 @@ impl Vad {
     /// Feeds one 20 ms frame of 8 kHz PCM. Returns a transition when the smoothed decision
     /// changes on this frame.
     ///
-    /// `SpeechStarted.at` is the start of the first frame of the speech run that met the attack;
-    /// `SpeechEnded.at` is the end of the last speech frame before the hangover ran out. Both
+    /// `SpeechStarted.at` is the start of the run of frames, ending on this one, whose
+    /// probability reached [`VadConfig::sustain_probability`] (at most 25 frames, 500 ms, back),
+    /// or of the run that met the attack if that is earlier; `SpeechEnded.at` is the end of the last speech frame before the hangover ran out. Both
     /// count every frame pushed since [`Vad::new`] or [`Vad::reset`], 160 samples each.
     pub fn push(&mut self, frame: &PcmFrame) -> Option<VadTransition> {
-        let analysis = self.front.analyse(&frame.0, &mut self.bands);
+        self.extractor.push(&frame.0);
+        self.probability = model::speech_probability(self.extractor.features());
         let c = &self.config;
-        let a = c.noise_smoothing;
-        if self.started {
-            for (s, &p) in self.smoothed.iter_mut().zip(&self.bands) {
-                *s = a * *s + (1.0 - a) * p;
-            }
+        let threshold = if self.gate.is_speech() {
+            c.sustain_probability
         } else {
-            self.smoothed = self.bands;
-            self.mean_noise = self.bands;
-            for (q, &p) in self.quantile_db.iter_mut().zip(&self.bands) {
-                *q = power_db(p);
+            c.start_probability
+        };
+        let loud = self.extractor.level_dbfs() >= c.min_level_dbfs;
+        self.raw = loud && self.probability >= threshold;
+        self.sustain_run = if loud && self.probability >= c.sustain_probability {
+            (self.sustain_run + 1).min(ONSET_LOOKBACK_FRAMES)
+        } else {
+            0
+        };
+        match self.gate.push(self.raw) {
+            Some(VadTransition::SpeechStarted { at }) => {
+                // The classifier is sure only a few frames into an utterance; date the start at
+                // the beginning of the run of likely-speech frames that led to it.
+                // `sustain_run` counts frames already pushed, so this cannot underflow.
+                let run_start = self.gate.frames() - u64::from(self.sustain_run);
+                let at = at.min(SampleTime::from_frames(run_start));
+                Some(VadTransition::SpeechStarted { at })
             }
-            self.started = true;
+            other => other,
         }
-        self.noise.update(&self.smoothed, &mut self.floor);
-        let mut acc = 0.0;
-        let use_mean = c.floor_rise > 0.0;
-        let use_quantile = c.quantile_up_db > 0.0;
-        for (b, &p) in self.bands.iter().enumerate() {
-            let p_db = power_db(p);
-            let mut n_db = power_db(self.floor[b]) + c.noise_bias_db;
-            if use_mean {
-                n_db = n_db.max(power_db(self.mean_noise[b]));
-            }
-            let q = &mut self.quantile_db[b];
-            if use_quantile {
-                n_db = n_db.max(*q);
-                *q += if p_db > *q {
-                    c.quantile_up_db
-                } else {
-                    -c.quantile_down_db
-                };
-            }
-            let snr = (p_db - n_db).clamp(0.0, 40.0) / 40.0;
-            acc += snr.powf(c.snr_exponent);
-        }
-        self.snr_db = 40.0 * (acc / BANDS as f32).powf(1.0 / c.snr_exponent);
-        self.raw = analysis.level_dbfs >= c.min_level_dbfs && self.snr_db >= c.threshold_db;
-        for (t, &p) in self.mean_noise.iter_mut().zip(&self.bands) {
-            if p < *t {
-                *t += c.floor_fall * (p - *t);
-            } else if !self.raw {
-                *t += c.floor_rise * (p - *t);
-            }
-        }
-        self.gate.push(self.raw)
     }
 
     /// The current smoothed decision (after attack and hangover).
@@ -319,25 +230,50 @@ impl Vad {
         self.gate.is_speech()
     }
 
-    /// The raw decision on the last frame pushed, before attack and hangover.
+    /// The raw decision on the last frame pushed, before attack and hangover: the probability
+    /// reached [`VadConfig::start_probability`] (in silence) or
+    /// [`VadConfig::sustain_probability`] (in speech), and the frame was louder than
+    /// [`VadConfig::min_level_dbfs`].
     pub fn frame_is_speech(&self) -> bool {
         self.raw
     }
 
-    /// The last frame's mean band SNR in dB (the quantity compared with
-    /// [`VadConfig::threshold_db`]); for diagnostics.
-    pub fn snr_db(&self) -> f32 {
-        self.snr_db
+    /// The classifier's speech probability for the last frame pushed, 0.0..=1.0.
+    pub fn speech_probability(&self) -> f32 {
+        self.probability
     }
 
-    /// Forgets all history: noise floor, decision and the media clock restart from zero.
+    /// The last frame's mean band SNR in dB above the tracked noise floor (generalised mean
+    /// over the 11 bands, exponent 3.5); for diagnostics.
+    pub fn snr_db(&self) -> f32 {
+        self.extractor.snr_db()
+    }
+
+    /// The classifier's input for the last frame pushed, for offline training and diagnostics.
+    ///
+    /// In order: 0 frame level (dBFS); 1–11 band SNRs (dB above the floor, 0–40, bands from
+    /// 219 Hz up); 12 generalised-mean band SNR (dB); 13–18 cepstral coefficients c1–c6 of the
+    /// band levels (dB); 19 spectral flux (mean absolute band-level change from the previous
+    /// frame, dB); 20 and 21 level change over 1 and 3 frames (dB); 22 level standard deviation
+    /// over 16 frames (dB); 23 mean flux over 16 frames (dB); 24 fraction of the last 50 frames
+    /// more than 6 dB below their mean level; 25 and 26 level minus the maximum and the minimum
+    /// over 50 frames (dB); 27 pitch strength (0–1); 28 its mean over 8 frames; 29 its maximum
+    /// over 3 frames; 30 pitch change from the previous frame (octaves, 0–1, 1 when either
+    /// frame is unpitched); 31 fraction of the last 16 frames holding the previous frame's
+    /// pitch lag within one sample; 32–35 level standard deviation over 16 frames in four band
+    /// groups (dB); 36 mean of feature 12 over 8 frames; 37 mean noise floor over the bands (dB).
+    pub fn features(&self) -> &[f32; FEATURE_COUNT] {
+        self.extractor.features()
+    }
+
+    /// Forgets all history: noise floor, context, decision and the media clock restart from
+    /// zero.
     pub fn reset(&mut self) {
-        self.front.reset();
-        self.noise.reset();
+        self.extractor.reset();
         self.gate.reset();
-        self.started = false;
+        self.probability = 0.0;
         self.raw = false;
-        self.snr_db = 0.0;
+        self.sustain_run = 0;
     }
 }
 
@@ -347,6 +283,7 @@ mod tests {
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+    use std::f32::consts::TAU;
 
     use crate::time::FRAME_SAMPLES;
 
@@ -357,15 +294,81 @@ mod tests {
         PcmFrame(std::array::from_fn(|_| rng.gen_range(-a..a) as i16))
     }
 
-    /// A synthetic voiced frame: 150 Hz with 12 harmonics falling 3 dB each, about −20 dBFS,
-    /// continuous across frames via the absolute sample index.
-    fn voiced_frame(index: u64) -> PcmFrame {
+    /// A speech-like test signal: syllables of 140–260 ms whose pitch glides between 160 and
+    /// 260 Hz, harmonics shaped by two formants that move from syllable to syllable, a
+    /// half-sine envelope, and 40–120 ms pauses; about −22 dBFS while voiced.
+    struct Talker {
+        rng: ChaCha8Rng,
+        phase: f32,
+        /// Samples into the current syllable, or into the pause when negative.
+        pos: i64,
+        len: i64,
+        f0: (f32, f32),
+        formants: (f32, f32),
+    }
+
+    impl Talker {
+        fn new(seed: u64) -> Self {
+            let mut t = Self {
+                rng: ChaCha8Rng::seed_from_u64(seed),
+                phase: 0.0,
+                pos: 0,
+                len: 0,
+                f0: (0.0, 0.0),
+                formants: (0.0, 0.0),
+            };
+            t.next_syllable();
+            t
+        }
+
+        fn next_syllable(&mut self) {
+            let r = &mut self.rng;
+            self.len = r.gen_range(1120..2080);
+            self.pos = -r.gen_range(320..960);
+            self.f0 = (r.gen_range(160.0..260.0), r.gen_range(160.0..260.0));
+            self.formants = (r.gen_range(400.0..900.0), r.gen_range(1100.0..2400.0));
+        }
+
+        fn sample(&mut self) -> f32 {
+            self.pos += 1;
+            if self.pos >= self.len {
+                self.next_syllable();
+            }
+            if self.pos < 0 {
+                return 0.0;
+            }
+            let x = self.pos as f32 / self.len as f32;
+            let f0 = self.f0.0 + (self.f0.1 - self.f0.0) * x;
+            self.phase = (self.phase + f0 / 8000.0).fract();
+            let (f1, f2) = self.formants;
+            let mut y = 0.0;
+            let mut h = 1.0;
+            while h * f0 < 3400.0 {
+                let f = h * f0;
+                let g = 1.0 / (1.0 + ((f - f1) / 150.0).powi(2))
+                    + 0.5 / (1.0 + ((f - f2) / 200.0).powi(2))
+                    + 0.03;
+                y += g * (TAU * h * self.phase).sin();
+                h += 1.0;
+            }
+            y * (std::f32::consts::PI * x).sin() * 3000.0
+        }
+
+        fn frame(&mut self) -> PcmFrame {
+            PcmFrame(std::array::from_fn(|_| self.sample() as i16))
+        }
+    }
+
+    /// A held chord (220, 277 and 330 Hz, three harmonics each) at a steady level, as in hold
+    /// music; continuous across frames via the absolute sample index.
+    fn chord_frame(index: u64) -> PcmFrame {
         PcmFrame(std::array::from_fn(|i| {
             let t = (index * FRAME_SAMPLES as u64 + i as u64) as f32 / 8000.0;
             let mut x = 0.0;
-            for h in 1..=12 {
-                let amp = 10f32.powf(-3.0 * (h - 1) as f32 / 20.0);
-                x += amp * (std::f32::consts::TAU * 150.0 * h as f32 * t).sin();
+            for f in [220.0, 277.2, 329.6] {
+                for h in 1..=3 {
+                    x += (TAU * f * h as f32 * t).sin() / h as f32;
+                }
             }
             (x * 1500.0) as i16
         }))
@@ -380,6 +383,7 @@ mod tests {
         let c = VadConfig::default();
         assert_eq!(c.validate(), Ok(()));
         assert!(c.attack_frames <= 3);
+        assert!(c.sustain_probability <= c.start_probability);
     }
 
     #[test]
@@ -398,16 +402,22 @@ mod tests {
             Some(VadConfigError::HangoverFrames(501))
         );
         assert!(matches!(
-            bad(|c| c.threshold_db = f32::NAN),
-            Some(VadConfigError::ThresholdDb(_))
+            bad(|c| c.start_probability = f32::NAN),
+            Some(VadConfigError::StartProbability(_))
         ));
         assert_eq!(
-            bad(|c| c.noise_window_frames = 100),
-            Some(VadConfigError::NoiseWindowFrames(100))
+            bad(|c| {
+                c.start_probability = 0.5;
+                c.sustain_probability = 0.6;
+            }),
+            Some(VadConfigError::SustainProbability {
+                sustain: 0.6,
+                start: 0.5
+            })
         );
         assert_eq!(
-            bad(|c| c.snr_exponent = 0.5),
-            Some(VadConfigError::SnrExponent(0.5))
+            bad(|c| c.min_level_dbfs = 3.0),
+            Some(VadConfigError::MinLevelDbfs(3.0))
         );
     }
 
@@ -426,67 +436,83 @@ mod tests {
     }
 
     #[test]
-    fn voiced_burst_starts_speech_after_exactly_attack_frames() {
-        for attack in 1..=3 {
-            let config = VadConfig {
-                attack_frames: attack,
-                ..VadConfig::default()
-            };
-            let mut v = Vad::new(&config).unwrap();
-            let mut rng = ChaCha8Rng::seed_from_u64(2);
-            for _ in 0..100 {
-                assert_eq!(v.push(&noise_frame(&mut rng, -60.0)), None);
-            }
-            for k in 0..u64::from(attack) {
-                let out = v.push(&voiced_frame(100 + k));
-                assert!(v.frame_is_speech(), "voiced frame {k} must be raw speech");
-                if k + 1 < u64::from(attack) {
-                    assert_eq!(out, None);
-                    assert!(!v.is_speech());
-                } else {
-                    assert_eq!(
-                        out,
-                        Some(VadTransition::SpeechStarted {
-                            at: SampleTime::from_frames(100)
-                        })
-                    );
-                    assert!(v.is_speech());
-                }
-            }
+    fn speech_like_signal_is_detected_and_a_held_chord_is_not() {
+        let mut v = vad();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        for _ in 0..100 {
+            v.push(&noise_frame(&mut rng, -60.0));
         }
+        let mut talker = Talker::new(7);
+        let mut on = 0;
+        for _ in 0..250 {
+            v.push(&talker.frame());
+            on += usize::from(v.is_speech());
+        }
+        assert!(
+            on > 150,
+            "speech-like signal judged speech on {on} of 250 frames"
+        );
+
+        let mut v = vad();
+        let mut on = 0;
+        for i in 0..500 {
+            v.push(&chord_frame(i));
+            on += usize::from(i >= 50 && v.is_speech());
+        }
+        assert!(on < 45, "held chord judged speech on {on} of 450 frames");
     }
 
     #[test]
-    fn speech_ends_exactly_hangover_frames_after_the_last_speech_frame() {
-        for hangover in [0, 3, 6, 15] {
+    fn transitions_follow_the_raw_decisions_with_hysteresis() {
+        for (attack, hangover) in [(1, 0), (2, 3), (3, 6), (3, 15)] {
             let config = VadConfig {
+                attack_frames: attack,
                 hangover_frames: hangover,
                 ..VadConfig::default()
             };
             let mut v = Vad::new(&config).unwrap();
             let mut rng = ChaCha8Rng::seed_from_u64(3);
-            let mut last_raw = None;
-            let mut ended = None;
-            for i in 0..300u64 {
-                let f = if (100..130).contains(&i) {
-                    voiced_frame(i)
+            let mut talker = Talker::new(u64::from(attack));
+            let mut raw = Vec::new();
+            let mut likely = Vec::new();
+            let mut starts = 0;
+            for i in 0..600u64 {
+                let f = if (i / 100) % 2 == 1 {
+                    talker.frame()
                 } else {
-                    noise_frame(&mut rng, -60.0)
+                    noise_frame(&mut rng, -50.0)
                 };
+                let speaking = v.is_speech();
                 let out = v.push(&f);
-                if v.frame_is_speech() {
-                    last_raw = Some(i);
-                }
-                if let Some(VadTransition::SpeechEnded { at }) = out {
-                    ended = Some((i, at));
-                    break;
+                let threshold = if speaking {
+                    config.sustain_probability
+                } else {
+                    config.start_probability
+                };
+                let loud = v.features()[0] >= config.min_level_dbfs;
+                assert_eq!(
+                    v.frame_is_speech(),
+                    loud && v.speech_probability() >= threshold
+                );
+                raw.push(v.frame_is_speech());
+                likely.push(loud && v.speech_probability() >= config.sustain_probability);
+                let expected = reference_gate(&raw, attack as usize, hangover as usize);
+                assert_eq!(v.is_speech(), expected[i as usize]);
+                match out {
+                    Some(VadTransition::SpeechStarted { at }) => {
+                        starts += 1;
+                        let attack_start = i + 1 - u64::from(attack);
+                        let likely = likely.iter().rev().take_while(|&&l| l).count() as u64;
+                        let run_start = i + 1 - likely.min(25);
+                        assert_eq!(at, SampleTime::from_frames(attack_start.min(run_start)));
+                    }
+                    Some(VadTransition::SpeechEnded { at }) => {
+                        assert_eq!(at, SampleTime::from_frames(i - u64::from(hangover)));
+                    }
+                    None => {}
                 }
             }
-            let last = last_raw.expect("the burst is raw speech");
-            assert!(last >= 129, "raw speech lasts at least through the burst");
-            let (ended_on, at) = ended.expect("speech ends after the burst");
-            assert_eq!(ended_on, last + u64::from(hangover) + 1);
-            assert_eq!(at, SampleTime::from_frames(last + 1));
+            assert!(starts > 0, "the talker starts speech");
         }
     }
 
@@ -498,58 +524,43 @@ mod tests {
         for _ in 0..200 {
             v.push(&noise_frame(&mut rng, -60.0));
         }
-        // A 35 dB step up to steady noise: at first it looks like speech.
-        let mut first_frames_speech = false;
-        // The documented adaptation bound: the minimum tracker's window plus one sub-window,
-        // plus the hangover, plus a 10-frame margin for the mean trackers to settle.
-        let w = config.noise_window_frames;
-        let bound = u64::from(w + w / 8 + config.hangover_frames) + 10;
-        let mut last_start = None;
+        // A 35 dB step up to steady noise. The floor trackers hold only the new noise within
+        // their window plus one sub-window; add the hangover and a 10-frame margin.
+        let w = u64::from(extract::NOISE_WINDOW_FRAMES);
+        let bound = w + w / 8 + u64::from(config.hangover_frames) + 10;
         for k in 0..bound + 500 {
-            let out = v.push(&noise_frame(&mut rng, -25.0));
-            if k < 5 && v.frame_is_speech() {
-                first_frames_speech = true;
-            }
-            if let Some(VadTransition::SpeechStarted { .. }) = out {
-                last_start = Some(k);
-            }
+            v.push(&noise_frame(&mut rng, -25.0));
             if k >= bound {
                 assert!(!v.is_speech(), "still speech {k} frames after the step");
             }
         }
-        assert!(
-            first_frames_speech,
-            "the step itself is detected before the floor adapts"
-        );
-        assert!(last_start.is_none_or(|k| k < bound));
     }
 
     #[test]
-    fn reset_restarts_the_media_clock() {
-        let mut v = vad();
+    fn reset_behaves_like_a_new_detector() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        for i in 0..50 {
-            v.push(&noise_frame(&mut rng, -60.0));
-            v.push(&voiced_frame(i));
-        }
-        v.reset();
-        assert!(!v.is_speech());
-        for _ in 0..20 {
-            assert_eq!(v.push(&noise_frame(&mut rng, -60.0)), None);
-        }
-        let mut started = None;
-        for i in 20..30 {
-            if let Some(t) = v.push(&voiced_frame(i)) {
-                started = Some(t);
-                break;
-            }
-        }
-        assert_eq!(
-            started,
-            Some(VadTransition::SpeechStarted {
-                at: SampleTime::from_frames(20)
+        let mut talker = Talker::new(5);
+        let frames: Vec<PcmFrame> = (0..300)
+            .map(|i| {
+                if (i / 60) % 2 == 1 {
+                    talker.frame()
+                } else {
+                    noise_frame(&mut rng, -50.0)
+                }
             })
-        );
+            .collect();
+        let mut used = vad();
+        for f in frames.iter().rev() {
+            used.push(f);
+        }
+        used.reset();
+        assert!(!used.is_speech());
+        let mut fresh = vad();
+        for f in &frames {
+            assert_eq!(used.push(f), fresh.push(f));
+            assert_eq!(used.speech_probability(), fresh.speech_probability());
+            assert_eq!(used.features(), fresh.features());
+        }
     }
 
     /// Reference model of the gate: the smoothed decision of frame `i` computed from the whole
@@ -596,7 +607,7 @@ mod tests {
         }
 
         #[test]
-        fn any_input_gives_finite_features_and_no_panic(
+        fn any_input_gives_finite_features_and_a_probability(
             samples in proptest::collection::vec(any::<i16>(), FRAME_SAMPLES * 8),
         ) {
             let mut v = vad();
@@ -604,6 +615,8 @@ mod tests {
                 let frame = PcmFrame(chunk.try_into().unwrap());
                 v.push(&frame);
                 prop_assert!(v.snr_db().is_finite());
+                prop_assert!(v.features().iter().all(|x| x.is_finite()));
+                prop_assert!((0.0..=1.0).contains(&v.speech_probability()));
             }
         }
     }
