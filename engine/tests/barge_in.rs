@@ -186,3 +186,35 @@ fn agent_clear_flushes_without_a_barge_in() {
     );
     assert!(barge_in(&sim).is_empty());
 }
+
+#[test]
+fn a_traced_call_records_the_barge_in_timeline() {
+    let mut config = roomy(10);
+    config.trace_events = 100_000;
+    let mut sim = Sim::new(config, seed(18));
+    sim.link_delay = ms(20);
+    sim.script = CallerScript {
+        speech: vec![(Duration::from_secs(3), Duration::from_secs(2))],
+    };
+    sim.run_for(Duration::from_secs(1));
+    let rate = SampleRate::HZ_24000;
+    sim.agent_says(&tone(rate, 500.0, 0.3, 24_000 * 10, 0), rate);
+    sim.run_for(Duration::from_secs(5));
+    use handset_engine::call::TraceKind;
+    let trace = sim.call.trace().expect("tracing on");
+    let count =
+        |f: &dyn Fn(&TraceKind) -> bool| trace.events().iter().filter(|(_, k)| f(k)).count();
+    assert_eq!(count(&|k| matches!(k, TraceKind::Transmit)), sim.sent.len());
+    assert_eq!(
+        count(&|k| matches!(k, TraceKind::MediaIn { .. })) as u64,
+        sim.call.stats().media_in
+    );
+    assert_eq!(count(&|k| matches!(k, TraceKind::BargeIn { .. })), 1);
+    assert_eq!(count(&|k| matches!(k, TraceKind::Clear)), 1);
+    assert!(count(&|k| matches!(k, TraceKind::SpeechStarted(_))) >= 1);
+    // Events are in time order.
+    assert!(trace.events().windows(2).all(|w| w[0].0 <= w[1].0));
+    let json = trace.to_chrome_json("CA1");
+    assert!(json.contains("\"BARGE_IN\""));
+    assert_eq!(trace.dropped(), 0);
+}

@@ -43,8 +43,10 @@ use crate::time::{FRAME, FRAME_SAMPLES, SampleRate, SampleTime, WIDEBAND_FRAME_S
 use crate::vad::{Vad, VadConfig, VadTransition};
 
 mod marks;
+mod trace;
 
 use marks::MarkLedger;
+pub use trace::{Trace, TraceKind};
 
 /// Marks at or above this value are the call's own progress marks; the shell names them
 /// `p<n>` on the wire. Agent marks use ids below it.
@@ -75,6 +77,10 @@ pub struct CallConfig {
     pub barge_in: bool,
     /// Whether to produce 16 kHz caller audio for the agent (default true).
     pub agent_feed: bool,
+    /// Record a per-call timeline of up to this many events ([`Trace`]); 0 (default) is off.
+    /// The buffer is allocated once at construction: about 40 bytes per event, and a call
+    /// produces about 250 events per second.
+    pub trace_events: usize,
 }
 
 impl Default for CallConfig {
@@ -98,6 +104,7 @@ impl Default for CallConfig {
             mark_interval_frames: 5,
             barge_in: true,
             agent_feed: true,
+            trace_events: 0,
         }
     }
 }
@@ -357,6 +364,8 @@ pub struct Call {
     now: Instant,
     /// Outputs waiting to be drained.
     outputs: VecDeque<Output>,
+    /// The call's timeline, when tracing.
+    trace: Option<Trace>,
     /// Counters.
     stats: CallStats,
 }
@@ -392,6 +401,7 @@ impl Call {
             trailing_mark_at: None,
             now,
             outputs: VecDeque::with_capacity(OUTPUT_CAPACITY),
+            trace: (config.trace_events > 0).then(|| Trace::new(now, config.trace_events)),
             stats: CallStats::default(),
         })
     }
@@ -406,6 +416,23 @@ impl Call {
             return Err(CallError::AfterStop);
         }
         self.now = self.now.max(input.time());
+        if let Some(trace) = self.trace.as_mut() {
+            let kind = match input {
+                Input::AgentAudio(_, pcm, rate) => Some(TraceKind::AgentAudio {
+                    samples: pcm.len() as u32,
+                    hz: rate.hz(),
+                }),
+                Input::AgentClear(_) => Some(TraceKind::AgentClear),
+                Input::AgentMark(_, mark) => Some(TraceKind::AgentMark(mark)),
+                Input::Dtmf(_, digit) => Some(TraceKind::Dtmf(digit)),
+                Input::MarkEcho(_, mark) => Some(TraceKind::MarkEcho(mark)),
+                Input::Stop(_) => Some(TraceKind::Stop),
+                Input::Media(..) | Input::MediaRejected(..) | Input::Timeout(_) => None,
+            };
+            if let Some(kind) = kind {
+                trace.record(input.time(), kind);
+            }
+        }
         match input {
             Input::AgentAudio(now, pcm, rate) => self.agent_audio(now, pcm, rate),
             Input::AgentClear(now) => {
@@ -461,6 +488,9 @@ impl Call {
         match self.pacer.poll_transmit()? {
             Transmit::Frame { frame, .. } => {
                 self.stats.frames_out += 1;
+                if let Some(trace) = self.trace.as_mut() {
+                    trace.record(self.now, TraceKind::Transmit);
+                }
                 self.ledger.sent_frame();
                 if self.pacer.queued_frames() == 0 && self.outgoing_len == 0 {
                     self.trailing_mark_at = Some(self.now + FRAME);
@@ -469,6 +499,9 @@ impl Call {
             }
             Transmit::Mark(mark) => {
                 self.stats.marks_out += 1;
+                if let Some(trace) = self.trace.as_mut() {
+                    trace.record(self.now, TraceKind::MarkOut(mark));
+                }
                 self.ledger.sent_mark(self.now, mark);
                 Some(Output::Mark(mark))
             }
@@ -515,6 +548,16 @@ impl Call {
         self.pacer.queued_frames() > 0 || self.outgoing_len > 0 || self.ledger.in_flight()
     }
 
+    /// The call's timeline so far, when tracing is on.
+    pub fn trace(&self) -> Option<&Trace> {
+        self.trace.as_ref()
+    }
+
+    /// Takes the timeline out (tracing stops).
+    pub fn take_trace(&mut self) -> Option<Trace> {
+        self.trace.take()
+    }
+
     /// Whether the stream has stopped.
     pub fn is_stopped(&self) -> bool {
         self.phase == Phase::Stopped
@@ -529,7 +572,17 @@ impl Call {
     }
 
     fn media(&mut self, now: Instant, media: &InboundMedia) {
-        match self.jitter.insert(now, media) {
+        let admission = self.jitter.insert(now, media);
+        if let Some(trace) = self.trace.as_mut() {
+            trace.record(
+                now,
+                TraceKind::MediaIn {
+                    chunk: media.chunk,
+                    admission,
+                },
+            );
+        }
+        match admission {
             Admission::Queued | Admission::Overflow => self.stats.media_in += 1,
             Admission::Duplicate => self.stats.media_duplicate += 1,
             Admission::Backwards | Admission::Late => self.stats.media_late += 1,
@@ -549,6 +602,15 @@ impl Call {
         self.pacer.handle_timeout(now);
         while let Some(playout) = self.jitter.pop(now) {
             self.stats.caller_frames += 1;
+            if let Some(trace) = self.trace.as_mut() {
+                trace.record(
+                    now,
+                    TraceKind::CallerFrame {
+                        at: playout.at,
+                        kind: playout.kind,
+                    },
+                );
+            }
             let pcm = codec::decode_frame(&playout.frame);
             if let Some(transition) = self.vad.push(&pcm) {
                 self.vad_transition(now, transition);
@@ -563,6 +625,9 @@ impl Call {
         match transition {
             VadTransition::SpeechStarted { at } => {
                 self.stats.speech_started += 1;
+                if let Some(trace) = self.trace.as_mut() {
+                    trace.record(now, TraceKind::SpeechStarted(at));
+                }
                 self.emit(Output::Event(CallEvent::SpeechStarted { at }));
                 if self.config.barge_in && self.agent_playing() {
                     self.interrupt(now, Some(at));
@@ -570,6 +635,9 @@ impl Call {
             }
             VadTransition::SpeechEnded { at } => {
                 self.stats.speech_ended += 1;
+                if let Some(trace) = self.trace.as_mut() {
+                    trace.record(now, TraceKind::SpeechEnded(at));
+                }
                 self.emit(Output::Event(CallEvent::SpeechEnded { at }));
             }
         }
@@ -779,6 +847,18 @@ impl Call {
             dropped: report.dropped,
             last_played_mark: report.last_played_mark,
         };
+        if let Some(trace) = self.trace.as_mut() {
+            trace.record(now, TraceKind::Clear);
+            if let Some(onset) = onset {
+                trace.record(
+                    now,
+                    TraceKind::BargeIn {
+                        onset,
+                        heard: report.heard,
+                    },
+                );
+            }
+        }
         if onset.is_some() {
             self.stats.barge_ins += 1;
             self.emit(Output::Event(CallEvent::BargeIn(interruption)));
