@@ -1,6 +1,7 @@
 //! `handset`: the Handset server binary.
 //!
-//! Parses the command line (`serve` is the default subcommand), builds the [`Config`] from the
+//! Parses the command line (`serve` is the default subcommand; `sim` runs the Twilio call
+//! simulator, see [`handset_shell::sim`]), builds the [`Config`] from the
 //! environment with flags layered on top, initialises `tracing` (text or JSON), binds, and runs
 //! [`handset_shell::serve`] until SIGTERM or Ctrl-C. A configuration error prints one clear line
 //! to stderr and exits with status 2. `anyhow` is used here only.
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (default).
     Serve(ServeArgs),
+    /// Play Twilio against Media Streams servers: scenarios, load, capacity, report.
+    Sim(Box<handset_shell::sim::SimArgs>),
 }
 
 /// Flags override the environment variable named in each help line.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Sim(args)) => return sim(*args),
         None => cli.serve,
     };
     let config = match Config::from_vars(std::env::vars().chain(args.as_vars())) {
@@ -105,6 +109,17 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "fatal");
             eprintln!("handset: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `handset sim`: prints the tables, writes the report; exit 1 if it cannot run.
+fn sim(args: handset_shell::sim::SimArgs) -> ExitCode {
+    match handset_shell::sim::run_cli(args) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("handset sim: {err}");
             ExitCode::FAILURE
         }
     }

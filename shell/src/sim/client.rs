@@ -6,10 +6,18 @@
 //! caller's audio as 20 ms µ-law `media` messages on a real-time schedule with realistic
 //! `sequenceNumber`/`chunk`/`timestamp`, optionally impaired (bursts, jitter, skipped chunks).
 //! Outbound audio goes into a model of Twilio's playback buffer
-//! ([`handset_engine::sim::PlaybackModel`]) that plays at real time, echoes marks when played
-//! and flushes on `clear`.
+//! ([`handset_engine::sim::PlaybackModel`], inside [`CallObserver`]) that plays at real time,
+//! echoes marks when played and flushes on `clear`; the observer measures what the caller heard.
+//!
+//! Cost per call is kept small so one process can drive a thousand calls: one tokio task per
+//! call, caller payloads encoded once per script ([`CallerFrames`]), outgoing messages written
+//! with `format!`-style writes (no JSON trees), server messages parsed into borrowed structs
+//! with unknown fields refused, base64 decoded into a reused buffer, and frames sent on
+//! absolute deadlines (a late wake-up sends everything due, so lateness never accumulates).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +25,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::{SinkExt, StreamExt};
-use handset_engine::codec;
-use handset_engine::sim::{PlaybackModel, PlaybackStats, PlayedAudio};
-use handset_engine::{MarkId, PcmFrame};
+use handset_engine::sim::PlaybackStats;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
@@ -31,20 +36,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+use super::observer::{CallMetrics, CallObserver};
+pub use super::script::Impairments;
+use super::script::{CallerFrames, SendSchedule, Utterance};
 use crate::signature;
 
-/// How the simulated caller's media reaches the server.
-#[derive(Clone, Debug, Default)]
-pub struct Impairments {
-    /// Send frames in bursts of this many (TCP head-of-line blocking); 0 or 1 = no bursts.
-    pub burst: u32,
-    /// Random extra delay per frame, up to this (order kept).
-    pub jitter: Duration,
-    /// Probability of skipping a chunk (timestamps and chunk numbers jump).
-    pub skip: f64,
-    /// Seed for the impairments.
-    pub seed: u64,
-}
+/// Malformed messages kept verbatim per call (all are counted).
+const MALFORMED_KEPT: usize = 20;
 
 /// One simulated call.
 #[derive(Clone, Debug)]
@@ -73,6 +71,15 @@ pub struct CallPlan {
     pub offer_subprotocol: bool,
     /// Keep every played byte (for content checks); costs memory on long calls.
     pub record_playback: bool,
+    /// Keep every received message in [`CallOutcome::received`] and mark names in
+    /// [`CallOutcome::mark_names`] (off for load runs).
+    pub keep_log: bool,
+    /// Keep the call's timeline in its metrics (for the picture).
+    pub keep_timeline: bool,
+    /// `audio` already encoded (shared between calls); `None` encodes `audio` at call start.
+    pub frames: Option<Arc<CallerFrames>>,
+    /// Caller speech spans in `audio`, for the latency measurements.
+    pub utterances: Vec<Utterance>,
     /// Replace the `<Parameter>`s from the TwiML (to test refusals); `None` uses them.
     pub override_parameters: Option<Vec<(String, String)>>,
     /// Sign the handshake with this signature instead of the right one (to test refusals).
@@ -95,6 +102,10 @@ impl CallPlan {
             impair: Impairments::default(),
             offer_subprotocol: true,
             record_playback: true,
+            keep_log: true,
+            keep_timeline: false,
+            frames: None,
+            utterances: Vec::new(),
             override_parameters: None,
             forge_signature: None,
         }
@@ -132,7 +143,8 @@ pub struct CallOutcome {
     pub playback: PlaybackStats,
     /// Audio played, by time since stream start (when recording).
     pub played: Vec<(Duration, Vec<u8>)>,
-    /// Messages that were not exactly one of the three documented shapes.
+    /// Messages that were not exactly one of the three documented shapes (the first 20;
+    /// [`CallMetrics::malformed`] counts all).
     pub malformed: Vec<String>,
     /// The subprotocol the server answered with.
     pub subprotocol: Option<String>,
@@ -140,6 +152,8 @@ pub struct CallOutcome {
     pub close: Option<(u16, String)>,
     /// Media frames sent.
     pub frames_sent: u64,
+    /// Everything measured (see [`super::observer`] for the definitions).
+    pub metrics: CallMetrics,
     /// Caller audio sent from this time on was its recording; `start` was sent at zero.
     pub connected_after: Duration,
     /// The TwiML the webhook returned.
@@ -293,6 +307,125 @@ pub async fn run_call(plan: CallPlan) -> Result<CallOutcome, SimError> {
     Ok(outcome)
 }
 
+/// A server message, borrowed from its text; any field not listed here makes it malformed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerMessage<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(rename = "streamSid", borrow)]
+    stream_sid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    media: Option<MediaBody<'a>>,
+    #[serde(borrow)]
+    mark: Option<MarkBody<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MediaBody<'a> {
+    #[serde(borrow)]
+    payload: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkBody<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+}
+
+/// Per-call state for handling server messages.
+struct Inbox {
+    observer: CallObserver,
+    t0: Instant,
+    stream_sid: String,
+    /// Names of marks awaiting their echo, in order (echoes come back in order).
+    pending_marks: VecDeque<String>,
+    /// Decoded payload, reused.
+    decoded: Vec<u8>,
+    malformed: u64,
+    keep_log: bool,
+}
+
+impl Inbox {
+    fn malformed(&mut self, outcome: &mut CallOutcome, what: &str, text: &str) {
+        self.malformed += 1;
+        if outcome.malformed.len() < MALFORMED_KEPT {
+            outcome.malformed.push(format!("{what}: {text}"));
+        }
+    }
+
+    /// Checks one server message is exactly a documented shape and applies it.
+    fn handle(&mut self, text: &str, now: Instant, outcome: &mut CallOutcome) {
+        let Ok(msg) = serde_json::from_str::<ServerMessage<'_>>(text) else {
+            self.malformed(outcome, "not a documented shape", text);
+            return;
+        };
+        if msg.stream_sid.as_deref() != Some(self.stream_sid.as_str()) {
+            self.malformed(outcome, "wrong streamSid", text);
+            return;
+        }
+        let at = now - self.t0;
+        let std_now = now.into_std();
+        match (msg.event.as_ref(), msg.media, msg.mark) {
+            ("media", Some(media), None) => {
+                self.decoded.clear();
+                if STANDARD
+                    .decode_vec(media.payload.as_bytes(), &mut self.decoded)
+                    .is_err()
+                    || self.decoded.is_empty()
+                {
+                    self.malformed(outcome, "bad media payload", text);
+                    return;
+                }
+                self.observer.on_media(std_now, &self.decoded);
+                if self.keep_log {
+                    outcome.received.push(Received {
+                        at,
+                        kind: ReceivedKind::Media(self.decoded.len()),
+                    });
+                }
+            }
+            ("mark", None, Some(mark)) => {
+                self.observer.on_mark(std_now);
+                if self.keep_log {
+                    outcome.mark_names.push(mark.name.to_string());
+                    outcome.received.push(Received {
+                        at,
+                        kind: ReceivedKind::Mark(outcome.mark_names.len() - 1),
+                    });
+                }
+                self.pending_marks.push_back(mark.name.into_owned());
+            }
+            ("clear", None, None) => {
+                self.observer.on_clear(std_now);
+                if self.keep_log {
+                    outcome.received.push(Received {
+                        at,
+                        kind: ReceivedKind::Clear,
+                    });
+                }
+            }
+            _ => self.malformed(outcome, "unknown message", text),
+        }
+    }
+}
+
+/// Appends `s` to `out` as the inside of a JSON string.
+fn push_json_str(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+}
+
 /// Runs the Media Stream of a call whose TwiML was already fetched.
 pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOutcome, SimError> {
     let uri: hyper::Uri = target
@@ -342,17 +475,22 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
             .map(str::to_owned),
         ..CallOutcome::default()
     };
+    let frames = match &plan.frames {
+        Some(f) => Arc::clone(f),
+        None => Arc::new(CallerFrames::from_pcm(&plan.audio)),
+    };
     let (mut tx, mut rx) = ws.split();
     let stream_sid = format!("MZ{:032x}", rand::random::<u128>());
     let account = "AC00000000000000000000000000000000";
     let mut seq: u64 = 1;
     let connected = r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#;
     let _ = tx.send(Message::text(connected)).await;
-    let params: HashMap<String, String> = plan
+    let params: serde_json::Map<String, serde_json::Value> = plan
         .override_parameters
         .clone()
         .unwrap_or_else(|| target.parameters.clone())
         .into_iter()
+        .map(|(k, v)| (k, v.into()))
         .collect();
     let start = serde_json::json!({
         "event": "start",
@@ -371,38 +509,42 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
     let _ = tx.send(Message::text(start.to_string())).await;
     seq += 1;
 
-    let mut playback = PlaybackModel::new(plan.record_playback);
-    let std_t0 = crate::clock::now();
-    let mut rng = ChaCha8Rng::seed_from_u64(plan.impair.seed);
+    let mut inbox = Inbox {
+        observer: CallObserver::new(t0.into_std(), plan.record_playback, plan.keep_timeline),
+        t0,
+        stream_sid: stream_sid.clone(),
+        pending_marks: VecDeque::new(),
+        decoded: Vec::with_capacity(1024),
+        malformed: 0,
+        keep_log: plan.keep_log,
+    };
+    let mut schedule = SendSchedule::new(&plan.impair);
     let total_frames = (plan.duration.as_millis() / 20) as u64;
     let mut frame_index: u64 = 0;
-    let mut chunk: u64 = 1;
-    let mut next_send = t0 + Duration::from_millis(20);
-    let mut pending: Vec<String> = Vec::new();
+    let mut next = (frame_index < total_frames).then(|| schedule.next(0));
     let mut dtmf = plan.dtmf.clone();
     dtmf.sort_by_key(|(t, _)| *t);
+    let dtmf_times: Vec<Duration> = dtmf.iter().map(|(t, _)| *t).collect();
     let mut dtmf = dtmf.into_iter().peekable();
-    let mut mark_ids: HashMap<String, usize> = HashMap::new();
     let mut closed = false;
-    let burst = u64::from(plan.impair.burst.max(1));
+    let mut buf = String::with_capacity(512);
+    let mut skipped = 0u64;
+    let mut send_errors = 0u64;
+    let end_at = t0 + Duration::from_millis(20 * total_frames);
 
     loop {
-        let echo_at = playback
+        let echo_at = inbox
+            .observer
             .poll_timeout()
-            .map(|t| t0 + t.saturating_duration_since(std_t0));
-        let wake = match echo_at {
-            Some(e) if e < next_send => e,
-            _ => next_send,
-        };
+            .map(|t| t0 + t.saturating_duration_since(t0.into_std()));
+        let send_at = next.map_or(end_at, |f| t0 + f.at);
+        let wake = echo_at.map_or(send_at, |e| e.min(send_at));
         tokio::select! {
             msg = rx.next() => {
                 let now = Instant::now();
-                let std_now = std_t0 + (now - t0);
                 match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        handle_server_message(&text, std_now, now - t0, &mut playback, &mut outcome, &mut mark_ids, &stream_sid);
-                    }
-                    Some(Ok(Message::Binary(_))) => outcome.malformed.push("binary frame".to_owned()),
+                    Some(Ok(Message::Text(text))) => inbox.handle(text.as_str(), now, &mut outcome),
+                    Some(Ok(Message::Binary(_))) => inbox.malformed(&mut outcome, "binary frame", ""),
                     Some(Ok(Message::Close(frame))) => {
                         outcome.close = Some(close_info(frame));
                         closed = true;
@@ -413,64 +555,70 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
             }
             () = sleep_until(wake) => {
                 let now = Instant::now();
-                let std_now = std_t0 + (now - t0);
-                while let Some(echo) = playback.poll_echo(std_now) {
-                    let name = outcome.mark_names.get(echo.mark.0 as usize).cloned().unwrap_or_default();
-                    let msg = serde_json::json!({
-                        "event": "mark", "sequenceNumber": seq.to_string(),
-                        "streamSid": stream_sid, "mark": {"name": name},
-                    });
+                let std_now = now.into_std();
+                let mut wrote = false;
+                while inbox.observer.poll_echo(std_now).is_some() {
+                    let name = inbox.pending_marks.pop_front().unwrap_or_default();
+                    buf.clear();
+                    let _ = write!(buf, r#"{{"event":"mark","sequenceNumber":"{seq}","streamSid":"{stream_sid}","mark":{{"name":""#);
+                    push_json_str(&mut buf, &name);
+                    buf.push_str("\"}}");
                     seq += 1;
-                    let _ = tx.send(Message::text(msg.to_string())).await;
+                    wrote = true;
+                    if tx.feed(Message::text(buf.as_str())).await.is_err() {
+                        closed = true;
+                    }
                 }
-                if now >= next_send && frame_index < total_frames {
-                    // Caller media for this 20 ms, then any DTMF due.
-                    let mut pcm = PcmFrame::SILENCE;
-                    let base = (frame_index * 160) as usize;
-                    for (i, s) in pcm.0.iter_mut().enumerate() {
-                        *s = plan.audio.get(base + i).copied().unwrap_or(0);
+                // Every caller frame due (several after a late wake-up or in a burst).
+                let mut first = true;
+                while let Some(frame) = next.filter(|f| t0 + f.at <= now) {
+                    if first {
+                        inbox.observer.on_send_lateness(now.saturating_duration_since(t0 + frame.at));
+                        first = false;
                     }
-                    let payload = STANDARD.encode(codec::encode_frame(&pcm).as_bytes());
-                    let skip = plan.impair.skip > 0.0 && rng.gen_bool(plan.impair.skip);
-                    if !skip {
-                        let msg = serde_json::json!({
-                            "event": "media", "sequenceNumber": seq.to_string(),
-                            "media": {"track": "inbound", "chunk": chunk.to_string(),
-                                      "timestamp": (frame_index * 20).to_string(), "payload": payload},
-                            "streamSid": stream_sid,
-                        });
+                    if frame.skipped {
+                        skipped += 1;
+                    } else {
+                        buf.clear();
+                        let _ = write!(
+                            buf,
+                            r#"{{"event":"media","sequenceNumber":"{seq}","media":{{"track":"inbound","chunk":"{}","timestamp":"{}","payload":"{}"}},"streamSid":"{stream_sid}"}}"#,
+                            frame_index + 1,
+                            frame_index * 20,
+                            frames.payload(frame_index),
+                        );
                         seq += 1;
-                        pending.push(msg.to_string());
-                        outcome.frames_sent += 1;
+                        wrote = true;
+                        if tx.feed(Message::text(buf.as_str())).await.is_err() {
+                            send_errors += 1;
+                            closed = true;
+                        } else {
+                            outcome.frames_sent += 1;
+                        }
                     }
-                    chunk += 1;
                     frame_index += 1;
+                    // DTMF due by the end of this frame's capture.
                     while let Some((at, digit)) = dtmf.peek().copied() {
                         if Duration::from_millis(frame_index * 20) < at {
                             break;
                         }
                         dtmf.next();
-                        let msg = serde_json::json!({
-                            "event": "dtmf", "streamSid": stream_sid, "sequenceNumber": seq.to_string(),
-                            "dtmf": {"track": "inbound_track", "digit": digit.to_string()},
-                        });
+                        buf.clear();
+                        let _ = write!(
+                            buf,
+                            r#"{{"event":"dtmf","streamSid":"{stream_sid}","sequenceNumber":"{seq}","dtmf":{{"track":"inbound_track","digit":"{digit}"}}}}"#
+                        );
                         seq += 1;
-                        pending.push(msg.to_string());
-                    }
-                    if frame_index.is_multiple_of(burst) || frame_index == total_frames {
-                        if !plan.impair.jitter.is_zero() {
-                            let extra = rng.gen_range(0..=plan.impair.jitter.as_micros() as u64);
-                            tokio::time::sleep(Duration::from_micros(extra)).await;
-                        }
-                        for m in pending.drain(..) {
-                            if tx.send(Message::text(m)).await.is_err() {
-                                closed = true;
-                                break;
-                            }
+                        if tx.feed(Message::text(buf.as_str())).await.is_err() {
+                            closed = true;
                         }
                     }
-                    next_send = t0 + Duration::from_millis(20 * (frame_index + 1));
-                } else if frame_index >= total_frames && now >= next_send {
+                    next = (frame_index < total_frames).then(|| schedule.next(frame_index));
+                }
+                if wrote && tx.flush().await.is_err() {
+                    closed = true;
+                }
+                if next.is_none() && now >= end_at && now >= send_at {
                     break;
                 }
             }
@@ -480,12 +628,14 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
         }
     }
     if !closed {
-        let stop = serde_json::json!({
-            "event": "stop", "sequenceNumber": seq.to_string(),
-            "stop": {"accountSid": account, "callSid": plan.call_sid},
-            "streamSid": stream_sid,
-        });
-        let _ = tx.send(Message::text(stop.to_string())).await;
+        buf.clear();
+        let _ = write!(
+            buf,
+            r#"{{"event":"stop","sequenceNumber":"{seq}","stop":{{"accountSid":"{account}","callSid":""#
+        );
+        push_json_str(&mut buf, &plan.call_sid);
+        let _ = write!(buf, r#""}},"streamSid":"{stream_sid}"}}"#);
+        let _ = tx.send(Message::text(buf.as_str())).await;
         let _ = tx.send(Message::Close(None)).await;
         // Drain until the server closes (bounded).
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -498,12 +648,35 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
         })
         .await;
     }
-    outcome.playback = playback.stats();
-    outcome.played = playback
+    // The loop only ends early when the server closed or the socket failed.
+    let ended_early = closed;
+    let observer = &inbox.observer;
+    outcome.playback = observer.playback();
+    outcome.played = observer
+        .model()
         .played()
         .iter()
-        .map(|p: &PlayedAudio| (p.start.saturating_duration_since(std_t0), p.bytes.clone()))
+        .map(|p| {
+            (
+                p.start.saturating_duration_since(t0.into_std()),
+                p.bytes.clone(),
+            )
+        })
         .collect();
+    let mut metrics = observer.finish(&plan.utterances, &dtmf_times, plan.keep_timeline);
+    metrics.call_sid.clone_from(&plan.call_sid);
+    metrics.frames_sent = outcome.frames_sent;
+    metrics.frames_skipped = skipped;
+    metrics.send_errors = send_errors;
+    metrics.malformed = inbox.malformed;
+    metrics.close_code = outcome.close.as_ref().map(|c| c.0);
+    if ended_early {
+        metrics.failure = Some(format!(
+            "the stream ended early after {} of {} frames (close {:?})",
+            frame_index, total_frames, metrics.close_code
+        ));
+    }
+    outcome.metrics = metrics;
     Ok(outcome)
 }
 
@@ -511,86 +684,6 @@ fn close_info(frame: Option<CloseFrame>) -> (u16, String) {
     frame.map_or((1005, String::new()), |f| {
         (u16::from(f.code), f.reason.to_string())
     })
-}
-
-/// Checks one server message is exactly a documented shape and applies it to the playback.
-fn handle_server_message(
-    text: &str,
-    now: std::time::Instant,
-    at: Duration,
-    playback: &mut PlaybackModel,
-    outcome: &mut CallOutcome,
-    mark_ids: &mut HashMap<String, usize>,
-    stream_sid: &str,
-) {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-        outcome.malformed.push(format!("not json: {text}"));
-        return;
-    };
-    let Some(obj) = value.as_object() else {
-        outcome.malformed.push(format!("not an object: {text}"));
-        return;
-    };
-    let keys: Vec<&str> = {
-        let mut k: Vec<&str> = obj.keys().map(String::as_str).collect();
-        k.sort_unstable();
-        k
-    };
-    if obj.get("streamSid").and_then(|s| s.as_str()) != Some(stream_sid) {
-        outcome.malformed.push(format!("wrong streamSid: {text}"));
-        return;
-    }
-    match obj.get("event").and_then(|e| e.as_str()) {
-        Some("media") => {
-            let payload = obj
-                .get("media")
-                .and_then(|m| m.as_object())
-                .filter(|m| m.len() == 1)
-                .and_then(|m| m.get("payload"))
-                .and_then(|p| p.as_str())
-                .and_then(|p| STANDARD.decode(p).ok());
-            match (keys.as_slice(), payload) {
-                (["event", "media", "streamSid"], Some(bytes)) if !bytes.is_empty() => {
-                    playback.handle_media(now, &bytes);
-                    outcome.received.push(Received {
-                        at,
-                        kind: ReceivedKind::Media(bytes.len()),
-                    });
-                }
-                _ => outcome.malformed.push(format!("bad media: {text}")),
-            }
-        }
-        Some("mark") => {
-            let name = obj
-                .get("mark")
-                .and_then(|m| m.as_object())
-                .filter(|m| m.len() == 1)
-                .and_then(|m| m.get("name"))
-                .and_then(|n| n.as_str());
-            match (keys.as_slice(), name) {
-                (["event", "mark", "streamSid"], Some(name)) => {
-                    let index = *mark_ids.entry(name.to_owned()).or_insert_with(|| {
-                        outcome.mark_names.push(name.to_owned());
-                        outcome.mark_names.len() - 1
-                    });
-                    playback.handle_mark(now, MarkId(index as u64));
-                    outcome.received.push(Received {
-                        at,
-                        kind: ReceivedKind::Mark(index),
-                    });
-                }
-                _ => outcome.malformed.push(format!("bad mark: {text}")),
-            }
-        }
-        Some("clear") if keys.as_slice() == ["event", "streamSid"] => {
-            playback.handle_clear(now);
-            outcome.received.push(Received {
-                at,
-                kind: ReceivedKind::Clear,
-            });
-        }
-        _ => outcome.malformed.push(format!("unknown message: {text}")),
-    }
 }
 
 #[cfg(test)]
@@ -612,13 +705,23 @@ mod tests {
         assert!(parse_twiml("<Response><Say>no stream</Say></Response>").is_err());
     }
 
+    fn inbox(t0: Instant) -> Inbox {
+        Inbox {
+            observer: CallObserver::new(t0.into_std(), true, false),
+            t0,
+            stream_sid: "MZ1".to_owned(),
+            pending_marks: VecDeque::new(),
+            decoded: Vec::new(),
+            malformed: 0,
+            keep_log: true,
+        }
+    }
+
     #[test]
     fn server_messages_must_have_exact_shapes() {
-        let mut playback = PlaybackModel::new(false);
+        let now = Instant::now();
+        let mut inbox = inbox(now);
         let mut outcome = CallOutcome::default();
-        let mut ids = HashMap::new();
-        let now = crate::clock::now();
-        let sid = "MZ1";
         let payload = STANDARD.encode([0xFFu8; 160]);
         for (text, ok) in [
             (
@@ -646,17 +749,43 @@ mod tests {
             ),
         ] {
             let before = outcome.malformed.len();
-            handle_server_message(
-                &text,
-                now,
-                Duration::ZERO,
-                &mut playback,
-                &mut outcome,
-                &mut ids,
-                sid,
-            );
+            inbox.handle(&text, now, &mut outcome);
             assert_eq!(outcome.malformed.len() == before, ok, "{text}");
         }
         assert_eq!(outcome.received.len(), 3);
+        assert_eq!(inbox.malformed, 4);
+    }
+
+    #[test]
+    fn more_shapes_are_refused_and_marks_are_named_in_order() {
+        let now = Instant::now();
+        let mut inbox = inbox(now);
+        let mut outcome = CallOutcome::default();
+        for bad in [
+            r#"{"event":"media","streamSid":"MZ1","media":{"payload":""}}"#,
+            r#"{"event":"media","streamSid":"MZ1","media":{"payload":"@@@"}}"#,
+            r#"{"event":"media","streamSid":"MZ1","mark":{"name":"x"}}"#,
+            r#"{"event":"clear","streamSid":"MZ1","streamSid":"MZ1"}"#,
+            r#"{"event":"clear"}"#,
+            r#"[1,2]"#,
+        ] {
+            inbox.handle(bad, now, &mut outcome);
+        }
+        assert_eq!(inbox.malformed, 6, "{:?}", outcome.malformed);
+        inbox.handle(
+            r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"p\"1"}}"#,
+            now,
+            &mut outcome,
+        );
+        inbox.handle(
+            r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"a2"}}"#,
+            now,
+            &mut outcome,
+        );
+        assert_eq!(inbox.pending_marks, ["p\"1", "a2"]);
+        assert_eq!(outcome.mark_names, ["p\"1", "a2"]);
+        let mut json = String::new();
+        push_json_str(&mut json, "p\"1\\\n");
+        assert_eq!(json, r#"p\"1\\\u000a"#);
     }
 }
