@@ -202,7 +202,30 @@ pub struct AgentConfig {
     pub reply_timeout: Option<Duration>,
     /// `AGENT_FALLBACK`: `apology` (default) or `tone`.
     pub fallback: AgentFallback,
+    /// `OPENAI_*`: set when `OPENAI_API_KEY` selects the built-in OpenAI Realtime adapter
+    /// instead of the Handset agent protocol (`url` is then `OPENAI_REALTIME_URL` and `auth`
+    /// the bearer key).
+    pub openai: Option<OpenAiConfig>,
 }
+
+/// Default `OPENAI_REALTIME_URL`.
+pub const DEFAULT_OPENAI_REALTIME_URL: &str = "wss://api.openai.com/v1/realtime?model=gpt-realtime";
+
+/// The OpenAI Realtime adapter's session settings (`OPENAI_*` variables).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct OpenAiConfig {
+    /// `OPENAI_VOICE` (default `alloy`): the assistant's voice.
+    pub voice: String,
+    /// `OPENAI_INSTRUCTIONS`: the system instructions (default: a short phone-assistant prompt).
+    pub instructions: String,
+    /// `OPENAI_TRANSCRIBE_MODEL` (default `gpt-4o-mini-transcribe`; `off` disables): model
+    /// transcribing the caller, logged as `STT_FINAL`.
+    pub transcribe_model: Option<String>,
+}
+
+/// Default `OPENAI_INSTRUCTIONS`.
+pub const DEFAULT_OPENAI_INSTRUCTIONS: &str =
+    "You are a helpful assistant answering a phone call. Keep answers short and spoken.";
 
 impl Default for Config {
     fn default() -> Self {
@@ -435,13 +458,25 @@ fn agent_config<'a>(
         "AGENT_REPLY_TIMEOUT_MS",
         "AGENT_FALLBACK",
     ];
-    let Some(url) = non_empty("AGENT_URL") else {
+    let openai_key = non_empty("OPENAI_API_KEY");
+    let agent_url = non_empty("AGENT_URL");
+    if agent_url.is_some() && openai_key.is_some() {
+        return Err(ConfigError::Conflict {
+            first: "AGENT_URL",
+            second: "OPENAI_API_KEY",
+        });
+    }
+    if let Some(key) = openai_key {
+        return openai_config(non_empty, key);
+    }
+    let Some(url) = agent_url else {
         if let Some(name) = DEPENDENT.into_iter().find(|n| non_empty(n).is_some()) {
             return Err(ConfigError::AgentUrlMissing { name });
         }
         return Ok(None);
     };
     let url = ws_url("AGENT_URL", url)?;
+    let (connect_timeout, reply_timeout, fallback) = agent_common(non_empty)?;
     let auth = match (non_empty("AGENT_AUTH_HEADER"), non_empty("AGENT_TOKEN")) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::Conflict {
@@ -476,6 +511,67 @@ fn agent_config<'a>(
         }
         (None, None) => None,
     };
+    Ok(Some(AgentConfig {
+        url,
+        auth,
+        connect_timeout,
+        reply_timeout,
+        fallback,
+        openai: None,
+    }))
+}
+
+/// The OpenAI Realtime adapter (`OPENAI_API_KEY` set): its URL, key and session settings.
+fn openai_config<'a>(
+    non_empty: &impl Fn(&str) -> Option<&'a str>,
+    key: &str,
+) -> Result<Option<AgentConfig>, ConfigError> {
+    for other in ["AGENT_AUTH_HEADER", "AGENT_TOKEN"] {
+        if non_empty(other).is_some() {
+            return Err(ConfigError::Conflict {
+                first: other,
+                second: "OPENAI_API_KEY",
+            });
+        }
+    }
+    if http::HeaderValue::from_str(key).is_err() {
+        return Err(ConfigError::AuthHeader {
+            name: "OPENAI_API_KEY",
+        });
+    }
+    let url = ws_url(
+        "OPENAI_REALTIME_URL",
+        non_empty("OPENAI_REALTIME_URL").unwrap_or(DEFAULT_OPENAI_REALTIME_URL),
+    )?;
+    let (connect_timeout, reply_timeout, fallback) = agent_common(non_empty)?;
+    let transcribe_model = match non_empty("OPENAI_TRANSCRIBE_MODEL") {
+        Some(m) if m.eq_ignore_ascii_case("off") => None,
+        Some(m) => Some(m.to_owned()),
+        None => Some("gpt-4o-mini-transcribe".to_owned()),
+    };
+    Ok(Some(AgentConfig {
+        url,
+        auth: Some((
+            "authorization".to_owned(),
+            Secret::new(format!("Bearer {key}")),
+        )),
+        connect_timeout,
+        reply_timeout,
+        fallback,
+        openai: Some(OpenAiConfig {
+            voice: non_empty("OPENAI_VOICE").unwrap_or("alloy").to_owned(),
+            instructions: non_empty("OPENAI_INSTRUCTIONS")
+                .unwrap_or(DEFAULT_OPENAI_INSTRUCTIONS)
+                .to_owned(),
+            transcribe_model,
+        }),
+    }))
+}
+
+/// The settings shared by every agent kind: connect timeout, reply timeout, fallback sound.
+fn agent_common<'a>(
+    non_empty: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<(Duration, Option<Duration>, AgentFallback), ConfigError> {
     let connect_timeout = match non_empty("AGENT_CONNECT_TIMEOUT_MS") {
         Some(v) => Duration::from_millis(int_in("AGENT_CONNECT_TIMEOUT_MS", v, 100, 60_000)?),
         None => Duration::from_secs(3),
@@ -503,13 +599,7 @@ fn agent_config<'a>(
             }
         },
     };
-    Ok(Some(AgentConfig {
-        url,
-        auth,
-        connect_timeout,
-        reply_timeout,
-        fallback,
-    }))
+    Ok((connect_timeout, reply_timeout, fallback))
 }
 
 /// Accepts `ws://host[:port][/path][?query]` or `wss://…`: a host, no credentials, no fragment.
@@ -619,6 +709,45 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/handset"));
         assert_eq!(c.stream_token_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn openai_key_selects_the_realtime_adapter_and_is_never_shown() {
+        let c = from(&[("OPENAI_API_KEY", "sk-abc"), ("OPENAI_VOICE", "verse")]).unwrap();
+        let agent = c.agent.unwrap();
+        assert_eq!(agent.url, DEFAULT_OPENAI_REALTIME_URL);
+        let (name, value) = agent.auth.clone().unwrap();
+        assert_eq!(
+            (name.as_str(), value.expose()),
+            ("authorization", "Bearer sk-abc")
+        );
+        assert!(!format!("{agent:?}").contains("sk-abc"));
+        let openai = agent.openai.unwrap();
+        assert_eq!(openai.voice, "verse");
+        assert_eq!(
+            openai.transcribe_model.as_deref(),
+            Some("gpt-4o-mini-transcribe")
+        );
+        let local = from(&[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime"),
+            ("OPENAI_TRANSCRIBE_MODEL", "off"),
+        ])
+        .unwrap()
+        .agent
+        .unwrap();
+        assert_eq!(local.url, "ws://127.0.0.1:9/v1/realtime");
+        assert_eq!(local.openai.unwrap().transcribe_model, None);
+        assert!(from(&[("OPENAI_API_KEY", "k"), ("AGENT_URL", "ws://h")]).is_err());
+        assert!(from(&[("OPENAI_API_KEY", "k"), ("AGENT_TOKEN", "t")]).is_err());
+        assert!(
+            from(&[
+                ("OPENAI_API_KEY", "k"),
+                ("OPENAI_REALTIME_URL", "https://x")
+            ])
+            .is_err()
+        );
+        assert!(from(&[("OPENAI_API_KEY", "a\u{1}b")]).is_err());
     }
 
     #[test]

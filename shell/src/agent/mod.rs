@@ -9,6 +9,9 @@
 //!   `start`, writes caller audio and events, and pushes the agent's audio and commands into the
 //!   rings, waiting for room (so TCP backpressure, not memory, absorbs a fast agent).
 //!
+//! With `OPENAI_API_KEY` set, [`openai::run`] takes the client's place and speaks the OpenAI
+//! Realtime API instead (same rings, same fallback).
+//!
 //! The wire protocol is in [`protocol`] and, with examples, in `docs/agent-protocol.md`. When
 //! the agent is unreachable, too slow or drops, the caller hears the fallback sound and the
 //! stream closes (1000, `agent failed`) so Twilio runs `/webhook/stream_ended` and records a
@@ -28,6 +31,7 @@ use crate::config::AgentConfig;
 use crate::tokens::TOKEN_PARAMETER;
 
 pub mod client;
+pub mod openai;
 pub mod protocol;
 pub mod remote;
 
@@ -72,6 +76,10 @@ pub fn start(
         .filter(|(k, _)| k.as_str() != TOKEN_PARAMETER)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    tokio::spawn(client::run(config.clone(), info.clone(), params, ends, id));
+    if config.openai.is_some() {
+        tokio::spawn(openai::run(config.clone(), info.clone(), ends, id));
+    } else {
+        tokio::spawn(client::run(config.clone(), info.clone(), params, ends, id));
+    }
     RemoteAgent::new(engine, config.fallback, config.reply_timeout)
 }

@@ -1,0 +1,356 @@
+//! End to end over loopback: the real server with the built-in OpenAI Realtime adapter
+//! (`OPENAI_API_KEY`, `OPENAI_REALTIME_URL` pointing at a fake Realtime server written here),
+//! driven by the Twilio call simulator. The fake server speaks the API's documented events: it
+//! takes `session.update`, collects `input_audio_buffer.append`, answers with a burst of
+//! `response.output_audio.delta`, and later reports `input_audio_buffer.speech_started`. The
+//! tests check µ-law both ways, that the assistant's audio is what the caller hears, and that
+//! the `conversation.item.truncate` cuts the item at what the simulated Twilio actually played
+//! (within one 20 ms frame), for the server's VAD and for Handset's own barge-in.
+
+#![allow(clippy::disallowed_methods)] // an end-to-end test timestamps what it sees
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures_util::{SinkExt, StreamExt};
+use handset_engine::codec;
+use handset_shell::sim::{CallOutcome, CallPlan, ReceivedKind, run_call};
+use handset_shell::{AppState, Config};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+
+const TOKEN: &str = "openai-e2e-token";
+const API_KEY: &str = "sk-test-realtime-key";
+/// Appends (20 ms each) the fake server waits for before it answers.
+const APPENDS_BEFORE_ANSWER: usize = 25;
+/// The answer: this many deltas of this many ms of µ-law.
+const DELTAS: usize = 28;
+const DELTA_MS: usize = 100;
+const ITEM: &str = "item_answer_1";
+
+struct Server {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    async fn start(realtime_url: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = std::env::temp_dir()
+            .join(format!(
+                "handset-openai-{}-{}",
+                std::process::id(),
+                rand::random::<u64>()
+            ))
+            .display()
+            .to_string();
+        let public = format!("http://{addr}");
+        let config = Config::from_vars([
+            ("DATA_DIR", dir.as_str()),
+            ("PUBLIC_URL", public.as_str()),
+            ("TWILIO_AUTH_TOKEN", TOKEN),
+            ("ENGINE_WORKERS", "1"),
+            ("OPENAI_API_KEY", API_KEY),
+            ("OPENAI_REALTIME_URL", realtime_url),
+            ("OPENAI_VOICE", "verse"),
+        ])
+        .unwrap();
+        let (state, _startup) = AppState::new(config).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(handset_shell::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task,
+            addr,
+        }
+    }
+
+    fn plan(&self, call: u32, duration: Duration) -> CallPlan {
+        let mut plan = CallPlan::new(format!("http://{}/webhook/incoming_call", self.addr));
+        plan.auth_token = Some(TOKEN.to_owned());
+        plan.call_sid = format!("CA{call:032x}");
+        plan.duration = duration;
+        plan
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// What the fake Realtime server saw.
+#[derive(Default)]
+struct Seen {
+    authorization: Option<String>,
+    events: Vec<(Instant, Value)>,
+}
+
+type Log = Arc<Mutex<Seen>>;
+
+/// The assistant's answer: a 440 Hz tone, µ-law.
+fn answer() -> Vec<u8> {
+    let n = DELTAS * DELTA_MS * 8;
+    (0..n)
+        .map(|i| {
+            let phase = i as f32 * 440.0 / 8_000.0 * std::f32::consts::TAU;
+            codec::encode_sample((phase.sin() * 8_000.0) as i16)
+        })
+        .collect()
+}
+
+/// Starts the fake Realtime server; `speech_after` = when (after the burst) its VAD reports
+/// the caller speaking, or never.
+async fn fake_realtime(speech_after: Option<Duration>) -> (String, Log) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "ws://{}/v1/realtime?model=gpt-realtime",
+        listener.local_addr().unwrap()
+    );
+    let log: Log = Arc::default();
+    let shared = Arc::clone(&log);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(serve_realtime(tcp, speech_after, Arc::clone(&shared)));
+        }
+    });
+    (url, log)
+}
+
+async fn serve_realtime(tcp: tokio::net::TcpStream, speech_after: Option<Duration>, log: Log) {
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    let _ = tcp.set_nodelay(true);
+    let mut authorization = None;
+    #[allow(clippy::result_large_err)] // the handshake callback type is tungstenite's
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        authorization = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(resp)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+        return;
+    };
+    log.lock().unwrap().authorization = authorization;
+    let (mut tx, mut rx) = ws.split();
+    let send = |v: Value| Message::text(v.to_string());
+    if tx
+        .send(send(json!({"type": "session.created", "event_id": "e0"})))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut appends = 0;
+    let mut speech_at: Option<tokio::time::Instant> = None;
+    loop {
+        let msg = tokio::select! {
+            msg = rx.next() => msg,
+            () = async {
+                match speech_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                speech_at = None;
+                let ev = json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 2_000, "item_id": "item_caller_2"});
+                if tx.send(send(ev)).await.is_err() { return; }
+                continue;
+            }
+        };
+        let Some(Ok(Message::Text(text))) = msg else {
+            match msg {
+                Some(Ok(_)) => continue,
+                _ => return,
+            }
+        };
+        let event: Value = serde_json::from_str(&text).unwrap();
+        log.lock()
+            .unwrap()
+            .events
+            .push((Instant::now(), event.clone()));
+        let mut out = Vec::new();
+        match event["type"].as_str().unwrap_or("") {
+            "session.update" => {
+                out.push(json!({"type": "session.updated", "session": event["session"]}))
+            }
+            "input_audio_buffer.append" => {
+                appends += 1;
+                if appends == APPENDS_BEFORE_ANSWER {
+                    out.push(json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}));
+                    for chunk in answer().chunks(DELTA_MS * 8) {
+                        out.push(json!({
+                            "type": "response.output_audio.delta", "response_id": "resp_1",
+                            "item_id": ITEM, "output_index": 0, "content_index": 0,
+                            "delta": BASE64.encode(chunk),
+                        }));
+                    }
+                    speech_at = speech_after.map(|d| tokio::time::Instant::now() + d);
+                }
+            }
+            "conversation.item.truncate" => {
+                // Audio generated before the cancel took effect: must not play.
+                for _ in 0..3 {
+                    out.push(json!({
+                        "type": "response.output_audio.delta", "response_id": "resp_1",
+                        "item_id": ITEM, "output_index": 0, "content_index": 0,
+                        "delta": BASE64.encode([0x00u8; 800]),
+                    }));
+                }
+                out.push(
+                    json!({"type": "conversation.item.truncated", "item_id": ITEM,
+                    "content_index": 0, "audio_end_ms": event["audio_end_ms"]}),
+                );
+            }
+            "response.cancel" => {
+                out.push(json!({"type": "response.done", "response": {"id": "resp_1", "status": "cancelled"}}));
+            }
+            _ => {}
+        }
+        for m in out {
+            if tx.send(send(m)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn events(log: &Log, kind: &str) -> Vec<Value> {
+    log.lock()
+        .unwrap()
+        .events
+        .iter()
+        .filter(|(_, v)| v["type"] == kind)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// µ-law the simulated Twilio played, 0x7F normalised to 0xFF (both are zero).
+fn played_bytes(outcome: &CallOutcome) -> Vec<u8> {
+    let norm = |b: u8| if b == 0x7F { 0xFF } else { b };
+    outcome
+        .played
+        .iter()
+        .flat_map(|(_, b)| b.iter().copied().map(norm))
+        .collect()
+}
+
+fn speech() -> Vec<i16> {
+    let bytes = include_bytes!("data/hello-world.ulaw");
+    let mut pcm = vec![0i16; bytes.len()];
+    codec::decode_into(bytes, &mut pcm);
+    pcm
+}
+
+/// Checks what both tests share: auth, session, µ-law appends, the played answer and the
+/// truncate against what was played. Returns `audio_end_ms`.
+fn check_truncation(log: &Log, outcome: &CallOutcome) -> u64 {
+    assert!(outcome.malformed.is_empty(), "{:?}", outcome.malformed);
+    assert_eq!(
+        log.lock().unwrap().authorization.as_deref(),
+        Some(format!("Bearer {API_KEY}").as_str())
+    );
+    let update = &events(log, "session.update")[0]["session"];
+    assert_eq!(update["audio"]["input"]["format"]["type"], "audio/pcmu");
+    assert_eq!(update["audio"]["output"]["format"]["type"], "audio/pcmu");
+    assert_eq!(
+        update["audio"]["input"]["turn_detection"]["type"],
+        "server_vad"
+    );
+    assert_eq!(update["audio"]["output"]["voice"], "verse");
+    let appends = events(log, "input_audio_buffer.append");
+    assert!(appends.len() >= APPENDS_BEFORE_ANSWER, "{}", appends.len());
+    // The first append is short by the resampler's delay; then 20 ms of 8 kHz µ-law each.
+    for a in &appends[1..] {
+        let bytes = BASE64.decode(a["audio"].as_str().unwrap()).unwrap();
+        assert_eq!(bytes.len(), 160, "20 ms of 8 kHz µ-law per append");
+    }
+
+    // The caller heard the answer as sent (µ-law passes through), and only that.
+    let played = played_bytes(outcome);
+    let norm = |b: u8| if b == 0x7F { 0xFF } else { b };
+    let sent: Vec<u8> = answer().into_iter().map(norm).collect();
+    assert!(!played.is_empty(), "the answer played");
+    assert!(played.len() < sent.len(), "the answer was cut");
+    assert_eq!(
+        played[..],
+        sent[..played.len()],
+        "played audio is the answer's"
+    );
+    assert!(
+        outcome
+            .received
+            .iter()
+            .any(|r| r.kind == ReceivedKind::Clear),
+        "Twilio was told to clear"
+    );
+
+    let truncates = events(log, "conversation.item.truncate");
+    assert_eq!(truncates.len(), 1, "{truncates:?}");
+    let t = &truncates[0];
+    assert_eq!(t["item_id"], ITEM);
+    assert_eq!(t["content_index"], 0);
+    let end_ms = t["audio_end_ms"].as_u64().unwrap();
+    let played_ms = played.len() as u64 / 8;
+    println!("truncate: audio_end_ms {end_ms}, simulated Twilio played {played_ms} ms");
+    assert!(
+        end_ms.abs_diff(played_ms) <= 20,
+        "audio_end_ms {end_ms} vs played {played_ms}"
+    );
+    end_ms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_vad_speech_started_clears_and_truncates_at_what_the_caller_heard() {
+    let (url, log) = fake_realtime(Some(Duration::from_millis(1_300))).await;
+    let server = Server::start(&url).await;
+    let plan = server.plan(1, Duration::from_millis(4_000));
+    let outcome = run_call(plan).await.expect("call runs");
+    server.stop().await;
+
+    let end_ms = check_truncation(&log, &outcome);
+    assert!(
+        (1_000..2_500).contains(&end_ms),
+        "cut about 1.3 s into the answer: {end_ms}"
+    );
+    assert_eq!(
+        events(&log, "response.cancel").len(),
+        1,
+        "response cancelled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handset_barge_in_truncates_the_item_at_what_the_caller_heard() {
+    let (url, log) = fake_realtime(None).await;
+    let server = Server::start(&url).await;
+    let mut plan = server.plan(2, Duration::from_millis(4_500));
+    // Silence, then the caller speaks over the answer (which starts about 0.5 s in).
+    let clip = speech();
+    let mut audio = vec![0i16; 16_000];
+    audio.extend_from_slice(&clip);
+    plan.audio = Arc::new(audio);
+    let outcome = run_call(plan).await.expect("call runs");
+    server.stop().await;
+
+    let end_ms = check_truncation(&log, &outcome);
+    assert!(end_ms >= 1_000, "the caller spoke at 2 s: {end_ms}");
+    assert_eq!(
+        events(&log, "response.cancel").len(),
+        1,
+        "the response in progress is cancelled"
+    );
+}
