@@ -20,6 +20,7 @@
 //! | [`form`] | strict form decoding |
 //! | [`bridge`] | the Media Streams WebSocket: upgrade checks and the socket ↔ engine bridge |
 //! | [`media_stream`] | pure parsing and writing of Twilio's Media Streams JSON |
+//! | [`trace_svg`] | `handset trace FILE`: a call's Chrome trace JSON as an SVG timeline |
 //! | [`sim`] | a Twilio call simulator (webhook, TwiML, signed WebSocket, playback model) |
 //! | [`agent`] | remote voice agents over WebSocket: per-call client, engine-side agent, fallback |
 //!
@@ -46,6 +47,7 @@ pub mod signature;
 pub mod sim;
 pub mod store;
 pub mod tokens;
+pub mod trace_svg;
 pub mod twiml;
 
 mod clock;

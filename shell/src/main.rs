@@ -30,6 +30,18 @@ enum Command {
     Serve(ServeArgs),
     /// Play Twilio against Media Streams servers: scenarios, load, capacity, report.
     Sim(Box<handset_shell::sim::SimArgs>),
+    /// Render a call's Chrome trace JSON (from TRACE_DIR) as an SVG timeline.
+    Trace(TraceArgs),
+}
+
+/// `handset trace FILE`.
+#[derive(Debug, Args)]
+struct TraceArgs {
+    /// The trace file (Chrome trace event JSON, as written for traced calls).
+    file: PathBuf,
+    /// Where to write the SVG [default: FILE with .svg].
+    #[arg(short, long)]
+    output: Option<PathBuf>,
 }
 
 /// Flags override the environment variable named in each help line.
@@ -84,6 +96,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         Some(Command::Sim(args)) => return sim(*args),
+        Some(Command::Trace(args)) => return trace(&args),
         None => cli.serve,
     };
     let config = match Config::from_vars(std::env::vars().chain(args.as_vars())) {
@@ -123,6 +136,33 @@ fn sim(args: handset_shell::sim::SimArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn trace(args: &TraceArgs) -> ExitCode {
+    let json = match std::fs::read_to_string(&args.file) {
+        Ok(json) => json,
+        Err(err) => {
+            eprintln!("handset: cannot read {}: {err}", args.file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let svg = match handset_shell::trace_svg::render(&json) {
+        Ok(svg) => svg,
+        Err(err) => {
+            eprintln!("handset: {}: {err}", args.file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| args.file.with_extension("svg"));
+    if let Err(err) = std::fs::write(&out, svg) {
+        eprintln!("handset: cannot write {}: {err}", out.display());
+        return ExitCode::FAILURE;
+    }
+    println!("{}", out.display());
+    ExitCode::SUCCESS
 }
 
 fn init_tracing(format: LogFormat) {
