@@ -14,6 +14,8 @@ use crate::frame::MarkId;
 
 /// Bound on marks tracked at once (sent and unconfirmed, or flushed and awaiting their echo).
 /// At one mark per 100 ms this covers minutes of send-ahead; beyond it the oldest is forgotten.
+/// The queues start with room for 32 (a healthy call has two or three marks in flight: the
+/// 60 ms lead plus one round trip) and grow only if Twilio stops echoing.
 const MAX_TRACKED: usize = 4096;
 
 /// What an echo meant.
@@ -68,8 +70,8 @@ impl MarkLedger {
     pub(super) fn new() -> Self {
         Self {
             sent: 0,
-            outstanding: VecDeque::with_capacity(256),
-            flushed: VecDeque::with_capacity(256),
+            outstanding: VecDeque::with_capacity(32),
+            flushed: VecDeque::with_capacity(32),
             cleared_agent: VecDeque::with_capacity(16),
             played: None,
             playback_start: None,
