@@ -22,6 +22,7 @@
 //! | [`media_stream`] | pure parsing and writing of Twilio's Media Streams JSON |
 //! | [`trace_svg`] | `handset trace FILE`: a call's Chrome trace JSON as an SVG timeline |
 //! | [`sim`] | a Twilio call simulator (webhook, TwiML, signed WebSocket, playback model) |
+//! | [`recording`] | recorded messages: download (Basic auth, retries), durable status, transcription by the agent |
 //! | [`agent`] | remote voice agents over WebSocket: per-call client, engine-side agent, fallback |
 //!
 //! Tests start the real server on `127.0.0.1:0`:
@@ -41,6 +42,7 @@ pub mod bridge;
 pub mod config;
 pub mod form;
 pub mod media_stream;
+pub mod recording;
 pub mod routes;
 pub mod server;
 pub mod signature;

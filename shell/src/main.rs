@@ -211,13 +211,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    // Until transcription is connected, stored recordings are only announced.
-    let mut recordings = startup.recordings;
-    tokio::spawn(async move {
-        while let Some(rec) = recordings.recv().await {
-            tracing::info!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, "recording ready for transcription");
-        }
-    });
+    // Recorded messages: fetched, then transcribed by the agent; the stored ones not yet done
+    // (from before a restart) first.
+    let recording_config = handset_shell::recording::RecordingConfig::from_config(config);
+    let status_log = handset_shell::recording::StatusLog::new(&config.data_dir);
+    let backlog = tokio::task::spawn_blocking({
+        let stored = startup.reloaded.recordings.clone();
+        move || handset_shell::recording::backlog(&status_log, &stored)
+    })
+    .await
+    .context("cannot read the recording status log")?;
+    tracing::info!(recordings_pending = backlog.len(), "recording task started");
+    tokio::spawn(handset_shell::recording::run(
+        recording_config,
+        startup.recordings,
+        backlog,
+    ));
 
     handset_shell::serve(listener, state.clone(), shutdown_signal()).await?;
     tracing::info!("stopped");

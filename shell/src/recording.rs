@@ -1,0 +1,666 @@
+//! The recording path: download each recorded message and have the agent transcribe it.
+//!
+//! When a call falls back to a recorded message, `/webhook/handle_recording` stores Twilio's
+//! callback ([`RecordingEvent`]) and hands it here. A background task ([`run`]) then, for each
+//! recording, in order:
+//!
+//! 1. downloads `RecordingUrl.wav` with HTTP Basic auth (the callback's `AccountSid` and the
+//!    auth token) over HTTPS (rustls, Mozilla roots), retrying with bounded exponential backoff,
+//!    and saves it as `DATA_DIR/recordings/<RecordingSid>.wav`;
+//! 2. offers it to the agent at `AGENT_URL` for transcription on a short WebSocket
+//!    (`{"type":"recording",…}`, the PCM as binary messages, `{"type":"recording_end"}`; the
+//!    agent answers with a final `transcript`), logs the text (`STT_FINAL`) and stores it.
+//!
+//! Progress is durable: every step appends a line to `recordings-status.jsonl`
+//! ([`StatusLine`]: `fetched`, `failed`, `transcribed`), fsynced. On start, [`backlog`] picks
+//! every stored recording not yet transcribed (nor given up on), so a restart loses nothing,
+//! and a recording already fetched is not fetched again.
+//!
+//! Assumptions: Twilio's WAV is 16-bit PCM mono (8 kHz); recordings are bounded by
+//! `RECORD_MAX_LENGTH`, so a download is held in memory (capped at [`MAX_DOWNLOAD`]). The
+//! auth token and the agent's auth header are never logged.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+
+use crate::agent::protocol::{self, FromAgent};
+use crate::config::{Config, Secret};
+use crate::store::RecordingEvent;
+
+/// Largest recording downloaded (about 65 minutes of 8 kHz 16-bit audio).
+pub const MAX_DOWNLOAD: usize = 64 << 20;
+/// Status log file name under `DATA_DIR`.
+pub const STATUS_FILE: &str = "recordings-status.jsonl";
+
+/// Where a recording is.
+#[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Downloaded and saved.
+    Fetched,
+    /// Given up on (download failed every attempt, or refused for good).
+    Failed,
+    /// Transcribed; the transcript is in the line.
+    Transcribed,
+}
+
+/// One line of `recordings-status.jsonl`.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct StatusLine {
+    /// `RecordingSid`.
+    pub recording_sid: String,
+    /// `CallSid`.
+    pub call_sid: String,
+    /// The step reached.
+    pub status: Status,
+    /// When, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Download attempts made (for `fetched` and `failed`).
+    pub attempts: u32,
+    /// The saved WAV, relative to `DATA_DIR` (for `fetched`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The transcript (for `transcribed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<String>,
+    /// Why it failed (for `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Download retry policy: `attempts` tries, waiting `base`, `2·base`, … (at most `max`) between.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct Retry {
+    /// Total attempts (at least 1).
+    pub attempts: u32,
+    /// First wait.
+    pub base: Duration,
+    /// Longest wait.
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 6,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Retry {
+    /// The wait after failed attempt `n` (1-based).
+    pub fn backoff(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// What the recording task needs.
+#[derive(Clone, Debug)]
+pub struct RecordingConfig {
+    /// `DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// `TWILIO_AUTH_TOKEN`: the Basic-auth password (the username is the callback's
+    /// `AccountSid`). Without it the download is attempted without auth.
+    pub auth_token: Option<Secret>,
+    /// The protocol agent (`AGENT_URL`) and its auth header, if any: transcribes recordings.
+    pub agent: Option<(String, Option<(String, Secret)>)>,
+    /// Download retries.
+    pub retry: Retry,
+    /// Accept `http://` recording URLs (tests on loopback); production accepts only https.
+    pub allow_http: bool,
+    /// Longest wait for one download or one transcription.
+    pub timeout: Duration,
+}
+
+impl RecordingConfig {
+    /// From the server configuration (https only, default retries).
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            data_dir: config.data_dir.clone(),
+            auth_token: config.auth_token.clone(),
+            agent: config
+                .agent
+                .as_ref()
+                .filter(|a| a.openai.is_none())
+                .map(|a| (a.url.clone(), a.auth.clone())),
+            retry: Retry::default(),
+            allow_http: false,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    /// The URL is not an absolute https URL (or http when allowed).
+    #[error("recording url is not an absolute https url")]
+    Url,
+    /// Connecting, TLS or the HTTP exchange failed.
+    #[error("download failed: {0}")]
+    Http(String),
+    /// The server answered with this status.
+    #[error("download answered status {0}")]
+    Status(u16),
+    /// The body is not a 16-bit PCM mono WAV.
+    #[error("recording is not a 16-bit pcm mono wav")]
+    Wav,
+    /// File I/O under `DATA_DIR`.
+    #[error("cannot {0}: {1}")]
+    Io(&'static str, std::io::Error),
+    /// The transcription exchange failed.
+    #[error("transcription failed: {0}")]
+    Transcribe(String),
+}
+
+impl RecordingError {
+    /// Whether retrying could help (network errors, 5xx, 429, 404 before Twilio has the file).
+    fn retryable(&self) -> bool {
+        match self {
+            Self::Http(_) => true,
+            Self::Status(s) => *s >= 500 || *s == 429 || *s == 404,
+            _ => false,
+        }
+    }
+}
+
+/// The append-only status log.
+#[derive(Debug, Clone)]
+pub struct StatusLog {
+    path: PathBuf,
+    lock: Arc<parking_lot::Mutex<()>>,
+}
+
+impl StatusLog {
+    /// The log under `data_dir` (created on first append).
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            path: data_dir.join(STATUS_FILE),
+            lock: Arc::default(),
+        }
+    }
+
+    /// Every readable line, oldest first (a torn last line is skipped).
+    pub fn read(&self) -> Vec<StatusLine> {
+        std::fs::read_to_string(&self.path)
+            .map(|text| {
+                text.lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The latest status per `RecordingSid`.
+    pub fn latest(&self) -> HashMap<String, StatusLine> {
+        let mut map = HashMap::new();
+        for line in self.read() {
+            map.insert(line.recording_sid.clone(), line);
+        }
+        map
+    }
+
+    /// Appends and syncs one line (blocking file I/O).
+    pub fn append(&self, line: &StatusLine) -> Result<(), RecordingError> {
+        use std::io::Write as _;
+        let _guard = self.lock.lock();
+        let mut text = serde_json::to_string(line).map_err(|e| {
+            RecordingError::Io("serialise status", std::io::Error::other(e.to_string()))
+        })?;
+        text.push('\n');
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| RecordingError::Io("create data dir", e))?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| RecordingError::Io("open status log", e))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(|e| RecordingError::Io("append status", e))
+    }
+}
+
+/// Stored recordings still to process: neither transcribed nor given up on.
+pub fn backlog(log: &StatusLog, recordings: &[RecordingEvent]) -> Vec<RecordingEvent> {
+    let latest = log.latest();
+    let mut seen = std::collections::HashSet::new();
+    recordings
+        .iter()
+        .filter(|r| !r.recording_sid.is_empty() && seen.insert(r.recording_sid.clone()))
+        .filter(|r| {
+            !matches!(
+                latest.get(&r.recording_sid).map(|l| l.status),
+                Some(Status::Transcribed | Status::Failed)
+            )
+        })
+        .cloned()
+        .collect()
+}
+
+/// Processes `backlog`, then every recording received, until the channel closes.
+pub async fn run(
+    config: RecordingConfig,
+    mut recordings: mpsc::Receiver<RecordingEvent>,
+    backlog: Vec<RecordingEvent>,
+) {
+    let log = StatusLog::new(&config.data_dir);
+    for rec in backlog {
+        process(&config, &log, &rec).await;
+    }
+    while let Some(rec) = recordings.recv().await {
+        process(&config, &log, &rec).await;
+    }
+}
+
+/// Brings one recording as far as it can go: fetched (once), then transcribed. Returns its
+/// final status.
+pub async fn process(
+    config: &RecordingConfig,
+    log: &StatusLog,
+    rec: &RecordingEvent,
+) -> Option<Status> {
+    if rec.recording_sid.is_empty() || !safe_sid(&rec.recording_sid) {
+        tracing::warn!(call_sid = %rec.call_sid, "recording without a usable RecordingSid: not fetched");
+        return None;
+    }
+    let latest = log.latest().remove(&rec.recording_sid);
+    let status = latest.as_ref().map(|l| l.status);
+    if matches!(status, Some(Status::Transcribed | Status::Failed)) {
+        return status;
+    }
+    let rel = format!("recordings/{}.wav", rec.recording_sid);
+    let path = config.data_dir.join(&rel);
+    let wav = match (status, tokio::fs::read(&path).await) {
+        (Some(Status::Fetched), Ok(bytes)) => bytes,
+        _ => match fetch_with_retries(config, rec).await {
+            Ok((bytes, attempts)) => {
+                if let Err(e) = save(&path, &bytes).await {
+                    tracing::warn!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, error = %e, "RECORDING_FAILED");
+                    return None;
+                }
+                let line = status_line(rec, Status::Fetched, attempts);
+                let line = StatusLine {
+                    file: Some(rel.clone()),
+                    ..line
+                };
+                append(log, line).await;
+                tracing::info!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, attempts, bytes = bytes.len(), "RECORDING_FETCHED");
+                bytes
+            }
+            Err((e, attempts)) => {
+                tracing::warn!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, attempts, error = %e, "RECORDING_FAILED");
+                let line = StatusLine {
+                    error: Some(e.to_string()),
+                    ..status_line(rec, Status::Failed, attempts)
+                };
+                append(log, line).await;
+                return Some(Status::Failed);
+            }
+        },
+    };
+    let Some((url, auth)) = &config.agent else {
+        return Some(Status::Fetched);
+    };
+    match tokio::time::timeout(config.timeout, transcribe(url, auth.as_ref(), rec, &wav)).await {
+        Ok(Ok(text)) => {
+            tracing::info!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, text = %text, "STT_FINAL");
+            let line = StatusLine {
+                transcript: Some(text),
+                ..status_line(rec, Status::Transcribed, 0)
+            };
+            append(log, line).await;
+            Some(Status::Transcribed)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, error = %e, "recording not transcribed (kept for the next start)");
+            Some(Status::Fetched)
+        }
+        Err(_) => {
+            tracing::warn!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, "recording transcription timed out (kept for the next start)");
+            Some(Status::Fetched)
+        }
+    }
+}
+
+fn safe_sid(sid: &str) -> bool {
+    sid.len() <= 64 && sid.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+fn status_line(rec: &RecordingEvent, status: Status, attempts: u32) -> StatusLine {
+    StatusLine {
+        recording_sid: rec.recording_sid.clone(),
+        call_sid: rec.call_sid.clone(),
+        status,
+        at_unix_ms: std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |d| d.as_millis() as u64),
+        attempts,
+        file: None,
+        transcript: None,
+        error: None,
+    }
+}
+
+async fn append(log: &StatusLog, line: StatusLine) {
+    let log = log.clone();
+    let sid = line.recording_sid.clone();
+    match tokio::task::spawn_blocking(move || log.append(&line)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(recording_sid = %sid, error = %e, "recording status not stored")
+        }
+        Err(e) => tracing::error!(recording_sid = %sid, error = %e, "recording status not stored"),
+    }
+}
+
+async fn save(path: &Path, bytes: &[u8]) -> Result<(), RecordingError> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| RecordingError::Io("create recordings dir", e))?;
+    }
+    let tmp = path.with_extension("wav.part");
+    tokio::fs::write(&tmp, bytes)
+        .await
+        .map_err(|e| RecordingError::Io("write recording", e))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| RecordingError::Io("rename recording", e))
+}
+
+async fn fetch_with_retries(
+    config: &RecordingConfig,
+    rec: &RecordingEvent,
+) -> Result<(Vec<u8>, u32), (RecordingError, u32)> {
+    let url = format!("{}.wav", rec.recording_url);
+    let attempts = config.retry.attempts.max(1);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let result = match tokio::time::timeout(config.timeout, get(config, rec, &url)).await {
+            Ok(r) => r,
+            Err(_) => Err(RecordingError::Http("timed out".to_owned())),
+        };
+        match result {
+            Ok(bytes) => match parse_wav(&bytes) {
+                Some(_) => return Ok((bytes, n)),
+                None => return Err((RecordingError::Wav, n)),
+            },
+            Err(e) if e.retryable() && n < attempts => {
+                tracing::info!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, attempt = n, error = %e, "recording download retried");
+                tokio::time::sleep(config.retry.backoff(n)).await;
+            }
+            Err(e) => return Err((e, n)),
+        }
+    }
+}
+
+/// One GET of `url` with Basic auth; the body, capped at [`MAX_DOWNLOAD`].
+async fn get(
+    config: &RecordingConfig,
+    rec: &RecordingEvent,
+    url: &str,
+) -> Result<Vec<u8>, RecordingError> {
+    let uri: http::Uri = url.parse().map_err(|_| RecordingError::Url)?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") if config.allow_http => false,
+        _ => return Err(RecordingError::Url),
+    };
+    let host = uri.host().ok_or(RecordingError::Url)?.to_owned();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let mut request = http::Request::get(path)
+        .header(
+            http::header::HOST,
+            uri.authority().map_or(host.as_str(), |a| a.as_str()),
+        )
+        .header(http::header::USER_AGENT, "handset");
+    if let Some(token) = &config.auth_token {
+        let basic = BASE64.encode(format!("{}:{}", rec.account_sid, token.expose()));
+        let mut value = HeaderValue::from_str(&format!("Basic {basic}"))
+            .map_err(|_| RecordingError::Http("bad credentials".to_owned()))?;
+        value.set_sensitive(true);
+        request = request.header(http::header::AUTHORIZATION, value);
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| RecordingError::Http(e.to_string()))?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| RecordingError::Http(e.to_string()))?;
+    let response = if tls {
+        let connector = tls_connector()?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|_| RecordingError::Url)?;
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| RecordingError::Http(e.to_string()))?;
+        send(TokioIo::new(stream), request).await?
+    } else {
+        send(TokioIo::new(tcp), request).await?
+    };
+    Ok(response)
+}
+
+async fn send<T>(io: T, request: http::Request<Empty<Bytes>>) -> Result<Vec<u8>, RecordingError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let http_err = |e: hyper::Error| RecordingError::Http(e.to_string());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(http_err)?;
+    let driver = tokio::spawn(conn);
+    let response = sender.send_request(request).await.map_err(http_err)?;
+    let status = response.status();
+    if !status.is_success() {
+        driver.abort();
+        return Err(RecordingError::Status(status.as_u16()));
+    }
+    let body = Limited::new(response.into_body(), MAX_DOWNLOAD)
+        .collect()
+        .await
+        .map_err(|e| RecordingError::Http(e.to_string()))?
+        .to_bytes();
+    driver.abort();
+    Ok(body.to_vec())
+}
+
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, RecordingError> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| RecordingError::Http(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// The PCM of a 16-bit mono WAV: `(sample_rate, data bytes)`.
+pub fn parse_wav(bytes: &[u8]) -> Option<(u32, &[u8])> {
+    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return None;
+    }
+    let mut rest = &bytes[12..];
+    let mut rate = None;
+    while rest.len() >= 8 {
+        let id = &rest[..4];
+        let len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        let body = &rest[8..];
+        let chunk = &body[..len.min(body.len())];
+        match id {
+            b"fmt " if chunk.len() >= 16 => {
+                let format = u16::from_le_bytes([chunk[0], chunk[1]]);
+                let channels = u16::from_le_bytes([chunk[2], chunk[3]]);
+                let hz = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+                let bits = u16::from_le_bytes([chunk[14], chunk[15]]);
+                if format != 1 || channels != 1 || bits != 16 {
+                    return None;
+                }
+                rate = Some(hz);
+            }
+            b"data" => return rate.map(|r| (r, chunk)),
+            _ => {}
+        }
+        let skip = len.saturating_add(len & 1);
+        rest = body.get(skip..).unwrap_or(&[]);
+    }
+    None
+}
+
+/// Offers the recording to the agent; returns the final transcript.
+async fn transcribe(
+    url: &str,
+    auth: Option<&(String, Secret)>,
+    rec: &RecordingEvent,
+    wav: &[u8],
+) -> Result<String, RecordingError> {
+    let err = |e: String| RecordingError::Transcribe(e);
+    let (rate, pcm) = parse_wav(wav).ok_or(RecordingError::Wav)?;
+    let mut request = url.into_client_request().map_err(|e| err(e.to_string()))?;
+    if let Some((name, value)) = auth {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| err("bad header".into()))?;
+        let mut value =
+            HeaderValue::from_str(value.expose()).map_err(|_| err("bad header".into()))?;
+        value.set_sensitive(true);
+        request.headers_mut().insert(name, value);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let duration_s = (pcm.len() as u64 / 2) / u64::from(rate.max(1));
+    let start = json!({
+        "type": "recording",
+        "callSid": rec.call_sid,
+        "recordingSid": rec.recording_sid,
+        "duration_s": duration_s,
+        "audio": {"encoding": "pcm16le", "sample_rate": rate, "channels": 1},
+    });
+    ws.send(Message::text(start.to_string()))
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    // One second of audio per message.
+    let chunk = (rate as usize * 2).max(2);
+    for part in pcm.chunks(chunk) {
+        ws.send(Message::binary(part.to_vec()))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+    }
+    ws.send(Message::text(r#"{"type":"recording_end"}"#))
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    while let Some(msg) = ws.next().await {
+        match msg.map_err(|e| err(e.to_string()))? {
+            Message::Text(text) => {
+                if let Ok(FromAgent::Transcript {
+                    is_final: true,
+                    text,
+                }) = protocol::parse(&text)
+                {
+                    let _ = ws.close(None).await;
+                    return Ok(text);
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    Err(err("the agent closed without a final transcript".to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav(rate: u32, samples: &[i16]) -> Vec<u8> {
+        let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut v = b"RIFF".to_vec();
+        v.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        v.extend_from_slice(b"WAVEfmt ");
+        v.extend_from_slice(&16u32.to_le_bytes());
+        v.extend_from_slice(&1u16.to_le_bytes());
+        v.extend_from_slice(&1u16.to_le_bytes());
+        v.extend_from_slice(&rate.to_le_bytes());
+        v.extend_from_slice(&(rate * 2).to_le_bytes());
+        v.extend_from_slice(&2u16.to_le_bytes());
+        v.extend_from_slice(&16u16.to_le_bytes());
+        v.extend_from_slice(b"data");
+        v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        v.extend_from_slice(&data);
+        v
+    }
+
+    #[test]
+    fn wav_pcm_is_found_and_other_formats_refused() {
+        let w = wav(8_000, &[1, -2, 3]);
+        assert_eq!(parse_wav(&w), Some((8_000, &w[44..])));
+        let mut stereo = w.clone();
+        stereo[22] = 2;
+        assert_eq!(parse_wav(&stereo), None);
+        assert_eq!(parse_wav(b"RIFF"), None);
+        assert_eq!(parse_wav(&w[..30]), None);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_bounded() {
+        let r = Retry {
+            attempts: 10,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        assert_eq!(r.backoff(1), Duration::from_millis(100));
+        assert_eq!(r.backoff(2), Duration::from_millis(200));
+        assert_eq!(r.backoff(4), Duration::from_millis(800));
+        assert_eq!(r.backoff(5), Duration::from_secs(1));
+        assert_eq!(r.backoff(200), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn backlog_skips_done_and_duplicate_recordings() {
+        let dir = std::env::temp_dir().join(format!("handset-rec-unit-{}", std::process::id()));
+        let log = StatusLog::new(&dir);
+        let _ = std::fs::remove_file(dir.join(STATUS_FILE));
+        let rec = |sid: &str| RecordingEvent {
+            recording_sid: sid.into(),
+            call_sid: "CA1".into(),
+            ..RecordingEvent::default()
+        };
+        let recs = [rec("RE1"), rec("RE2"), rec("RE3"), rec("RE1"), rec("")];
+        log.append(&status_line(&recs[0], Status::Fetched, 1))
+            .unwrap();
+        log.append(&status_line(&recs[1], Status::Transcribed, 0))
+            .unwrap();
+        let sids: Vec<String> = backlog(&log, &recs)
+            .into_iter()
+            .map(|r| r.recording_sid)
+            .collect();
+        assert_eq!(sids, ["RE1", "RE3"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
