@@ -32,7 +32,6 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -555,14 +554,8 @@ async fn transcribe(
         .await
         .map_err(|e| err(e.to_string()))?;
     let duration_s = (pcm.len() as u64 / 2) / u64::from(rate.max(1));
-    let start = json!({
-        "type": "recording",
-        "callSid": rec.call_sid,
-        "recordingSid": rec.recording_sid,
-        "duration_s": duration_s,
-        "audio": {"encoding": "pcm16le", "sample_rate": rate, "channels": 1},
-    });
-    ws.send(Message::text(start.to_string()))
+    let start = protocol::recording(&rec.call_sid, &rec.recording_sid, duration_s, rate);
+    ws.send(Message::text(start))
         .await
         .map_err(|e| err(e.to_string()))?;
     // One second of audio per message.
@@ -572,7 +565,7 @@ async fn transcribe(
             .await
             .map_err(|e| err(e.to_string()))?;
     }
-    ws.send(Message::text(r#"{"type":"recording_end"}"#))
+    ws.send(Message::text(protocol::RECORDING_END))
         .await
         .map_err(|e| err(e.to_string()))?;
     while let Some(msg) = ws.next().await {

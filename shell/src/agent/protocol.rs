@@ -153,6 +153,22 @@ pub fn start(info: &CallInfo, custom_parameters: &HashMap<String, String>) -> St
     .to_string()
 }
 
+/// The `recording` message that opens a transcription connection: a recorded message of
+/// `duration_s` seconds follows as PCM16LE mono at `sample_rate`, then [`RECORDING_END`].
+pub fn recording(call_sid: &str, recording_sid: &str, duration_s: u64, sample_rate: u32) -> String {
+    json!({
+        "type": "recording",
+        "callSid": call_sid,
+        "recordingSid": recording_sid,
+        "duration_s": duration_s,
+        "audio": {"encoding": "pcm16le", "sample_rate": sample_rate, "channels": 1},
+    })
+    .to_string()
+}
+
+/// Ends the audio of a `recording`: the agent answers with a final `transcript`.
+pub const RECORDING_END: &str = r#"{"type":"recording_end"}"#;
+
 /// A Handset → agent event, ready to serialise with [`event`].
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum ToAgent<'a> {
@@ -365,6 +381,17 @@ mod tests {
         assert_eq!(v["heard_ms"], 740);
         assert_eq!(v["interrupted_mark"], "r1");
         assert!(v["last_played_mark"].is_null());
+        let r: serde_json::Value =
+            serde_json::from_str(&recording("CA1", "RE1", 14, 8_000)).unwrap();
+        assert_eq!(r["type"], "recording");
+        assert_eq!(
+            (r["callSid"].as_str(), r["recordingSid"].as_str()),
+            (Some("CA1"), Some("RE1"))
+        );
+        assert_eq!(r["duration_s"], 14);
+        assert_eq!(r["audio"]["sample_rate"], 8_000);
+        let end: serde_json::Value = serde_json::from_str(RECORDING_END).unwrap();
+        assert_eq!(end["type"], "recording_end");
         assert_eq!(
             event(&ToAgent::Dtmf('#')),
             r##"{"digit":"#","type":"dtmf"}"##
