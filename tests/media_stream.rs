@@ -37,11 +37,13 @@ impl Server {
             rand::random::<u64>()
         ));
         let public = format!("http://{addr}");
+        let traces = dir.join("traces");
         let config = Config::from_vars([
             ("DATA_DIR", dir.display().to_string().as_str()),
             ("PUBLIC_URL", public.as_str()),
             ("TWILIO_AUTH_TOKEN", TOKEN),
             ("ENGINE_WORKERS", "2"),
+            ("TRACE_DIR", traces.display().to_string().as_str()),
         ])
         .unwrap();
         let (state, _startup) = AppState::new(config).unwrap();
@@ -441,5 +443,44 @@ async fn bad_input_is_dropped_or_closed_and_other_calls_never_notice() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(server.state.active_calls.count(), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_opted_in_with_trace_1_leaves_a_timeline_that_renders() {
+    let server = Server::start().await;
+    let mut plan = server.plan(20);
+    plan.webhook_url.push_str("?trace=1");
+    plan.audio = caller_audio(Duration::from_millis(300), &speech());
+    plan.duration = Duration::from_secs(3);
+    let outcome = run_call(plan.clone()).await.expect("call runs");
+    assert_exact_shapes(&outcome);
+    let dir = server
+        .state
+        .config
+        .trace_dir
+        .clone()
+        .expect("TRACE_DIR set");
+    let path = dir.join(format!("{}.json", plan.call_sid));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !path.exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let json = std::fs::read_to_string(&path).expect("trace written");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let events = value["traceEvents"].as_array().expect("traceEvents");
+    let named = |n: &str| events.iter().filter(|e| e["name"] == n).count();
+    assert!(named("media") > 100, "caller frames in");
+    assert!(named("frame") > 50, "frames out and playout slots");
+    assert_eq!(named("BARGE_IN"), 1, "the caller talked over the greeting");
+    let svg = handset_shell::trace_svg::render(&json).expect("renders");
+    assert!(svg.contains("BARGE_IN"));
+    // A call without the opt-in leaves no timeline (TRACE_SAMPLE is 0).
+    let plain = server.plan(21);
+    let mut short = plain.clone();
+    short.duration = Duration::from_millis(500);
+    run_call(short).await.expect("call runs");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!dir.join(format!("{}.json", plain.call_sid)).exists());
     server.stop().await;
 }

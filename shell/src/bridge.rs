@@ -51,6 +51,12 @@ use crate::tokens::TOKEN_PARAMETER;
 pub const TWILIO_SUBPROTOCOL: &str = "audio.twilio.com";
 /// Largest WebSocket message accepted (a 20 ms media message is about 400 bytes).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Socket read buffer per stream.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Most unsent bytes held for a stream whose peer is not reading.
+const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Events a traced call can record (about 10 minutes at ~250 events per second).
+const TRACE_EVENTS: usize = 150_000;
 /// Time allowed between the upgrade and a valid `start`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// A stream with no message at all for this long is closed (Twilio sends media every 20 ms,
@@ -178,7 +184,13 @@ pub fn upgrade(
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
+                // Small buffers: a media message is ~400 bytes, and tungstenite's 128 KiB
+                // defaults would be most of a call's memory. Writes go out eagerly (each send
+                // flushes anyway); the write buffer is capped so a stalled peer is bounded.
                 let config = WebSocketConfig::default()
+                    .read_buffer_size(READ_BUFFER_BYTES)
+                    .write_buffer_size(0)
+                    .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
                     .max_message_size(Some(MAX_MESSAGE_BYTES))
                     .max_frame_size(Some(MAX_MESSAGE_BYTES));
                 let ws = WebSocketStream::from_raw_socket(
@@ -356,8 +368,18 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         )),
         None => Box::new(EchoAgent::new(EchoConfig::default())),
     };
+    let traced = state.config.trace_dir.is_some()
+        && (meta
+            .custom_parameters
+            .get("trace")
+            .is_some_and(|v| v == "1")
+            || (state.config.trace_sample > 0.0
+                && rand::random::<f64>() < state.config.trace_sample));
     let spec = CallSpec {
-        config: CallConfig::default(),
+        config: CallConfig {
+            trace_events: if traced { TRACE_EVENTS } else { 0 },
+            ..CallConfig::default()
+        },
         info: info.clone(),
         agent,
         sink: Box::new(ChannelSink(out_tx)),
@@ -373,7 +395,15 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     let _active = state.active_calls.enter();
     tracing::info!(id, call_sid = %info.call_sid, stream_sid = %info.stream_sid, from = %info.from, to = %info.to, "WS start");
 
-    let writer = tokio::spawn(write_loop(sink, out_rx, close_rx, info.clone(), id));
+    let trace_dir = state.config.trace_dir.clone().filter(|_| traced);
+    let writer = tokio::spawn(write_loop(
+        sink,
+        out_rx,
+        close_rx,
+        info.clone(),
+        id,
+        trace_dir,
+    ));
 
     // Phase 2: stream until stop, close, error, idle or shutdown.
     let mut reason = None;
@@ -535,6 +565,7 @@ async fn write_loop(
     mut close: mpsc::Receiver<CloseReason>,
     info: CallInfo,
     id: u64,
+    trace_dir: Option<std::path::PathBuf>,
 ) {
     let mut writer = Writer::new(&info.stream_sid);
     let mut close_reason: Option<CloseReason> = None;
@@ -567,6 +598,13 @@ async fn write_loop(
                             HangupReason::Completed => CloseReason::AgentHangup,
                         });
                         break;
+                    }
+                    Outbound::Trace(trace) => {
+                        if let Some(dir) = trace_dir.clone() {
+                            let call_sid = info.call_sid.clone();
+                            tokio::task::spawn_blocking(move || write_trace(&dir, &call_sid, &trace, id));
+                        }
+                        None
                     }
                     Outbound::Ended(stats) => {
                         tracing::info!(
@@ -623,6 +661,33 @@ async fn write_loop(
     let frame = close_reason.unwrap_or(CloseReason::Completed).frame();
     let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
     let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+}
+
+/// Writes a call's timeline as `<dir>/<CallSid>.json` (Chrome trace format).
+fn write_trace(
+    dir: &std::path::Path,
+    call_sid: &str,
+    trace: &handset_engine::call::Trace,
+    id: u64,
+) {
+    // CallSids are `CA` + hex; anything else is reduced to a safe file name.
+    let name: String = call_sid
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(64)
+        .collect();
+    let path = dir.join(format!(
+        "{}.json",
+        if name.is_empty() { "call" } else { &name }
+    ));
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, trace.to_chrome_json(call_sid)));
+    match result {
+        Ok(()) => {
+            tracing::info!(id, call_sid, path = %path.display(), events = trace.events().len(), dropped = trace.dropped(), "TRACE written")
+        }
+        Err(e) => tracing::warn!(id, call_sid, error = %e, "TRACE not written"),
+    }
 }
 
 fn log_event(id: u64, info: &CallInfo, event: &CallEvent) {

@@ -168,6 +168,12 @@ pub struct Config {
     pub stream_token_capacity: usize,
     /// `ENGINE_WORKERS` (0–256, default 0 = one per core): engine media threads.
     pub engine_workers: usize,
+    /// `TRACE_DIR`: where per-call timelines are written (`<CallSid>.json`, Chrome trace format;
+    /// render with `handset trace FILE`). Unset: tracing off.
+    pub trace_dir: Option<PathBuf>,
+    /// `TRACE_SAMPLE` (0–1, default 0): the share of calls traced when `TRACE_DIR` is set. A
+    /// call is also traced when its voice webhook URL carries `trace=1` (per-call opt-in).
+    pub trace_sample: f64,
     /// `DRAIN_TIMEOUT` in seconds (0–3600, default 10): on shutdown, how long active calls may
     /// go on before their streams are closed with 1001.
     pub drain_timeout: Duration,
@@ -247,6 +253,8 @@ impl Default for Config {
             stream_token_ttl: Duration::from_secs(600),
             stream_token_capacity: 10_000,
             engine_workers: 0,
+            trace_dir: None,
+            trace_sample: 0.0,
             drain_timeout: Duration::from_secs(10),
             agent: None,
         }
@@ -433,6 +441,19 @@ impl Config {
         }
         if let Some(v) = non_empty("ENGINE_WORKERS") {
             config.engine_workers = int_in("ENGINE_WORKERS", v, 0, 256)? as usize;
+        }
+        config.trace_dir = non_empty("TRACE_DIR").map(PathBuf::from);
+        if let Some(v) = non_empty("TRACE_SAMPLE") {
+            config.trace_sample = v
+                .parse::<f64>()
+                .ok()
+                .filter(|f| (0.0..=1.0).contains(f))
+                .ok_or_else(|| ConfigError::OutOfRange {
+                    name: "TRACE_SAMPLE",
+                    value: v.to_owned(),
+                    min: 0,
+                    max: 1,
+                })?;
         }
         if let Some(v) = non_empty("DRAIN_TIMEOUT") {
             config.drain_timeout = Duration::from_secs(int_in("DRAIN_TIMEOUT", v, 0, 3_600)?);

@@ -410,13 +410,17 @@ fn incoming_call(state: &AppState, hook: &Webhook, id: u64) -> Result<Response<B
     let action = hook.origin.http_url("/webhook/stream_ended");
     let status_callback = hook.origin.http_url("/webhook/stream_status");
     let stream_url = hook.origin.ws_url(MEDIA_STREAM_PATH);
-    let parameters = [
+    let mut parameters = vec![
         ("callSid", identity.call_sid.as_str()),
         ("accountSid", identity.account_sid.as_str()),
         ("from", identity.from.as_str()),
         ("to", identity.to.as_str()),
         (TOKEN_PARAMETER, token.as_str()),
     ];
+    // Per-call opt-in to a timeline: `?trace=1` on the voice webhook URL.
+    if hook.field("trace") == Some("1") {
+        parameters.push(("trace", "1"));
+    }
     let xml = twiml::connect_stream(&twiml::ConnectStream {
         greeting,
         action: &action,

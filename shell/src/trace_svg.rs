@@ -188,11 +188,13 @@ pub fn render(json: &str) -> Result<String, TraceError> {
                 y + ROW - 2.0
             );
             if !label.is_empty() {
+                // Barge-in sits on the same frame as the speech start: label it lower.
+                let dy = if label == "BARGE_IN" { 26.0 } else { 12.0 };
                 let _ = write!(
                     svg,
                     r#"<text x="{:.1}" y="{:.1}" fill="{color}" font-size="10">{label}</text>"#,
                     px + 2.0,
-                    y + 12.0
+                    y + dy
                 );
             }
         }

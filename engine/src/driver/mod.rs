@@ -103,6 +103,8 @@ pub enum Outbound {
     Mark(MarkId),
     /// Send Twilio this 20 ms µ-law frame.
     Media(MulawFrame),
+    /// The call's timeline, sent once just before `Ended` when tracing was on.
+    Trace(Box<crate::call::Trace>),
 }
 
 /// Why an [`OutboundSink`] refused a message.

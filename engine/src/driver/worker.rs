@@ -98,8 +98,7 @@ impl Slot {
             self.input(now, Input::Media(at, media), counters);
         }
         if self.call.is_stopped() {
-            let stats = self.call.stats();
-            let _ = self.sink.try_send(Outbound::Ended(Box::new(stats)));
+            self.end();
             return false;
         }
         if self.call.poll_timeout().is_some_and(|t| t <= now) {
@@ -116,6 +115,15 @@ impl Slot {
             self.apply_agent(now, counters);
         }
         !self.sink_closed
+    }
+
+    /// Hands the timeline (if traced) and the final counters to the socket writer.
+    fn end(&mut self) {
+        if let Some(trace) = self.call.take_trace() {
+            let _ = self.sink.try_send(Outbound::Trace(Box::new(trace)));
+        }
+        let stats = self.call.stats();
+        let _ = self.sink.try_send(Outbound::Ended(Box::new(stats)));
     }
 
     /// The next instant this call needs serving.
@@ -313,8 +321,7 @@ impl Worker {
         for slot in self.slots.iter_mut() {
             if let Some(mut s) = slot.take() {
                 s.input(now, Input::Stop(now), &self.counters);
-                let stats = s.call.stats();
-                let _ = s.sink.try_send(Outbound::Ended(Box::new(stats)));
+                s.end();
                 self.counters.active_calls.fetch_sub(1, Ordering::Relaxed);
                 self.load.fetch_sub(1, Ordering::Relaxed);
             }
