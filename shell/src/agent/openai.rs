@@ -439,7 +439,9 @@ async fn connect(config: &AgentConfig) -> Result<Socket, String> {
         value.set_sensitive(true);
         request.headers_mut().insert(name, value);
     }
+    // 16 KiB read buffer instead of tungstenite's 128 KiB default: it is per call.
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
         .max_message_size(Some(MAX_AGENT_MESSAGE))
         .max_frame_size(Some(MAX_AGENT_MESSAGE));
     let (socket, _response) =
