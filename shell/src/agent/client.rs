@@ -46,7 +46,7 @@ pub const MAX_AGENT_MESSAGE: usize = 1 << 20;
 /// Agent marks not yet played or cleared; more are refused (and counted).
 pub const MAX_OUTSTANDING_MARKS: usize = 1_024;
 
-type AgentSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(super) type AgentSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The client's end of the queues.
 pub struct ClientEnds {
@@ -202,7 +202,9 @@ pub async fn run(
     );
 }
 
-async fn connect(config: &AgentConfig) -> Result<AgentSocket, String> {
+/// Opens the agent WebSocket (rustls for `wss`), with the configured auth header. Shared by the
+/// generic client and the OpenAI adapter.
+pub(super) async fn connect(config: &AgentConfig) -> Result<AgentSocket, String> {
     let mut request = config
         .url
         .as_str()
@@ -227,7 +229,8 @@ async fn connect(config: &AgentConfig) -> Result<AgentSocket, String> {
     Ok(socket)
 }
 
-fn fail(ends: &ClientEnds, reason: FailReason, id: u64, call_sid: &str, error: &str) {
+/// Records the failure (the first reason wins) and logs it.
+pub(super) fn fail(ends: &ClientEnds, reason: FailReason, id: u64, call_sid: &str, error: &str) {
     // The engine side may have failed first (no reply in time); it logged nothing, so log here.
     let reason = if ends.shared.fail(reason) {
         reason
@@ -238,7 +241,7 @@ fn fail(ends: &ClientEnds, reason: FailReason, id: u64, call_sid: &str, error: &
 }
 
 /// Waits for the call to end, discarding what the engine sends.
-async fn drain(uplink: &mut mpsc::Receiver<Uplink>) {
+pub(super) async fn drain(uplink: &mut mpsc::Receiver<Uplink>) {
     while let Some(msg) = uplink.recv().await {
         if matches!(msg, Uplink::Stop) {
             return;

@@ -45,15 +45,11 @@ use handset_engine::{MarkId, SampleRate, codec};
 use ringbuf::traits::{Observer, Producer};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::client::{ClientEnds, MAX_AGENT_MESSAGE, RETRY, WRITE_TIMEOUT};
+use super::client::{
+    AgentSocket as Socket, ClientEnds, RETRY, WRITE_TIMEOUT, connect, drain, fail,
+};
 use super::protocol::truncate;
 use super::remote::{Downlink, FailReason, INTERNAL_MARK_BASE, Uplink};
 use crate::config::{AgentConfig, OpenAiConfig};
@@ -66,8 +62,6 @@ const MAX_MARKS: usize = 900;
 const CUT_ITEMS: usize = 16;
 /// Longest text kept from a transcript for the log.
 const MAX_LOGGED_TEXT: usize = 1_000;
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The `session.update` the adapter sends first.
 pub fn session_update(config: &OpenAiConfig) -> String {
@@ -424,48 +418,6 @@ pub async fn run(config: AgentConfig, info: CallInfo, mut ends: ClientEnds, id: 
         uplink_dropped = session.ends.shared.uplink_dropped(),
         "AGENT_STOP"
     );
-}
-
-async fn connect(config: &AgentConfig) -> Result<Socket, String> {
-    let mut request = config
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("bad request: {e}"))?;
-    if let Some((name, value)) = &config.auth {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| "bad auth header name")?;
-        let mut value =
-            HeaderValue::from_str(value.expose()).map_err(|_| "bad auth header value")?;
-        value.set_sensitive(true);
-        request.headers_mut().insert(name, value);
-    }
-    // 16 KiB read buffer instead of tungstenite's 128 KiB default: it is per call.
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
-        .max_message_size(Some(MAX_AGENT_MESSAGE))
-        .max_frame_size(Some(MAX_AGENT_MESSAGE));
-    let (socket, _response) =
-        tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
-            .await
-            .map_err(|e| e.to_string())?;
-    Ok(socket)
-}
-
-fn fail(ends: &ClientEnds, reason: FailReason, id: u64, call_sid: &str, error: &str) {
-    let reason = if ends.shared.fail(reason) {
-        reason
-    } else {
-        ends.shared.failure().unwrap_or(reason)
-    };
-    tracing::warn!(id, call_sid, %reason, error, "AGENT_FAILED: playing the fallback, then recording");
-}
-
-async fn drain(uplink: &mut mpsc::Receiver<Uplink>) {
-    while let Some(msg) = uplink.recv().await {
-        if matches!(msg, Uplink::Stop) {
-            return;
-        }
-    }
 }
 
 async fn send(tx: &mut SplitSink<Socket, Message>, text: String) -> Result<(), FailReason> {
