@@ -92,6 +92,8 @@ pub enum SignedContent<'a> {
 /// Which URL form matched; useful to log while a deployment is being set up.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum UrlVariant {
+    /// The URL exactly as given, when it is neither normalised form (e.g. an empty port).
+    AsGiven,
     /// The URL with the scheme's default port (or its explicit port) in it.
     WithPort,
     /// The URL with any port removed.
@@ -151,14 +153,26 @@ impl Verifier {
             }
         };
         let (without, with) = url_variants(url);
-        let sig_without = compute(self.token.expose().as_bytes(), &without, params, algorithm);
-        let sig_with = compute(self.token.expose().as_bytes(), &with, params, algorithm);
+        let token = self.token.expose().as_bytes();
+        let sig_without = compute(token, &without, params, algorithm);
+        let sig_with = compute(token, &with, params, algorithm);
         let ok_without = sig_without.as_bytes().ct_eq(header.as_bytes());
         let ok_with = sig_with.as_bytes().ct_eq(header.as_bytes());
+        // The URL exactly as given, when neither form is it (an empty port `h:/`, or an
+        // authority the splitter normalises): Twilio signs the URL as it wrote it.
+        let ok_as_given = if url != without && url != with {
+            compute(token, url, params, algorithm)
+                .as_bytes()
+                .ct_eq(header.as_bytes())
+        } else {
+            subtle::Choice::from(0)
+        };
         if bool::from(ok_without) {
             Ok(UrlVariant::WithoutPort)
         } else if bool::from(ok_with) {
             Ok(UrlVariant::WithPort)
+        } else if bool::from(ok_as_given) {
+            Ok(UrlVariant::AsGiven)
         } else {
             Err(SignatureError::Mismatch)
         }
@@ -651,5 +665,25 @@ mod tests {
         fn arbitrary_headers_never_verify_or_panic(header in "\\PC{0,40}") {
             proptest::prop_assert!(verifier().verify(BASE_URL, &base_params(), Some(&header)).is_err());
         }
+    }
+
+    #[test]
+    fn a_signature_over_the_url_as_given_verifies_when_it_is_neither_form() {
+        // An empty port is valid URL syntax; Twilio signs the URL as written.
+        let verifier = Verifier::new(Secret::new("12345"));
+        for url in ["https://h:/x", "wss://[::1]x/p"] {
+            let sig = compute(b"12345", url, &[], Algorithm::HmacSha1);
+            assert_eq!(
+                verifier.verify(url, &[], Some(&sig)),
+                Ok(UrlVariant::AsGiven),
+                "{url}"
+            );
+        }
+        // A plain URL still reports the normal forms.
+        let sig = compute(b"12345", "https://h/x", &[], Algorithm::HmacSha1);
+        assert_eq!(
+            verifier.verify("https://h/x", &[], Some(&sig)),
+            Ok(UrlVariant::WithoutPort)
+        );
     }
 }
