@@ -29,6 +29,10 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[(&str, &str)]) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let dir = std::env::temp_dir().join(format!(
@@ -38,14 +42,17 @@ impl Server {
         ));
         let public = format!("http://{addr}");
         let traces = dir.join("traces");
-        let config = Config::from_vars([
-            ("DATA_DIR", dir.display().to_string().as_str()),
+        let dir_text = dir.display().to_string();
+        let traces_text = traces.display().to_string();
+        let mut vars: Vec<(&str, &str)> = vec![
+            ("DATA_DIR", dir_text.as_str()),
             ("PUBLIC_URL", public.as_str()),
             ("TWILIO_AUTH_TOKEN", TOKEN),
             ("ENGINE_WORKERS", "2"),
-            ("TRACE_DIR", traces.display().to_string().as_str()),
-        ])
-        .unwrap();
+            ("TRACE_DIR", traces_text.as_str()),
+        ];
+        vars.extend_from_slice(extra);
+        let config = Config::from_vars(vars).unwrap();
         let (state, _startup) = AppState::new(config).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(handset_shell::serve(listener, state.clone(), async {
@@ -482,5 +489,45 @@ async fn a_call_opted_in_with_trace_1_leaves_a_timeline_that_renders() {
     run_call(short).await.expect("call runs");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!dir.join(format!("{}.json", plain.call_sid)).exists());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_calls_the_webhook_apologises_and_the_socket_says_try_later() {
+    let server = Server::start_with(&[("MAX_CALLS", "1")]).await;
+    // B gets its TwiML (and token) while the server is free.
+    let b = server.plan(31);
+    let b_twiml = handset_shell::sim::post_webhook(&b).await.unwrap();
+    let b_target = handset_shell::sim::parse_twiml(&b_twiml).unwrap();
+    // A takes the only slot.
+    let mut a = server.plan(30);
+    a.duration = Duration::from_secs(3);
+    let a = tokio::spawn(run_call(a));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while server.state.active_calls.count() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.state.active_calls.count(), 1);
+    // A third caller hears the busy prompt and is hung up on: no stream is offered.
+    let c = server.plan(32);
+    let twiml = handset_shell::sim::post_webhook(&c).await.unwrap();
+    assert!(twiml.contains("<Hangup"), "{twiml}");
+    assert!(twiml.contains("lines are busy"), "{twiml}");
+    assert!(!twiml.contains("<Stream"), "{twiml}");
+    // B's stream arrives while A is running: closed with 1013.
+    let mut short = b.clone();
+    short.duration = Duration::from_millis(500);
+    let outcome = handset_shell::sim::run_stream(&short, &b_target)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.close.as_ref().map(|c| c.0),
+        Some(1013),
+        "{:?}",
+        outcome.close
+    );
+    assert!(outcome.received.is_empty());
+    let a = a.await.unwrap().expect("A runs to the end");
+    assert_eq!(a.close.map(|c| c.0), Some(1000));
     server.stop().await;
 }

@@ -88,6 +88,8 @@ pub enum CloseReason {
     Stalled,
     /// The engine refused the call (1011).
     EngineRefused,
+    /// `MAX_CALLS` media calls are already running (1013).
+    Busy,
     /// Idle for [`IDLE_TIMEOUT`] (1001).
     Idle,
     /// `start` without a valid single-use token (1008).
@@ -108,6 +110,7 @@ impl CloseReason {
             Self::NoStart => (CloseCode::Policy, "expected start message"),
             Self::Stalled => (CloseCode::Policy, "peer stopped reading"),
             Self::EngineRefused => (CloseCode::Error, "cannot start call"),
+            Self::Busy => (CloseCode::Again, "server at capacity, try again later"),
             Self::Idle => (CloseCode::Away, "idle timeout"),
             Self::InvalidToken => (CloseCode::Policy, "invalid or missing stream token"),
             Self::TooBig => (CloseCode::Size, "message too big"),
@@ -353,6 +356,12 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
             return;
         }
     };
+    let max = state.config.max_calls;
+    if max > 0 && state.active_calls.count() >= max {
+        tracing::warn!(id, call_sid = %meta.call_sid, max, "WS start refused: at MAX_CALLS");
+        finish_without_call(sink, Some(CloseReason::Busy), id, &counters).await;
+        return;
+    }
     let info = CallInfo {
         call_sid: meta.call_sid.clone(),
         stream_sid: meta.stream_sid.clone(),

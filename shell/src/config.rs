@@ -168,6 +168,12 @@ pub struct Config {
     pub stream_token_capacity: usize,
     /// `ENGINE_WORKERS` (0–256, default 0 = one per core): engine media threads.
     pub engine_workers: usize,
+    /// `MAX_CALLS` (0–1000000, default 0 = no limit): most concurrent media calls. Beyond it the
+    /// voice webhook answers with `BUSY_PROMPT` and hangs up, and a media stream is closed with
+    /// 1013 (try again later).
+    pub max_calls: usize,
+    /// `BUSY_PROMPT`: spoken when `MAX_CALLS` is reached.
+    pub busy_prompt: String,
     /// `TRACE_DIR`: where per-call timelines are written (`<CallSid>.json`, Chrome trace format;
     /// render with `handset trace FILE`). Unset: tracing off.
     pub trace_dir: Option<PathBuf>,
@@ -253,6 +259,9 @@ impl Default for Config {
             stream_token_ttl: Duration::from_secs(600),
             stream_token_capacity: 10_000,
             engine_workers: 0,
+            max_calls: 0,
+            busy_prompt: "Sorry, all our lines are busy. Please call again in a few minutes."
+                .to_owned(),
             trace_dir: None,
             trace_sample: 0.0,
             drain_timeout: Duration::from_secs(10),
@@ -441,6 +450,12 @@ impl Config {
         }
         if let Some(v) = non_empty("ENGINE_WORKERS") {
             config.engine_workers = int_in("ENGINE_WORKERS", v, 0, 256)? as usize;
+        }
+        if let Some(v) = non_empty("MAX_CALLS") {
+            config.max_calls = int_in("MAX_CALLS", v, 0, 1_000_000)? as usize;
+        }
+        if let Some(v) = non_empty("BUSY_PROMPT") {
+            config.busy_prompt = v.to_owned();
         }
         config.trace_dir = non_empty("TRACE_DIR").map(PathBuf::from);
         if let Some(v) = non_empty("TRACE_SAMPLE") {

@@ -400,6 +400,15 @@ fn incoming_call(state: &AppState, hook: &Webhook, id: u64) -> Result<Response<B
         from: hook.field_or_empty("From"),
         to: hook.field_or_empty("To"),
     };
+    let max = state.config.max_calls;
+    if max > 0 && state.active_calls.count() >= max {
+        tracing::warn!(id, call_sid = %identity.call_sid, active = state.active_calls.count(), max, "CALL_REJECTED: at MAX_CALLS");
+        return Ok(xml_response(twiml::say_and_hangup(&twiml::Say {
+            text: &state.config.busy_prompt,
+            voice: state.config.greeting.voice.as_deref(),
+            language: Some(&state.config.greeting.language),
+        })));
+    }
     let token = state.tokens.issue(identity.clone());
     let config = &state.config;
     let greeting = (!config.greeting.text.is_empty()).then(|| twiml::Say {

@@ -88,6 +88,14 @@ pub fn record_fallback(doc: &RecordFallback<'_>) -> String {
     close_response(out)
 }
 
+/// `<Response><Say>…</Say><Hangup /></Response>`: an apology, then the call ends.
+pub fn say_and_hangup(say: &Say<'_>) -> String {
+    let mut out = open_response();
+    push_say(&mut out, say);
+    empty(&mut out, "Hangup", &[]);
+    close_response(out)
+}
+
 /// `<Response><Hangup /></Response>`: ends the call.
 pub fn hangup() -> String {
     let mut out = open_response();
@@ -275,5 +283,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn busy_apology_says_then_hangs_up() {
+        let xml = say_and_hangup(&Say {
+            text: "Sorry & goodbye",
+            voice: None,
+            language: Some("en-US"),
+        });
+        assert!(
+            xml.ends_with("<Say language=\"en-US\">Sorry &amp; goodbye</Say><Hangup /></Response>"),
+            "{xml}"
+        );
     }
 }
