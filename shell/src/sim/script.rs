@@ -213,7 +213,7 @@ fn samples(d: Duration) -> usize {
 /// Peak above which a 20 ms frame counts as speech when placing a clip (about −36 dBFS).
 const SPEECH_PEAK: i16 = 500;
 
-/// First and last 20 ms frame of `clip` whose peak reaches [`SPEECH_PEAK`].
+/// First and last 20 ms frame of `clip` whose peak reaches `SPEECH_PEAK`.
 pub fn speech_frames(clip: &[i16]) -> Option<(usize, usize)> {
     let loud = |f: &[i16]| {
         f.iter()
