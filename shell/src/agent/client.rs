@@ -136,22 +136,8 @@ pub async fn run(
 ) {
     let call_sid = info.call_sid.clone();
     let started = crate::clock::now();
-    let socket = match tokio::time::timeout(config.connect_timeout, connect(&config)).await {
-        Ok(Ok(socket)) => socket,
-        Ok(Err(error)) => {
-            fail(&ends, FailReason::Unreachable, id, &call_sid, &error);
-            drain(&mut ends.uplink).await;
-            return;
-        }
-        Err(_) => {
-            let error = format!(
-                "no connection within {} ms",
-                config.connect_timeout.as_millis()
-            );
-            fail(&ends, FailReason::Unreachable, id, &call_sid, &error);
-            drain(&mut ends.uplink).await;
-            return;
-        }
+    let Some(socket) = connect_or_fail(&config, &mut ends, id, &call_sid).await else {
+        return;
     };
     let (mut tx, mut rx) = socket.split();
     let start = protocol::start(&info, &custom_parameters);
@@ -227,6 +213,27 @@ pub(super) async fn connect(config: &AgentConfig) -> Result<AgentSocket, String>
             .await
             .map_err(|e| e.to_string())?;
     Ok(socket)
+}
+
+/// Connects within `config.connect_timeout`; on failure records `Unreachable`, waits for the
+/// call to end and returns `None`. Shared by the generic client and the OpenAI adapter.
+pub(super) async fn connect_or_fail(
+    config: &AgentConfig,
+    ends: &mut ClientEnds,
+    id: u64,
+    call_sid: &str,
+) -> Option<AgentSocket> {
+    let error = match tokio::time::timeout(config.connect_timeout, connect(config)).await {
+        Ok(Ok(socket)) => return Some(socket),
+        Ok(Err(error)) => error,
+        Err(_) => format!(
+            "no connection within {} ms",
+            config.connect_timeout.as_millis()
+        ),
+    };
+    fail(ends, FailReason::Unreachable, id, call_sid, &error);
+    drain(&mut ends.uplink).await;
+    None
 }
 
 /// Records the failure (the first reason wins) and logs it.

@@ -48,7 +48,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{
-    AgentSocket as Socket, ClientEnds, RETRY, WRITE_TIMEOUT, connect, drain, fail,
+    AgentSocket as Socket, ClientEnds, RETRY, WRITE_TIMEOUT, connect_or_fail, drain, fail,
 };
 use super::protocol::truncate;
 use super::remote::{Downlink, FailReason, INTERNAL_MARK_BASE, Uplink};
@@ -347,22 +347,8 @@ pub async fn run(config: AgentConfig, info: CallInfo, mut ends: ClientEnds, id: 
         return;
     };
     let started = crate::clock::now();
-    let socket = match tokio::time::timeout(config.connect_timeout, connect(&config)).await {
-        Ok(Ok(socket)) => socket,
-        Ok(Err(error)) => {
-            fail(&ends, FailReason::Unreachable, id, &call_sid, &error);
-            drain(&mut ends.uplink).await;
-            return;
-        }
-        Err(_) => {
-            let error = format!(
-                "no connection within {} ms",
-                config.connect_timeout.as_millis()
-            );
-            fail(&ends, FailReason::Unreachable, id, &call_sid, &error);
-            drain(&mut ends.uplink).await;
-            return;
-        }
+    let Some(socket) = connect_or_fail(&config, &mut ends, id, &call_sid).await else {
+        return;
     };
     let (mut tx, mut rx) = socket.split();
     if let Err(reason) = send(&mut tx, session_update(&openai)).await {
