@@ -32,8 +32,8 @@ use tokio::sync::mpsc;
 
 use crate::config::AgentFallback;
 
-/// The spoken apology: "I'm sorry. One moment please." 8 kHz µ-law (see `engine/assets/NOTICE`).
-pub const APOLOGY: &[u8] = include_bytes!("../../../engine/assets/apology.ulaw");
+/// The spoken apology (the engine's asset).
+pub use handset_engine::agent::APOLOGY;
 
 /// Mark ids at or above this are the bridge's own (never an agent's).
 pub const INTERNAL_MARK_BASE: u64 = PROGRESS_MARK_BASE - 16;
