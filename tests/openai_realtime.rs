@@ -271,6 +271,21 @@ fn check_truncation(log: &Log, outcome: &CallOutcome) -> u64 {
         "server_vad"
     );
     assert_eq!(update["audio"]["output"]["voice"], "verse");
+    // The assistant is asked to speak first, right after the session is set up.
+    let types: Vec<String> = log
+        .lock()
+        .unwrap()
+        .events
+        .iter()
+        .take(2)
+        .map(|(_, v)| v["type"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(types, ["session.update", "response.create"]);
+    let greeting = &events(log, "response.create")[0]["response"]["instructions"];
+    assert_eq!(
+        greeting.as_str(),
+        Some(handset_shell::config::DEFAULT_OPENAI_GREETING)
+    );
     let appends = events(log, "input_audio_buffer.append");
     assert!(appends.len() >= APPENDS_BEFORE_ANSWER, "{}", appends.len());
     // The first append is short by the resampler's delay; then 20 ms of 8 kHz µ-law each.

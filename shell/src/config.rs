@@ -233,7 +233,15 @@ pub struct OpenAiConfig {
     /// `OPENAI_TRANSCRIBE_MODEL` (default `gpt-4o-mini-transcribe`; `off` disables): model
     /// transcribing the caller, logged as `STT_FINAL`.
     pub transcribe_model: Option<String>,
+    /// `OPENAI_GREETING` (default: a short instruction to greet the caller; `off` disables):
+    /// the instructions of the response the adapter asks for as soon as the session is set up,
+    /// so the assistant answers the phone instead of waiting for the caller to speak.
+    pub greeting: Option<String>,
 }
+
+/// Default `OPENAI_GREETING`.
+pub const DEFAULT_OPENAI_GREETING: &str =
+    "Greet the caller in one short sentence and ask how you can help.";
 
 /// Default `OPENAI_INSTRUCTIONS`.
 pub const DEFAULT_OPENAI_INSTRUCTIONS: &str =
@@ -600,6 +608,11 @@ fn openai_config<'a>(
                 .unwrap_or(DEFAULT_OPENAI_INSTRUCTIONS)
                 .to_owned(),
             transcribe_model,
+            greeting: match non_empty("OPENAI_GREETING") {
+                Some(g) if g.eq_ignore_ascii_case("off") => None,
+                Some(g) => Some(g.to_owned()),
+                None => Some(DEFAULT_OPENAI_GREETING.to_owned()),
+            },
         }),
     }))
 }
@@ -773,7 +786,16 @@ mod tests {
         .agent
         .unwrap();
         assert_eq!(local.url, "ws://127.0.0.1:9/v1/realtime");
-        assert_eq!(local.openai.unwrap().transcribe_model, None);
+        let local = local.openai.unwrap();
+        assert_eq!(local.transcribe_model, None);
+        assert_eq!(local.greeting.as_deref(), Some(DEFAULT_OPENAI_GREETING));
+        let quiet = from(&[("OPENAI_API_KEY", "k"), ("OPENAI_GREETING", "OFF")]).unwrap();
+        assert_eq!(quiet.agent.unwrap().openai.unwrap().greeting, None);
+        let custom = from(&[("OPENAI_API_KEY", "k"), ("OPENAI_GREETING", "Say hi.")]).unwrap();
+        assert_eq!(
+            custom.agent.unwrap().openai.unwrap().greeting.as_deref(),
+            Some("Say hi.")
+        );
         assert!(from(&[("OPENAI_API_KEY", "k"), ("AGENT_URL", "ws://h")]).is_err());
         assert!(from(&[("OPENAI_API_KEY", "k"), ("AGENT_TOKEN", "t")]).is_err());
         assert!(

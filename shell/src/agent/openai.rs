@@ -5,7 +5,9 @@
 //! It speaks the Realtime API's documented WebSocket events (GA shape):
 //!
 //! - on connect: `session.update` with `audio/pcmu` (G.711 µ-law, 8 kHz) in and out, server VAD
-//!   turn detection, voice, instructions and optional input transcription;
+//!   turn detection, voice, instructions and optional input transcription; then, unless
+//!   `OPENAI_GREETING=off`, a `response.create` with the greeting instructions, so the assistant
+//!   speaks first as a person answering the phone would;
 //! - caller audio: the engine's 16 kHz frames are resampled to 8 kHz with the engine's
 //!   [`Resampler`], µ-law encoded and sent as `input_audio_buffer.append` (one per 20 ms);
 //! - assistant audio: `response.output_audio.delta` (or the beta `response.audio.delta`) is
@@ -85,6 +87,11 @@ pub fn session_update(config: &OpenAiConfig) -> String {
         },
     })
     .to_string()
+}
+
+/// `response.create` asking for the opening words, with `instructions` for this response only.
+pub fn greeting_response(instructions: &str) -> String {
+    json!({"type": "response.create", "response": {"instructions": instructions}}).to_string()
 }
 
 /// `input_audio_buffer.append` with µ-law bytes.
@@ -355,6 +362,19 @@ pub async fn run(config: AgentConfig, info: CallInfo, mut ends: ClientEnds, id: 
         fail(&ends, reason, id, &call_sid, "cannot send session.update");
         drain(&mut ends.uplink).await;
         return;
+    }
+    if let Some(greeting) = &openai.greeting {
+        if let Err(reason) = send(&mut tx, greeting_response(greeting)).await {
+            fail(
+                &ends,
+                reason,
+                id,
+                &call_sid,
+                "cannot send the greeting response.create",
+            );
+            drain(&mut ends.uplink).await;
+            return;
+        }
     }
     tracing::info!(
         id,
@@ -783,6 +803,7 @@ mod tests {
             voice: "verse".into(),
             instructions: "be brief".into(),
             transcribe_model: None,
+            greeting: None,
         };
         let v: serde_json::Value = serde_json::from_str(&session_update(&config)).unwrap();
         assert_eq!(v["type"], "session.update");
