@@ -13,6 +13,9 @@
 //! ever blocks an engine thread: the engine hands messages over with `try_send` into a bounded
 //! queue, and a socket that stops reading fills only its own queue.
 //!
+//! The stream limits (largest message, start, idle and write timeouts) come from [`Config`](crate::config::Config)
+//! (`WS_*` variables), read once per stream.
+//!
 //! Bad input never ends the process or touches another call: each case either continues the
 //! call with a counted drop or closes it with a specific close code and a log line
 //! (see [`CloseReason`]).
@@ -49,21 +52,12 @@ use crate::tokens::TOKEN_PARAMETER;
 
 /// The subprotocol some Twilio clients offer; echoed only when offered.
 pub const TWILIO_SUBPROTOCOL: &str = "audio.twilio.com";
-/// Largest WebSocket message accepted (a 20 ms media message is about 400 bytes).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Socket read buffer per stream.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Most unsent bytes held for a stream whose peer is not reading.
 const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// Events a traced call can record (about 10 minutes at ~250 events per second).
 const TRACE_EVENTS: usize = 150_000;
-/// Time allowed between the upgrade and a valid `start`.
-pub const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// A stream with no message at all for this long is closed (Twilio sends media every 20 ms,
-/// though it may pause during silence).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest a single socket write may take before the peer is considered stalled.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outbound messages queued per call between the engine and the socket (about 8 s of audio).
 pub const OUTBOUND_QUEUE: usize = 512;
 /// Messages ignored before `start` before the socket is closed.
@@ -90,11 +84,11 @@ pub enum CloseReason {
     EngineRefused,
     /// `MAX_CALLS` media calls are already running (1013).
     Busy,
-    /// Idle for [`IDLE_TIMEOUT`] (1001).
+    /// Idle for [`Config::ws_idle_timeout`](crate::config::Config::ws_idle_timeout) (1001).
     Idle,
     /// `start` without a valid single-use token (1008).
     InvalidToken,
-    /// A message over [`MAX_MESSAGE_BYTES`] (1009).
+    /// A message over [`Config::ws_max_message_bytes`](crate::config::Config::ws_max_message_bytes) (1009).
     TooBig,
     /// `start` with a media format other than 8 kHz mono µ-law (1003).
     UnsupportedFormat,
@@ -194,8 +188,8 @@ pub fn upgrade(
                     .read_buffer_size(READ_BUFFER_BYTES)
                     .write_buffer_size(0)
                     .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
-                    .max_message_size(Some(MAX_MESSAGE_BYTES))
-                    .max_frame_size(Some(MAX_MESSAGE_BYTES));
+                    .max_message_size(Some(state.config.ws_max_message_bytes))
+                    .max_frame_size(Some(state.config.ws_max_message_bytes));
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
@@ -296,9 +290,10 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     let (out_tx, out_rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let mut counters = StreamCounters::default();
     let mut draining = state.draining.subscribe();
+    let write_timeout = state.config.ws_write_timeout;
 
     // Phase 1: until a valid `start`.
-    let started = tokio::time::timeout(START_TIMEOUT, async {
+    let started = tokio::time::timeout(state.config.ws_start_timeout, async {
         loop {
             let msg = stream.next().await;
             let text = match msg {
@@ -336,11 +331,18 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     let meta = match started {
         Ok(Ok(meta)) => meta,
         Ok(Err(reason)) => {
-            finish_without_call(sink, reason, id, &counters).await;
+            finish_without_call(sink, write_timeout, reason, id, &counters).await;
             return;
         }
         Err(_) => {
-            finish_without_call(sink, Some(CloseReason::NoStart), id, &counters).await;
+            finish_without_call(
+                sink,
+                write_timeout,
+                Some(CloseReason::NoStart),
+                id,
+                &counters,
+            )
+            .await;
             return;
         }
     };
@@ -352,14 +354,21 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         Ok(identity) => identity,
         Err(e) => {
             tracing::warn!(id, call_sid = %meta.call_sid, stream_sid = %meta.stream_sid, reason = %e, "WS start refused: stream token");
-            finish_without_call(sink, Some(CloseReason::InvalidToken), id, &counters).await;
+            finish_without_call(
+                sink,
+                write_timeout,
+                Some(CloseReason::InvalidToken),
+                id,
+                &counters,
+            )
+            .await;
             return;
         }
     };
     let max = state.config.max_calls;
     if max > 0 && state.active_calls.count() >= max {
         tracing::warn!(id, call_sid = %meta.call_sid, max, "WS start refused: at MAX_CALLS");
-        finish_without_call(sink, Some(CloseReason::Busy), id, &counters).await;
+        finish_without_call(sink, write_timeout, Some(CloseReason::Busy), id, &counters).await;
         return;
     }
     let info = CallInfo {
@@ -397,7 +406,14 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         Ok(handle) => handle,
         Err(e) => {
             tracing::error!(id, call_sid = %info.call_sid, error = %e, "WS start refused: engine");
-            finish_without_call(sink, Some(CloseReason::EngineRefused), id, &counters).await;
+            finish_without_call(
+                sink,
+                write_timeout,
+                Some(CloseReason::EngineRefused),
+                id,
+                &counters,
+            )
+            .await;
             return;
         }
     };
@@ -412,13 +428,14 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         info.clone(),
         id,
         trace_dir,
+        write_timeout,
     ));
 
     // Phase 2: stream until stop, close, error, idle or shutdown.
     let mut reason = None;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
-        let idle = tokio::time::sleep(IDLE_TIMEOUT);
+        let idle = tokio::time::sleep(state.config.ws_idle_timeout);
         let drain = async {
             match drain_deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -544,6 +561,7 @@ fn close_for_error(e: &tokio_tungstenite::tungstenite::Error) -> CloseReason {
 
 async fn finish_without_call(
     mut sink: futures_util::stream::SplitSink<WsStream, Message>,
+    write_timeout: Duration,
     reason: Option<CloseReason>,
     id: u64,
     counters: &StreamCounters,
@@ -551,12 +569,12 @@ async fn finish_without_call(
     if let Some(reason) = reason {
         tracing::info!(id, ?reason, "WS closing");
         let _ = tokio::time::timeout(
-            WRITE_TIMEOUT,
+            write_timeout,
             sink.send(Message::Close(Some(reason.frame()))),
         )
         .await;
     }
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
     tracing::info!(
         id,
         messages = counters.messages,
@@ -575,6 +593,7 @@ async fn write_loop(
     info: CallInfo,
     id: u64,
     trace_dir: Option<std::path::PathBuf>,
+    write_timeout: Duration,
 ) {
     let mut writer = Writer::new(&info.stream_sid);
     let mut close_reason: Option<CloseReason> = None;
@@ -636,7 +655,7 @@ async fn write_loop(
                 };
                 if let Some(bytes) = frame {
                     let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
-                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text))).await {
+                    match tokio::time::timeout(write_timeout, sink.send(Message::Text(text))).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => break,
                         Err(_) => {
@@ -668,8 +687,8 @@ async fn write_loop(
         close_reason = close.try_recv().ok();
     }
     let frame = close_reason.unwrap_or(CloseReason::Completed).frame();
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+    let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
 }
 
 /// Writes a call's timeline as `<dir>/<CallSid>.json` (Chrome trace format).

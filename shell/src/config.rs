@@ -186,6 +186,22 @@ pub struct Config {
     /// `AGENT_*`: the remote voice agent each call is bridged to. `None` (no `AGENT_URL`) keeps
     /// the built-in echo agent.
     pub agent: Option<AgentConfig>,
+    /// `WS_MAX_MESSAGE_BYTES` (1024–16777216, default 65536): the largest Media Streams
+    /// WebSocket message (and frame) accepted; a larger one closes the stream with 1009. A
+    /// 20 ms media message is about 400 bytes.
+    pub ws_max_message_bytes: usize,
+    /// `WS_IDLE_TIMEOUT` in seconds (1–3600, default 60): a media stream with no message at all
+    /// for this long is closed with 1001.
+    pub ws_idle_timeout: Duration,
+    /// `WS_WRITE_TIMEOUT` in seconds (1–600, default 5): longest a single media stream write
+    /// may take before the peer counts as stalled (closed with 1008).
+    pub ws_write_timeout: Duration,
+    /// `WS_START_TIMEOUT` in seconds (1–600, default 10): time allowed between the upgrade and
+    /// a valid `start` (otherwise closed with 1008).
+    pub ws_start_timeout: Duration,
+    /// `METRICS_TOKEN`: when set, `GET /metrics` requires `Authorization: Bearer <token>`
+    /// (401 otherwise). Unset: `/metrics` is open, like `/healthz`.
+    pub metrics_token: Option<Secret>,
 }
 
 /// What the caller hears when the remote agent fails, before the stream closes.
@@ -274,12 +290,21 @@ impl Default for Config {
             trace_sample: 0.0,
             drain_timeout: Duration::from_secs(10),
             agent: None,
+            ws_max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
+            ws_idle_timeout: Duration::from_secs(60),
+            ws_write_timeout: Duration::from_secs(5),
+            ws_start_timeout: Duration::from_secs(10),
+            metrics_token: None,
         }
     }
 }
 
 /// Default `PORT`.
 pub const DEFAULT_PORT: u16 = 3000;
+/// Default `WS_MAX_MESSAGE_BYTES` (64 KiB).
+pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest accepted `WS_MAX_MESSAGE_BYTES` (16 MiB).
+pub const MAX_WS_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 const DEFAULT_FALLBACK_PROMPT: &str =
     "Sorry, we could not connect you. Please leave a message after the beep.";
 
@@ -293,6 +318,11 @@ pub enum ConfigError {
         "TWILIO_AUTH_TOKEN is set but empty: unset it to run without signature checks, or set the account's auth token"
     )]
     EmptyAuthToken,
+    /// `METRICS_TOKEN` is set but empty.
+    #[error(
+        "METRICS_TOKEN is set but empty: unset it to leave /metrics open, or set the token scrapers send as a bearer token"
+    )]
+    EmptyMetricsToken,
     /// A bind address that is not an IP address.
     #[error("{name} must be an IP address such as 0.0.0.0 or ::1: got {value:?}")]
     BindAddress {
@@ -481,6 +511,28 @@ impl Config {
         if let Some(v) = non_empty("DRAIN_TIMEOUT") {
             config.drain_timeout = Duration::from_secs(int_in("DRAIN_TIMEOUT", v, 0, 3_600)?);
         }
+        if let Some(v) = non_empty("WS_MAX_MESSAGE_BYTES") {
+            config.ws_max_message_bytes = int_in(
+                "WS_MAX_MESSAGE_BYTES",
+                v,
+                1_024,
+                MAX_WS_MAX_MESSAGE_BYTES as u64,
+            )? as usize;
+        }
+        if let Some(v) = non_empty("WS_IDLE_TIMEOUT") {
+            config.ws_idle_timeout = Duration::from_secs(int_in("WS_IDLE_TIMEOUT", v, 1, 3_600)?);
+        }
+        if let Some(v) = non_empty("WS_WRITE_TIMEOUT") {
+            config.ws_write_timeout = Duration::from_secs(int_in("WS_WRITE_TIMEOUT", v, 1, 600)?);
+        }
+        if let Some(v) = non_empty("WS_START_TIMEOUT") {
+            config.ws_start_timeout = Duration::from_secs(int_in("WS_START_TIMEOUT", v, 1, 600)?);
+        }
+        config.metrics_token = match get("METRICS_TOKEN") {
+            Some(v) if v.trim().is_empty() => return Err(ConfigError::EmptyMetricsToken),
+            Some(v) => Some(Secret::new(v.trim())),
+            None => None,
+        };
         config.agent = agent_config(&non_empty)?;
         Ok(config)
     }
@@ -926,6 +978,75 @@ mod tests {
             from(&[("LOG_FORMAT", "xml")]),
             Err(ConfigError::LogFormat { .. })
         ));
+    }
+
+    #[test]
+    fn stream_limits_default_to_the_documented_values() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.ws_max_message_bytes, 64 * 1024);
+        assert_eq!(c.ws_idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.ws_write_timeout, Duration::from_secs(5));
+        assert_eq!(c.ws_start_timeout, Duration::from_secs(10));
+        assert!(c.metrics_token.is_none());
+    }
+
+    #[test]
+    fn stream_limits_are_read_at_their_bounds() {
+        let low = from(&[
+            ("WS_MAX_MESSAGE_BYTES", "1024"),
+            ("WS_IDLE_TIMEOUT", "1"),
+            ("WS_WRITE_TIMEOUT", "1"),
+            ("WS_START_TIMEOUT", "1"),
+        ])
+        .unwrap();
+        assert_eq!(low.ws_max_message_bytes, 1024);
+        assert_eq!(low.ws_idle_timeout, Duration::from_secs(1));
+        assert_eq!(low.ws_write_timeout, Duration::from_secs(1));
+        assert_eq!(low.ws_start_timeout, Duration::from_secs(1));
+        let high = from(&[
+            ("WS_MAX_MESSAGE_BYTES", "16777216"),
+            ("WS_IDLE_TIMEOUT", "3600"),
+            ("WS_WRITE_TIMEOUT", "600"),
+            ("WS_START_TIMEOUT", " 600 "),
+        ])
+        .unwrap();
+        assert_eq!(high.ws_max_message_bytes, 16 * 1024 * 1024);
+        assert_eq!(high.ws_idle_timeout, Duration::from_secs(3600));
+        assert_eq!(high.ws_write_timeout, Duration::from_secs(600));
+        assert_eq!(high.ws_start_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn stream_limits_outside_their_range_name_the_variable_and_range() {
+        let cases = [
+            ("WS_MAX_MESSAGE_BYTES", "1023", "1024 to 16777216"),
+            ("WS_MAX_MESSAGE_BYTES", "16777217", "1024 to 16777216"),
+            ("WS_MAX_MESSAGE_BYTES", "64k", "1024 to 16777216"),
+            ("WS_IDLE_TIMEOUT", "0", "1 to 3600"),
+            ("WS_IDLE_TIMEOUT", "3601", "1 to 3600"),
+            ("WS_WRITE_TIMEOUT", "0", "1 to 600"),
+            ("WS_WRITE_TIMEOUT", "601", "1 to 600"),
+            ("WS_START_TIMEOUT", "-1", "1 to 600"),
+            ("WS_START_TIMEOUT", "1.5", "1 to 600"),
+        ];
+        for (name, value, range) in cases {
+            let err = from(&[(name, value)]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("{name} must be an integer from {range}: got {value:?}")
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_token_is_a_secret_and_empty_is_refused() {
+        let c = from(&[("METRICS_TOKEN", " scrape-me ")]).unwrap();
+        assert_eq!(c.metrics_token.as_ref().unwrap().expose(), "scrape-me");
+        assert!(!format!("{c:?}").contains("scrape-me"));
+        assert_eq!(
+            from(&[("METRICS_TOKEN", " ")]).unwrap_err(),
+            ConfigError::EmptyMetricsToken
+        );
     }
 
     #[test]

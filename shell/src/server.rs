@@ -4,7 +4,8 @@
 //! TCP connection gets a task running hyper's HTTP/1.1 server with upgrades enabled (the Media
 //! Streams WebSocket is an upgrade) and a header read timeout. Shutdown fans out through a
 //! `watch` channel: every connection task is told to finish its in-flight request and close, and
-//! `serve` returns once every task has dropped its `mpsc` sender (or after [`DRAIN_TIMEOUT`]).
+//! `serve` returns once every task has dropped its `mpsc` sender (or after the configured
+//! `DRAIN_TIMEOUT`, [`Config::drain_timeout`](crate::config::Config::drain_timeout)).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,8 +27,6 @@ use crate::tokens::StreamTokens;
 
 /// Longest time a client may take to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest time `serve` waits for open connections after shutdown is signalled.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Recording events buffered for the transcription consumer.
 pub const RECORDING_QUEUE: usize = 256;
 
@@ -208,11 +207,12 @@ pub async fn serve(
     let _ = notify_tx.send(true);
     let _ = state.draining.send(true);
     drop(done_tx);
-    if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv())
+    let drain_timeout = state.config.drain_timeout;
+    if tokio::time::timeout(drain_timeout, done_rx.recv())
         .await
         .is_err()
     {
-        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout");
+        tracing::warn!(timeout = ?drain_timeout, "connections still open after the drain timeout");
     }
     // Media streams are upgraded connections hyper no longer tracks: wait for them too (each
     // closes itself with 1001 once the drain timeout passes).
