@@ -86,6 +86,33 @@ fn caller_speech_over_playback_flushes_and_clears_within_the_attack_window() {
 }
 
 #[test]
+fn onset_arrival_is_when_the_onset_frame_arrived_and_precedes_the_clear() {
+    let sim = talk_over(seed(12), ms(20), Impair::default());
+    let barges = barge_in(&sim);
+    assert_eq!(barges.len(), 1, "{:?}", sim.events);
+    let (at, interruption) = barges[0];
+    let onset = interruption.onset.expect("caller onset").as_duration();
+    let arrival = sim
+        .call
+        .onset_arrival()
+        .expect("the onset frame was received")
+        - sim.start;
+    // Caller frame n (stream time n·20 ms) is complete, and sent, at (n + 1)·20 ms; the
+    // simulation delivers it at its next step, within a frame.
+    assert!(
+        arrival >= onset + ms(20) && arrival < onset + ms(40),
+        "onset {onset:?}, arrival {arrival:?}"
+    );
+    // Barge-in latency (onset arrival to clear) is positive and within the attack, the onset
+    // lookback and the jitter buffer's delay.
+    let config = CallConfig::default();
+    let bound = common::FRAME * (config.vad.attack_frames + 25) + config.jitter.max_delay;
+    let latency = sim.clears[0] - sim.start - arrival;
+    assert!(latency > Duration::ZERO && latency <= bound, "{latency:?}");
+    assert_eq!(sim.clears[0] - sim.start, at);
+}
+
+#[test]
 fn heard_time_is_exactly_what_twilio_played_before_the_clear() {
     for (seed_value, link) in [(11, ms(0)), (12, ms(17)), (13, ms(45))] {
         let sim = talk_over(seed(seed_value), link, Impair::default());

@@ -61,6 +61,11 @@ const RESAMPLER_FIFO: Duration = Duration::from_millis(40);
 /// frame (640 bytes) and this queue is part of every call's memory.
 const OUTPUT_CAPACITY: usize = 32;
 
+/// Caller slots whose arrival instants are remembered, to date a speech onset by when its audio
+/// arrived. The VAD dates an onset at most 50 frames back (its largest attack; the lookback is
+/// 25), so 64 always reach it.
+const ARRIVAL_RING: usize = 64;
+
 /// Configuration of one call. Plain data, validated once by [`Call::new`].
 #[derive(Clone, Debug)]
 pub struct CallConfig {
@@ -366,6 +371,11 @@ pub struct Call {
     outputs: VecDeque<Output>,
     /// The call's timeline, when tracing.
     trace: Option<Trace>,
+    /// When each of the last [`ARRIVAL_RING`] caller slots arrived (`None`: concealed), indexed
+    /// by slot number modulo the ring size.
+    arrivals: [Option<Instant>; ARRIVAL_RING],
+    /// When the audio of the latest speech onset arrived: see [`Call::onset_arrival`].
+    onset_arrival: Option<Instant>,
     /// Counters.
     stats: CallStats,
 }
@@ -402,6 +412,8 @@ impl Call {
             now,
             outputs: VecDeque::with_capacity(OUTPUT_CAPACITY),
             trace: (config.trace_events > 0).then(|| Trace::new(now, config.trace_events)),
+            arrivals: [None; ARRIVAL_RING],
+            onset_arrival: None,
             stats: CallStats::default(),
         })
     }
@@ -558,6 +570,21 @@ impl Call {
         self.trace.take()
     }
 
+    /// When the frame most recently returned as [`Output::Transmit`] became due on the pacer's
+    /// schedule (see [`Pacer::last_release_due`]); the driver's wake-up time minus this is how
+    /// late the frame left. `None` before the first frame.
+    pub fn last_transmit_due(&self) -> Option<Instant> {
+        self.pacer.last_release_due()
+    }
+
+    /// When the audio of the latest caller speech onset ([`CallEvent::SpeechStarted`], and so
+    /// the onset of a [`CallEvent::BargeIn`] emitted with it) was read off the socket: the
+    /// arrival of the first received frame from the onset slot on. `None` before any onset, or
+    /// when every slot from the onset on was concealed.
+    pub fn onset_arrival(&self) -> Option<Instant> {
+        self.onset_arrival
+    }
+
     /// Whether the stream has stopped.
     pub fn is_stopped(&self) -> bool {
         self.phase == Phase::Stopped
@@ -601,6 +628,7 @@ impl Call {
         }
         self.pacer.handle_timeout(now);
         while let Some(playout) = self.jitter.pop(now) {
+            self.arrivals[ring_index(playout.at)] = playout.arrived;
             self.stats.caller_frames += 1;
             if let Some(trace) = self.trace.as_mut() {
                 trace.record(
@@ -625,6 +653,7 @@ impl Call {
         match transition {
             VadTransition::SpeechStarted { at } => {
                 self.stats.speech_started += 1;
+                self.onset_arrival = self.arrival_since(at);
                 if let Some(trace) = self.trace.as_mut() {
                     trace.record(now, TraceKind::SpeechStarted(at));
                 }
@@ -641,6 +670,18 @@ impl Call {
                 self.emit(Output::Event(CallEvent::SpeechEnded { at }));
             }
         }
+    }
+
+    /// The arrival of the first received slot from `onset` to the latest played slot, if the
+    /// ring still holds `onset`.
+    fn arrival_since(&self, onset: SampleTime) -> Option<Instant> {
+        let onset_slot = onset.0 / FRAME_SAMPLES as u64;
+        // `caller_frames` slots have been played; the latest is `caller_frames - 1`.
+        let played = self.stats.caller_frames;
+        if onset_slot >= played || played - onset_slot > ARRIVAL_RING as u64 {
+            return None;
+        }
+        (onset_slot..played).find_map(|slot| self.arrivals[slot as usize % ARRIVAL_RING])
     }
 
     /// 8 kHz caller frame → 16 kHz agent feed frames. The upsampler's output is time-aligned
@@ -867,6 +908,11 @@ impl Call {
             self.emit(Output::Event(CallEvent::PlaybackCleared(interruption)));
         }
     }
+}
+
+/// The [`Call::arrivals`] index of the slot starting at `at`.
+fn ring_index(at: SampleTime) -> usize {
+    (at.0 / FRAME_SAMPLES as u64) as usize % ARRIVAL_RING
 }
 
 /// 20 ms in the units the ledger uses.

@@ -36,9 +36,14 @@ use crate::call::{CallConfig, CallEvent, CallStats};
 use crate::frame::{InboundMedia, MarkId, MediaError, MulawFrame};
 
 mod clock;
+mod histogram;
 mod worker;
 
 pub use clock::{Clock, SystemClock};
+pub use histogram::{
+    AtomicHistogram, BARGE_IN_LATENCY_BOUNDS, HistogramSnapshot, MAX_BUCKETS,
+    OUTBOUND_LATENESS_BOUNDS,
+};
 
 /// Engine settings. Plain data; validated by [`Engine::start`].
 #[derive(Clone, Debug)]
@@ -151,7 +156,13 @@ pub struct CallSpec {
 pub(crate) type InboundItem = (Instant, InboundMedia);
 
 /// Counters shared by the engine's workers (relaxed atomics; read for metrics and health).
-#[derive(Debug, Default)]
+///
+/// Everything here is written by the workers with relaxed atomic adds (no lock, no allocation)
+/// and read by the shell at scrape time. Per-frame measurements (`frames_out`, the two
+/// histograms, VAD transitions) are recorded as they happen; the per-call media counters
+/// (`frames_in` through `media_rejected`) are published from each call's own counters at most
+/// every [`COUNTERS_PUBLISH_EVERY`] and when the call ends, so they may trail by that much.
+#[derive(Debug)]
 pub struct EngineCounters {
     /// Calls running now.
     pub active_calls: AtomicUsize,
@@ -167,6 +178,63 @@ pub struct EngineCounters {
     pub late_wakeups: AtomicU64,
     /// Total lateness of wake-ups, in microseconds.
     pub lateness_us: AtomicU64,
+    /// Caller frames accepted by the calls' jitter buffers.
+    pub frames_in: AtomicU64,
+    /// Caller playout slots concealed (no frame in time: faded repeat or silence).
+    pub frames_concealed: AtomicU64,
+    /// Caller frames dropped as late (their slot had played) or backwards.
+    pub frames_late: AtomicU64,
+    /// Caller frames dropped as duplicates.
+    pub frames_duplicate: AtomicU64,
+    /// Buffered caller frames dropped because a jitter buffer was full.
+    pub jitter_overflow: AtomicU64,
+    /// Agent frames dropped because a call's playback queue was full.
+    pub playback_dropped: AtomicU64,
+    /// `media` messages the shell could not turn into a frame (bad base64, length or numbers).
+    pub media_rejected: AtomicU64,
+    /// Caller speech-started transitions of the VAD.
+    pub speech_started: AtomicU64,
+    /// Caller speech-ended transitions of the VAD.
+    pub speech_ended: AtomicU64,
+    /// Barge-ins decided (caller speech over agent playback).
+    pub barge_ins: AtomicU64,
+    /// How late each outbound frame was handed to its socket writer after it was due on its
+    /// pacer's schedule: the worker's wake-up time minus the frame's deadline (or its push
+    /// time, if later). Buckets [`OUTBOUND_LATENESS_BOUNDS`].
+    pub outbound_lateness: AtomicHistogram,
+    /// Barge-in latency: from when the caller's speech onset frame was read off the socket to
+    /// when the worker handed the `clear` to the socket writer. Buckets
+    /// [`BARGE_IN_LATENCY_BOUNDS`].
+    pub barge_in_latency: AtomicHistogram,
+}
+
+/// Longest a call's media counters wait before they are added to [`EngineCounters`].
+pub const COUNTERS_PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+impl Default for EngineCounters {
+    fn default() -> Self {
+        Self {
+            active_calls: AtomicUsize::new(0),
+            calls_started: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            sink_full: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
+            late_wakeups: AtomicU64::new(0),
+            lateness_us: AtomicU64::new(0),
+            frames_in: AtomicU64::new(0),
+            frames_concealed: AtomicU64::new(0),
+            frames_late: AtomicU64::new(0),
+            frames_duplicate: AtomicU64::new(0),
+            jitter_overflow: AtomicU64::new(0),
+            playback_dropped: AtomicU64::new(0),
+            media_rejected: AtomicU64::new(0),
+            speech_started: AtomicU64::new(0),
+            speech_ended: AtomicU64::new(0),
+            barge_ins: AtomicU64::new(0),
+            outbound_lateness: AtomicHistogram::new(&OUTBOUND_LATENESS_BOUNDS),
+            barge_in_latency: AtomicHistogram::new(&BARGE_IN_LATENCY_BOUNDS),
+        }
+    }
 }
 
 /// The shell's end of one call: push media, send control.

@@ -218,3 +218,58 @@ fn shutdown_ends_every_call() {
         Err(StartError::ShuttingDown)
     ));
 }
+
+#[test]
+fn engine_counters_mirror_the_calls_counters_and_time_every_released_frame() {
+    let engine = engine(1);
+    let sink = Collect::default();
+    let mut handle = engine
+        .open_call(
+            spec(Box::new(EchoAgent::default()), Box::new(sink.clone())),
+            Instant::now(),
+        )
+        .unwrap();
+    let start = Instant::now();
+    for i in 0..30u64 {
+        let media =
+            InboundMedia::parse(&(i + 1).to_string(), &(i * 20).to_string(), &[0xFF; 160]).unwrap();
+        assert!(handle.push_media(start + FRAME_MS * i as u32, media));
+    }
+    // A duplicate of the last chunk, and one message the shell rejected.
+    let dup = InboundMedia::parse("30", "580", &[0xFF; 160]).unwrap();
+    assert!(handle.push_media(start + FRAME_MS * 30, dup));
+    handle.send(Control::MediaRejected(start, MediaError::Encoding));
+    let frames = GREETING.len().div_ceil(160);
+    assert!(sink.wait_for(Duration::from_secs(5), |m| {
+        m.iter()
+            .filter(|(_, o)| matches!(o, Outbound::Media(_)))
+            .count()
+            == frames
+    }));
+    handle.send(Control::Stop(Instant::now()));
+    assert!(sink.wait_for(Duration::from_secs(2), |m| {
+        m.iter().any(|(_, o)| matches!(o, Outbound::Ended(_)))
+    }));
+    let msgs = sink.0.lock().unwrap();
+    let Some((_, Outbound::Ended(stats))) =
+        msgs.iter().find(|(_, o)| matches!(o, Outbound::Ended(_)))
+    else {
+        unreachable!()
+    };
+    let c = engine.counters();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    assert_eq!(load(&c.frames_in), 30);
+    assert_eq!(load(&c.frames_in), stats.media_in);
+    assert_eq!(load(&c.frames_duplicate), 1);
+    assert_eq!(load(&c.media_rejected), 1);
+    assert_eq!(load(&c.frames_concealed), stats.jitter.concealed);
+    assert_eq!(load(&c.frames_late), stats.media_late);
+    assert_eq!(load(&c.frames_out), frames as u64);
+    // Every released frame was timed against its deadline.
+    let lateness = c.outbound_lateness.snapshot();
+    assert_eq!(lateness.count, frames as u64);
+    assert_eq!(lateness.bounds, &OUTBOUND_LATENESS_BOUNDS[..]);
+    // Silence from the caller: no VAD transition, no barge-in.
+    assert_eq!(load(&c.speech_started), 0);
+    assert_eq!(c.barge_in_latency.snapshot().count, 0);
+}

@@ -14,7 +14,7 @@ use super::{
     SinkError, WorkerMsg,
 };
 use crate::agent::{Agent, AgentCommand, AgentOutput, CallInfo};
-use crate::call::{Call, CallEvent, Input, Output};
+use crate::call::{Call, CallEvent, CallStats, Input, Output};
 
 /// Wake-ups later than this after their deadline are counted as late.
 const LATE: Duration = Duration::from_millis(1);
@@ -39,6 +39,22 @@ pub(super) struct Slot {
     sink_closed: bool,
     /// Bumped whenever the slot's heap entry is replaced, to skip stale entries.
     generation: u64,
+    /// The call's media counters already added to [`EngineCounters`].
+    published: Published,
+    /// When to publish the call's media counters next (`None`: at the first service).
+    next_publish: Option<Instant>,
+}
+
+/// The part of a call's counters mirrored into [`EngineCounters`], as last published.
+#[derive(Clone, Copy, Default)]
+struct Published {
+    frames_in: u64,
+    concealed: u64,
+    late: u64,
+    duplicate: u64,
+    overflow: u64,
+    playback_dropped: u64,
+    rejected: u64,
 }
 
 impl Slot {
@@ -60,6 +76,8 @@ impl Slot {
             started: false,
             sink_closed: false,
             generation: 0,
+            published: Published::default(),
+            next_publish: None,
         }
     }
 
@@ -98,7 +116,7 @@ impl Slot {
             self.input(now, Input::Media(at, media), counters);
         }
         if self.call.is_stopped() {
-            self.end();
+            self.end(counters);
             return false;
         }
         if self.call.poll_timeout().is_some_and(|t| t <= now) {
@@ -114,16 +132,51 @@ impl Slot {
                 .poll_audio(now, queued, config.playback_chunk, &mut self.out);
             self.apply_agent(now, counters);
         }
+        if self.sink_closed || self.next_publish.is_none_or(|t| t <= now) {
+            self.publish(&self.call.stats(), counters);
+            self.next_publish = Some(now + super::COUNTERS_PUBLISH_EVERY);
+        }
         !self.sink_closed
     }
 
     /// Hands the timeline (if traced) and the final counters to the socket writer.
-    fn end(&mut self) {
+    fn end(&mut self, counters: &EngineCounters) {
         if let Some(trace) = self.call.take_trace() {
             let _ = self.sink.try_send(Outbound::Trace(Box::new(trace)));
         }
         let stats = self.call.stats();
+        self.publish(&stats, counters);
         let _ = self.sink.try_send(Outbound::Ended(Box::new(stats)));
+    }
+
+    /// Adds what the call counted since the last publish to the engine-wide counters.
+    fn publish(&mut self, stats: &CallStats, counters: &EngineCounters) {
+        let now = Published {
+            frames_in: stats.media_in,
+            concealed: stats.jitter.concealed,
+            late: stats.media_late,
+            duplicate: stats.media_duplicate,
+            overflow: stats.jitter.overflow,
+            playback_dropped: stats.agent_frames_dropped,
+            rejected: stats.media_bad_length + stats.media_bad_encoding + stats.media_bad_number,
+        };
+        let before = std::mem::replace(&mut self.published, now);
+        let add = |counter: &std::sync::atomic::AtomicU64, now: u64, before: u64| {
+            if now > before {
+                counter.fetch_add(now - before, Ordering::Relaxed);
+            }
+        };
+        add(&counters.frames_in, now.frames_in, before.frames_in);
+        add(&counters.frames_concealed, now.concealed, before.concealed);
+        add(&counters.frames_late, now.late, before.late);
+        add(&counters.frames_duplicate, now.duplicate, before.duplicate);
+        add(&counters.jitter_overflow, now.overflow, before.overflow);
+        add(
+            &counters.playback_dropped,
+            now.playback_dropped,
+            before.playback_dropped,
+        );
+        add(&counters.media_rejected, now.rejected, before.rejected);
     }
 
     /// The next instant this call needs serving.
@@ -151,6 +204,7 @@ impl Slot {
                 }
                 Output::Clear => self.send(Outbound::Clear, counters),
                 Output::Event(event) => {
+                    self.count_event(now, &event, counters);
                     self.agent.on_event(now, &event, &mut self.out);
                     if !matches!(event, CallEvent::Stopped) {
                         self.send(Outbound::Event(event), counters);
@@ -159,9 +213,36 @@ impl Slot {
                 Output::Mark(mark) => self.send(Outbound::Mark(mark), counters),
                 Output::Transmit(frame) => {
                     counters.frames_out.fetch_add(1, Ordering::Relaxed);
+                    if let Some(due) = self.call.last_transmit_due() {
+                        counters
+                            .outbound_lateness
+                            .record(now.saturating_duration_since(due));
+                    }
                     self.send(Outbound::Media(frame), counters);
                 }
             }
+        }
+    }
+
+    /// Counts VAD transitions and barge-ins. A barge-in's `clear` was handed to the sink just
+    /// before its event, in this same drain, so `now` is when the `clear` left.
+    fn count_event(&self, now: Instant, event: &CallEvent, counters: &EngineCounters) {
+        match event {
+            CallEvent::SpeechStarted { .. } => {
+                counters.speech_started.fetch_add(1, Ordering::Relaxed);
+            }
+            CallEvent::SpeechEnded { .. } => {
+                counters.speech_ended.fetch_add(1, Ordering::Relaxed);
+            }
+            CallEvent::BargeIn(_) => {
+                counters.barge_ins.fetch_add(1, Ordering::Relaxed);
+                if let Some(arrived) = self.call.onset_arrival() {
+                    counters
+                        .barge_in_latency
+                        .record(now.saturating_duration_since(arrived));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -321,7 +402,7 @@ impl Worker {
         for slot in self.slots.iter_mut() {
             if let Some(mut s) = slot.take() {
                 s.input(now, Input::Stop(now), &self.counters);
-                s.end();
+                s.end(&self.counters);
                 self.counters.active_calls.fetch_sub(1, Ordering::Relaxed);
                 self.load.fetch_sub(1, Ordering::Relaxed);
             }

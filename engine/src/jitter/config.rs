@@ -33,7 +33,8 @@ pub struct JitterConfig {
     /// Highest target delay. Default 200 ms; at most [`MAX_DELAY_LIMIT`].
     pub max_delay: Duration,
     /// Most frames buffered at once. Default 50 (1 s); from `ceil(max_delay / 20 ms) + 2` to
-    /// [`CAPACITY_LIMIT`]. Memory is allocated for all of them up front (about 176 bytes each).
+    /// [`CAPACITY_LIMIT`]. Memory is allocated for all of them up front (about 192 bytes each:
+    /// the frame, its slot and its arrival instant).
     pub capacity_frames: usize,
     /// Consecutive concealed slots that repeat the last frame (fading 6 dB per slot) before
     /// falling to silence. Default 3 (60 ms); 0 conceals with silence only; at most

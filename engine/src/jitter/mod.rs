@@ -127,6 +127,9 @@ pub struct Playout {
     pub frame: MulawFrame,
     /// Whether the audio was received or concealed.
     pub kind: PlayoutKind,
+    /// For a received frame, when it was read off the socket (the instant given to
+    /// [`JitterBuffer::insert`]); `None` for a concealed slot.
+    pub arrived: Option<Instant>,
 }
 
 /// Jitter buffer counters and gauges. Counts are frames since construction unless stated.
@@ -298,7 +301,7 @@ impl JitterBuffer {
             self.stats.max_burst = 1;
             self.accept(media, 0, 0, true);
             self.delay.observe(0, 0, false);
-            return self.place(0, media.payload);
+            return self.place(0, media.payload, now);
         };
         let now_ns = nanos_since(origin, now);
         if now_ns.saturating_sub(self.burst_start_ns) < FRAME_NS {
@@ -343,7 +346,7 @@ impl JitterBuffer {
         let transit = i64::try_from(i128::from(now_ns) - i128::from(slot) * i128::from(FRAME_NS))
             .unwrap_or(i64::MIN);
         self.delay.observe(now_ns, transit, !resync);
-        self.place(slot, media.payload)
+        self.place(slot, media.payload, now)
     }
 
     /// Next playout deadline: when [`JitterBuffer::pop`] will next return a slot. `None` before
@@ -381,18 +384,18 @@ impl JitterBuffer {
             self.above_target_run = 0;
         }
 
-        let (frame, kind) = match self.queue.front() {
+        let (frame, kind, arrived) = match self.queue.front() {
             Some(head) if head.slot <= n => {
                 // Slots only ever move in step with `next_slot`, so `head.slot < n` cannot
                 // happen; playing it now is the safe answer if it ever did.
-                let frame = head.frame;
+                let (frame, arrived) = (head.frame, head.arrived);
                 self.queue.pop_front();
                 self.last_frame = frame;
                 self.concealed_run = 0;
                 self.stats.played_received += 1;
-                (frame, PlayoutKind::Received)
+                (frame, PlayoutKind::Received, arrived)
             }
-            _ => (self.conceal(), PlayoutKind::Concealed),
+            _ => (self.conceal(), PlayoutKind::Concealed, None),
         };
         self.next_slot += 1;
         self.stats.played += 1;
@@ -400,6 +403,7 @@ impl JitterBuffer {
             at: SampleTime::from_frames(n),
             frame,
             kind,
+            arrived,
         })
     }
 
@@ -448,7 +452,7 @@ impl JitterBuffer {
     }
 
     /// Queues a frame of sender slot `slot`, or reports it late.
-    fn place(&mut self, slot: u64, frame: MulawFrame) -> Admission {
+    fn place(&mut self, slot: u64, frame: MulawFrame, arrived: Instant) -> Admission {
         let playout = i128::from(slot) + i128::from(self.offset);
         if playout < i128::from(self.next_slot) {
             self.stats.late += 1;
@@ -471,6 +475,7 @@ impl JitterBuffer {
             slot: playout,
             quiet: mulaw::is_quiet(&frame),
             frame,
+            arrived: Some(arrived),
         };
         // Always true: the queue was made non-full above.
         let pushed = self.queue.push_back(entry);
@@ -693,6 +698,33 @@ mod tests {
         let jb = JitterBuffer::new(&config).unwrap();
         assert_eq!(jb.target_delay(), ms(60));
         assert!(!jb.is_idle());
+    }
+
+    #[test]
+    fn received_slots_carry_their_arrival_instant_and_concealed_slots_none() {
+        // Chunk 4 never arrives; the others arrive with varying delay.
+        let arrivals: Vec<_> = schedule(8, |k| ms(3 * (k % 3)))
+            .into_iter()
+            .filter(|(_, m)| m.chunk != 4)
+            .collect();
+        let run = run(&JitterConfig::default(), &arrivals, ms(400));
+        let first = run.out[0].1.arrived.expect("chunk 1 was received");
+        let mut concealed = 0;
+        for (_, p) in &run.out {
+            match p.kind {
+                PlayoutKind::Received => {
+                    let chunk = marker(&p.frame);
+                    let sent = arrivals.iter().find(|(_, m)| m.chunk == chunk).unwrap().0;
+                    assert_eq!(p.arrived.unwrap() - first, sent - arrivals[0].0, "{chunk}");
+                }
+                PlayoutKind::Concealed => {
+                    assert_eq!(p.arrived, None);
+                    concealed += 1;
+                }
+            }
+        }
+        assert!(concealed >= 1);
+        assert_eq!(run.received_markers(), vec![1, 2, 3, 5, 6, 7, 8]);
     }
 
     #[test]

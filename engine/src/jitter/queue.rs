@@ -6,6 +6,8 @@
 //! buffered frame by one slot; that touches at most `capacity` entries and happens at most once
 //! per 20 ms slot.
 
+use std::time::Instant;
+
 use crate::frame::MulawFrame;
 
 /// One buffered frame.
@@ -17,6 +19,8 @@ pub(super) struct Entry {
     pub(super) quiet: bool,
     /// The audio.
     pub(super) frame: MulawFrame,
+    /// When the frame was read off the socket (`None` only in the unused `EMPTY` filler).
+    pub(super) arrived: Option<Instant>,
 }
 
 impl Entry {
@@ -24,6 +28,7 @@ impl Entry {
         slot: 0,
         quiet: true,
         frame: MulawFrame::SILENCE,
+        arrived: None,
     };
 }
 

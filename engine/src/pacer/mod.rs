@@ -308,6 +308,13 @@ pub struct Pacer {
     audio_ended: bool,
     /// `seq` of the next frame released.
     next_seq: u64,
+    /// When the current wake-up re-anchored a broken schedule: that schedule's anchor and the
+    /// index its next frame had on it, so the frames released in this wake-up are still measured
+    /// against the deadlines they missed. Cleared by the next wake-up and by a flush.
+    broken: Option<(Instant, u64)>,
+    /// When the most recently released frame became due: its deadline, or its push instant if
+    /// it was pushed after the deadline. `None` before the first frame.
+    last_due: Option<Instant>,
     /// Counters.
     stats: PacerStats,
 }
@@ -365,6 +372,8 @@ impl Pacer {
             cap_recorded: false,
             audio_ended: true,
             next_seq: 0,
+            broken: None,
+            last_due: None,
             stats: PacerStats::default(),
         })
     }
@@ -426,6 +435,7 @@ impl Pacer {
         self.next_index = 0;
         self.ready = 0;
         self.wake = None;
+        self.broken = None;
         self.audio_ended = true;
         self.stats.flushes += 1;
         self.stats.frames_flushed += flushed.frames as u64;
@@ -470,10 +480,19 @@ impl Pacer {
                 self.stats.marks_sent += 1;
                 Some(Transmit::Mark(mark))
             }
-            Entry::Frame { frame, .. } => {
+            Entry::Frame { frame, pushed } => {
                 if self.ready == 0 {
                     return None;
                 }
+                let deadline = match (self.broken, self.anchor) {
+                    (Some((anchor, index)), _) => {
+                        at(anchor, (index + self.next_index).saturating_sub(self.lead))
+                    }
+                    (None, Some(anchor)) => at(anchor, self.next_index.saturating_sub(self.lead)),
+                    // Unreachable: frames are granted only on a running schedule.
+                    (None, None) => pushed,
+                };
+                self.last_due = Some(deadline.max(pushed));
                 self.queue.pop_front();
                 self.queued_frames -= 1;
                 self.ready -= 1;
@@ -513,6 +532,15 @@ impl Pacer {
         }
     }
 
+    /// When the frame most recently returned by [`Pacer::poll_transmit`] became due: its
+    /// deadline on the schedule, or the instant it was pushed if that was later (a frame cannot
+    /// leave before it exists). Frames released by a wake-up that re-anchored a broken schedule
+    /// keep the deadlines they missed. `wake − last_release_due` is how late the frame left.
+    /// `None` before the first frame.
+    pub fn last_release_due(&self) -> Option<Instant> {
+        self.last_due
+    }
+
     /// Counters since creation.
     pub fn stats(&self) -> PacerStats {
         self.stats
@@ -532,6 +560,7 @@ impl Pacer {
             self.wake_late = false;
             self.burst_recorded = false;
             self.cap_recorded = false;
+            self.broken = None;
         }
         if self.queued_frames == 0 {
             return;
@@ -557,6 +586,11 @@ impl Pacer {
                 self.stats.reanchors += 1;
             } else if !self.audio_ended {
                 self.stats.underruns += 1;
+            }
+            if !starved {
+                // The queued frames missed their deadlines on the broken schedule; a starved
+                // queue's new frame did not (it was pushed after them).
+                self.broken = Some((anchor, self.next_index));
             }
             self.start_schedule(now);
             due = self.lead + 1;
@@ -1499,5 +1533,98 @@ mod tests {
             prop_assert_eq!(stats.frames_sent, check.next_seq);
             prop_assert!(pacer.is_idle(now + FRAME * (lead + 1)));
         }
+    }
+
+    /// Drains the pacer at `now`, returning each released frame's lateness (`now − due`).
+    fn lateness_of_releases(pacer: &mut Pacer, now: Instant) -> Vec<Duration> {
+        let mut late = Vec::new();
+        while let Some(t) = pacer.poll_transmit() {
+            if let Transmit::Frame { .. } = t {
+                let due = pacer.last_release_due().unwrap();
+                assert!(due <= now, "a frame left before it was due");
+                late.push(now - due);
+            }
+        }
+        late
+    }
+
+    #[test]
+    fn release_due_is_the_deadline_so_on_time_wakeups_measure_zero_lateness() {
+        let t0 = base();
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        assert_eq!(pacer.last_release_due(), None);
+        for i in 0..10 {
+            pacer.push_frame(t0, frame(i)).unwrap();
+        }
+        // Lead 3: four frames are due at the anchor.
+        assert_eq!(
+            lateness_of_releases(&mut pacer, t0),
+            vec![Duration::ZERO; 4]
+        );
+        let mut now = t0;
+        while let Some(deadline) = pacer.poll_timeout() {
+            now = deadline;
+            pacer.handle_timeout(now);
+            for late in lateness_of_releases(&mut pacer, now) {
+                assert_eq!(late, Duration::ZERO);
+            }
+        }
+        assert_eq!(now, t0 + ms(120));
+    }
+
+    #[test]
+    fn release_due_measures_a_late_wakeup_per_frame() {
+        let t0 = base();
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        for i in 0..10 {
+            pacer.push_frame(t0, frame(i)).unwrap();
+        }
+        lateness_of_releases(&mut pacer, t0);
+        // Frame 4 is due at 20 ms and frame 5 at 40 ms: waking at 47 ms releases both.
+        let now = t0 + ms(47);
+        pacer.handle_timeout(now);
+        assert_eq!(lateness_of_releases(&mut pacer, now), vec![ms(27), ms(7)]);
+    }
+
+    #[test]
+    fn release_due_keeps_missed_deadlines_across_a_reanchor() {
+        let t0 = base();
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        for i in 0..20 {
+            pacer.push_frame(t0, frame(i)).unwrap();
+        }
+        lateness_of_releases(&mut pacer, t0);
+        // A 200 ms stall breaks the schedule: the re-anchor releases lead + 1 frames at once,
+        // and they are measured against the deadlines they missed (20, 40, 60, 80 ms).
+        let now = t0 + ms(200);
+        pacer.handle_timeout(now);
+        assert_eq!(pacer.stats().reanchors, 1);
+        assert_eq!(
+            lateness_of_releases(&mut pacer, now),
+            vec![ms(180), ms(160), ms(140), ms(120)]
+        );
+        // The next frame is on the new schedule and on time.
+        let next = pacer.poll_timeout().unwrap();
+        assert_eq!(next, now + ms(20));
+        pacer.handle_timeout(next);
+        assert_eq!(lateness_of_releases(&mut pacer, next), vec![Duration::ZERO]);
+    }
+
+    #[test]
+    fn release_due_of_a_frame_pushed_after_its_deadline_is_its_push_time() {
+        let t0 = base();
+        let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+        for i in 0..4 {
+            pacer.push_frame(t0, frame(i)).unwrap();
+        }
+        lateness_of_releases(&mut pacer, t0);
+        // Frame 4 was due at 20 ms but only exists at 30 ms: it leaves at once, not late.
+        let pushed = t0 + ms(30);
+        pacer.push_frame(pushed, frame(4)).unwrap();
+        assert_eq!(
+            lateness_of_releases(&mut pacer, pushed),
+            vec![Duration::ZERO]
+        );
+        assert_eq!(pacer.last_release_due(), Some(pushed));
     }
 }
