@@ -62,6 +62,9 @@ const TRACE_EVENTS: usize = 150_000;
 pub const OUTBOUND_QUEUE: usize = 512;
 /// Messages ignored before `start` before the socket is closed.
 const MAX_BEFORE_START: u32 = 50;
+/// A stream's counters are added to the shell's metrics every this many messages (about 5 s
+/// of media) and when it ends.
+const PUBLISH_EVERY_MESSAGES: u64 = 256;
 /// How often the writer logs a `MEDIA_TX` summary while sending.
 const MEDIA_TX_EVERY: Duration = Duration::from_secs(5);
 
@@ -95,6 +98,24 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// The `reason` label in `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AgentHangup => "agent_hangup",
+            Self::AgentFailed => "agent_failed",
+            Self::Completed => "completed",
+            Self::GoingAway => "going_away",
+            Self::NoStart => "no_start",
+            Self::Stalled => "stalled",
+            Self::EngineRefused => "engine_refused",
+            Self::Busy => "busy",
+            Self::Idle => "idle",
+            Self::InvalidToken => "invalid_token",
+            Self::TooBig => "too_big",
+            Self::UnsupportedFormat => "unsupported_format",
+        }
+    }
+
     fn frame(self) -> CloseFrame {
         let (code, reason) = match self {
             Self::AgentHangup => (CloseCode::Normal, "call ended by agent"),
@@ -158,6 +179,9 @@ pub fn upgrade(
             .get(crate::signature::SIGNATURE_HEADER)
             .and_then(|v| v.to_str().ok());
         if let Err(reason) = verifier.verify(ws_url, &[], header) {
+            state
+                .metrics
+                .signature_failure(crate::metrics::SignatureTransport::WebSocket);
             tracing::warn!(id, url = ws_url, %reason, "WS handshake refused: signature check failed");
             return plain(StatusCode::FORBIDDEN, "forbidden\n");
         }
@@ -290,7 +314,6 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     let (out_tx, out_rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let mut counters = StreamCounters::default();
     let mut draining = state.draining.subscribe();
-    let write_timeout = state.config.ws_write_timeout;
 
     // Phase 1: until a valid `start`.
     let started = tokio::time::timeout(state.config.ws_start_timeout, async {
@@ -331,18 +354,11 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     let meta = match started {
         Ok(Ok(meta)) => meta,
         Ok(Err(reason)) => {
-            finish_without_call(sink, write_timeout, reason, id, &counters).await;
+            finish_without_call(&state, sink, reason, id, &counters).await;
             return;
         }
         Err(_) => {
-            finish_without_call(
-                sink,
-                write_timeout,
-                Some(CloseReason::NoStart),
-                id,
-                &counters,
-            )
-            .await;
+            finish_without_call(&state, sink, Some(CloseReason::NoStart), id, &counters).await;
             return;
         }
     };
@@ -354,21 +370,14 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         Ok(identity) => identity,
         Err(e) => {
             tracing::warn!(id, call_sid = %meta.call_sid, stream_sid = %meta.stream_sid, reason = %e, "WS start refused: stream token");
-            finish_without_call(
-                sink,
-                write_timeout,
-                Some(CloseReason::InvalidToken),
-                id,
-                &counters,
-            )
-            .await;
+            finish_without_call(&state, sink, Some(CloseReason::InvalidToken), id, &counters).await;
             return;
         }
     };
     let max = state.config.max_calls;
     if max > 0 && state.active_calls.count() >= max {
         tracing::warn!(id, call_sid = %meta.call_sid, max, "WS start refused: at MAX_CALLS");
-        finish_without_call(sink, write_timeout, Some(CloseReason::Busy), id, &counters).await;
+        finish_without_call(&state, sink, Some(CloseReason::Busy), id, &counters).await;
         return;
     }
     let info = CallInfo {
@@ -407,8 +416,8 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         Err(e) => {
             tracing::error!(id, call_sid = %info.call_sid, error = %e, "WS start refused: engine");
             finish_without_call(
+                &state,
                 sink,
-                write_timeout,
                 Some(CloseReason::EngineRefused),
                 id,
                 &counters,
@@ -418,9 +427,12 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         }
     };
     let _active = state.active_calls.enter();
+    state.metrics.call_started();
     tracing::info!(id, call_sid = %info.call_sid, stream_sid = %info.stream_sid, from = %info.from, to = %info.to, "WS start");
 
     let trace_dir = state.config.trace_dir.clone().filter(|_| traced);
+    // What this stream's counters have added to the shell's metrics so far.
+    let mut published = StreamCounters::default();
     let writer = tokio::spawn(write_loop(
         sink,
         out_rx,
@@ -428,7 +440,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         info.clone(),
         id,
         trace_dir,
-        write_timeout,
+        Arc::clone(&state),
     ));
 
     // Phase 2: stream until stop, close, error, idle or shutdown.
@@ -448,6 +460,9 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
                 match msg {
                     Some(Ok(Message::Text(text))) => {
                         counters.messages += 1;
+                        if counters.messages % PUBLISH_EVERY_MESSAGES == 0 {
+                            state.metrics.publish_stream(&counters, &mut published);
+                        }
                         if on_text(&text, now, &meta.stream_sid, &mut handle, &mut counters) {
                             reason = Some(CloseReason::Completed);
                             break;
@@ -485,6 +500,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     drop(close_tx);
     drop(handle);
     let _ = writer.await;
+    state.metrics.publish_stream(&counters, &mut published);
     log_counters(id, &info, &counters);
 }
 
@@ -560,13 +576,18 @@ fn close_for_error(e: &tokio_tungstenite::tungstenite::Error) -> CloseReason {
 }
 
 async fn finish_without_call(
+    state: &AppState,
     mut sink: futures_util::stream::SplitSink<WsStream, Message>,
-    write_timeout: Duration,
     reason: Option<CloseReason>,
     id: u64,
     counters: &StreamCounters,
 ) {
+    let write_timeout = state.config.ws_write_timeout;
+    state
+        .metrics
+        .publish_stream(counters, &mut StreamCounters::default());
     if let Some(reason) = reason {
+        state.metrics.ws_close(reason);
         tracing::info!(id, ?reason, "WS closing");
         let _ = tokio::time::timeout(
             write_timeout,
@@ -593,8 +614,10 @@ async fn write_loop(
     info: CallInfo,
     id: u64,
     trace_dir: Option<std::path::PathBuf>,
-    write_timeout: Duration,
+    state: Arc<AppState>,
 ) {
+    let write_timeout = state.config.ws_write_timeout;
+    let metrics = &state.metrics;
     let mut writer = Writer::new(&info.stream_sid);
     let mut close_reason: Option<CloseReason> = None;
     let mut frames_total: u64 = 0;
@@ -656,7 +679,7 @@ async fn write_loop(
                 if let Some(bytes) = frame {
                     let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
                     match tokio::time::timeout(write_timeout, sink.send(Message::Text(text))).await {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => metrics.ws_message_out(),
                         Ok(Err(_)) => break,
                         Err(_) => {
                             tracing::warn!(id, call_sid = %info.call_sid, "WS peer stopped reading: closing");
@@ -686,7 +709,10 @@ async fn write_loop(
     if close_reason.is_none() {
         close_reason = close.try_recv().ok();
     }
-    let frame = close_reason.unwrap_or(CloseReason::Completed).frame();
+    let reason = close_reason.unwrap_or(CloseReason::Completed);
+    metrics.ws_close(reason);
+    metrics.call_ended(reason);
+    let frame = reason.frame();
     let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;
 }

@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`config`] | `Config::from_vars` (environment + flags, validated once), `Secret` |
 //! | [`server`] | `serve(listener, state, shutdown)`, shared `AppState`, `ActiveCalls` |
+//! | [`metrics`] | `/metrics`: the shell's atomic counters and a collector reading them with the engine's |
 //! | [`routes`] | one `match (method, path)`, webhook handlers, error → status mapping |
 //! | [`signature`] | HMAC-SHA1/SHA256 webhook and WebSocket-upgrade signature verification |
 //! | [`twiml`] | pure TwiML builders |
@@ -42,6 +43,7 @@ pub mod bridge;
 pub mod config;
 pub mod form;
 pub mod media_stream;
+pub mod metrics;
 pub mod recording;
 pub mod routes;
 pub mod server;

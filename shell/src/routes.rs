@@ -59,12 +59,17 @@ pub enum Route {
     StreamStatus,
     /// `GET /version`.
     Version,
+    /// `GET /metrics`: Prometheus/OpenMetrics text.
+    Metrics,
 }
 
 impl Route {
     /// Whether the route is a Twilio webhook (signed, body parsed).
     pub fn is_webhook(self) -> bool {
-        !matches!(self, Self::Healthz | Self::MediaStream | Self::Version)
+        !matches!(
+            self,
+            Self::Healthz | Self::MediaStream | Self::Version | Self::Metrics
+        )
     }
 }
 
@@ -77,6 +82,9 @@ pub enum HttpError {
     /// Signature missing or wrong (the reason is logged, never returned).
     #[error("forbidden")]
     Forbidden,
+    /// `/metrics` without the configured bearer token.
+    #[error("unauthorized")]
+    Unauthorized,
     /// Server-side failure (e.g. the store could not sync).
     #[error("internal error: {0}")]
     Internal(String),
@@ -103,6 +111,7 @@ impl HttpError {
         let status = match &self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -119,6 +128,12 @@ impl HttpError {
         if let Self::MethodNotAllowed(allow) = self {
             resp.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The unread body may still be in flight: do not reuse the connection.
@@ -149,7 +164,8 @@ pub fn route(method: &Method, path: &str) -> Result<Route, HttpError> {
         (_, MEDIA_STREAM_PATH) => Err(HttpError::MethodNotAllowed("GET")),
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(Route::Healthz),
         (&Method::GET | &Method::HEAD, "/version") => Ok(Route::Version),
-        (_, "/healthz" | "/version") => Err(HttpError::MethodNotAllowed("GET, HEAD")),
+        (&Method::GET | &Method::HEAD, "/metrics") => Ok(Route::Metrics),
+        (_, "/healthz" | "/version" | "/metrics") => Err(HttpError::MethodNotAllowed("GET, HEAD")),
         _ => Err(HttpError::NotFound),
     }
 }
@@ -176,6 +192,10 @@ pub async fn handle(
             err.into_response()
         }
     };
+    state.metrics.http_request(
+        crate::metrics::RouteLabel::of_path(&path),
+        response.status().as_u16(),
+    );
     let elapsed = started.elapsed();
     tracing::info!(
         id,
@@ -197,6 +217,7 @@ async fn dispatch(
     if !route.is_webhook() {
         return Ok(match route {
             Route::Healthz => healthz(state),
+            Route::Metrics => metrics(state, req.headers())?,
             Route::MediaStream => {
                 // Twilio signs the wss:// URL exactly as written in the TwiML.
                 let origin = match &state.config.public_url {
@@ -216,7 +237,9 @@ async fn dispatch(
         Route::HandleRecording => handle_recording(state, &hook, id).await,
         Route::CallStatus => call_status(state, &hook, id).await,
         Route::StreamStatus => Ok(stream_status(&hook, id)),
-        Route::Healthz | Route::MediaStream | Route::Version => Err(HttpError::NotFound),
+        Route::Healthz | Route::MediaStream | Route::Version | Route::Metrics => {
+            Err(HttpError::NotFound)
+        }
     }
 }
 
@@ -324,6 +347,9 @@ async fn read_webhook(
         match verifier.verify_with(&url, content, header, algorithm) {
             Ok(variant) => tracing::debug!(id, ?variant, "signature verified"),
             Err(kind) => {
+                state
+                    .metrics
+                    .signature_failure(crate::metrics::SignatureTransport::Http);
                 tracing::warn!(
                     id,
                     url = %origin.http_url(parts.uri.path()),
@@ -560,6 +586,22 @@ fn healthz(state: &AppState) -> Response<Body> {
         body["warning"] = "signature checks are off: TWILIO_AUTH_TOKEN is not set".into();
     }
     json_response(&body)
+}
+
+/// `GET /metrics`: the counters in the OpenMetrics text format, behind `METRICS_TOKEN` when set.
+fn metrics(state: &AppState, headers: &HeaderMap) -> Result<Response<Body>, HttpError> {
+    let authorization = headers
+        .get(http::header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if !crate::metrics::authorized(state.config.metrics_token.as_ref(), authorization) {
+        tracing::warn!("metrics scrape refused: missing or wrong bearer token");
+        return Err(HttpError::Unauthorized);
+    }
+    Ok(text_response(
+        StatusCode::OK,
+        crate::metrics::CONTENT_TYPE,
+        crate::metrics::encode(&state.metrics_registry),
+    ))
 }
 
 fn version(state: &AppState) -> Response<Body> {

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use handset_engine::driver::{Engine, EngineConfig, StartError, SystemClock};
 
 use crate::config::Config;
+use crate::metrics::ShellMetrics;
 use crate::signature::Verifier;
 use crate::store::{RecordingEvent, Reloaded, Store, StoreError};
 use crate::tokens::StreamTokens;
@@ -78,6 +79,10 @@ pub struct AppState {
     /// Set to true when the server starts draining: media streams finish within
     /// `config.drain_timeout`, then close with 1001.
     pub draining: watch::Sender<bool>,
+    /// The shell's counters for `/metrics`.
+    pub metrics: Arc<ShellMetrics>,
+    /// What `/metrics` encodes: a collector over `metrics` and the engine's counters.
+    pub metrics_registry: prometheus_client::registry::Registry,
     /// Source of per-request ids for log correlation.
     pub(crate) request_ids: AtomicU64,
 }
@@ -115,14 +120,23 @@ impl AppState {
             Arc::new(SystemClock::new()),
         )?;
         let (tx, rx) = mpsc::channel(RECORDING_QUEUE);
+        let active_calls = ActiveCalls::default();
+        let metrics = Arc::new(ShellMetrics::default());
+        let metrics_registry = crate::metrics::registry(
+            Arc::clone(engine.counters()),
+            Arc::clone(&metrics),
+            active_calls.clone(),
+        );
         let state = Self {
             verifier: config.auth_token.clone().map(Verifier::new),
             tokens: StreamTokens::new(config.stream_token_ttl, config.stream_token_capacity),
             store: Arc::new(store),
-            active_calls: ActiveCalls::default(),
+            active_calls,
             recordings: tx,
             engine,
             draining: watch::channel(false).0,
+            metrics,
+            metrics_registry,
             request_ids: AtomicU64::new(1),
             config,
         };
