@@ -12,7 +12,9 @@
 //! ```
 //!
 //! A worker sleeps with `clock_nanosleep(TIMER_ABSTIME)` until the earliest deadline of its
-//! calls (a binary heap), wakes, serves only the calls that are due, and sleeps again. Every call
+//! calls (a binary heap) rounded up to a 1 ms grid ([`EngineConfig::wake_grid`]), wakes, serves
+//! every call that is due, and sleeps again: one wake-up per grid step at most, whatever the
+//! number of calls. Every call
 //! is served at least every [`EngineConfig::max_idle`], which is when its rings and control
 //! messages are read if it has no deadline of its own. Inbound frames carry the instant the
 //! shell read them, so serving them a few milliseconds later changes no decision.
@@ -50,9 +52,13 @@ pub use histogram::{
 pub struct EngineConfig {
     /// Worker threads; 0 means one per available core.
     pub workers: usize,
-    /// Inbound frames a call's ring holds (default 256 = 5.1 s of audio): room for a burst.
+    /// Inbound frames a call's ring holds (default 64 = 1.28 s of audio): room for a burst
+    /// after a network stall. The worker empties the ring at least every `max_idle`, and the
+    /// jitter buffer keeps at most 50 frames (1 s) anyway, so a longer ring would only hold
+    /// frames the jitter buffer drops. 64 × 192 bytes = 12 KiB per call.
     pub inbound_ring_frames: usize,
-    /// Control messages a call's channel holds (default 256).
+    /// Control messages a call's channel holds (default 64): mark echoes (a progress mark per
+    /// 5 frames, so at most ~10 for the 1 s the pacer holds, plus agent marks), DTMF, stop.
     pub control_capacity: usize,
     /// Longest a call goes unserved (default 10 ms): bounds how late its rings are read when
     /// it has no deadline of its own.
@@ -61,17 +67,25 @@ pub struct EngineConfig {
     pub playback_low_water: Duration,
     /// How much agent audio to pull at a time (default 200 ms).
     pub playback_chunk: Duration,
+    /// Wake-up grid (default 1 ms): a worker's sleep target is rounded up to a multiple of this
+    /// from the worker's start, and one wake-up serves every call due by then, so a worker
+    /// wakes at most once per grid step however many calls it runs. Frames are released at
+    /// most one step after their deadline, never before. Zero wakes for every deadline
+    /// exactly. Must divide 20 ms (so a call's frame deadlines keep one offset from the grid)
+    /// and be at most `max_idle`.
+    pub wake_grid: Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             workers: 0,
-            inbound_ring_frames: 256,
-            control_capacity: 256,
+            inbound_ring_frames: 64,
+            control_capacity: 64,
             max_idle: Duration::from_millis(10),
             playback_low_water: Duration::from_millis(200),
             playback_chunk: Duration::from_millis(200),
+            wake_grid: Duration::from_millis(1),
         }
     }
 }
@@ -319,6 +333,14 @@ impl Engine {
         if config.max_idle.is_zero() || config.playback_chunk.is_zero() {
             return Err(StartError::Config(
                 "max_idle and playback_chunk must be positive",
+            ));
+        }
+        if !config.wake_grid.is_zero()
+            && (crate::time::FRAME.as_nanos() % config.wake_grid.as_nanos() != 0
+                || config.wake_grid > config.max_idle)
+        {
+            return Err(StartError::Config(
+                "wake_grid must divide 20 ms and be at most max_idle",
             ));
         }
         let count = if config.workers == 0 {

@@ -273,3 +273,223 @@ fn engine_counters_mirror_the_calls_counters_and_time_every_released_frame() {
     assert_eq!(load(&c.speech_started), 0);
     assert_eq!(c.barge_in_latency.snapshot().count, 0);
 }
+
+/// Virtual time for a worker run on the test thread: `sleep_until` jumps to the deadline plus a
+/// pseudo-random lateness (0–300 µs, as real timers show), opens the calls whose start time has
+/// come, and asks the worker to stop once the run is over. A call's start also wakes the worker
+/// (early, which the worker must tolerate), so each call is first served at its own phase, as
+/// calls arriving from the network are.
+struct VirtualClock {
+    state: Mutex<VirtualState>,
+}
+
+struct VirtualState {
+    now: Instant,
+    end: Instant,
+    rng: u64,
+    /// Every sleep target, in order.
+    sleeps: Vec<Instant>,
+    /// Calls still to open, latest first, with when they open.
+    pending: Vec<(Instant, Box<worker::Slot>)>,
+    tx: Option<Sender<WorkerMsg>>,
+}
+
+impl Clock for VirtualClock {
+    fn now(&self) -> Instant {
+        self.state.lock().unwrap().now
+    }
+
+    fn sleep_until(&self, deadline: Instant) {
+        let mut s = self.state.lock().unwrap();
+        s.sleeps.push(deadline);
+        s.rng = s
+            .rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        let late = Duration::from_micros((s.rng >> 33) % 300);
+        let wake = s
+            .pending
+            .last()
+            .map_or(deadline, |(at, _)| deadline.min(*at));
+        s.now = s.now.max(wake) + late;
+        let now = s.now;
+        while s.pending.last().is_some_and(|(at, _)| *at <= now) {
+            let (_, slot) = s.pending.pop().unwrap();
+            s.tx.as_ref().unwrap().send(WorkerMsg::Open(slot)).unwrap();
+        }
+        if now >= s.end {
+            if let Some(tx) = s.tx.take() {
+                tx.send(WorkerMsg::Shutdown).unwrap();
+            }
+        }
+    }
+}
+
+/// A sink that stamps each message with the virtual time.
+struct VirtualSink {
+    clock: Arc<VirtualClock>,
+    log: Arc<Mutex<Vec<(Instant, Outbound)>>>,
+}
+
+impl OutboundSink for VirtualSink {
+    fn try_send(&mut self, msg: Outbound) -> Result<(), SinkError> {
+        let now = self.clock.now();
+        self.log.lock().unwrap().push((now, msg));
+        Ok(())
+    }
+}
+
+/// Runs `calls` echo calls starting 0.37 ms apart (phases spread over the 20 ms cycle) on one
+/// worker for `run` of virtual time; returns the sleep targets and each call's media times.
+fn run_virtual(
+    calls: usize,
+    run: Duration,
+    wake_grid: Duration,
+) -> (Vec<Instant>, Vec<Vec<Instant>>, Arc<EngineCounters>) {
+    let t0 = Instant::now();
+    let config = EngineConfig {
+        workers: 1,
+        wake_grid,
+        ..EngineConfig::default()
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let clock = Arc::new(VirtualClock {
+        state: Mutex::new(VirtualState {
+            now: t0,
+            end: t0 + run,
+            rng: 7,
+            sleeps: Vec::new(),
+            pending: Vec::new(),
+            tx: Some(tx),
+        }),
+    });
+    let counters = Arc::new(EngineCounters::default());
+    let worker = worker::Worker::new(
+        rx,
+        config.clone(),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+        Arc::clone(&counters),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let mut logs = Vec::new();
+    let mut controls = Vec::new();
+    let mut pending = Vec::new();
+    for i in 0..calls {
+        let at = t0 + Duration::from_micros(370 * i as u64 + 1);
+        let call = crate::call::Call::new(&CallConfig::default(), at).unwrap();
+        let (_producer, consumer) = HeapRb::<InboundItem>::new(4).split();
+        let (control_tx, control_rx) = crossbeam_channel::bounded(4);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = VirtualSink {
+            clock: Arc::clone(&clock),
+            log: Arc::clone(&log),
+        };
+        let spec = spec(Box::new(EchoAgent::default()), Box::new(sink));
+        pending.push((
+            at,
+            Box::new(worker::Slot::new(call, spec, consumer, control_rx)),
+        ));
+        logs.push(log);
+        controls.push(control_tx);
+    }
+    pending.reverse();
+    clock.state.lock().unwrap().pending = pending;
+    worker.run();
+    drop(controls);
+    let media = logs
+        .iter()
+        .map(|log| {
+            log.lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, o)| matches!(o, Outbound::Media(_)))
+                .map(|(t, _)| *t)
+                .collect()
+        })
+        .collect();
+    let sleeps = clock.state.lock().unwrap().sleeps.clone();
+    (sleeps, media, counters)
+}
+
+/// Checks every call's greeting frames against the pacer's schedule: frame `n` is due at
+/// `first + (n − lead)·20 ms` and must never leave before that, nor more than `slack` after.
+fn assert_paced(media: &[Vec<Instant>], slack: Duration) {
+    let lead = CallConfig::default().pacer.lead_frames as usize;
+    for (call, times) in media.iter().enumerate() {
+        assert!(
+            times.len() > 20,
+            "call {call} sent only {} frames",
+            times.len()
+        );
+        let first = times[0];
+        for (n, t) in times.iter().enumerate().skip(lead + 1) {
+            let due = first + FRAME_MS * (n - lead) as u32;
+            assert!(*t >= due, "call {call} frame {n} left {:?} early", due - *t);
+            assert!(
+                *t - due <= slack,
+                "call {call} frame {n} left {:?} late",
+                *t - due
+            );
+        }
+    }
+}
+
+#[test]
+fn wake_ups_are_bounded_by_the_grid_however_many_calls_and_no_frame_leaves_early() {
+    let run = Duration::from_secs(2);
+    let grid = Duration::from_millis(1);
+    let (sleeps, media, counters) = run_virtual(200, run, grid);
+    assert_eq!(
+        counters.wakeups.load(Ordering::Relaxed),
+        sleeps.len() as u64
+    );
+    // Once every call runs (the last starts at 74 ms), 200 calls with spread phases would need
+    // ~50 wake-ups per call per second without coalescing (about 18,000 here); on a 1 ms grid
+    // there is at most one per tick.
+    let steady = sleeps[0] + Duration::from_millis(100);
+    let wakes = sleeps.iter().filter(|t| **t >= steady).count();
+    let ticks = ((run - Duration::from_millis(100)).as_millis() / grid.as_millis()) as usize;
+    assert!(wakes <= ticks + 2, "{wakes} wake-ups in {ticks} ticks");
+    // Every sleep target is on the grid.
+    for pair in sleeps.windows(2) {
+        let step = pair[1].saturating_duration_since(pair[0]);
+        assert_eq!(
+            step.as_nanos() % grid.as_nanos(),
+            0,
+            "off-grid step {step:?}"
+        );
+    }
+    // Each frame leaves at or after its deadline, and the rounding costs at most one tick
+    // plus the wake-up's own lateness (< 300 µs here).
+    assert_paced(&media, grid + Duration::from_micros(300));
+}
+
+#[test]
+fn without_a_grid_each_deadline_gets_its_own_wake_up() {
+    // The contrast that shows what the grid saves, on the same calls.
+    let run = Duration::from_secs(1);
+    let (sleeps, media, _) = run_virtual(50, run, Duration::ZERO);
+    let steady = sleeps[0] + Duration::from_millis(100);
+    let wakes = sleeps.iter().filter(|t| **t >= steady).count();
+    // 50 calls × 50 frames per second over 0.9 s: each frame deadline is its own wake-up.
+    assert!(
+        wakes > 2_000,
+        "only {wakes} wake-ups for 50 calls with spread phases"
+    );
+    assert_paced(&media, Duration::from_micros(300));
+}
+
+#[test]
+fn a_wake_grid_that_does_not_divide_the_frame_is_refused() {
+    for grid in [Duration::from_millis(3), Duration::from_millis(20)] {
+        let config = EngineConfig {
+            workers: 1,
+            wake_grid: grid,
+            ..EngineConfig::default()
+        };
+        assert!(matches!(
+            Engine::start(config, Arc::new(SystemClock::new())),
+            Err(StartError::Config(_))
+        ));
+    }
+}

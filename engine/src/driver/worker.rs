@@ -1,4 +1,16 @@
 //! One engine worker thread: a set of calls, a deadline heap, and an absolute-deadline sleep.
+//!
+//! **Wake-up coalescing.** Each call has its own deadlines (pacer `anchor + n·20 ms`, jitter
+//! playout, agent timers), so a worker that slept until the earliest one would wake about
+//! 50 times per second per call, and each wake-up costs far more (a context switch and a timer)
+//! than serving a call. The worker therefore rounds its sleep target *up* to a fixed grid
+//! ([`EngineConfig::wake_grid`], 1 ms by default) counted from its epoch, and serves every call
+//! that is due when it wakes. A pacer anchors at the instant it is served, which is a grid tick
+//! plus the wake-up's lateness, and 20 ms is a whole number of ticks, so all of a call's later
+//! frame deadlines fall the same distance after a tick and round up to the same tick offset:
+//! a call's frames keep exact 20 ms spacing (plus only the wake-up jitter), each is released
+//! at most one tick after its deadline and never before it, and a worker wakes at most once
+//! per tick however many calls it runs.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -295,10 +307,14 @@ pub(super) struct Worker {
     clock: Arc<dyn Clock>,
     counters: Arc<EngineCounters>,
     load: Arc<AtomicUsize>,
-    slots: Vec<Option<Slot>>,
+    /// Calls by index; boxed so the vector stays small (a `Slot` holds a whole `Call`) and
+    /// a call is not moved when it is accepted.
+    slots: Vec<Option<Box<Slot>>>,
     free: Vec<usize>,
     /// (deadline, slot index, slot generation), earliest first.
     heap: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Origin of the wake-up grid.
+    epoch: Instant,
 }
 
 impl Worker {
@@ -309,6 +325,7 @@ impl Worker {
         counters: Arc<EngineCounters>,
         load: Arc<AtomicUsize>,
     ) -> Self {
+        let epoch = clock.now();
         Self {
             rx,
             config,
@@ -318,7 +335,24 @@ impl Worker {
             slots: Vec::new(),
             free: Vec::new(),
             heap: BinaryHeap::new(),
+            epoch,
         }
+    }
+
+    /// `deadline` rounded up to the wake-up grid (unchanged when the grid is zero or the
+    /// deadline precedes the epoch, which then means "now").
+    fn on_grid(&self, deadline: Instant) -> Instant {
+        let grid = self.config.wake_grid.as_nanos();
+        let Some(offset) = deadline.checked_duration_since(self.epoch) else {
+            return deadline;
+        };
+        if grid == 0 {
+            return deadline;
+        }
+        let ticks = offset.as_nanos().div_ceil(grid);
+        // Saturates only beyond ~584 years of uptime.
+        let nanos = u64::try_from(ticks * grid).unwrap_or(u64::MAX);
+        self.epoch + Duration::from_nanos(nanos)
     }
 
     pub(super) fn run(mut self) {
@@ -329,11 +363,13 @@ impl Worker {
                 return;
             }
             self.serve_due(now);
-            let next = self
+            let earliest = self
                 .heap
                 .peek()
                 .map_or(now + self.config.max_idle, |Reverse((t, ..))| *t)
                 .min(now + self.config.max_idle);
+            // Everything due by the next tick is served by that one wake-up.
+            let next = self.on_grid(earliest);
             self.clock.sleep_until(next);
             let woke = self.clock.now();
             self.counters.wakeups.fetch_add(1, Ordering::Relaxed);
@@ -360,7 +396,7 @@ impl Worker {
                         }
                     };
                     let generation = slot.generation;
-                    self.slots[index] = Some(*slot);
+                    self.slots[index] = Some(slot);
                     self.counters.active_calls.fetch_add(1, Ordering::Relaxed);
                     self.counters.calls_started.fetch_add(1, Ordering::Relaxed);
                     self.heap.push(Reverse((now, index, generation)));
