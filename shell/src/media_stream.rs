@@ -309,7 +309,9 @@ impl Writer {
         let sid = serde_json::to_string(stream_sid).unwrap_or_else(|_| "\"\"".to_owned());
         Self {
             sid_field: format!("\"streamSid\":{sid}"),
-            buf: BytesMut::with_capacity(16 * 1024),
+            // One message at a time (a media message is ~300 bytes); `split` hands it out and
+            // `reserve` reclaims the space once the socket writer has dropped it.
+            buf: BytesMut::with_capacity(1024),
         }
     }
 

@@ -93,10 +93,13 @@ impl Default for CallConfig {
         Self {
             jitter: JitterConfig::default(),
             // Agents hand audio over a little at a time (the driver pulls ~200 ms when less than
-            // 200 ms is queued), so 3 s of queue is plenty and keeps each call small: a slot is
-            // 176 bytes, so 150 slots are 26 KB.
+            // 200 ms is queued, so at most ~400 ms is ever queued), so 1 s of queue is 2.5× what
+            // is needed and keeps each call small: a slot is 176 bytes, and 50 frame slots plus
+            // 32 mark slots (10 progress marks for 50 frames, the rest for agent marks) are
+            // 14 KiB, against 70 KiB for the pacer's general-purpose 150 + 256.
             pacer: PacerConfig {
-                capacity_frames: 150,
+                capacity_frames: 50,
+                capacity_marks: 32,
                 ..PacerConfig::default()
             },
             // End of turn after 500 ms of silence (the detector's own default hangover is tuned

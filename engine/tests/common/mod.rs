@@ -29,6 +29,8 @@ pub fn ms(n: u64) -> Duration {
 pub fn roomy(seconds: usize) -> CallConfig {
     let mut config = CallConfig::default();
     config.pacer.capacity_frames = seconds * 50 + 10;
+    // A progress mark every 5 frames, plus room for agent marks.
+    config.pacer.capacity_marks = config.pacer.capacity_frames / 5 + 16;
     config
 }
 
