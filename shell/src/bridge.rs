@@ -65,6 +65,12 @@ const MAX_BEFORE_START: u32 = 50;
 /// A stream's counters are added to the shell's metrics every this many messages (about 5 s
 /// of media) and when it ends.
 const PUBLISH_EVERY_MESSAGES: u64 = 256;
+/// Most messages one writer wake-up sends before flushing (what is already queued, never
+/// waited for).
+const WRITE_BATCH: usize = 16;
+/// Socket bytes a writer gathers before tungstenite writes them; a batch is flushed at once
+/// anyway, so this only lets the messages of one batch share a write.
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// How often the writer logs a `MEDIA_TX` summary while sending.
 const MEDIA_TX_EVERY: Duration = Duration::from_secs(5);
 
@@ -206,11 +212,12 @@ pub fn upgrade(
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 // Small buffers: a media message is ~400 bytes, and tungstenite's 128 KiB
-                // defaults would be most of a call's memory. Writes go out eagerly (each send
-                // flushes anyway); the write buffer is capped so a stalled peer is bounded.
+                // defaults would be most of a call's memory. The writer feeds what is queued
+                // and flushes once per batch (the out buffer grows only to one batch); the
+                // write buffer is capped so a stalled peer is bounded.
                 let config = WebSocketConfig::default()
                     .read_buffer_size(READ_BUFFER_BYTES)
-                    .write_buffer_size(0)
+                    .write_buffer_size(WRITE_BUFFER_BYTES)
                     .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
                     .max_message_size(Some(state.config.ws_max_message_bytes))
                     .max_frame_size(Some(state.config.ws_max_message_bytes));
@@ -606,7 +613,88 @@ async fn finish_without_call(
     );
 }
 
+/// What the writer does with one engine message.
+enum Step {
+    /// Queue this text frame on the socket.
+    Send(Utf8Bytes),
+    /// Nothing to send (logged or handed elsewhere).
+    Skip,
+    /// The call is over: close the stream.
+    Stop,
+}
+
+/// The writer's per-call state apart from the socket.
+struct WriterState {
+    writer: Writer,
+    info: CallInfo,
+    id: u64,
+    trace_dir: Option<std::path::PathBuf>,
+    close_reason: Option<CloseReason>,
+    frames_total: u64,
+    frames_window: u64,
+}
+
+impl WriterState {
+    /// Turns one engine message into what goes on the wire.
+    fn step(&mut self, msg: Outbound) -> Step {
+        let (id, info) = (self.id, &self.info);
+        let bytes = match msg {
+            Outbound::Media(frame) => {
+                self.frames_total += 1;
+                self.frames_window += 1;
+                self.writer.media(&frame)
+            }
+            Outbound::Mark(mark) => self.writer.mark(&mark_name(mark)),
+            Outbound::Clear => self.writer.clear(),
+            Outbound::Event(event) => {
+                log_event(id, info, &event);
+                return Step::Skip;
+            }
+            Outbound::Hangup(reason) => {
+                tracing::info!(id, call_sid = %info.call_sid, ?reason, "HANGUP");
+                self.close_reason = Some(match reason {
+                    HangupReason::AgentFailed => CloseReason::AgentFailed,
+                    HangupReason::Completed => CloseReason::AgentHangup,
+                });
+                return Step::Stop;
+            }
+            Outbound::Trace(trace) => {
+                if let Some(dir) = self.trace_dir.clone() {
+                    let call_sid = info.call_sid.clone();
+                    tokio::task::spawn_blocking(move || write_trace(&dir, &call_sid, &trace, id));
+                }
+                return Step::Skip;
+            }
+            Outbound::Ended(stats) => {
+                tracing::info!(
+                    id,
+                    call_sid = %info.call_sid,
+                    stream_sid = %info.stream_sid,
+                    media_in = stats.media_in,
+                    frames_out = stats.frames_out,
+                    concealed = stats.jitter.concealed,
+                    late = stats.jitter.late,
+                    duplicate = stats.media_duplicate,
+                    barge_ins = stats.barge_ins,
+                    marks_played = stats.marks_played,
+                    underruns = stats.pacer.underruns,
+                    late_wakeups = stats.pacer.late_wakeups,
+                    "WS stop"
+                );
+                return Step::Stop;
+            }
+        };
+        // The writer only emits ASCII JSON.
+        Utf8Bytes::try_from(bytes).map_or(Step::Skip, Step::Send)
+    }
+}
+
 /// Moves engine output onto the socket until the call ends or a close is asked for.
+///
+/// One wake-up takes every message already queued (up to [`WRITE_BATCH`]): the engine hands
+/// over what one service produced at the same instant (a frame and its progress mark, the
+/// four frames that start a playback), so they go out in one socket write and one flush. No
+/// message waits for another: a batch is only what is already there.
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WsStream, Message>,
     mut out: mpsc::Receiver<Outbound>,
@@ -618,10 +706,15 @@ async fn write_loop(
 ) {
     let write_timeout = state.config.ws_write_timeout;
     let metrics = &state.metrics;
-    let mut writer = Writer::new(&info.stream_sid);
-    let mut close_reason: Option<CloseReason> = None;
-    let mut frames_total: u64 = 0;
-    let mut frames_window: u64 = 0;
+    let mut ws = WriterState {
+        writer: Writer::new(&info.stream_sid),
+        info,
+        id,
+        trace_dir,
+        close_reason: None,
+        frames_total: 0,
+        frames_window: 0,
+    };
     let mut summary = tokio::time::interval(MEDIA_TX_EVERY);
     summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     summary.tick().await;
@@ -630,79 +723,70 @@ async fn write_loop(
         tokio::select! {
             msg = out.recv() => {
                 let Some(msg) = msg else { break };
-                let frame = match msg {
-                    Outbound::Media(frame) => {
-                        frames_total += 1;
-                        frames_window += 1;
-                        Some(writer.media(&frame))
-                    }
-                    Outbound::Mark(mark) => Some(writer.mark(&mark_name(mark))),
-                    Outbound::Clear => Some(writer.clear()),
-                    Outbound::Event(event) => {
-                        log_event(id, &info, &event);
-                        None
-                    }
-                    Outbound::Hangup(reason) => {
-                        tracing::info!(id, call_sid = %info.call_sid, ?reason, "HANGUP");
-                        close_reason = Some(match reason {
-                            HangupReason::AgentFailed => CloseReason::AgentFailed,
-                            HangupReason::Completed => CloseReason::AgentHangup,
-                        });
-                        break;
-                    }
-                    Outbound::Trace(trace) => {
-                        if let Some(dir) = trace_dir.clone() {
-                            let call_sid = info.call_sid.clone();
-                            tokio::task::spawn_blocking(move || write_trace(&dir, &call_sid, &trace, id));
+                let mut stop = false;
+                let mut fed = 0;
+                let mut next = Some(msg);
+                let wrote = tokio::time::timeout(write_timeout, async {
+                    while let Some(msg) = next.take() {
+                        match ws.step(msg) {
+                            Step::Send(text) => {
+                                sink.feed(Message::Text(text)).await?;
+                                fed += 1;
+                            }
+                            Step::Skip => {}
+                            Step::Stop => {
+                                stop = true;
+                                break;
+                            }
                         }
-                        None
-                    }
-                    Outbound::Ended(stats) => {
-                        tracing::info!(
-                            id,
-                            call_sid = %info.call_sid,
-                            stream_sid = %info.stream_sid,
-                            media_in = stats.media_in,
-                            frames_out = stats.frames_out,
-                            concealed = stats.jitter.concealed,
-                            late = stats.jitter.late,
-                            duplicate = stats.media_duplicate,
-                            barge_ins = stats.barge_ins,
-                            marks_played = stats.marks_played,
-                            underruns = stats.pacer.underruns,
-                            late_wakeups = stats.pacer.late_wakeups,
-                            "WS stop"
-                        );
-                        break;
-                    }
-                };
-                if let Some(bytes) = frame {
-                    let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
-                    match tokio::time::timeout(write_timeout, sink.send(Message::Text(text))).await {
-                        Ok(Ok(())) => metrics.ws_message_out(),
-                        Ok(Err(_)) => break,
-                        Err(_) => {
-                            tracing::warn!(id, call_sid = %info.call_sid, "WS peer stopped reading: closing");
-                            close_reason = Some(CloseReason::Stalled);
-                            break;
+                        if fed < WRITE_BATCH {
+                            next = out.try_recv().ok();
                         }
                     }
+                    if fed > 0 {
+                        sink.flush().await?;
+                    }
+                    Ok::<(), tokio_tungstenite::tungstenite::Error>(())
+                })
+                .await;
+                match wrote {
+                    Ok(Ok(())) => {
+                        for _ in 0..fed {
+                            metrics.ws_message_out();
+                        }
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        tracing::warn!(id, call_sid = %ws.info.call_sid, "WS peer stopped reading: closing");
+                        ws.close_reason = Some(CloseReason::Stalled);
+                        break;
+                    }
+                }
+                if stop {
+                    break;
                 }
             }
             reason = close.recv(), if close_open => {
                 match reason {
-                    Some(reason) => close_reason = Some(reason),
+                    Some(reason) => ws.close_reason = Some(reason),
                     None => close_open = false,
                 }
             }
             _ = summary.tick() => {
-                if frames_window > 0 {
-                    tracing::info!(id, call_sid = %info.call_sid, frames = frames_window, total = frames_total, "MEDIA_TX");
-                    frames_window = 0;
+                if ws.frames_window > 0 {
+                    tracing::info!(id, call_sid = %ws.info.call_sid, frames = ws.frames_window, total = ws.frames_total, "MEDIA_TX");
+                    ws.frames_window = 0;
                 }
             }
         }
     }
+    let WriterState {
+        info,
+        mut close_reason,
+        frames_total,
+        frames_window,
+        ..
+    } = ws;
     if frames_window > 0 {
         tracing::info!(id, call_sid = %info.call_sid, frames = frames_window, total = frames_total, "MEDIA_TX");
     }
