@@ -336,7 +336,9 @@ impl Engine {
             ));
         }
         if !config.wake_grid.is_zero()
-            && (crate::time::FRAME.as_nanos() % config.wake_grid.as_nanos() != 0
+            && (!crate::time::FRAME
+                .as_nanos()
+                .is_multiple_of(config.wake_grid.as_nanos())
                 || config.wake_grid > config.max_idle)
         {
             return Err(StartError::Config(
