@@ -440,7 +440,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     let trace_dir = state.config.trace_dir.clone().filter(|_| traced);
     // What this stream's counters have added to the shell's metrics so far.
     let mut published = StreamCounters::default();
-    let writer = tokio::spawn(write_loop(
+    let mut writer = tokio::spawn(write_loop(
         sink,
         out_rx,
         close_rx,
@@ -453,10 +453,21 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     // Phase 2: stream until stop, close, error, idle or shutdown.
     let mut reason = None;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // The writer ends first when the peer stopped reading or the agent hung up. The reader then
+    // goes on only long enough to take the peer's close reply (at most `WS_WRITE_TIMEOUT`), so a
+    // peer that stopped reading but keeps sending cannot hold the socket open.
+    let mut writer_done = false;
+    let mut linger_deadline: Option<tokio::time::Instant> = None;
     loop {
         let idle = tokio::time::sleep(state.config.ws_idle_timeout);
         let drain = async {
             match drain_deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let linger = async {
+            match linger_deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
                 None => std::future::pending().await,
             }
@@ -498,6 +509,11 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
                 reason = Some(CloseReason::GoingAway);
                 break;
             }
+            _ = &mut writer, if !writer_done => {
+                writer_done = true;
+                linger_deadline = Some(tokio::time::Instant::now() + write_timeout);
+            }
+            () = linger => break,
         }
     }
     handle.send(Control::Stop(crate::clock::now()));
@@ -506,7 +522,9 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     }
     drop(close_tx);
     drop(handle);
-    let _ = writer.await;
+    if !writer_done {
+        let _ = writer.await;
+    }
     state.metrics.publish_stream(&counters, &mut published);
     log_counters(id, &info, &counters);
 }

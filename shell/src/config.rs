@@ -183,6 +183,9 @@ pub struct Config {
     /// `DRAIN_TIMEOUT` in seconds (0–3600, default 10): on shutdown, how long active calls may
     /// go on before their streams are closed with 1001.
     pub drain_timeout: Duration,
+    /// `HEADER_READ_TIMEOUT` in seconds (1–300, default 10): a client that has not sent a whole
+    /// request head (request line and headers) this long after it started is disconnected.
+    pub header_read_timeout: Duration,
     /// `AGENT_*`: the remote voice agent each call is bridged to. `None` (no `AGENT_URL`) keeps
     /// the built-in echo agent.
     pub agent: Option<AgentConfig>,
@@ -289,6 +292,7 @@ impl Default for Config {
             trace_dir: None,
             trace_sample: 0.0,
             drain_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
             agent: None,
             ws_max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
             ws_idle_timeout: Duration::from_secs(60),
@@ -533,6 +537,10 @@ impl Config {
             Some(v) => Some(Secret::new(v.trim())),
             None => None,
         };
+        if let Some(v) = non_empty("HEADER_READ_TIMEOUT") {
+            config.header_read_timeout =
+                Duration::from_secs(int_in("HEADER_READ_TIMEOUT", v, 1, 300)?);
+        }
         config.agent = agent_config(&non_empty)?;
         Ok(config)
     }

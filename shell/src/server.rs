@@ -2,7 +2,8 @@
 //!
 //! [`serve`] takes a bound listener, the shared [`AppState`] and a shutdown future. Each accepted
 //! TCP connection gets a task running hyper's HTTP/1.1 server with upgrades enabled (the Media
-//! Streams WebSocket is an upgrade) and a header read timeout. Shutdown fans out through a
+//! Streams WebSocket is an upgrade) and a header read timeout (`HEADER_READ_TIMEOUT`: a client
+//! that dribbles its request line and headers is disconnected without an answer). Shutdown fans out through a
 //! `watch` channel: every connection task is told to finish its in-flight request and close, and
 //! `serve` returns once every task has dropped its `mpsc` sender (or after the configured
 //! `DRAIN_TIMEOUT`, [`Config::drain_timeout`](crate::config::Config::drain_timeout)).
@@ -26,8 +27,6 @@ use crate::signature::Verifier;
 use crate::store::{RecordingEvent, Reloaded, Store, StoreError};
 use crate::tokens::StreamTokens;
 
-/// Longest time a client may take to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Recording events buffered for the transcription consumer.
 pub const RECORDING_QUEUE: usize = 256;
 
@@ -164,7 +163,7 @@ pub async fn serve(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(state.config.header_read_timeout)
         .keep_alive(true);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);

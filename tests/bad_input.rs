@@ -1,0 +1,1209 @@
+//! The bad-input matrix: every hostile or broken input the server can meet on its HTTP routes
+//! and its Media Streams WebSocket, each sent over a real TCP socket to a real server started
+//! in-process, each with its defined outcome (a status, a close code, or "the call goes on and
+//! the input is dropped"), while a healthy Twilio-emulating call runs alongside the whole time
+//! and must hear exactly what an undisturbed call hears, with zero underruns and zero malformed
+//! messages.
+//!
+//! The table [`CASES`] is the specification; [`run_case`] knows how to send each [`Input`] and
+//! returns what was observed on the wire; [`Expect::check`] compares. Short limits come from
+//! the server's configuration variables (`WS_START_TIMEOUT`, `WS_IDLE_TIMEOUT`,
+//! `WS_WRITE_TIMEOUT`, `HEADER_READ_TIMEOUT`), so the whole matrix runs in seconds. Nothing is
+//! timed: waits are bounded only so a broken server fails instead of hanging.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use handset_engine::agent::echo::GREETING;
+use handset_engine::codec;
+use handset_shell::sim::CallOutcome;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+use support::{
+    Ending, TOKEN, TestServer, Ws, header_of, media, open_call, open_call_over, raw_exchange,
+    read_raw, read_to_end, silence_payload, status_of, stream_sid, stream_target, twilio_sign,
+    ws_connect,
+};
+
+/// Server limits for the run (seconds, except the message size in bytes).
+const LIMITS: &[(&str, &str)] = &[
+    ("WS_START_TIMEOUT", "1"),
+    ("WS_IDLE_TIMEOUT", "3"),
+    ("WS_WRITE_TIMEOUT", "1"),
+    ("WS_MAX_MESSAGE_BYTES", "65536"),
+    ("HEADER_READ_TIMEOUT", "1"),
+];
+
+/// Upper bound on any single wait, so a server that never answers fails the test.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Server `media` messages in the greeting: the agent's last partial frame is padded.
+fn greeting_frames() -> u64 {
+    GREETING.len().div_ceil(160) as u64
+}
+
+/// One hostile or broken input.
+#[derive(Clone, Copy, Debug)]
+enum Input {
+    // --- HTTP ---
+    /// A webhook POST declaring a 70,000-byte body.
+    BodyOverLimitByLength,
+    /// A webhook POST streaming 70,000 bytes chunked (no length up front).
+    BodyOverLimitChunked,
+    /// A form body that does not decode to UTF-8.
+    FormNotUtf8,
+    /// A `text/plain` body.
+    WrongContentType,
+    /// A JSON body without the `bodySHA256` query parameter.
+    JsonWithoutBodyHash,
+    /// `Content-Length: abc`.
+    BadContentLength,
+    /// A well-formed webhook without `X-Twilio-Signature`.
+    MissingSignature,
+    /// A well-formed webhook with a signature made with another key.
+    ForgedSignature,
+    /// A signature valid for the body but over another URL.
+    SignatureForOtherUrl,
+    /// `DELETE /webhook/incoming_call`.
+    WrongMethodIncomingCall,
+    /// `GET /webhook/handle_recording`.
+    WrongMethodRecording,
+    /// `POST /ws/twilio-media`.
+    WrongMethodMediaStream,
+    /// `GET /nowhere`.
+    UnknownPath,
+    /// One 1 MiB header.
+    HugeHeader,
+    /// 500 small headers.
+    TooManyHeaders,
+    /// A request line that is not HTTP.
+    GarbageRequestLine,
+    /// Request line and headers dribbled one byte every 100 ms, never finished.
+    SlowHeaders,
+    // --- WebSocket handshake ---
+    /// A WebSocket upgrade without `X-Twilio-Signature`.
+    UpgradeUnsigned,
+    /// A WebSocket upgrade with a forged signature.
+    UpgradeForged,
+    /// `GET /ws/twilio-media` without the upgrade headers.
+    PlainGetOnMediaPath,
+    // --- WebSocket messages ---
+    /// Connected, then nothing: no `start`.
+    NoStart,
+    /// 60 media messages before any `start`.
+    ChatterBeforeStart,
+    /// 5 media messages before `start`, then a valid `start`.
+    MediaBeforeStart,
+    /// `start` with a single-use token that is wrong.
+    InvalidToken,
+    /// `start` with 16 kHz linear PCM.
+    UnsupportedFormat,
+    /// Text that is not JSON.
+    NonJson,
+    /// JSON missing required fields.
+    MissingFields,
+    /// Binary frames.
+    Binary,
+    /// An event nobody defined.
+    UnknownEvent,
+    /// A payload of 100 bytes instead of 160.
+    WrongPayloadLength,
+    /// A payload that is not base64.
+    BadBase64,
+    /// `chunk` and `timestamp` that are not numbers.
+    NonNumericChunk,
+    /// `chunk` and `timestamp` going backwards.
+    BackwardsChunk,
+    /// Media, mark and stop for another streamSid.
+    WrongStreamSid,
+    /// A second `start`.
+    SecondStart,
+    /// A mark echo with a name the server never sent.
+    UnknownMark,
+    /// 3,000 media messages as fast as the socket takes them.
+    MediaFlood,
+    /// 3,000 pings as fast as the socket takes them.
+    PingStorm,
+    /// A text message of 70,000 bytes (over the 64 KiB limit).
+    OversizeMessage,
+    /// A single 1 MiB binary frame.
+    HugeFrame,
+    /// A frame header announcing 2^62 bytes, then nothing.
+    AbsurdFrameLength,
+    /// After `start`, the client sends nothing more and never closes.
+    HalfOpen,
+    /// After `start`, the client resets the TCP connection.
+    AbruptReset,
+    /// After `start`, the client keeps talking but never reads again.
+    StopsReading,
+}
+
+/// The defined outcome of one input.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// This HTTP status.
+    Status(u16),
+    /// 405 with this `Allow` header.
+    NotAllowed(&'static str),
+    /// The connection is closed without any answer.
+    ClosedWithoutAnswer,
+    /// The stream is closed with this code.
+    Close(u16),
+    /// The call goes on: every message after the bad input is still read (a ping sent after
+    /// it is answered), the whole greeting is delivered, and `stop` ends the call with 1000.
+    CallContinues,
+    /// The server ends the call and drops the connection.
+    CallDropped,
+}
+
+/// What a case saw on the wire.
+#[derive(Debug, Default)]
+struct Observed {
+    /// HTTP status (0: none).
+    status: u16,
+    /// `Allow` header.
+    allow: Option<String>,
+    /// The raw answer was empty and the connection closed.
+    closed_without_answer: bool,
+    /// The WebSocket ending.
+    ending: Option<Ending>,
+    /// A ping sent after the bad input was answered.
+    pong_after_input: bool,
+    /// The server's media calls went back to at most the healthy one after the case.
+    call_released: bool,
+}
+
+struct Case {
+    name: &'static str,
+    input: Input,
+    expect: Expect,
+}
+
+const fn case(name: &'static str, input: Input, expect: Expect) -> Case {
+    Case {
+        name,
+        input,
+        expect,
+    }
+}
+
+/// The matrix.
+static CASES: &[Case] = &[
+    case(
+        "http: body over 64 KiB by Content-Length",
+        Input::BodyOverLimitByLength,
+        Expect::Status(413),
+    ),
+    case(
+        "http: body over 64 KiB chunked",
+        Input::BodyOverLimitChunked,
+        Expect::Status(413),
+    ),
+    case(
+        "http: form body not UTF-8",
+        Input::FormNotUtf8,
+        Expect::Status(400),
+    ),
+    case(
+        "http: text/plain body",
+        Input::WrongContentType,
+        Expect::Status(415),
+    ),
+    case(
+        "http: JSON body without bodySHA256",
+        Input::JsonWithoutBodyHash,
+        Expect::Status(415),
+    ),
+    case(
+        "http: non-numeric Content-Length",
+        Input::BadContentLength,
+        Expect::Status(400),
+    ),
+    case(
+        "http: missing X-Twilio-Signature",
+        Input::MissingSignature,
+        Expect::Status(403),
+    ),
+    case(
+        "http: forged X-Twilio-Signature",
+        Input::ForgedSignature,
+        Expect::Status(403),
+    ),
+    case(
+        "http: signature over another URL",
+        Input::SignatureForOtherUrl,
+        Expect::Status(403),
+    ),
+    case(
+        "http: DELETE incoming_call",
+        Input::WrongMethodIncomingCall,
+        Expect::NotAllowed("GET, POST"),
+    ),
+    case(
+        "http: GET handle_recording",
+        Input::WrongMethodRecording,
+        Expect::NotAllowed("POST"),
+    ),
+    case(
+        "http: POST media stream path",
+        Input::WrongMethodMediaStream,
+        Expect::NotAllowed("GET"),
+    ),
+    case(
+        "http: unknown path",
+        Input::UnknownPath,
+        Expect::Status(404),
+    ),
+    case("http: 1 MiB header", Input::HugeHeader, Expect::Status(431)),
+    case(
+        "http: 500 headers",
+        Input::TooManyHeaders,
+        Expect::Status(431),
+    ),
+    case(
+        "http: garbage request line",
+        Input::GarbageRequestLine,
+        Expect::Status(400),
+    ),
+    case(
+        "http: headers dribbled past HEADER_READ_TIMEOUT",
+        Input::SlowHeaders,
+        Expect::ClosedWithoutAnswer,
+    ),
+    case(
+        "ws: upgrade without signature",
+        Input::UpgradeUnsigned,
+        Expect::Status(403),
+    ),
+    case(
+        "ws: upgrade with forged signature",
+        Input::UpgradeForged,
+        Expect::Status(403),
+    ),
+    case(
+        "ws: plain GET on the media path",
+        Input::PlainGetOnMediaPath,
+        Expect::Status(400),
+    ),
+    case(
+        "ws: no start within WS_START_TIMEOUT",
+        Input::NoStart,
+        Expect::Close(1008),
+    ),
+    case(
+        "ws: 60 messages before start",
+        Input::ChatterBeforeStart,
+        Expect::Close(1008),
+    ),
+    case(
+        "ws: media before start, then start",
+        Input::MediaBeforeStart,
+        Expect::CallContinues,
+    ),
+    case(
+        "ws: start with a wrong stream token",
+        Input::InvalidToken,
+        Expect::Close(1008),
+    ),
+    case(
+        "ws: start with 16 kHz PCM",
+        Input::UnsupportedFormat,
+        Expect::Close(1003),
+    ),
+    case("ws: non-JSON text", Input::NonJson, Expect::CallContinues),
+    case(
+        "ws: JSON missing fields",
+        Input::MissingFields,
+        Expect::CallContinues,
+    ),
+    case("ws: binary frames", Input::Binary, Expect::CallContinues),
+    case(
+        "ws: unknown event",
+        Input::UnknownEvent,
+        Expect::CallContinues,
+    ),
+    case(
+        "ws: payload of 100 bytes",
+        Input::WrongPayloadLength,
+        Expect::CallContinues,
+    ),
+    case(
+        "ws: payload not base64",
+        Input::BadBase64,
+        Expect::CallContinues,
+    ),
+    case(
+        "ws: non-numeric chunk and timestamp",
+        Input::NonNumericChunk,
+        Expect::CallContinues,
+    ),
+    case(
+        "ws: chunk and timestamp going backwards",
+        Input::BackwardsChunk,
+        Expect::CallContinues,
+    ),
+    case(
+        "ws: messages for another streamSid",
+        Input::WrongStreamSid,
+        Expect::CallContinues,
+    ),
+    case(
+        "ws: a second start",
+        Input::SecondStart,
+        Expect::CallContinues,
+    ),
+    case(
+        "ws: mark echo never sent",
+        Input::UnknownMark,
+        Expect::CallContinues,
+    ),
+    case(
+        "ws: 3,000 media messages at once",
+        Input::MediaFlood,
+        Expect::CallContinues,
+    ),
+    case(
+        "ws: 3,000 pings at once",
+        Input::PingStorm,
+        Expect::CallContinues,
+    ),
+    case(
+        "ws: 70,000-byte message",
+        Input::OversizeMessage,
+        Expect::Close(1009),
+    ),
+    case("ws: 1 MiB frame", Input::HugeFrame, Expect::Close(1009)),
+    case(
+        "ws: frame header claiming 2^62 bytes",
+        Input::AbsurdFrameLength,
+        Expect::Close(1009),
+    ),
+    case(
+        "ws: half-open, silent past WS_IDLE_TIMEOUT",
+        Input::HalfOpen,
+        Expect::Close(1001),
+    ),
+    case(
+        "ws: abrupt TCP reset mid-call",
+        Input::AbruptReset,
+        Expect::CallDropped,
+    ),
+    case(
+        "ws: peer stops reading (WS_WRITE_TIMEOUT)",
+        Input::StopsReading,
+        Expect::CallDropped,
+    ),
+];
+
+impl Expect {
+    /// What is wrong with `seen` for this expectation (empty: as defined).
+    fn check(self, seen: &Observed) -> Vec<String> {
+        let mut wrong = Vec::new();
+        let mut want = |ok: bool, what: &str| {
+            if !ok {
+                wrong.push(what.to_owned());
+            }
+        };
+        let ending = seen.ending.as_ref();
+        match self {
+            Self::Status(code) => want(seen.status == code, &format!("status {code}")),
+            Self::NotAllowed(allow) => {
+                want(seen.status == 405, "status 405");
+                want(
+                    seen.allow.as_deref() == Some(allow),
+                    &format!("Allow: {allow}"),
+                );
+            }
+            Self::ClosedWithoutAnswer => want(seen.closed_without_answer, "closed, no answer"),
+            Self::Close(code) => {
+                want(
+                    ending.and_then(|e| e.close) == Some(code),
+                    &format!("close {code}"),
+                );
+                want(seen.call_released, "call released");
+            }
+            Self::CallContinues => {
+                want(seen.pong_after_input, "later input read (ping answered)");
+                want(
+                    ending.map(|e| e.media) == Some(greeting_frames()),
+                    "the whole greeting delivered",
+                );
+                want(
+                    ending.and_then(|e| e.close) == Some(1000),
+                    "stop ends it with 1000",
+                );
+                want(seen.call_released, "call released");
+            }
+            Self::CallDropped => {
+                want(
+                    ending.is_some_and(|e| !e.timed_out),
+                    "socket dropped by the server",
+                );
+                want(seen.call_released, "call released");
+            }
+        }
+        wrong
+    }
+}
+
+/// A signed form POST to the voice webhook, as raw bytes, with `body` and `content_type`.
+fn raw_post(
+    server: &TestServer,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    sig: &str,
+) -> Vec<u8> {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nX-Twilio-Signature: {sig}\r\nConnection: close\r\n\r\n",
+        server.addr,
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+fn voice_form() -> (String, Vec<(&'static str, String)>) {
+    let params = support::voice_params(99);
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    (body, params)
+}
+
+/// The voice webhook's form body and its signature over `url` with `key`.
+fn signed_voice(url: &str, key: &str) -> (String, String) {
+    let (body, params) = voice_form();
+    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let sig = twilio_sign(key, url, &pairs);
+    (body, sig)
+}
+
+async fn http(server: &TestServer, request: &[u8]) -> Observed {
+    let raw = raw_exchange(server.addr, request, PATIENCE).await;
+    Observed {
+        status: status_of(&raw),
+        allow: header_of(&raw, "allow").map(str::to_owned),
+        closed_without_answer: raw.is_empty(),
+        ..Observed::default()
+    }
+}
+
+/// Sends a ping and reads until its pong (true) or the stream ends.
+async fn ping_through(ws: &mut Ws, media: &mut u64) -> bool {
+    if ws
+        .send(Message::Ping(b"after".to_vec().into()))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Pong(p)))) if p.as_ref() == b"after" => return true,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if t.contains(r#""event":"media""#) {
+                    *media += 1;
+                }
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => {
+                return false;
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// After the bad input: ping through, wait for the whole greeting, `stop`, read to the end.
+async fn finish_continuing(server: &TestServer, mut ws: Ws, n: u32) -> Observed {
+    let mut media_before = 0;
+    let pong = ping_through(&mut ws, &mut media_before).await;
+    let mut media_after = 0;
+    while media_before + media_after < greeting_frames() {
+        match tokio::time::timeout(PATIENCE, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if t.contains(r#""event":"media""#) {
+                    media_after += 1;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    let sid = stream_sid(n);
+    let _ = ws
+        .send(Message::text(format!(
+            r#"{{"event":"stop","streamSid":"{sid}"}}"#
+        )))
+        .await;
+    let mut ending = read_to_end(&mut ws, PATIENCE).await;
+    ending.media += media_before + media_after;
+    Observed {
+        ending: Some(ending),
+        pong_after_input: pong,
+        call_released: released(server).await,
+        ..Observed::default()
+    }
+}
+
+async fn finish_closed(server: &TestServer, mut ws: Ws) -> Observed {
+    let ending = read_to_end(&mut ws, PATIENCE).await;
+    Observed {
+        ending: Some(ending),
+        call_released: released(server).await,
+        ..Observed::default()
+    }
+}
+
+/// Whether the server's media calls come back down to at most the healthy call.
+async fn released(server: &TestServer) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let healthy = usize::from(HEALTHY_LIVE.load(Ordering::SeqCst));
+        if server.state.active_calls.count() <= healthy {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a healthy call is in progress (its server call may be counted as active).
+static HEALTHY_LIVE: AtomicBool = AtomicBool::new(false);
+
+/// Opens a call and waits for its first server media (the call is running).
+async fn running_call(server: &TestServer, n: u32) -> Ws {
+    let mut ws = open_call(server, n).await;
+    assert!(
+        support::read_media(&mut ws, 1, PATIENCE).await,
+        "call {n} started"
+    );
+    ws
+}
+
+/// A raw WebSocket handshake (signed) on a fresh connection; returns the socket after the 101.
+async fn raw_upgrade(server: &TestServer) -> TcpStream {
+    let sig = twilio_sign(TOKEN, &server.stream_url(), &[]);
+    let req = format!(
+        "GET /ws/twilio-media HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Twilio-Signature: {sig}\r\n\r\n",
+        server.addr
+    );
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let head = read_raw(&mut tcp, PATIENCE).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    tcp
+}
+
+/// The close code in the first server close frame found in `bytes` (unmasked server frames).
+fn close_code_in(bytes: &[u8]) -> Option<u16> {
+    let mut i = 0;
+    while i + 2 <= bytes.len() {
+        let opcode = bytes[i] & 0x0F;
+        let (len, header) = match bytes[i + 1] & 0x7F {
+            126 if i + 4 <= bytes.len() => (
+                usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]])),
+                4,
+            ),
+            127 => return None,
+            n => (usize::from(n), 2),
+        };
+        let body = i + header;
+        if opcode == 0x8 && len >= 2 && body + 2 <= bytes.len() {
+            return Some(u16::from_be_bytes([bytes[body], bytes[body + 1]]));
+        }
+        i = body + len;
+    }
+    None
+}
+
+async fn run_case(server: &TestServer, input: Input, n: u32) -> Observed {
+    let voice = server.url("/webhook/incoming_call");
+    match input {
+        Input::BodyOverLimitByLength => {
+            let mut req = format!(
+                "POST /webhook/incoming_call HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 70000\r\n\r\n",
+                server.addr
+            )
+            .into_bytes();
+            req.extend_from_slice(&[b'a'; 1000]);
+            http(server, &req).await
+        }
+        Input::BodyOverLimitChunked => {
+            let mut req = format!(
+                "POST /webhook/incoming_call HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n",
+                server.addr
+            )
+            .into_bytes();
+            for _ in 0..70 {
+                req.extend_from_slice(b"3e8\r\n");
+                req.extend_from_slice(&[b'a'; 1000]);
+                req.extend_from_slice(b"\r\n");
+            }
+            req.extend_from_slice(b"0\r\n\r\n");
+            http(server, &req).await
+        }
+        Input::FormNotUtf8 => {
+            let body = b"CallSid=%FF%FE%FD&From=%C3%28";
+            let sig = twilio_sign(TOKEN, &voice, &[]);
+            let req = raw_post(
+                server,
+                "/webhook/incoming_call",
+                "application/x-www-form-urlencoded",
+                body,
+                &sig,
+            );
+            http(server, &req).await
+        }
+        Input::WrongContentType => {
+            let (body, sig) = signed_voice(&voice, TOKEN);
+            let req = raw_post(
+                server,
+                "/webhook/incoming_call",
+                "text/plain",
+                body.as_bytes(),
+                &sig,
+            );
+            http(server, &req).await
+        }
+        Input::JsonWithoutBodyHash => {
+            let body = br#"{"CallSid":"CA1"}"#;
+            let sig = twilio_sign(TOKEN, &voice, &[]);
+            let req = raw_post(
+                server,
+                "/webhook/incoming_call",
+                "application/json",
+                body,
+                &sig,
+            );
+            http(server, &req).await
+        }
+        Input::BadContentLength => {
+            let req = format!(
+                "POST /webhook/incoming_call HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: abc\r\n\r\nCallSid=CA1",
+                server.addr
+            );
+            http(server, req.as_bytes()).await
+        }
+        Input::MissingSignature => {
+            let (body, _) = voice_form();
+            let req = format!(
+                "POST /webhook/incoming_call HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                server.addr,
+                body.len()
+            );
+            http(server, req.as_bytes()).await
+        }
+        Input::ForgedSignature => {
+            let (body, sig) = signed_voice(&voice, "not-the-token");
+            let req = raw_post(
+                server,
+                "/webhook/incoming_call",
+                "application/x-www-form-urlencoded",
+                body.as_bytes(),
+                &sig,
+            );
+            http(server, &req).await
+        }
+        Input::SignatureForOtherUrl => {
+            let other = server.url("/webhook/call_status");
+            let (body, sig) = signed_voice(&other, TOKEN);
+            let req = raw_post(
+                server,
+                "/webhook/incoming_call",
+                "application/x-www-form-urlencoded",
+                body.as_bytes(),
+                &sig,
+            );
+            http(server, &req).await
+        }
+        Input::WrongMethodIncomingCall => {
+            let req = format!(
+                "DELETE /webhook/incoming_call HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                server.addr
+            );
+            http(server, req.as_bytes()).await
+        }
+        Input::WrongMethodRecording => {
+            let req = format!(
+                "GET /webhook/handle_recording HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                server.addr
+            );
+            http(server, req.as_bytes()).await
+        }
+        Input::WrongMethodMediaStream => {
+            let req = format!(
+                "POST /ws/twilio-media HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                server.addr
+            );
+            http(server, req.as_bytes()).await
+        }
+        Input::UnknownPath => {
+            let req = format!(
+                "GET /nowhere HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                server.addr
+            );
+            http(server, req.as_bytes()).await
+        }
+        Input::HugeHeader => {
+            let req = format!(
+                "GET /healthz HTTP/1.1\r\nHost: {}\r\nX-Big: {}\r\n\r\n",
+                server.addr,
+                "a".repeat(1 << 20)
+            );
+            http(server, req.as_bytes()).await
+        }
+        Input::TooManyHeaders => {
+            let mut req = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n", server.addr);
+            for i in 0..500 {
+                req.push_str(&format!("X-H{i}: v\r\n"));
+            }
+            req.push_str("\r\n");
+            http(server, req.as_bytes()).await
+        }
+        Input::GarbageRequestLine => http(server, b"\x16\x03\x01 hello there\r\n\r\n").await,
+        Input::SlowHeaders => {
+            let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+            let req = format!(
+                "POST /webhook/incoming_call HTTP/1.1\r\nHost: {}\r\nX-Slow: ",
+                server.addr
+            );
+            let mut seen = Observed::default();
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            // Keep dribbling until the server gives up on us (a write fails or it closes).
+            for &b in req.as_bytes().iter().chain(std::iter::repeat(&b'x')) {
+                if tokio::time::Instant::now() > deadline {
+                    return seen;
+                }
+                if tcp.write_all(&[b]).await.is_err() {
+                    break;
+                }
+                let mut probe = [0u8; 1];
+                match tokio::time::timeout(Duration::from_millis(100), tcp.peek(&mut probe)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(_)) => break,
+                    Err(_) => {}
+                }
+            }
+            let raw = read_raw(&mut tcp, PATIENCE).await;
+            seen.status = status_of(&raw);
+            seen.closed_without_answer = raw.is_empty();
+            seen
+        }
+        Input::UpgradeUnsigned | Input::UpgradeForged => {
+            let sig_header = match input {
+                Input::UpgradeForged => format!(
+                    "X-Twilio-Signature: {}\r\n",
+                    twilio_sign("not-the-token", &server.stream_url(), &[])
+                ),
+                _ => String::new(),
+            };
+            let req = format!(
+                "GET /ws/twilio-media HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{sig_header}\r\n",
+                server.addr
+            );
+            http(server, req.as_bytes()).await
+        }
+        Input::PlainGetOnMediaPath => {
+            let sig = twilio_sign(TOKEN, &server.stream_url(), &[]);
+            let req = format!(
+                "GET /ws/twilio-media HTTP/1.1\r\nHost: {}\r\nX-Twilio-Signature: {sig}\r\nConnection: close\r\n\r\n",
+                server.addr
+            );
+            http(server, req.as_bytes()).await
+        }
+        Input::NoStart => {
+            let tcp = TcpStream::connect(server.addr).await.unwrap();
+            let mut ws = ws_connect(server, tcp).await;
+            ws.send(Message::text(
+                r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+            ))
+            .await
+            .unwrap();
+            finish_closed(server, ws).await
+        }
+        Input::ChatterBeforeStart => {
+            let tcp = TcpStream::connect(server.addr).await.unwrap();
+            let mut ws = ws_connect(server, tcp).await;
+            let sid = stream_sid(n);
+            for chunk in 0..60 {
+                if ws
+                    .send(media(&sid, chunk, &silence_payload()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            finish_closed(server, ws).await
+        }
+        Input::MediaBeforeStart => {
+            let target = stream_target(server, n).await;
+            let tcp = TcpStream::connect(server.addr).await.unwrap();
+            let mut ws = ws_connect(server, tcp).await;
+            let sid = stream_sid(n);
+            for chunk in 0..5 {
+                ws.send(media(&sid, chunk, &silence_payload()))
+                    .await
+                    .unwrap();
+            }
+            ws.send(support::start_message(n, &target)).await.unwrap();
+            finish_continuing(server, ws, n).await
+        }
+        Input::InvalidToken | Input::UnsupportedFormat => {
+            let target = stream_target(server, n).await;
+            let tcp = TcpStream::connect(server.addr).await.unwrap();
+            let mut ws = ws_connect(server, tcp).await;
+            let Message::Text(start) = support::start_message(n, &target) else {
+                unreachable!()
+            };
+            let start = match input {
+                Input::InvalidToken => {
+                    let token = target
+                        .parameters
+                        .iter()
+                        .find(|(k, _)| k == "streamToken")
+                        .map(|(_, v)| v.clone())
+                        .expect("TwiML carries a stream token");
+                    start.replace(&token, "0000000000000000")
+                }
+                _ => start
+                    .replace("audio/x-mulaw", "audio/l16")
+                    .replace("8000", "16000"),
+            };
+            ws.send(Message::text(start)).await.unwrap();
+            finish_closed(server, ws).await
+        }
+        Input::NonJson
+        | Input::MissingFields
+        | Input::Binary
+        | Input::UnknownEvent
+        | Input::WrongPayloadLength
+        | Input::BadBase64
+        | Input::NonNumericChunk
+        | Input::BackwardsChunk
+        | Input::WrongStreamSid
+        | Input::SecondStart
+        | Input::UnknownMark
+        | Input::MediaFlood
+        | Input::PingStorm => {
+            let mut ws = open_call(server, n).await;
+            for m in bad_messages(input, n) {
+                ws.send(m).await.unwrap();
+            }
+            finish_continuing(server, ws, n).await
+        }
+        Input::OversizeMessage => {
+            let mut ws = running_call(server, n).await;
+            let big = format!(r#"{{"event":"media","x":"{}"}}"#, "A".repeat(70_000));
+            let _ = ws.send(Message::text(big)).await;
+            finish_closed(server, ws).await
+        }
+        Input::HugeFrame => {
+            let mut ws = running_call(server, n).await;
+            let _ = ws.send(Message::binary(vec![0u8; 1 << 20])).await;
+            finish_closed(server, ws).await
+        }
+        Input::AbsurdFrameLength => {
+            let mut tcp = raw_upgrade(server).await;
+            // Text frame, masked, 64-bit length 2^62, mask key, no payload.
+            let mut frame = vec![0x81, 0x80 | 127];
+            frame.extend_from_slice(&(1u64 << 62).to_be_bytes());
+            frame.extend_from_slice(&[1, 2, 3, 4]);
+            tcp.write_all(&frame).await.unwrap();
+            let mut bytes = Vec::new();
+            let mut buf = [0u8; 256];
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            while let Ok(Ok(k)) =
+                tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut tcp, &mut buf))
+                    .await
+            {
+                if k == 0 {
+                    break;
+                }
+                bytes.extend_from_slice(&buf[..k]);
+            }
+            Observed {
+                ending: Some(Ending {
+                    close: close_code_in(&bytes),
+                    ..Ending::default()
+                }),
+                call_released: released(server).await,
+                ..Observed::default()
+            }
+        }
+        Input::HalfOpen => {
+            let ws = running_call(server, n).await;
+            finish_closed(server, ws).await
+        }
+        Input::AbruptReset => {
+            let mut ws = open_call(server, n).await;
+            assert!(support::read_media(&mut ws, 1, PATIENCE).await);
+            // SO_LINGER 0: closing sends RST instead of FIN.
+            let tcp = ws.into_inner();
+            tcp.set_zero_linger().unwrap();
+            drop(tcp);
+            Observed {
+                ending: Some(Ending::default()),
+                call_released: released(server).await,
+                ..Observed::default()
+            }
+        }
+        Input::StopsReading => stops_reading(server, n).await,
+    }
+}
+
+/// The messages a "call continues" case sends right after `start`.
+fn bad_messages(input: Input, n: u32) -> Vec<Message> {
+    use base64::Engine as _;
+    let sid = stream_sid(n);
+    let good = silence_payload();
+    match input {
+        Input::NonJson => vec![
+            Message::text("not json at all"),
+            Message::text("{\"event\":"),
+        ],
+        Input::MissingFields => vec![
+            Message::text(r#"{"event":"media"}"#),
+            Message::text(r#"{"no_event":true}"#),
+            Message::text(format!(
+                r#"{{"event":"media","streamSid":"{sid}","media":{{}}}}"#
+            )),
+        ],
+        Input::Binary => vec![
+            Message::binary(vec![1u8, 2, 3]),
+            Message::binary(vec![0u8; 400]),
+        ],
+        Input::UnknownEvent => vec![Message::text(format!(
+            r#"{{"event":"hologram","streamSid":"{sid}"}}"#
+        ))],
+        Input::WrongPayloadLength => {
+            let short = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 100]);
+            let long = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 320]);
+            vec![
+                media(&sid, 1, &short),
+                media(&sid, 2, &long),
+                media(&sid, 3, ""),
+            ]
+        }
+        Input::BadBase64 => vec![media(&sid, 1, "!!!not base64!!!"), media(&sid, 2, "QUJD=")],
+        Input::NonNumericChunk => vec![Message::text(format!(
+            r#"{{"event":"media","sequenceNumber":"x","streamSid":"{sid}","media":{{"track":"inbound","chunk":"one","timestamp":"-20ms","payload":"{good}"}}}}"#
+        ))],
+        Input::BackwardsChunk => (0..20).rev().map(|c| media(&sid, c, &good)).collect(),
+        Input::WrongStreamSid => vec![
+            media("MZwrong", 1, &good),
+            Message::text(r#"{"event":"mark","streamSid":"MZwrong","mark":{"name":"p0"}}"#),
+            Message::text(r#"{"event":"stop","streamSid":"MZwrong"}"#),
+        ],
+        Input::SecondStart => vec![Message::text(
+            r#"{"event":"start","start":{"streamSid":"MZother","callSid":"CAx","customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"streamSid":"MZother"}"#,
+        )],
+        Input::UnknownMark => vec![Message::text(format!(
+            r#"{{"event":"mark","streamSid":"{sid}","mark":{{"name":"never-sent"}}}}"#
+        ))],
+        Input::MediaFlood => (0..3000).map(|c| media(&sid, c, &good)).collect(),
+        Input::PingStorm => (0..3000u32)
+            .map(|i| Message::Ping(i.to_be_bytes().to_vec().into()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A caller that completes `start` then never reads again while it keeps sending speech (so
+/// the server has echoes to send). Its receive buffer is tiny, so the server's writes block.
+async fn stops_reading(server: &TestServer, n: u32) -> Observed {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let ws = open_call_over(server, n, tcp).await;
+    let (mut sink, _unread) = ws.split();
+    let sid = stream_sid(n);
+    let speech = speech_payloads();
+    let mut sent_until_error = true;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    let mut chunk = 0u64;
+    // Talk in real time (speech, then a pause long enough to end the utterance, repeated)
+    // until the server drops the connection.
+    loop {
+        interval.tick().await;
+        if tokio::time::Instant::now() > deadline {
+            sent_until_error = false;
+            break;
+        }
+        let i = (chunk as usize) % (speech.len() + 50);
+        let payload = speech.get(i).cloned().unwrap_or_else(silence_payload);
+        if sink.send(media(&sid, chunk, &payload)).await.is_err() {
+            break;
+        }
+        chunk += 1;
+    }
+    Observed {
+        ending: Some(Ending {
+            timed_out: !sent_until_error,
+            dropped: sent_until_error,
+            ..Ending::default()
+        }),
+        call_released: released(server).await,
+        ..Observed::default()
+    }
+}
+
+fn speech_pcm() -> Vec<i16> {
+    let bytes = include_bytes!("data/hello-world.ulaw");
+    let mut pcm = vec![0i16; bytes.len()];
+    codec::decode_into(bytes, &mut pcm);
+    pcm
+}
+
+fn speech_payloads() -> Vec<String> {
+    use base64::Engine as _;
+    include_bytes!("data/hello-world.ulaw")
+        .chunks(160)
+        .filter(|c| c.len() == 160)
+        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
+        .collect()
+}
+
+/// The healthy caller: 2 s of silence (the greeting plays), "hello world", then silence while
+/// the echo plays.
+fn healthy_audio() -> Arc<Vec<i16>> {
+    let mut audio = vec![0i16; 16_000];
+    audio.extend_from_slice(&speech_pcm());
+    Arc::new(audio)
+}
+
+const HEALTHY_LENGTH: Duration = Duration::from_secs(6);
+
+/// What every healthy call must hear; `echo_frames` comes from an undisturbed reference call.
+fn assert_healthy(outcome: &CallOutcome, echo_frames: u64, what: &str) {
+    assert!(
+        outcome.malformed.is_empty(),
+        "{what}: malformed {:?}",
+        outcome.malformed
+    );
+    assert_eq!(
+        outcome.playback.underruns, 0,
+        "{what}: {:?}",
+        outcome.playback
+    );
+    assert_eq!(
+        outcome.playback.clears, 0,
+        "{what}: nothing cut: {:?}",
+        outcome.playback
+    );
+    assert_eq!(
+        outcome.close.as_ref().map(|c| c.0),
+        Some(1000),
+        "{what}: {:?}",
+        outcome.close
+    );
+    let first: Vec<u8> = outcome
+        .played
+        .iter()
+        .flat_map(|(_, b)| b.iter().copied())
+        .take(GREETING.len())
+        .collect();
+    let norm = |b: u8| if b == 0x7F { 0xFF } else { b };
+    assert!(
+        first.len() == GREETING.len()
+            && first
+                .iter()
+                .zip(GREETING)
+                .all(|(a, b)| norm(*a) == norm(*b)),
+        "{what}: the whole greeting, verbatim"
+    );
+    assert_eq!(
+        outcome.playback.media_messages,
+        greeting_frames() + echo_frames,
+        "{what}: greeting {} frames + echo {echo_frames} frames",
+        greeting_frames()
+    );
+    assert!(
+        outcome.mark_names.iter().any(|m| m == "a1"),
+        "{what}: greeting mark"
+    );
+    assert!(
+        outcome.mark_names.iter().any(|m| m == "a2"),
+        "{what}: echo mark"
+    );
+    assert_eq!(
+        outcome.playback.marks_played, outcome.playback.marks_received,
+        "{what}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_has_its_defined_outcome_and_a_healthy_call_never_notices() {
+    let server = Arc::new(TestServer::start(LIMITS).await);
+
+    // The reference: the healthy call alone, to learn how many frames its echo is.
+    let reference = support::twilio_call(&server, 1, healthy_audio(), HEALTHY_LENGTH).await;
+    let echo_frames = reference
+        .playback
+        .media_messages
+        .checked_sub(greeting_frames())
+        .expect("the reference heard its greeting");
+    assert!(
+        echo_frames >= 50,
+        "the reference heard an echo of the 1.4 s clip: {echo_frames} frames"
+    );
+    assert_healthy(&reference, echo_frames, "reference call");
+
+    // Healthy calls back to back for as long as the matrix runs.
+    let done = Arc::new(AtomicBool::new(false));
+    let healthy = tokio::spawn({
+        let (server, done) = (server.clone(), done.clone());
+        async move {
+            let mut outcomes = Vec::new();
+            let mut n = 2;
+            while !done.load(Ordering::Relaxed) {
+                outcomes
+                    .push(support::twilio_call(&server, n, healthy_audio(), HEALTHY_LENGTH).await);
+                n += 1;
+            }
+            outcomes
+        }
+    });
+
+    let mut failures = Vec::new();
+    for (i, case) in CASES.iter().enumerate() {
+        let seen = run_case(&server, case.input, 100 + i as u32).await;
+        let wrong = case.expect.check(&seen);
+        if !wrong.is_empty() {
+            failures.push(format!(
+                "{} (expected {:?}): not {}; saw {seen:?}",
+                case.name,
+                case.expect,
+                wrong.join(", ")
+            ));
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let outcomes = healthy.await.expect("healthy calls ran");
+    assert!(
+        outcomes.len() >= 2,
+        "healthy calls ran throughout: {}",
+        outcomes.len()
+    );
+    for (i, outcome) in outcomes.iter().enumerate() {
+        assert_healthy(outcome, echo_frames, &format!("healthy call {i}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(server.wait_idle(PATIENCE).await, 0, "every call ended");
+    let Ok(server) = Arc::try_unwrap(server) else {
+        panic!("server still shared")
+    };
+    server.stop().await;
+}

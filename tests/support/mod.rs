@@ -1,0 +1,430 @@
+//! Shared helpers for end-to-end tests over real sockets: start the real server in-process on
+//! `127.0.0.1:0`, sign like Twilio with a signer written here independently of the server's,
+//! fetch TwiML, open Media Streams WebSockets (raw, or as a whole Twilio-emulating call through
+//! the simulator's client and `handset_engine::sim::PlaybackModel`), and speak raw HTTP.
+//!
+//! Assumptions: loopback only; every server gets a fresh temporary `DATA_DIR`, `PUBLIC_URL` set
+//! to its own address and [`TOKEN`] as its auth token, so signatures are always checked.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt as _, Full};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use handset_shell::sim::{CallOutcome, CallPlan, StreamTarget};
+use handset_shell::{AppState, Config};
+
+/// The auth token every test server is configured with.
+pub const TOKEN: &str = "support-auth-token";
+
+/// A raw client WebSocket over plain TCP.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// A server running in-process on a loopback port.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Shared state (tokens, active calls, configuration).
+    pub state: Arc<AppState>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// A fresh, unique directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "handset-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ))
+}
+
+impl TestServer {
+    /// Starts a server with signature checks on, two engine workers and `extra` variables.
+    pub async fn start(extra: &[(&str, &str)]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let data_dir = temp_dir("support");
+        let dir = data_dir.display().to_string();
+        let public = format!("http://{addr}");
+        let mut vars: Vec<(&str, &str)> = vec![
+            ("DATA_DIR", dir.as_str()),
+            ("PUBLIC_URL", public.as_str()),
+            ("TWILIO_AUTH_TOKEN", TOKEN),
+            ("ENGINE_WORKERS", "2"),
+        ];
+        vars.extend_from_slice(extra);
+        let config = Config::from_vars(vars).expect("test config is valid");
+        let (state, _startup) = AppState::new(config).expect("server state builds");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(handset_shell::serve(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            state,
+            data_dir,
+            stop,
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:port` + `path` (also the public URL signatures are checked against).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The `<Stream url>` the server writes into its TwiML.
+    pub fn stream_url(&self) -> String {
+        format!("ws://{}/ws/twilio-media", self.addr)
+    }
+
+    /// Signals shutdown, waits for `serve` to return and removes the data directory.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+
+    /// Waits (bounded by `limit`) until no media call is active; returns the count left.
+    pub async fn wait_idle(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.state.active_calls.count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.state.active_calls.count()
+    }
+}
+
+/// A CallSid for test call number `n`.
+pub fn call_sid(n: u32) -> String {
+    format!("CA{n:032x}")
+}
+
+/// A StreamSid for test call number `n`.
+pub fn stream_sid(n: u32) -> String {
+    format!("MZ{n:032x}")
+}
+
+/// Twilio's signature, written independently of the server: a map of name → set of values
+/// (sorted, de-duplicated), appended as name+value after the URL, HMAC-SHA1, base64.
+pub fn twilio_sign(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    let mut grouped: BTreeMap<&[u8], BTreeSet<&[u8]>> = BTreeMap::new();
+    for (k, v) in params {
+        grouped
+            .entry(k.as_bytes())
+            .or_default()
+            .insert(v.as_bytes());
+    }
+    let mut data = url.as_bytes().to_vec();
+    for (k, values) in grouped {
+        for v in values {
+            data.extend_from_slice(k);
+            data.extend_from_slice(v);
+        }
+    }
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
+    mac.update(&data);
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// The voice webhook's form parameters for call `n`, as Twilio sends them.
+pub fn voice_params(n: u32) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "AccountSid",
+            "AC00000000000000000000000000000000".to_owned(),
+        ),
+        ("CallSid", call_sid(n)),
+        ("CallStatus", "ringing".to_owned()),
+        ("From", "+15550001111".to_owned()),
+        ("To", "+15550002222".to_owned()),
+    ]
+}
+
+/// A response read in full.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: http::HeaderMap,
+    /// Body as text (lossy).
+    pub body: String,
+}
+
+/// POSTs a form to `path` with `headers`, over a fresh connection with hyper's client.
+pub async fn post_form(
+    server: &TestServer,
+    path: &str,
+    params: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> Reply {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter().copied())
+        .finish();
+    let mut req = http::Request::post(server.url(path))
+        .header("content-type", "application/x-www-form-urlencoded");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(req.body(Full::new(Bytes::from(body))).unwrap()).await
+}
+
+/// Sends one request with hyper's client over TCP and reads the whole answer.
+pub async fn send(req: http::Request<Full<Bytes>>) -> Reply {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let resp = client.request(req).await.expect("request completes");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// POSTs the signed voice webhook for call `n` and returns the stream target from its TwiML.
+pub async fn stream_target(server: &TestServer, n: u32) -> StreamTarget {
+    let params = voice_params(n);
+    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = server.url("/webhook/incoming_call");
+    let sig = twilio_sign(TOKEN, &url, &pairs);
+    let reply = post_form(
+        server,
+        "/webhook/incoming_call",
+        &pairs,
+        &[("X-Twilio-Signature", sig.as_str())],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "voice webhook: {}", reply.body);
+    handset_shell::sim::parse_twiml(&reply.body).expect("TwiML with <Connect><Stream>")
+}
+
+/// A whole Twilio-emulating call `n` (the simulator's client: real-time caller audio, every
+/// server message checked for its exact shape and played through the playback model), with
+/// the webhook and the handshake signed by [`twilio_sign`].
+pub async fn twilio_call(
+    server: &TestServer,
+    n: u32,
+    audio: Arc<Vec<i16>>,
+    duration: Duration,
+) -> CallOutcome {
+    let target = stream_target(server, n).await;
+    let mut plan = CallPlan::new(server.url("/webhook/incoming_call"));
+    plan.auth_token = Some(TOKEN.to_owned());
+    plan.forge_signature = Some(twilio_sign(TOKEN, &target.url, &[]));
+    plan.call_sid = call_sid(n);
+    plan.audio = audio;
+    plan.duration = duration;
+    handset_shell::sim::run_stream(&plan, &target)
+        .await
+        .expect("stream runs")
+}
+
+/// Opens a signed WebSocket to the media path over `tcp` (no subprotocol offered).
+pub async fn ws_connect(server: &TestServer, tcp: TcpStream) -> Ws {
+    let mut req = server.stream_url().into_client_request().unwrap();
+    let sig = twilio_sign(TOKEN, &server.stream_url(), &[]);
+    req.headers_mut()
+        .insert("X-Twilio-Signature", HeaderValue::from_str(&sig).unwrap());
+    let (ws, _resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("signed handshake accepted");
+    ws
+}
+
+/// The `start` message for call `n` with the TwiML's parameters.
+pub fn start_message(n: u32, target: &StreamTarget) -> Message {
+    let params: serde_json::Map<String, serde_json::Value> = target
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    let sid = stream_sid(n);
+    let start = serde_json::json!({"event":"start","sequenceNumber":"1","streamSid":sid,
+        "start":{"accountSid":"AC1","streamSid":sid,"callSid":call_sid(n),"tracks":["inbound"],
+        "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},
+        "customParameters":params}});
+    Message::text(start.to_string())
+}
+
+/// Webhook, signed WebSocket over `tcp`, `connected` and `start` for call `n`.
+pub async fn open_call_over(server: &TestServer, n: u32, tcp: TcpStream) -> Ws {
+    let target = stream_target(server, n).await;
+    let mut ws = ws_connect(server, tcp).await;
+    ws.send(Message::text(
+        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+    ))
+    .await
+    .unwrap();
+    ws.send(start_message(n, &target)).await.unwrap();
+    ws
+}
+
+/// [`open_call_over`] on a fresh connection.
+pub async fn open_call(server: &TestServer, n: u32) -> Ws {
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    open_call_over(server, n, tcp).await
+}
+
+/// A `media` message for stream `sid` with this chunk number (timestamp = 20 ms per chunk).
+pub fn media(sid: &str, chunk: u64, payload: &str) -> Message {
+    Message::text(format!(
+        r#"{{"event":"media","sequenceNumber":"{}","streamSid":"{sid}","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{payload}"}}}}"#,
+        chunk + 1,
+        chunk * 20
+    ))
+}
+
+/// Base64 of one 20 ms frame of µ-law silence.
+pub fn silence_payload() -> String {
+    base64::engine::general_purpose::STANDARD.encode([0xFFu8; 160])
+}
+
+/// What a client saw while reading a socket until it ended.
+#[derive(Debug, Default)]
+pub struct Ending {
+    /// Server `media` messages read.
+    pub media: u64,
+    /// Pongs read.
+    pub pongs: u64,
+    /// The close frame's code, if one came.
+    pub close: Option<u16>,
+    /// The close frame's reason.
+    pub reason: String,
+    /// The read failed (reset) or the stream ended without a close frame.
+    pub dropped: bool,
+    /// `limit` passed with the socket still open.
+    pub timed_out: bool,
+}
+
+/// Reads until the server closes (or `limit` passes), counting media and pongs.
+pub async fn read_to_end(ws: &mut Ws, limit: Duration) -> Ending {
+    let mut seen = Ending::default();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => {
+                seen.timed_out = true;
+                return seen;
+            }
+            Ok(None) | Ok(Some(Err(_))) => {
+                seen.dropped = seen.close.is_none();
+                return seen;
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                if let Some(f) = frame {
+                    seen.close = Some(u16::from(f.code));
+                    seen.reason = f.reason.to_string();
+                } else {
+                    seen.close = Some(1005);
+                }
+            }
+            Ok(Some(Ok(Message::Pong(_)))) => seen.pongs += 1,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if t.contains(r#""event":"media""#) {
+                    seen.media += 1;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Reads until `n` server media messages arrived (true) or `limit` passed / the socket ended.
+pub async fn read_media(ws: &mut Ws, n: u64, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut got = 0;
+    while got < n {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""event":"media""#) => got += 1,
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => {
+                return false;
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    true
+}
+
+/// Writes `request` on a fresh connection and reads the answer until the server closes or
+/// `limit` passes; returns the raw text (empty when the server closed without answering).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // The server may answer (and close) before reading everything: ignore write errors.
+    let _ = stream.write_all(request).await;
+    read_raw(&mut stream, limit).await
+}
+
+/// Reads from `stream` until EOF, a reset, or `limit`; a complete response without a body
+/// length is read to EOF.
+pub async fn read_raw(stream: &mut TcpStream, limit: Duration) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if head_and_body_complete(&buf) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn head_and_body_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some(end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let length = text[..end]
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    buf.len() >= end + 4 + length
+}
+
+/// The status code of a raw HTTP answer (0 when there was none).
+pub fn status_of(raw: &str) -> u16 {
+    raw.strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A header's value in a raw HTTP answer.
+pub fn header_of<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    let head = &raw[..raw.find("\r\n\r\n").unwrap_or(raw.len())];
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
