@@ -527,6 +527,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     }
     state.metrics.publish_stream(&counters, &mut published);
     log_counters(id, &info, &counters);
+    tracing::info!(id, call_sid = %info.call_sid, ?reason, "WS closed");
 }
 
 /// Applies one text message; returns true on `stop`.

@@ -103,6 +103,10 @@ impl Slot {
         loop {
             match self.control.try_recv() {
                 Ok(control) => {
+                    if matches!(control, Control::Stop(_)) {
+                        // Media read off the socket before the stop still counts.
+                        self.drain_inbound(now, counters);
+                    }
                     let input = match control {
                         Control::Dtmf(t, digit) => Input::Dtmf(t, digit),
                         Control::MarkEcho(t, mark) => Input::MarkEcho(t, mark),
@@ -113,6 +117,7 @@ impl Slot {
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
+                    self.drain_inbound(now, counters);
                     self.input(now, Input::Stop(now), counters);
                     break;
                 }
@@ -121,12 +126,7 @@ impl Slot {
                 break;
             }
         }
-        while !self.call.is_stopped() {
-            let Some((at, media)) = self.inbound.try_pop() else {
-                break;
-            };
-            self.input(now, Input::Media(at, media), counters);
-        }
+        self.drain_inbound(now, counters);
         if self.call.is_stopped() {
             self.end(counters);
             return false;
@@ -149,6 +149,16 @@ impl Slot {
             self.next_publish = Some(now + super::COUNTERS_PUBLISH_EVERY);
         }
         !self.sink_closed
+    }
+
+    /// Feeds every frame waiting in the inbound ring to the call (until it stops).
+    fn drain_inbound(&mut self, now: Instant, counters: &EngineCounters) {
+        while !self.call.is_stopped() {
+            let Some((at, media)) = self.inbound.try_pop() else {
+                break;
+            };
+            self.input(now, Input::Media(at, media), counters);
+        }
     }
 
     /// Hands the timeline (if traced) and the final counters to the socket writer.
