@@ -511,7 +511,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
             }
             _ = &mut writer, if !writer_done => {
                 writer_done = true;
-                linger_deadline = Some(tokio::time::Instant::now() + write_timeout);
+                linger_deadline = Some(tokio::time::Instant::now() + state.config.ws_write_timeout);
             }
             () = linger => break,
         }
