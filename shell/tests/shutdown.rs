@@ -8,6 +8,8 @@
 //! listen port is only known once the server has started.
 
 #![cfg(unix)]
+// A test of the whole process: it reads its stderr on a thread and bounds its waits on the wall clock.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
