@@ -1,7 +1,7 @@
 //! Per-frame feature vector for the speech classifier: level, band SNRs against an adaptive
 //! noise floor, spectral shape, and a few hundred milliseconds of context that tell speech from
 //! music and noise (syllabic-rate energy modulation, spectral flux, low-energy-frame ratio, pitch
-//! strength and pitch continuity).
+//! strength and pitch continuity), plus the last frames' SNRs so onsets are seen rising.
 //!
 //! The features depend on the input only, never on the classifier's decisions, so the classifier
 //! can be trained offline on features computed once (`benches/vad_eval.rs -- --train`). The noise
@@ -9,17 +9,18 @@
 //! classifier's output, for the same reason. Everything lives in fixed-size arrays: `push` does
 //! not allocate.
 
-use super::features::{BANDS, FrontEnd, NOISE_SUBWINDOWS, NoiseTracker, power_db};
+use super::features::{BANDS, FrontEnd, NOISE_SUBWINDOWS, NoiseTracker, log2, power_db};
 use crate::time::FRAME_SAMPLES;
 
 /// Number of features in [`Extractor::features`].
-pub(super) const FEATURES: usize = 38;
+pub(super) const FEATURES: usize = 44;
 
 /// Noise-floor memory in frames (4.8 s): the minimum tracker follows a step up in noise within
 /// this many frames plus one sub-window.
 pub(super) const NOISE_WINDOW_FRAMES: u32 = 240;
-/// Added to the tracked band minima to estimate the mean noise level, in dB.
-const NOISE_BIAS_DB: f32 = 2.8;
+/// Added to the tracked band minima to estimate the mean noise level: 2.8 dB, as a power
+/// ratio (10^0.28).
+const NOISE_BIAS: f32 = 1.905_460_7;
 /// Smoothing factor of the band powers fed to the minimum tracker, per frame.
 const NOISE_SMOOTHING: f32 = 0.3;
 /// Adaptation rate of the mean noise level on quiet frames, per frame.
@@ -42,6 +43,9 @@ const QUIET_LEVEL_DBFS: f32 = -56.0;
 const PITCHED: f32 = 0.5;
 /// Number of cepstral coefficients (c1..) of the log band energies.
 const CEPSTRA: usize = 6;
+/// Bands averaged for the low-band SNR feature (219 Hz to 1.53 kHz, where voiced speech is
+/// strongest).
+const LOW_BANDS: usize = 6;
 /// Band groups for the per-group modulation features (band index ranges).
 const GROUPS: [(usize, usize); 4] = [(0, 3), (3, 6), (6, 9), (9, BANDS)];
 
@@ -79,24 +83,93 @@ impl<const N: usize> Ring<N> {
         self.buf[(self.next + N - 1 - k) % N]
     }
 
+    /// Sum of all `N` slots; the slots not yet written hold 0.
+    fn sum(&self) -> f32 {
+        lane_sum(&self.buf)
+    }
+
     fn mean(&self) -> f32 {
-        let v = self.values();
-        v.iter().sum::<f32>() / v.len().max(1) as f32
+        self.sum() / self.len.max(1) as f32
     }
 
     fn std(&self) -> f32 {
         let m = self.mean();
-        let v = self.values();
-        (v.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / v.len().max(1) as f32).sqrt()
+        let mut lanes = [0.0f32; 8];
+        let chunks = self.buf.chunks_exact(8);
+        let mut rest = 0.0;
+        for &x in chunks.remainder() {
+            rest += (x - m) * (x - m);
+        }
+        for c in chunks {
+            for (l, &x) in lanes.iter_mut().zip(c) {
+                *l += (x - m) * (x - m);
+            }
+        }
+        // The unwritten slots hold 0 and each added m²; take them out again.
+        let unwritten = (N - self.len) as f32;
+        let sq = lanes.iter().sum::<f32>() + rest - unwritten * m * m;
+        (sq.max(0.0) / self.len.max(1) as f32).sqrt()
     }
 
     fn max(&self) -> f32 {
-        self.values().iter().copied().fold(f32::MIN, f32::max)
+        let v = self.values();
+        let mut lanes = [f32::MIN; 8];
+        let chunks = v.chunks_exact(8);
+        let mut m = chunks.remainder().iter().copied().fold(f32::MIN, f32::max);
+        for c in chunks {
+            for (l, &x) in lanes.iter_mut().zip(c) {
+                *l = l.max(x);
+            }
+        }
+        for l in lanes {
+            m = m.max(l);
+        }
+        m
     }
 
     fn min(&self) -> f32 {
-        self.values().iter().copied().fold(f32::MAX, f32::min)
+        let v = self.values();
+        let mut lanes = [f32::MAX; 8];
+        let chunks = v.chunks_exact(8);
+        let mut m = chunks.remainder().iter().copied().fold(f32::MAX, f32::min);
+        for c in chunks {
+            for (l, &x) in lanes.iter_mut().zip(c) {
+                *l = l.min(x);
+            }
+        }
+        for l in lanes {
+            m = m.min(l);
+        }
+        m
     }
+
+    /// Fraction of the values held that are below `t`.
+    fn fraction_below(&self, t: f32) -> f32 {
+        let v = self.values();
+        let mut lanes = [0.0f32; 8];
+        let chunks = v.chunks_exact(8);
+        let mut n = chunks.remainder().iter().filter(|&&x| x < t).count() as f32;
+        for c in chunks {
+            for (l, &x) in lanes.iter_mut().zip(c) {
+                *l += if x < t { 1.0 } else { 0.0 };
+            }
+        }
+        n += lanes.iter().sum::<f32>();
+        n / v.len().max(1) as f32
+    }
+}
+
+/// Sum of `v` in eight independent lanes (so the loop vectorises), then the lanes.
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
 }
 
 /// Front end, noise floor and context: turns frames into feature vectors.
@@ -124,6 +197,8 @@ pub(super) struct Extractor {
     groups16: [Ring<16>; GROUPS.len()],
     prev_lag: f32,
     prev_strength: f32,
+    /// The previous frame's largest band SNR, in dB.
+    snr_max_prev: f32,
     started: bool,
     level_dbfs: f32,
     snr_db: f32,
@@ -159,6 +234,7 @@ impl Extractor {
             groups16: [Ring::new(), Ring::new(), Ring::new(), Ring::new()],
             prev_lag: 0.0,
             prev_strength: 0.0,
+            snr_max_prev: 0.0,
             started: false,
             level_dbfs: -130.0,
             snr_db: 0.0,
@@ -185,6 +261,7 @@ impl Extractor {
         self.groups16 = [Ring::new(), Ring::new(), Ring::new(), Ring::new()];
         self.prev_lag = 0.0;
         self.prev_strength = 0.0;
+        self.snr_max_prev = 0.0;
         self.started = false;
         self.level_dbfs = -130.0;
         self.snr_db = 0.0;
@@ -225,20 +302,25 @@ impl Extractor {
         }
         self.noise.update(&self.smoothed, &mut self.floor);
 
-        let f = &mut self.features;
         let level = analysis.level_dbfs;
         let mut band_db = [0.0; BANDS];
+        let mut noise_db = [0.0; BANDS];
+        for b in 0..BANDS {
+            band_db[b] = power_db(self.bands[b]);
+            // The larger of the biased minimum and the mean level (one log: `power_db` is
+            // monotonic); the quantile is applied below.
+            noise_db[b] = power_db((self.floor[b] * NOISE_BIAS).max(self.mean_noise[b]));
+        }
+        let f = &mut self.features;
         let mut acc = 0.0;
         let mut floor_sum = 0.0;
         let mut flux = 0.0;
-        let bias = 10f32.powf(NOISE_BIAS_DB / 10.0);
+        let mut snr_max = 0.0f32;
+        let mut snr_low = 0.0;
         for b in 0..BANDS {
-            let p_db = power_db(self.bands[b]);
-            band_db[b] = p_db;
+            let p_db = band_db[b];
             let q = &mut self.quantile_db[b];
-            // The larger of the biased minimum and the mean level, then the quantile (one log:
-            // `power_db` is monotonic).
-            let n_db = power_db((self.floor[b] * bias).max(self.mean_noise[b])).max(*q);
+            let n_db = noise_db[b].max(*q);
             *q += if p_db > *q {
                 QUANTILE_UP_DB
             } else {
@@ -247,6 +329,10 @@ impl Extractor {
             floor_sum += n_db;
             let snr = (p_db - n_db).clamp(0.0, 40.0);
             f[1 + b] = snr;
+            snr_max = snr_max.max(snr);
+            if b < LOW_BANDS {
+                snr_low += snr;
+            }
             let x = snr / 40.0;
             acc += x * x * x * x.sqrt(); // x^SNR_EXPONENT, with SNR_EXPONENT = 3.5
             flux += (p_db - if first { p_db } else { self.prev_db[b] }).abs();
@@ -271,6 +357,10 @@ impl Extractor {
         // Energy dynamics.
         let prev1 = if first { level } else { self.level16.ago(0) };
         let prev3 = if first { level } else { self.level16.ago(2) };
+        let snr_prev1 = if first { snr_db } else { self.snr8.ago(0) };
+        let snr_prev2 = if first { snr_db } else { self.snr8.ago(1) };
+        let snr_min8 = if first { snr_db } else { self.snr8.min() };
+        let max_prev = if first { snr_max } else { self.snr_max_prev };
         self.level16.push(level);
         self.level50.push(level);
         self.flux16.push(flux);
@@ -279,21 +369,14 @@ impl Extractor {
             let p: f32 = self.bands[lo..hi].iter().sum();
             ring.push(power_db(p));
         }
-        let mean50 = self.level50.mean();
-        let low = self
-            .level50
-            .values()
-            .iter()
-            .filter(|&&l| l < mean50 - 6.0)
-            .count() as f32
-            / self.level50.values().len() as f32;
+        let low = self.level50.fraction_below(self.level50.mean() - 6.0);
 
         // Pitch strength and continuity.
         let strength = analysis.pitch_strength;
         let lag = analysis.pitch_lag;
         let both = strength > PITCHED && self.prev_strength > PITCHED;
         let change = if both {
-            (lag / self.prev_lag).log2().abs().min(1.0)
+            log2(lag / self.prev_lag).abs().min(1.0)
         } else {
             1.0
         };
@@ -327,6 +410,14 @@ impl Extractor {
         }
         f[36] = self.snr8.mean();
         f[37] = floor_sum / BANDS as f32;
+        // Onset: the last frames' SNRs, so the classifier sees the rise.
+        f[38] = snr_prev1;
+        f[39] = snr_prev2;
+        f[40] = snr_max;
+        f[41] = max_prev;
+        f[42] = snr_db - snr_min8;
+        f[43] = snr_low / LOW_BANDS as f32;
+        self.snr_max_prev = snr_max;
         self.level_dbfs = level;
         self.snr_db = snr_db;
     }

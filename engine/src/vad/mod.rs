@@ -10,7 +10,8 @@
 //! 1. **Front end** (`features.rs`): a 256-point real FFT over a Hann window of the current 160
 //!    samples plus the previous 96, summed into 11 roughly critical-band-spaced bands from
 //!    219 Hz to 3.4 kHz; the frame's mean power in dBFS; and pitch strength (peak of the
-//!    normalised autocorrelation over 80–400 Hz, from an inverse FFT of the magnitude spectrum).
+//!    normalised autocorrelation over 80–400 Hz, from a 128-point inverse FFT of the 0–2 kHz
+//!    magnitude spectrum, refined by a parabola). Logarithms use a short polynomial.
 //! 2. **Noise floor per band** (`extract.rs`), the maximum of three estimates: minimum
 //!    statistics over 240 frames plus 2.8 dB, a mean level adapted on frames a fixed band-SNR
 //!    test calls quiet, and a dB quantile tracker that follows music whatever the decision says.
@@ -18,7 +19,8 @@
 //!    band SNRs against the floor, cepstrum of the band levels, spectral flux, and context over
 //!    the last 160 ms to 1 s: syllabic-rate energy modulation (level and band-group standard
 //!    deviations over 320 ms), low-energy-frame ratio, level against its 1 s range, and pitch
-//!    strength with pitch continuity (speech glides, music holds notes). None depends on the
+//!    strength with pitch continuity (speech glides, music holds notes); and, for fast onsets,
+//!    the last two frames' SNRs and the SNR's rise over its recent minimum. None depends on the
 //!    classifier's output, so the classifier is trained offline on precomputed features.
 //! 4. **Classifier** (`model.rs`, `weights.rs`): a small perceptron (one ReLU hidden layer,
 //!    logistic output) gives the probability that the frame is speech. Its weights are trained
@@ -261,7 +263,10 @@ impl Vad {
     /// over 3 frames; 30 pitch change from the previous frame (octaves, 0–1, 1 when either
     /// frame is unpitched); 31 fraction of the last 16 frames holding the previous frame's
     /// pitch lag within one sample; 32–35 level standard deviation over 16 frames in four band
-    /// groups (dB); 36 mean of feature 12 over 8 frames; 37 mean noise floor over the bands (dB).
+    /// groups (dB); 36 mean of feature 12 over 8 frames; 37 mean noise floor over the bands (dB);
+    /// 38 and 39 feature 12 one and two frames back (dB); 40 and 41 the largest band SNR on this
+    /// and on the previous frame (dB); 42 feature 12 minus its minimum over the previous 8
+    /// frames (dB); 43 mean band SNR over the six bands from 219 Hz to 1.53 kHz (dB).
     pub fn features(&self) -> &[f32; FEATURE_COUNT] {
         self.extractor.features()
     }
