@@ -20,6 +20,10 @@ use serde::Deserialize;
 /// Largest base64 payload accepted in one inbound `media` message (20 ms = 216 characters).
 const MAX_PAYLOAD_BASE64: usize = 1024;
 
+/// Bytes of the outbound writer's reusable block: three `media` messages (~300 bytes each).
+/// Every call holds one, so it is kept small.
+const WRITER_BLOCK: usize = 1024;
+
 /// Why a text message from Twilio was not understood.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 pub enum ProtocolError {
@@ -311,7 +315,7 @@ impl Writer {
             sid_field: format!("\"streamSid\":{sid}"),
             // One message at a time (a media message is ~300 bytes); `split` hands it out and
             // `reserve` reclaims the space once the socket writer has dropped it.
-            buf: BytesMut::with_capacity(1024),
+            buf: BytesMut::with_capacity(WRITER_BLOCK),
         }
     }
 
@@ -354,10 +358,15 @@ impl Writer {
     }
 
     fn reserve(&mut self, n: usize) {
-        // Reuses the block once earlier messages are sent and dropped; otherwise grows by a
-        // block, so steady streaming allocates about once per fifty messages, not per message.
-        if self.buf.capacity() < n + self.sid_field.len() {
-            self.buf.reserve(16 * 1024);
+        // The socket writer copies each message into tungstenite's write buffer and drops it
+        // before asking for the next, so the block is normally unique again here and `reserve`
+        // reclaims it in place (no allocation). Asking for exactly one block keeps it at
+        // WRITER_BLOCK bytes: a larger request would make `BytesMut` grow it for good (16 KiB
+        // per call when this asked for 16 KiB). Only when an earlier message is still alive is
+        // a fresh block allocated, about one per three messages while that lasts.
+        let need = n + self.sid_field.len();
+        if self.buf.capacity() < need {
+            self.buf.reserve(WRITER_BLOCK.max(need));
         }
     }
 }
@@ -480,5 +489,39 @@ mod tests {
         );
         let clear: serde_json::Value = serde_json::from_slice(&w.clear()).unwrap();
         assert_eq!(clear, serde_json::json!({"event":"clear","streamSid":SID}));
+    }
+
+    #[test]
+    fn writer_reuses_one_small_block_when_each_message_is_dropped_before_the_next() {
+        let mut w = Writer::new(SID);
+        let frame = MulawFrame([0x55; 160]);
+        for i in 0..500 {
+            let msg = if i % 7 == 0 {
+                w.mark("p1")
+            } else {
+                w.media(&frame)
+            };
+            assert!(msg.len() > 20);
+            drop(msg);
+            assert!(
+                w.buf.capacity() <= WRITER_BLOCK,
+                "block grew to {} bytes after {i} messages",
+                w.buf.capacity()
+            );
+        }
+    }
+
+    #[test]
+    fn writer_messages_stay_intact_while_earlier_ones_are_still_held() {
+        let mut w = Writer::new(SID);
+        let held: Vec<BytesMut> = (0..40u8).map(|i| w.media(&MulawFrame([i; 160]))).collect();
+        for (i, msg) in held.iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_slice(msg).unwrap();
+            assert_eq!(
+                v["media"]["payload"],
+                serde_json::json!(STANDARD.encode([i as u8; 160]))
+            );
+        }
+        assert!(w.buf.capacity() <= 2 * WRITER_BLOCK);
     }
 }
