@@ -6,9 +6,11 @@
 //! Caller speech during playback barges in: the call flushes and sends `clear`; the echo agent
 //! drops the rest of what it was playing and records the new utterance.
 //!
-//! Memory: utterances are held as 16 kHz µ-law (16 KB per second), grown one second at a time
-//! up to [`EchoConfig::max_utterance`] and trimmed back after playback, so an idle call holds
-//! only the 200 ms pre-roll.
+//! Memory: an utterance is held as 16 kHz µ-law (16 KB per second) in a buffer allocated when
+//! the caller starts speaking, grown by half its size at a time (a handful of allocations per
+//! utterance, never one per frame) up to [`EchoConfig::max_utterance`], and freed once it has
+//! been played back or abandoned. A call that is not echoing holds only the 200 ms pre-roll
+//! (3.3 KB inside the agent).
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,9 @@ const PRE_ROLL_FRAMES: usize = 10;
 
 /// 16 kHz samples per second.
 const WIDEBAND_PER_SECOND: usize = 16_000;
+
+/// First allocation of an utterance buffer: half a second of 16 kHz µ-law.
+const FIRST_RESERVE: usize = WIDEBAND_PER_SECOND / 2;
 
 /// Echo agent settings.
 #[derive(Clone, Debug)]
@@ -106,8 +111,11 @@ impl EchoAgent {
             return;
         }
         if self.utterance.capacity() < self.utterance.len() + frame.len() {
-            // Grow one second at a time: at most one allocation per 50 frames.
-            self.utterance.reserve_exact(WIDEBAND_PER_SECOND);
+            // Grow by half (at least half a second), never past the maximum: 0.5 s, 0.75 s,
+            // 1.1 s, … so a 10 s utterance takes 8 allocations, and the slack is at most a third.
+            let grow = (self.utterance.capacity() / 2).max(FIRST_RESERVE);
+            let room = self.max_samples() - self.utterance.len();
+            self.utterance.reserve_exact(grow.min(room));
         }
         self.utterance.extend_from_slice(frame);
     }
@@ -139,15 +147,15 @@ impl EchoAgent {
         self.utterance_len = self.utterance.len().min(keep_8k as usize * 2);
         if self.utterance_len > 0 {
             self.source = Source::Utterance { pos: 0 };
+        } else {
+            self.release_memory();
         }
     }
 
+    /// Frees the utterance buffer (the next utterance allocates its own).
     fn release_memory(&mut self) {
-        self.utterance.clear();
+        self.utterance = Vec::new();
         self.utterance_len = 0;
-        if self.utterance.capacity() > 2 * WIDEBAND_PER_SECOND {
-            self.utterance.shrink_to(2 * WIDEBAND_PER_SECOND);
-        }
     }
 }
 
@@ -186,7 +194,12 @@ impl Agent for EchoAgent {
                 self.start_recording(at);
             }
             CallEvent::SpeechEnded { at } if self.recording => self.stop_recording(at),
-            CallEvent::BargeIn(_) | CallEvent::PlaybackCleared(_) => self.source = Source::Idle,
+            CallEvent::BargeIn(_) | CallEvent::PlaybackCleared(_) => {
+                self.source = Source::Idle;
+                if !self.recording {
+                    self.release_memory();
+                }
+            }
             CallEvent::Stopped => {
                 self.source = Source::Idle;
                 self.recording = false;
@@ -319,6 +332,58 @@ mod tests {
                 .all(|&s| (s - 8000).abs() < 300)
         );
         assert_eq!(marks, vec![MarkId(2)]);
+    }
+
+    /// Feeds `frames` frames of speech from frame `first` on and ends the utterance.
+    fn record(agent: &mut EchoAgent, first: u64, frames: u64) {
+        let mut out = AgentOutput::default();
+        agent.on_event(
+            now(),
+            &CallEvent::SpeechStarted {
+                at: SampleTime::from_frames(first),
+            },
+            &mut out,
+        );
+        for f in first..first + frames {
+            agent.on_caller_audio(SampleTime::from_frames(f), &frame(6000), &mut out);
+        }
+        agent.on_event(
+            now(),
+            &CallEvent::SpeechEnded {
+                at: SampleTime::from_frames(first + frames),
+            },
+            &mut out,
+        );
+    }
+
+    #[test]
+    fn utterance_buffer_is_freed_once_played_back() {
+        let mut agent = EchoAgent::new(EchoConfig {
+            greeting: false,
+            ..EchoConfig::default()
+        });
+        assert_eq!(agent.utterance.capacity(), 0, "nothing held before speech");
+        record(&mut agent, 0, 100);
+        assert!(agent.utterance.capacity() >= 100 * WIDEBAND_FRAME_SAMPLES);
+        let (audio, marks) = pull_all(&mut agent);
+        assert_eq!(audio.len(), 100 * WIDEBAND_FRAME_SAMPLES);
+        assert_eq!(marks, vec![MarkId(2)]);
+        assert_eq!(agent.utterance.capacity(), 0, "freed after playback");
+        // The next utterance records and plays as well.
+        record(&mut agent, 200, 20);
+        assert_eq!(pull_all(&mut agent).0.len(), 20 * WIDEBAND_FRAME_SAMPLES);
+    }
+
+    #[test]
+    fn utterance_buffer_never_exceeds_the_maximum_utterance() {
+        let mut agent = EchoAgent::new(EchoConfig {
+            greeting: false,
+            max_utterance: Duration::from_millis(1_300),
+        });
+        record(&mut agent, 0, 200);
+        // 1.3 s of 16 kHz µ-law, however long the caller spoke.
+        assert!(agent.utterance.capacity() <= 20_800);
+        assert_eq!(pull_all(&mut agent).0.len(), 20_800);
     }
 
     #[test]

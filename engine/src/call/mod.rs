@@ -56,10 +56,17 @@ pub const PROGRESS_MARK_BASE: u64 = 1 << 62;
 const RESAMPLER_FIFO: Duration = Duration::from_millis(40);
 
 /// Capacity of the output queue between two drains. One input produces a handful of outputs
-/// (a late wake-up: one caller frame per overdue 20 ms; a barge-in: clear plus a few events);
-/// transmits are produced lazily and never queue here. Kept small: an `Output` holds a 16 kHz
-/// frame (640 bytes) and this queue is part of every call's memory.
+/// (a caller frame or two; a barge-in: clear plus a few events); transmits are produced lazily
+/// and never queue here. An entry is a [`Queued`] (about 90 bytes): caller audio waits in
+/// its own ring, so the queue stays 3 KiB instead of 32 × 648 bytes.
 const OUTPUT_CAPACITY: usize = 32;
+
+/// 16 kHz caller frames that can wait to be drained (8 × 648 bytes = 5 KiB per call). A
+/// timeout plays out of the jitter buffer only while two free slots remain (one caller frame
+/// can yield two feed frames at the resampler's chunk boundaries); after a late wake-up with
+/// more overdue frames than that, the rest stay in the jitter buffer and
+/// [`Call::poll_timeout`] stays in the past, so the driver serves the call again at once.
+const CALLER_RING: usize = 8;
 
 /// Caller slots whose arrival instants are remembered, to date a speech onset by when its audio
 /// arrived. The VAD dates an onset at most 50 frames back (its largest attack; the lookback is
@@ -329,6 +336,19 @@ pub struct CallStats {
     pub outputs_dropped: u64,
 }
 
+/// An output waiting in the queue: caller audio sits in [`Call::caller`], in the same order.
+#[derive(Clone, Copy, Debug)]
+enum Queued {
+    /// The next frame of the caller ring.
+    CallerAudio,
+    /// [`Output::Clear`].
+    Clear,
+    /// [`Output::Event`].
+    Event(CallEvent),
+    /// [`Output::Mark`].
+    Mark(MarkId),
+}
+
 /// Lifecycle of the stream.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 enum Phase {
@@ -370,8 +390,11 @@ pub struct Call {
     trailing_mark_at: Option<Instant>,
     /// The newest instant seen in any input.
     now: Instant,
-    /// Outputs waiting to be drained.
-    outputs: VecDeque<Output>,
+    /// Outputs waiting to be drained, in order; at most [`OUTPUT_CAPACITY`].
+    outputs: VecDeque<Queued>,
+    /// The caller frames of the queued [`Queued::CallerAudio`] entries, oldest first; at most
+    /// [`CALLER_RING`].
+    caller: VecDeque<(SampleTime, WidebandFrame)>,
     /// The call's timeline, when tracing.
     trace: Option<Trace>,
     /// When each of the last [`ARRIVAL_RING`] caller slots arrived (`None`: concealed), indexed
@@ -414,6 +437,7 @@ impl Call {
             trailing_mark_at: None,
             now,
             outputs: VecDeque::with_capacity(OUTPUT_CAPACITY),
+            caller: VecDeque::with_capacity(if config.agent_feed { CALLER_RING } else { 0 }),
             trace: (config.trace_events > 0).then(|| Trace::new(now, config.trace_events)),
             arrivals: [None; ARRIVAL_RING],
             onset_arrival: None,
@@ -494,8 +518,16 @@ impl Call {
 
     /// The next output, or `None` when drained. Frames are released only at their deadline.
     pub fn poll_output(&mut self) -> Option<Output> {
-        if let Some(out) = self.outputs.pop_front() {
-            return Some(out);
+        if let Some(queued) = self.outputs.pop_front() {
+            return match queued {
+                Queued::CallerAudio => {
+                    let (at, frame) = self.caller.pop_front()?;
+                    Some(Output::CallerAudio(at, frame))
+                }
+                Queued::Clear => Some(Output::Clear),
+                Queued::Event(event) => Some(Output::Event(event)),
+                Queued::Mark(mark) => Some(Output::Mark(mark)),
+            };
         }
         if self.phase == Phase::Stopped {
             return None;
@@ -594,11 +626,32 @@ impl Call {
     }
 
     fn emit(&mut self, out: Output) {
-        if self.outputs.len() >= OUTPUT_CAPACITY {
+        let caller_full =
+            matches!(out, Output::CallerAudio(..)) && self.caller.len() >= CALLER_RING;
+        if self.outputs.len() >= OUTPUT_CAPACITY || caller_full {
             self.stats.outputs_dropped += 1;
             return;
         }
-        self.outputs.push_back(out);
+        let queued = match out {
+            Output::CallerAudio(at, frame) => {
+                self.caller.push_back((at, frame));
+                Queued::CallerAudio
+            }
+            Output::Clear => Queued::Clear,
+            Output::Event(event) => Queued::Event(event),
+            Output::Mark(mark) => Queued::Mark(mark),
+            // Transmits are produced by `poll_output` itself and never queued.
+            Output::Transmit(_) => {
+                self.stats.outputs_dropped += 1;
+                return;
+            }
+        };
+        self.outputs.push_back(queued);
+    }
+
+    /// Whether the caller ring has room for what one more played-out frame can produce.
+    fn caller_room(&self) -> bool {
+        !self.config.agent_feed || self.caller.len() + 2 <= CALLER_RING
     }
 
     fn media(&mut self, now: Instant, media: &InboundMedia) {
@@ -630,7 +683,12 @@ impl Call {
             }
         }
         self.pacer.handle_timeout(now);
-        while let Some(playout) = self.jitter.pop(now) {
+        // Overdue frames beyond the caller ring's room wait in the jitter buffer (its deadline
+        // stays in the past, so the driver comes back at once): see [`CALLER_RING`].
+        while self.caller_room() {
+            let Some(playout) = self.jitter.pop(now) else {
+                break;
+            };
             self.arrivals[ring_index(playout.at)] = playout.arrived;
             self.stats.caller_frames += 1;
             if let Some(trace) = self.trace.as_mut() {
@@ -874,7 +932,7 @@ impl Call {
         let flushed = self.pacer.flush(|mark| {
             if mark.0 < PROGRESS_MARK_BASE {
                 if outputs.len() < OUTPUT_CAPACITY {
-                    outputs.push_back(Output::Event(CallEvent::MarkCleared(mark)));
+                    outputs.push_back(Queued::Event(CallEvent::MarkCleared(mark)));
                 } else {
                     stats.outputs_dropped += 1;
                 }

@@ -132,3 +132,50 @@ fn agent_mark_echo_reports_mark_played_and_playback_finished() {
     );
     assert!(!call.agent_playing());
 }
+
+#[test]
+fn a_long_stall_delivers_every_caller_frame_in_order_a_ring_at_a_time() {
+    let (mut call, t0) = call();
+    // 40 frames arrive at once, then the driver stalls for 2 s.
+    for n in 0..40u32 {
+        let media = InboundMedia {
+            chunk: u64::from(n) + 1,
+            timestamp_ms: u64::from(n) * 20,
+            payload: MulawFrame([0x55; 160]),
+        };
+        call.handle_input(Input::Media(t0, media)).unwrap();
+        assert!(drain(&mut call).is_empty());
+    }
+    let now = t0 + Duration::from_secs(2);
+    let mut feed = Vec::new();
+    let mut rounds = 0;
+    // What the driver does: serve again while the call's deadline is not in the future.
+    while call.poll_timeout().is_some_and(|t| t <= now) {
+        rounds += 1;
+        assert!(rounds < 1_000, "the call keeps asking for a timeout");
+        call.handle_input(Input::Timeout(now)).unwrap();
+        let mut this_round = 0;
+        for out in drain(&mut call) {
+            if let Output::CallerAudio(at, _) = out {
+                feed.push(at);
+                this_round += 1;
+            }
+        }
+        assert!(
+            this_round <= CALLER_RING,
+            "{this_round} caller frames in one drain"
+        );
+    }
+    let stats = call.stats();
+    assert_eq!(stats.outputs_dropped, 0);
+    assert!(
+        stats.caller_frames >= 40,
+        "{} slots played",
+        stats.caller_frames
+    );
+    assert_eq!(feed.len() as u64, stats.agent_feed_frames);
+    assert!(rounds > 1, "more overdue frames than one ring");
+    for (k, at) in feed.iter().enumerate() {
+        assert_eq!(*at, SampleTime::from_frames(k as u64));
+    }
+}

@@ -36,6 +36,7 @@ use ringbuf::traits::{Producer, Split};
 use crate::agent::{Agent, CallInfo, HangupReason};
 use crate::call::{CallConfig, CallEvent, CallStats};
 use crate::frame::{InboundMedia, MarkId, MediaError, MulawFrame};
+use crate::time::SampleRate;
 
 mod clock;
 mod histogram;
@@ -105,6 +106,14 @@ pub enum StartError {
     /// The engine is shutting down.
     #[error("engine is shutting down")]
     ShuttingDown,
+}
+
+/// Samples an agent's output buffer is preallocated for: one `chunk` pull at 16 kHz (the agent
+/// feed's rate; 200 ms = 3,200 samples = 6.4 KB). An agent answering at a higher rate grows it
+/// once, on its first pull.
+pub(crate) fn agent_audio_capacity(chunk: Duration) -> usize {
+    let samples = chunk.as_micros() * u128::from(SampleRate::WIDEBAND.hz()) / 1_000_000;
+    usize::try_from(samples).unwrap_or(usize::MAX)
 }
 
 /// A message from the engine to a call's socket writer.
@@ -395,7 +404,13 @@ impl Engine {
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
             .ok_or(StartError::Config("no workers"))?;
         worker.load.fetch_add(1, Ordering::Relaxed);
-        let slot = worker::Slot::new(call, spec, consumer, control_rx);
+        let slot = worker::Slot::new(
+            call,
+            spec,
+            consumer,
+            control_rx,
+            agent_audio_capacity(self.config.playback_chunk),
+        );
         worker
             .tx
             .send(WorkerMsg::Open(Box::new(slot)))

@@ -43,7 +43,11 @@ pub(super) struct Slot {
     sink: Box<dyn OutboundSink>,
     inbound: ringbuf::HeapCons<InboundItem>,
     control: Receiver<Control>,
-    /// Commands the agent is writing now, and the ones being applied (swapped, never reallocated).
+    /// Commands the agent is writing now, and the ones being applied (swapped, never
+    /// reallocated). Agents write audio in `poll_audio`, which gets `out` while nothing is being
+    /// applied; after each round the buffers are swapped back, so `out` keeps the one audio
+    /// buffer sized for a pull and `applying` stays empty unless an agent plays audio from a
+    /// callback made while applying (it then grows once).
     out: AgentOutput,
     applying: AgentOutput,
     started: bool,
@@ -75,6 +79,7 @@ impl Slot {
         spec: CallSpec,
         inbound: ringbuf::HeapCons<InboundItem>,
         control: Receiver<Control>,
+        audio_capacity: usize,
     ) -> Self {
         Self {
             call,
@@ -83,8 +88,8 @@ impl Slot {
             sink: spec.sink,
             inbound,
             control,
-            out: AgentOutput::with_capacity(4_000),
-            applying: AgentOutput::with_capacity(4_000),
+            out: AgentOutput::with_capacity(audio_capacity),
+            applying: AgentOutput::with_capacity(0),
             started: false,
             sink_closed: false,
             generation: 0,
@@ -306,6 +311,10 @@ impl Slot {
                 self.drain(now, counters);
             }
             self.applying.reset();
+            if self.out.is_empty() {
+                // Both are empty: give the agent back the buffer it has been writing into.
+                std::mem::swap(&mut self.out, &mut self.applying);
+            }
         }
     }
 }
