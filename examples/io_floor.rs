@@ -24,11 +24,21 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// One message every 20 ms each way per pair.
 const PERIOD: Duration = Duration::from_millis(20);
 /// Bytes per message (a Twilio `media` message with its base64 payload is 380–400 bytes).
 const MESSAGE_BYTES: usize = 400;
+
+/// Both ends use the server's socket settings (shell/src/bridge.rs): a 4 KiB read buffer
+/// (tungstenite zero-fills the free part of its read buffer before every read, so its 128 KiB
+/// default would measure memset, not I/O) and an 8 KiB write buffer.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+}
 
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
 fn cpu_seconds() -> f64 {
@@ -98,14 +108,18 @@ async fn measure(n: usize, window: Duration) -> std::io::Result<()> {
         let client = tokio::spawn(async move {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            tokio_tungstenite::client_async(format!("ws://{addr}/"), stream)
-                .await
-                .map(|(ws, _)| ws)
-                .map_err(std::io::Error::other)
+            tokio_tungstenite::client_async_with_config(
+                format!("ws://{addr}/"),
+                stream,
+                Some(ws_config()),
+            )
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(std::io::Error::other)
         });
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
-        let server = tokio_tungstenite::accept_async(stream)
+        let server = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
             .await
             .map_err(std::io::Error::other)?;
         let client = client.await.map_err(std::io::Error::other)??;
