@@ -528,6 +528,16 @@ async fn http(server: &TestServer, request: &[u8]) -> Observed {
     }
 }
 
+/// A body-less request: `method path`, `Host`, the `headers` given (each ending in CRLF) and
+/// `Connection: close`.
+async fn bare(server: &TestServer, method: &str, path: &str, headers: &str) -> Observed {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{headers}Connection: close\r\n\r\n",
+        server.addr
+    );
+    http(server, req.as_bytes()).await
+}
+
 /// What is wrong with the counters a call logged, against `counted`. Counters of the call's
 /// `WS input dropped` line that are not listed must be zero.
 async fn check_counted(logs: &Logs, call_sid: &str, counted: Counted) -> Vec<String> {
@@ -788,33 +798,13 @@ async fn run_case(server: &TestServer, input: Input, n: u32) -> Observed {
             http(server, &req).await
         }
         Input::WrongMethodIncomingCall => {
-            let req = format!(
-                "DELETE /webhook/incoming_call HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                server.addr
-            );
-            http(server, req.as_bytes()).await
+            bare(server, "DELETE", "/webhook/incoming_call", "").await
         }
-        Input::WrongMethodRecording => {
-            let req = format!(
-                "GET /webhook/handle_recording HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                server.addr
-            );
-            http(server, req.as_bytes()).await
-        }
+        Input::WrongMethodRecording => bare(server, "GET", "/webhook/handle_recording", "").await,
         Input::WrongMethodMediaStream => {
-            let req = format!(
-                "POST /ws/twilio-media HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                server.addr
-            );
-            http(server, req.as_bytes()).await
+            bare(server, "POST", "/ws/twilio-media", "Content-Length: 0\r\n").await
         }
-        Input::UnknownPath => {
-            let req = format!(
-                "GET /nowhere HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                server.addr
-            );
-            http(server, req.as_bytes()).await
-        }
+        Input::UnknownPath => bare(server, "GET", "/nowhere", "").await,
         Input::HugeHeader => {
             let req = format!(
                 "GET /healthz HTTP/1.1\r\nHost: {}\r\nX-Big: {}\r\n\r\n",

@@ -8,7 +8,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +16,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
-use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt as _, Full};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -28,7 +26,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use handset_shell::sim::{CallOutcome, CallPlan, StreamTarget};
+
+// The independent Twilio signer, checked against Twilio's official vectors in
+// tests/http_signatures.rs: one copy for every end-to-end test.
+#[path = "../http_common/mod.rs"]
+mod http_common;
 use handset_shell::{AppState, Config};
+pub use http_common::twilio_sign;
 
 /// The auth token every test server is configured with.
 pub const TOKEN: &str = "support-auth-token";
@@ -122,28 +126,6 @@ pub fn call_sid(n: u32) -> String {
 /// A StreamSid for test call number `n`.
 pub fn stream_sid(n: u32) -> String {
     format!("MZ{n:032x}")
-}
-
-/// Twilio's signature, written independently of the server: a map of name → set of values
-/// (sorted, de-duplicated), appended as name+value after the URL, HMAC-SHA1, base64.
-pub fn twilio_sign(token: &str, url: &str, params: &[(&str, &str)]) -> String {
-    let mut grouped: BTreeMap<&[u8], BTreeSet<&[u8]>> = BTreeMap::new();
-    for (k, v) in params {
-        grouped
-            .entry(k.as_bytes())
-            .or_default()
-            .insert(v.as_bytes());
-    }
-    let mut data = url.as_bytes().to_vec();
-    for (k, values) in grouped {
-        for v in values {
-            data.extend_from_slice(k);
-            data.extend_from_slice(v);
-        }
-    }
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
-    mac.update(&data);
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 /// The voice webhook's form parameters for call `n`, as Twilio sends them.
