@@ -351,7 +351,7 @@ impl Model {
         );
         assert!(s.idle_concealed <= s.concealed, "{s:?}");
         assert!(s.concealment_events <= s.concealed, "{s:?}");
-        assert!(s.decelerated <= s.concealed, "{s:?}");
+        assert!(s.decelerated + s.expanded <= s.concealed, "{s:?}");
         assert!(
             s.target_delay >= self.config.min_delay && s.target_delay <= self.config.max_delay,
             "{s:?}"

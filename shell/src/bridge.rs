@@ -692,6 +692,7 @@ impl WriterState {
                     media_in = stats.media_in,
                     frames_out = stats.frames_out,
                     concealed = stats.jitter.concealed,
+                    expanded = stats.jitter.expanded,
                     late = stats.jitter.late,
                     duplicate = stats.media_duplicate,
                     barge_ins = stats.barge_ins,

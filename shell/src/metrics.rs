@@ -438,6 +438,13 @@ impl Collector for HandsetCollector {
         )?;
         counter(
             enc,
+            "handset_frames_expanded",
+            "Caller playout slots concealed while their frame was held up in transit; the frames behind them played later instead of late.",
+            None,
+            load(&e.frames_expanded),
+        )?;
+        counter(
+            enc,
             "handset_frames_late",
             "Caller frames dropped as late (slot already played) or backwards.",
             None,

@@ -205,6 +205,10 @@ pub struct EngineCounters {
     pub frames_in: AtomicU64,
     /// Caller playout slots concealed (no frame in time: faded repeat or silence).
     pub frames_concealed: AtomicU64,
+    /// Caller playout slots concealed while their frame was held up in transit (a stall): the
+    /// frames behind them played a slot later instead of being dropped as late. A subset of
+    /// `frames_concealed`.
+    pub frames_expanded: AtomicU64,
     /// Caller frames dropped as late (their slot had played) or backwards.
     pub frames_late: AtomicU64,
     /// Caller frames dropped as duplicates.
@@ -246,6 +250,7 @@ impl Default for EngineCounters {
             lateness_us: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
             frames_concealed: AtomicU64::new(0),
+            frames_expanded: AtomicU64::new(0),
             frames_late: AtomicU64::new(0),
             frames_duplicate: AtomicU64::new(0),
             jitter_overflow: AtomicU64::new(0),

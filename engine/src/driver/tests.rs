@@ -263,6 +263,7 @@ fn engine_counters_mirror_the_calls_counters_and_time_every_released_frame() {
     assert_eq!(load(&c.frames_duplicate), 1);
     assert_eq!(load(&c.media_rejected), 1);
     assert_eq!(load(&c.frames_concealed), stats.jitter.concealed);
+    assert_eq!(load(&c.frames_expanded), stats.jitter.expanded);
     assert_eq!(load(&c.frames_late), stats.media_late);
     assert_eq!(load(&c.frames_out), frames as u64);
     // Every released frame was timed against its deadline.

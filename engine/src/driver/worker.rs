@@ -66,6 +66,7 @@ pub(super) struct Slot {
 struct Published {
     frames_in: u64,
     concealed: u64,
+    expanded: u64,
     late: u64,
     duplicate: u64,
     overflow: u64,
@@ -181,6 +182,7 @@ impl Slot {
         let now = Published {
             frames_in: stats.media_in,
             concealed: stats.jitter.concealed,
+            expanded: stats.jitter.expanded,
             late: stats.media_late,
             duplicate: stats.media_duplicate,
             overflow: stats.jitter.overflow,
@@ -195,6 +197,7 @@ impl Slot {
         };
         add(&counters.frames_in, now.frames_in, before.frames_in);
         add(&counters.frames_concealed, now.concealed, before.concealed);
+        add(&counters.frames_expanded, now.expanded, before.expanded);
         add(&counters.frames_late, now.late, before.late);
         add(&counters.frames_duplicate, now.duplicate, before.duplicate);
         add(&counters.jitter_overflow, now.overflow, before.overflow);

@@ -30,9 +30,17 @@
 //!   or the stream restarted). Resyncing a frame that is consistent with its arrival time places it
 //!   where its numbers point, so a resync never reorders audio; the frames rejected before a
 //!   backwards resync are counted as backwards. [`Playout::at`] stays continuous across resyncs.
-//! * **Stalls.** Frames held up past their slot (a TCP stall longer than the playout delay) are
-//!   late and dropped; their delays raise the target, and the delay grows to it by one slot per
-//!   20 ms.
+//! * **Stalls.** Over TCP nothing is lost in transit, only held up, so a due slot whose frame has
+//!   not arrived yet (nothing at or after its sender slot has been accepted) is concealed and
+//!   everything later moves one slot later (expand, as NetEq does), instead of playing the
+//!   frame's slot without it and dropping the frame when it turns up: a stall costs the caller's
+//!   audio nothing, only latency, which acceleration then gives back. Expansion stops at
+//!   `max_delay` of playout delay; frames held up longer than that are late and dropped. A due
+//!   slot whose frame Twilio skipped (a later frame is already in) is concealed in place, and so
+//!   is every slot once the stream is idle. When the frame that ends a stall turns out to skip
+//!   slots (Twilio omitted audio rather than the network holding it), the expansion is taken
+//!   back as far as those skipped slots cover it, so omitted audio keeps its length. The
+//!   stalled frames' delays also raise the target.
 //! * **Concealment.** A due slot without a frame repeats the last played frame, 6 dB quieter per
 //!   consecutive concealed slot, for up to `max_repeat_frames` slots, then plays µ-law silence.
 //!   Slots keep coming while Twilio sends nothing (the call needs a continuous 20 ms feed). After
@@ -162,6 +170,9 @@ pub struct JitterStats {
     pub accelerated: u64,
     /// Concealed slots inserted to grow the delay (W3C `insertedSamplesForDeceleration` / 160).
     pub decelerated: u64,
+    /// Concealed slots inserted while their frame was still in transit (a stall): the frames
+    /// behind them play a slot later each instead of late. A subset of `concealed`.
+    pub expanded: u64,
     /// Frames re-placed by a resync.
     pub resyncs: u64,
     /// Frames buffered now.
@@ -216,6 +227,8 @@ pub struct JitterBuffer {
     max_backwards: u32,
     /// A skipping frame due more than this long after its arrival is resynced, ns.
     early_limit_ns: u64,
+    /// `max_delay` in ns: stall expansion never takes the playout delay beyond it.
+    max_delay_ns: u64,
     /// First arrival; `None` until the first frame.
     origin: Option<Instant>,
     /// The newest accepted frame (meaningless while `origin` is `None`).
@@ -236,6 +249,8 @@ pub struct JitterBuffer {
     last_frame: MulawFrame,
     /// Consecutive concealed slots up to now.
     concealed_run: u32,
+    /// Slots expanded since the last accepted frame (taken back if that frame skips slots).
+    pending_expansion: u64,
     /// Received slots played in a row with the playout delay at least a frame above target
     /// (concealed slots leave it unchanged).
     above_target_run: u32,
@@ -267,6 +282,7 @@ impl JitterBuffer {
             max_jump_frames: duration_ns(config.max_jump) / FRAME_NS,
             max_backwards: config.max_backwards_frames,
             early_limit_ns: (config.capacity_frames as u64).saturating_mul(FRAME_NS),
+            max_delay_ns: duration_ns(config.max_delay),
             origin: None,
             newest: Newest {
                 chunk: 0,
@@ -283,6 +299,7 @@ impl JitterBuffer {
             offset: 0,
             last_frame: MulawFrame::SILENCE,
             concealed_run: 0,
+            pending_expansion: 0,
             above_target_run: 0,
             burst_start_ns: 0,
             burst_len: 0,
@@ -336,6 +353,7 @@ impl JitterBuffer {
                 if advance > self.max_jump_frames || (advance > 1 && self.too_early(slot, now_ns)) {
                     (self.resync_slot(now_ns), 0, true)
                 } else {
+                    self.retract_expansion(slot, advance);
                     (slot, timestamp_slot, false)
                 }
             };
@@ -367,11 +385,19 @@ impl JitterBuffer {
         }
         let delay = self.playout_delay_ns();
         let target = i128::from(self.delay.target_ns());
-        if delay < target {
-            // Decelerate: hold everything back by one slot and conceal this one.
+        let stalled =
+            self.in_transit(n) && delay + i128::from(FRAME_NS) <= i128::from(self.max_delay_ns);
+        if delay < target || stalled {
+            // Decelerate, or expand through a stall: hold everything back by one slot and
+            // conceal this one.
             self.queue.delay_all();
             self.offset += 1;
-            self.stats.decelerated += 1;
+            if delay < target {
+                self.stats.decelerated += 1;
+            } else {
+                self.stats.expanded += 1;
+                self.pending_expansion += 1;
+            }
             self.above_target_run = 0;
         } else if delay >= target + i128::from(FRAME_NS) {
             // Only slots that play audio count, so a long idle stretch cannot force the drop
@@ -446,6 +472,7 @@ impl JitterBuffer {
             slot,
         };
         self.backwards_run = 0;
+        self.pending_expansion = 0;
         self.recent_chunks[self.recent_next] = media.chunk;
         self.recent_next = (self.recent_next + 1) % RECENT_CHUNKS;
         self.recent_len = (self.recent_len + 1).min(RECENT_CHUNKS);
@@ -482,6 +509,36 @@ impl JitterBuffer {
         debug_assert!(pushed);
         self.stats.max_buffered = self.stats.max_buffered.max(self.queue.len() as u64);
         admission
+    }
+
+    /// Whether playout slot `n` has no frame yet because its frame is still on its way: nothing
+    /// is buffered for it, no frame at or after its sender slot has been accepted, and the stream
+    /// is not idle (an idle stream's silence is not a stall).
+    fn in_transit(&self, n: u64) -> bool {
+        let waiting = self.queue.front().is_none_or(|head| head.slot > n);
+        let sender_slot = i128::from(n) - i128::from(self.offset);
+        waiting
+            && sender_slot > i128::from(self.newest.slot)
+            && self.concealed_run < self.idle_after
+    }
+
+    /// Takes back stall expansion that turned out to cover slots Twilio skipped: the frame in
+    /// sender `slot` came `advance` slots after the newest, so `advance − 1` slots were never
+    /// sent. Only while nothing is buffered (always so after an expansion: it happens only with
+    /// nothing buffered and nothing has been accepted since), and never so far that the frame
+    /// would be late.
+    fn retract_expansion(&mut self, slot: u64, advance: u64) {
+        if self.pending_expansion == 0 || !self.queue.is_empty() {
+            return;
+        }
+        let playout = i128::from(slot) + i128::from(self.offset);
+        let room = u64::try_from(playout - i128::from(self.next_slot)).unwrap_or(0);
+        let back = self
+            .pending_expansion
+            .min(advance.saturating_sub(1))
+            .min(room);
+        // `back` is at most `pending_expansion`, which is far below i64::MAX.
+        self.offset -= i64::try_from(back).unwrap_or(0);
     }
 
     /// Drops the due frame in slot `n` to shrink the delay, if the next frame can take its slot
@@ -943,18 +1000,73 @@ mod tests {
     }
 
     #[test]
-    fn frame_arriving_after_its_slot_played_is_late() {
+    fn stall_shorter_than_max_delay_loses_no_frame_and_the_delay_comes_back_down() {
         // Frame 301 is held up 100 ms, and the frames behind it with it (head-of-line blocking).
-        let arrivals = schedule(400, |k| if k == 301 { ms(100) } else { Duration::ZERO });
-        let r = run(&JitterConfig::default(), &arrivals, ms(7_980));
-        assert_eq!(r.admissions[300], Admission::Late);
+        let arrivals = schedule(1_000, |k| if k == 301 { ms(100) } else { Duration::ZERO });
+        let r = run(&JitterConfig::default(), &arrivals, ms(19_980));
         let s = r.jb.stats();
-        assert!(s.late >= 1 && s.concealed >= 1, "{s:?}");
+        assert_contiguous(&r);
+        assert!(r.admissions.iter().all(|a| *a == Admission::Queued));
+        assert_eq!(s.late, 0, "{s:?}");
+        // The slots that waited for frame 301 were concealed while the rest moved later.
+        let (before, stalled) = (r.slot_of(300), r.slot_of(301));
+        assert!(stalled - before >= 5, "{before} {stalled}");
+        assert_eq!(s.expanded, stalled - before - 1, "{s:?}");
+        assert_eq!(s.concealed, s.expanded + s.decelerated, "{s:?}");
+        // Every frame up to the ones still buffered played once, in order, except the quiet
+        // frames dropped to give the added delay back.
+        let played = r.received_markers();
+        assert!(played.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(
+            s.received,
+            s.played_received + s.accelerated + s.buffered,
+            "{s:?}"
+        );
+        assert!(s.accelerated >= s.expanded, "{s:?}");
+        assert!(s.playout_delay < ms(40), "{s:?}");
+    }
+
+    #[test]
+    fn stall_longer_than_max_delay_expands_only_to_max_delay_then_drops_late_frames() {
+        // Frame 301 and everything behind it held up 400 ms; expansion stops at 200 ms.
+        let arrivals = schedule(400, |k| if k == 301 { ms(400) } else { Duration::ZERO });
+        let r = run(&JitterConfig::default(), &arrivals, ms(7_980));
+        let s = r.jb.stats();
+        assert_contiguous(&r);
+        assert_eq!(r.admissions[300], Admission::Late);
+        assert!(s.late >= 1 && s.expanded >= 1, "{s:?}");
         assert!(!r.received_markers().contains(&301));
+        // Expanded slots, each 20 ms, never took the playout delay (at most 40 ms before the
+        // stall: it settles in [target, target + 20 ms)) past 200 ms.
+        assert!(s.expanded <= 9, "{s:?}");
         assert_eq!(
             s.received,
             s.late + s.played_received + s.accelerated + s.buffered
         );
+    }
+
+    #[test]
+    fn twilio_skipping_slots_after_a_stall_takes_the_expansion_back() {
+        // Nothing arrives for 200 ms, then frame 311 comes next: chunks 301..=310 were never
+        // sent (numbers skip), so it plays 11 slots after frame 300 as if nothing had stalled.
+        let arrivals: Vec<_> = (1..=400u64)
+            .filter(|k| !(301..=310).contains(k))
+            .map(|k| (ms(20 * (k - 1)), media(k)))
+            .collect();
+        let r = run(&JitterConfig::default(), &arrivals, ms(7_980));
+        let s = r.jb.stats();
+        assert_contiguous(&r);
+        assert!(s.expanded >= 1, "{s:?}");
+        assert_eq!(r.slot_of(311) - r.slot_of(300), 11);
+        // No frame late, and no more dropped to shrink the delay than without the gap (the
+        // initial 40 ms settling to the 20 ms minimum).
+        let steady = run(
+            &JitterConfig::default(),
+            &schedule(400, |_| ms(0)),
+            ms(7_980),
+        );
+        assert_eq!(s.late, 0, "{s:?}");
+        assert_eq!(s.accelerated, steady.jb.stats().accelerated, "{s:?}");
     }
 
     #[test]
