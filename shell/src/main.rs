@@ -180,6 +180,14 @@ fn init_tracing(format: LogFormat) {
 async fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
+    // Listen for SIGTERM and Ctrl-C before anything else, so a signal during start-up (while the
+    // data directory is read, say) ends the process cleanly instead of killing it.
+    let shutdown = shutdown_signal();
+    tracing::info!(
+        pid = std::process::id(),
+        version = env!("CARGO_PKG_VERSION"),
+        "handset starting"
+    );
     let listen = config.listen;
     let (state, startup) = AppState::new(config).context("cannot open the data directory")?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -228,35 +236,50 @@ async fn run(config: Config) -> anyhow::Result<()> {
         backlog,
     ));
 
-    handset_shell::serve(listener, state.clone(), shutdown_signal()).await?;
+    handset_shell::serve(listener, state.clone(), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives in between is not lost.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+            Ok(sig) => Some(sig),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for {name}");
+                None
+            }
+        };
+        let mut interrupt = listen(SignalKind::interrupt(), "Ctrl-C");
+        let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+        async move {
+            let received = |sig: &mut Option<tokio::signal::unix::Signal>| {
+                let sig = sig.take();
+                async move {
+                    match sig {
+                        Some(mut sig) => {
+                            sig.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            tokio::select! {
+                () = received(&mut interrupt) => tracing::info!("Ctrl-C received"),
+                () = received(&mut terminate) => tracing::info!("SIGTERM received"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(err) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %err, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received"),
-        () = terminate => tracing::info!("SIGTERM received"),
+        tracing::info!("Ctrl-C received");
     }
 }

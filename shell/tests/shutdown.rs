@@ -31,8 +31,15 @@ struct Server {
     lines: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
-/// Starts `handset` on a free loopback port with `dir` as its data directory.
+/// Starts `handset` on a free loopback port with `dir` as its data directory; returns once it
+/// is listening.
 fn start(dir: &std::path::Path) -> Server {
+    spawn(dir, "handset listening")
+}
+
+/// Starts `handset` like [`start`]; returns once it has logged `message`. `addr` is the listen
+/// address only when `message` is the listening line.
+fn spawn(dir: &std::path::Path, message: &'static str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_handset"))
         .env_clear()
         .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "json"])
@@ -50,7 +57,7 @@ fn start(dir: &std::path::Path) -> Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let listen = (json["message"] == "handset listening")
+                    let listen = (json["message"] == message)
                         .then(|| json["listen"].as_str().unwrap_or_default().to_owned());
                     lines.lock().unwrap().push(json);
                     if let Some(listen) = listen {
@@ -62,7 +69,7 @@ fn start(dir: &std::path::Path) -> Server {
     };
     let addr = rx
         .recv_timeout(PATIENCE)
-        .expect("the server logs its address");
+        .unwrap_or_else(|_| panic!("the server logs {message:?}"));
     Server {
         child,
         reader: Some(reader),
@@ -216,5 +223,21 @@ async fn sigterm_refuses_new_connections_drains_calls_with_1001_and_keeps_record
     assert_eq!(active_calls(&second.addr), 0);
     second.sigterm();
     assert_eq!(second.wait(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_during_start_up_exits_cleanly() {
+    let dir = std::env::temp_dir().join(format!("handset-startup-{}", std::process::id()));
+    // The first line is logged once the signal handlers are in place, before the data
+    // directory is read and the port bound.
+    let mut server = spawn(&dir, "handset starting");
+    server.sigterm();
+    assert_eq!(
+        server.wait(),
+        Some(0),
+        "graceful exit, not killed by the signal"
+    );
+    assert_eq!(server.logged("SIGTERM received").len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
