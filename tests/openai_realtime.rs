@@ -369,3 +369,57 @@ async fn handset_barge_in_truncates_the_item_at_what_the_caller_heard() {
         "the response in progress is cancelled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_keys_reach_the_assistant_as_one_message_and_are_answered() {
+    let ms = Duration::from_millis;
+    let (url, log) = fake_realtime(None).await;
+    let server = Server::start(&url).await;
+    let mut plan = server.plan(3, ms(4_000));
+    // 4, 2, # before the assistant's answer (it comes after 25 appends, ~0.5 s): `#` sends
+    // them at once, with a response. Then 9 while that answer is in progress (the fake never
+    // finishes it): sent once the caller has pressed nothing for KEYS_SETTLE, without asking
+    // for another response over the one in progress.
+    plan.dtmf = vec![
+        (ms(100), '4'),
+        (ms(200), '2'),
+        (ms(300), '#'),
+        (ms(1_500), '9'),
+    ];
+    let outcome = run_call(plan).await.expect("call runs");
+    server.stop().await;
+    assert!(outcome.malformed.is_empty(), "{:?}", outcome.malformed);
+
+    let sent: Vec<Value> = log
+        .lock()
+        .unwrap()
+        .events
+        .iter()
+        .map(|(_, v)| v.clone())
+        .filter(|v| v["type"] != "input_audio_buffer.append")
+        .collect();
+    let types: Vec<&str> = sent.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "session.update",
+            "response.create",
+            "conversation.item.create",
+            "response.create",
+            "conversation.item.create",
+        ]
+    );
+    let text = |v: &Value| {
+        assert_eq!(v["item"]["type"], "message");
+        assert_eq!(v["item"]["role"], "user");
+        assert_eq!(v["item"]["content"][0]["type"], "input_text");
+        v["item"]["content"][0]["text"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(
+        text(&sent[2]),
+        "[The caller pressed these phone keys: 4 2 #]"
+    );
+    assert_eq!(text(&sent[4]), "[The caller pressed these phone keys: 9]");
+    // The key answer is a plain response (the session's instructions), not the greeting.
+    assert!(sent[3]["response"].is_null(), "{}", sent[3]);
+}

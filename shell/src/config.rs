@@ -256,6 +256,9 @@ pub struct OpenAiConfig {
     /// the instructions of the response the adapter asks for as soon as the session is set up,
     /// so the assistant answers the phone instead of waiting for the caller to speak.
     pub greeting: Option<String>,
+    /// `OPENAI_DTMF` (default `on`; `off` disables): tell the assistant which phone keys the
+    /// caller pressed (a user message once the keys settle, then a response).
+    pub dtmf: bool,
 }
 
 /// Default `OPENAI_GREETING`.
@@ -338,6 +341,14 @@ pub enum ConfigError {
     /// A language tag that is not `ll-CC`.
     #[error("{name} must be a language tag like en-US: got {value:?}")]
     Language {
+        /// Variable name.
+        name: &'static str,
+        /// Value given.
+        value: String,
+    },
+    /// A switch that is neither `on` nor `off`.
+    #[error("{name} must be on or off: got {value:?}")]
+    Switch {
         /// Variable name.
         name: &'static str,
         /// Value given.
@@ -673,6 +684,17 @@ fn openai_config<'a>(
                 Some(g) => Some(g.to_owned()),
                 None => Some(DEFAULT_OPENAI_GREETING.to_owned()),
             },
+            dtmf: match non_empty("OPENAI_DTMF") {
+                None => true,
+                Some(v) if v.eq_ignore_ascii_case("on") => true,
+                Some(v) if v.eq_ignore_ascii_case("off") => false,
+                Some(v) => {
+                    return Err(ConfigError::Switch {
+                        name: "OPENAI_DTMF",
+                        value: v.to_owned(),
+                    });
+                }
+            },
         }),
     }))
 }
@@ -855,6 +877,14 @@ mod tests {
         assert_eq!(
             custom.agent.unwrap().openai.unwrap().greeting.as_deref(),
             Some("Say hi.")
+        );
+        assert!(local.dtmf, "keys are forwarded by default");
+        let no_keys = from(&[("OPENAI_API_KEY", "k"), ("OPENAI_DTMF", "off")]).unwrap();
+        assert!(!no_keys.agent.unwrap().openai.unwrap().dtmf);
+        let err = from(&[("OPENAI_API_KEY", "k"), ("OPENAI_DTMF", "maybe")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OPENAI_DTMF must be on or off: got \"maybe\""
         );
         assert!(from(&[("OPENAI_API_KEY", "k"), ("AGENT_URL", "ws://h")]).is_err());
         assert!(from(&[("OPENAI_API_KEY", "k"), ("AGENT_TOKEN", "t")]).is_err());

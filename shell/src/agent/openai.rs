@@ -17,6 +17,11 @@
 //!   response is in progress); the engine then reports what the caller heard and the adapter
 //!   sends `conversation.item.truncate` with `audio_end_ms` = the heard part of the assistant
 //!   item. The engine's own VAD barge-in truncates the same way.
+//! - phone keys (DTMF), unless `OPENAI_DTMF=off`: collected until the caller pauses
+//!   ([`KEYS_SETTLE`]) or presses `#`, then sent as one user message
+//!   (`conversation.item.create`, text "[The caller pressed these phone keys: 1 2 #]") and a
+//!   `response.create`, or, while a response is in progress, answered once it is done. The keys
+//!   themselves are never logged (they may be a PIN or a card number), only their count.
 //! - transcripts (`conversation.item.input_audio_transcription.completed`,
 //!   `response.output_audio_transcript.done`) are logged (`STT_FINAL`, `AGENT_SAID`); `error`
 //!   events are logged (first few) and otherwise ignored, as the API recommends.
@@ -64,6 +69,10 @@ const MAX_MARKS: usize = 900;
 const CUT_ITEMS: usize = 16;
 /// Longest text kept from a transcript for the log.
 const MAX_LOGGED_TEXT: usize = 1_000;
+/// Phone keys are sent once the caller has pressed none for this long (or pressed `#`).
+pub const KEYS_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Keys collected at most per message; more are dropped (and counted in the log).
+const MAX_KEYS: usize = 32;
 
 /// The `session.update` the adapter sends first.
 pub fn session_update(config: &OpenAiConfig) -> String {
@@ -92,6 +101,34 @@ pub fn session_update(config: &OpenAiConfig) -> String {
 /// `response.create` asking for the opening words, with `instructions` for this response only.
 pub fn greeting_response(instructions: &str) -> String {
     json!({"type": "response.create", "response": {"instructions": instructions}}).to_string()
+}
+
+/// `response.create` with the session's instructions.
+pub fn respond() -> String {
+    json!({"type": "response.create"}).to_string()
+}
+
+/// `conversation.item.create`: a user message saying which phone keys the caller pressed.
+pub fn keys_item(keys: &str) -> String {
+    let mut spaced = String::with_capacity(keys.len() * 2);
+    for (i, key) in keys.chars().enumerate() {
+        if i > 0 {
+            spaced.push(' ');
+        }
+        spaced.push(key);
+    }
+    json!({
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{
+                "type": "input_text",
+                "text": format!("[The caller pressed these phone keys: {spaced}]"),
+            }],
+        },
+    })
+    .to_string()
 }
 
 /// `input_audio_buffer.append` with µ-law bytes.
@@ -401,6 +438,10 @@ pub async fn run(config: AgentConfig, info: CallInfo, mut ends: ClientEnds, id: 
         commands: VecDeque::new(),
         rate_sent: false,
         responding: false,
+        dtmf: openai.dtmf,
+        keys: String::new(),
+        keys_due: None,
+        respond_when_done: false,
         counters: Counters::default(),
         id,
         call_sid,
@@ -420,6 +461,8 @@ pub async fn run(config: AgentConfig, info: CallInfo, mut ends: ClientEnds, id: 
         frames_up = c.frames_up,
         samples_down = c.samples_down,
         truncations = c.truncations,
+        keys_sent = c.keys_sent,
+        keys_dropped = c.keys_dropped,
         errors = c.errors,
         uplink_dropped = session.ends.shared.uplink_dropped(),
         "AGENT_STOP"
@@ -439,6 +482,10 @@ struct Counters {
     frames_up: u64,
     samples_down: u64,
     truncations: u64,
+    /// Phone keys sent to the assistant.
+    keys_sent: u64,
+    /// Phone keys dropped beyond [`MAX_KEYS`] per message.
+    keys_dropped: u64,
     errors: u64,
     malformed: u64,
 }
@@ -457,8 +504,17 @@ struct Session {
     /// Commands to push after `samples`, in order.
     commands: VecDeque<Downlink>,
     rate_sent: bool,
-    /// A response is in progress (between `response.created` and `response.done`).
+    /// A response is in progress (between `response.created` or our `response.create`, and
+    /// `response.done`).
     responding: bool,
+    /// Forward phone keys (`OPENAI_DTMF`).
+    dtmf: bool,
+    /// Keys pressed and not yet sent.
+    keys: String,
+    /// When `keys` go out if no other key comes first.
+    keys_due: Option<tokio::time::Instant>,
+    /// Keys went out during a response: ask for another when it is done.
+    respond_when_done: bool,
     counters: Counters,
     id: u64,
     call_sid: String,
@@ -505,6 +561,16 @@ impl Session {
                     None => return Err((FailReason::Dropped, "connection ended".to_owned())),
                 },
                 () = tokio::time::sleep(RETRY), if waiting => self.flush(),
+                () = async {
+                    match self.keys_due {
+                        Some(due) => tokio::time::sleep_until(due).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    for text in self.send_keys() {
+                        send(tx, text).await.map_err(write_failed)?;
+                    }
+                }
             }
         }
     }
@@ -532,9 +598,42 @@ impl Session {
                 self.playout.mark_cleared(mark);
                 Vec::new()
             }
-            // Turn-taking is the server VAD's; DTMF and engine speech events are not forwarded.
+            Uplink::Event(CallEvent::Dtmf(key)) if self.dtmf => {
+                if self.keys.len() < MAX_KEYS {
+                    self.keys.push(key);
+                } else {
+                    self.counters.keys_dropped += 1;
+                }
+                if key == '#' {
+                    return self.send_keys();
+                }
+                self.keys_due =
+                    Some(tokio::time::Instant::from_std(crate::clock::now()) + KEYS_SETTLE);
+                Vec::new()
+            }
+            // Turn-taking is the server VAD's; engine speech events are not forwarded.
             Uplink::Event(_) | Uplink::Stop | Uplink::Failed(_) => Vec::new(),
         }
+    }
+
+    /// The keys pressed so far as a user message, and a response to them unless one is in
+    /// progress (then once it is done).
+    fn send_keys(&mut self) -> Vec<String> {
+        self.keys_due = None;
+        if self.keys.is_empty() {
+            return Vec::new();
+        }
+        let keys = std::mem::take(&mut self.keys);
+        self.counters.keys_sent += keys.len() as u64;
+        tracing::info!(id = self.id, call_sid = %self.call_sid, keys = keys.len(), "AGENT_DTMF");
+        let mut out = vec![keys_item(&keys)];
+        if self.responding {
+            self.respond_when_done = true;
+        } else {
+            self.responding = true;
+            out.push(respond());
+        }
+        out
     }
 
     /// Playback was cut (caller barge-in or the clear sent on `speech_started`): truncate the
@@ -558,6 +657,7 @@ impl Session {
         }
         if self.responding && interruption.onset.is_some() {
             self.responding = false;
+            self.respond_when_done = false;
             out.push(cancel());
         }
         out
@@ -612,6 +712,8 @@ impl Session {
                     self.responding = false;
                     out.push(cancel());
                 }
+                // The caller is speaking: the server VAD answers them (and sees any keys).
+                self.respond_when_done = false;
                 out
             }
             ServerEvent::ResponseCreated => {
@@ -620,6 +722,10 @@ impl Session {
             }
             ServerEvent::ResponseDone => {
                 self.responding = false;
+                if std::mem::take(&mut self.respond_when_done) {
+                    self.responding = true;
+                    return vec![respond()];
+                }
                 Vec::new()
             }
             ServerEvent::CallerTranscript(text) => {
@@ -804,6 +910,7 @@ mod tests {
             instructions: "be brief".into(),
             transcribe_model: None,
             greeting: None,
+            dtmf: true,
         };
         let v: serde_json::Value = serde_json::from_str(&session_update(&config)).unwrap();
         assert_eq!(v["type"], "session.update");
