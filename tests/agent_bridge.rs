@@ -11,79 +11,37 @@
 #[allow(dead_code)]
 mod reference_agent;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use handset_engine::codec;
 use handset_shell::agent::APOLOGY;
 use handset_shell::sim::{CallOutcome, CallPlan, ReceivedKind, run_call};
-use handset_shell::{AppState, Config};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
-const TOKEN: &str = "agent-e2e-token";
+mod support;
+use support::{TestServer, played_bytes, speech};
+
 const AGENT_SECRET: &str = "agent-bearer-secret";
 
-struct Server {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+/// A server whose calls go to `agent_url` (or the echo agent), with extra variables.
+async fn start(agent_url: Option<&str>, extra: &[(&str, &str)]) -> TestServer {
+    let mut vars = vec![("ENGINE_WORKERS", "1")];
+    if let Some(url) = agent_url {
+        vars.push(("AGENT_URL", url));
+        vars.push(("AGENT_TOKEN", AGENT_SECRET));
+    }
+    vars.extend_from_slice(extra);
+    TestServer::start(&vars).await
 }
 
-impl Server {
-    /// A server whose calls go to `agent_url` (or the echo agent), with extra variables.
-    async fn start(agent_url: Option<&str>, extra: &[(&str, &str)]) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "handset-agent-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let public = format!("http://{addr}");
-        let dir = dir.display().to_string();
-        let mut vars: Vec<(&str, &str)> = vec![
-            ("DATA_DIR", dir.as_str()),
-            ("PUBLIC_URL", public.as_str()),
-            ("TWILIO_AUTH_TOKEN", TOKEN),
-            ("ENGINE_WORKERS", "1"),
-        ];
-        if let Some(url) = agent_url {
-            vars.push(("AGENT_URL", url));
-            vars.push(("AGENT_TOKEN", AGENT_SECRET));
-        }
-        vars.extend_from_slice(extra);
-        let config = Config::from_vars(vars).unwrap();
-        let (state, _startup) = AppState::new(config).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(handset_shell::serve(listener, state, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn plan(&self, call: u32, duration: Duration) -> CallPlan {
-        let mut plan = CallPlan::new(format!("http://{}/webhook/incoming_call", self.addr));
-        plan.auth_token = Some(TOKEN.to_owned());
-        plan.call_sid = format!("CA{call:032x}");
-        plan.duration = duration;
-        plan
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = self.task.await;
-    }
+/// Call `n` against `server`, `duration` long.
+fn plan(server: &TestServer, n: u32, duration: Duration) -> CallPlan {
+    let mut plan = server.plan(n);
+    plan.duration = duration;
+    plan
 }
 
 /// Something the test agent saw, with when.
@@ -244,22 +202,6 @@ fn media_times(outcome: &CallOutcome) -> Vec<Duration> {
         .collect()
 }
 
-fn played_bytes(outcome: &CallOutcome) -> Vec<u8> {
-    let norm = |b: u8| if b == 0x7F { 0xFF } else { b };
-    outcome
-        .played
-        .iter()
-        .flat_map(|(_, b)| b.iter().copied().map(norm))
-        .collect()
-}
-
-fn speech() -> Vec<i16> {
-    let bytes = include_bytes!("data/hello-world.ulaw");
-    let mut pcm = vec![0i16; bytes.len()];
-    codec::decode_into(bytes, &mut pcm);
-    pcm
-}
-
 /// `lead` of silence, then `clip`, each `at` in turn.
 fn caller_audio(clip: &[i16], starts: &[Duration]) -> Arc<Vec<i16>> {
     let end = starts.last().map_or(0, |s| (s.as_millis() * 8) as usize) + clip.len();
@@ -300,8 +242,8 @@ async fn audio_flows_both_ways_and_burst_agent_audio_is_paced_at_20_ms() {
         ms: 2_000,
     })
     .await;
-    let server = Server::start(Some(&url), &[]).await;
-    let plan = server.plan(1, Duration::from_secs(4));
+    let server = start(Some(&url), &[]).await;
+    let plan = plan(&server, 1, Duration::from_secs(4));
     let call_sid = plan.call_sid.clone();
     let outcome = run_call(plan).await.expect("call runs");
     server.stop().await;
@@ -389,8 +331,8 @@ async fn audio_flows_both_ways_and_burst_agent_audio_is_paced_at_20_ms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barge_in_reaches_the_agent_with_the_time_the_caller_heard() {
     let (url, log) = agent(Script::ClearOnBargeIn).await;
-    let server = Server::start(Some(&url), &[]).await;
-    let mut plan = server.plan(2, Duration::from_millis(4_500));
+    let server = start(Some(&url), &[]).await;
+    let mut plan = plan(&server, 2, Duration::from_millis(4_500));
     plan.audio = caller_audio(&speech(), &[Duration::from_secs(2)]);
     let outcome = run_call(plan).await.expect("call runs");
     server.stop().await;
@@ -444,11 +386,11 @@ async fn agent_down_at_start_gives_the_apology_then_a_close_for_the_fallback() {
         }
     });
     let refused_url = format!("ws://{closed}/");
-    let refused = Server::start(Some(&refused_url), &[]).await;
-    let hanging = Server::start(Some(&silent_url), &[("AGENT_CONNECT_TIMEOUT_MS", "300")]).await;
+    let refused = start(Some(&refused_url), &[]).await;
+    let hanging = start(Some(&silent_url), &[("AGENT_CONNECT_TIMEOUT_MS", "300")]).await;
     let (a, b) = tokio::join!(
-        run_call(refused.plan(3, Duration::from_secs(8))),
-        run_call(hanging.plan(4, Duration::from_secs(8)))
+        run_call(plan(&refused, 3, Duration::from_secs(8))),
+        run_call(plan(&hanging, 4, Duration::from_secs(8)))
     );
     refused.stop().await;
     hanging.stop().await;
@@ -485,8 +427,8 @@ async fn agent_dropping_mid_call_gives_the_apology_then_a_close_for_the_fallback
         drop_after: Duration::from_millis(1_500),
     })
     .await;
-    let server = Server::start(Some(&url), &[]).await;
-    let outcome = run_call(server.plan(5, Duration::from_secs(10)))
+    let server = start(Some(&url), &[]).await;
+    let outcome = run_call(plan(&server, 5, Duration::from_secs(10)))
         .await
         .unwrap();
     server.stop().await;
@@ -513,11 +455,11 @@ async fn added_latency_from_speech_end_to_agent_audio_is_measured() {
     let starts = [Duration::from_secs(3), Duration::from_millis(7_000)];
     let audio = caller_audio(&clip, &starts);
     let (url, log) = agent(Script::Reply).await;
-    let echo = Server::start(None, &[]).await;
-    let remote = Server::start(Some(&url), &[]).await;
-    let mut plan_e = echo.plan(6, Duration::from_millis(10_000));
+    let echo = start(None, &[]).await;
+    let remote = start(Some(&url), &[]).await;
+    let mut plan_e = plan(&echo, 6, Duration::from_millis(10_000));
     plan_e.audio = Arc::clone(&audio);
-    let mut plan_r = remote.plan(7, Duration::from_millis(10_000));
+    let mut plan_r = plan(&remote, 7, Duration::from_millis(10_000));
     plan_r.audio = audio;
     let (e, r) = tokio::join!(run_call(plan_e), run_call(plan_r));
     echo.stop().await;
@@ -587,9 +529,9 @@ async fn the_reference_agent_greets_answers_and_hears_the_caller() {
         }
     });
     let url = format!("ws://{addr}");
-    let server = Server::start(Some(&url), &[]).await;
+    let server = start(Some(&url), &[]).await;
     let clip = speech();
-    let mut plan = server.plan(8, Duration::from_secs(6));
+    let mut plan = plan(&server, 8, Duration::from_secs(6));
     plan.audio = caller_audio(&clip, &[Duration::from_millis(1_500)]);
     let outcome = run_call(plan).await.unwrap();
     server.stop().await;

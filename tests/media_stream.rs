@@ -3,97 +3,16 @@
 //! subprotocol, streams µ-law at real time and models Twilio's playback buffer (plays at real
 //! time, echoes marks when played, `clear` flushes and echoes pending marks).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use handset_engine::agent::echo::GREETING;
 use handset_engine::codec;
-use handset_shell::sim::{CallOutcome, CallPlan, ReceivedKind, SimError, run_call};
-use handset_shell::{AppState, Config};
-use tokio::sync::oneshot;
+use handset_shell::sim::{CallOutcome, ReceivedKind, SimError, run_call};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-const TOKEN: &str = "e2e-auth-token";
-
-/// A server on a loopback port whose PUBLIC_URL is its own address.
-struct Server {
-    addr: SocketAddr,
-    state: Arc<AppState>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Server {
-    async fn start() -> Self {
-        Self::start_with(&[]).await
-    }
-
-    async fn start_with(extra: &[(&str, &str)]) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "handset-ws-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let public = format!("http://{addr}");
-        let traces = dir.join("traces");
-        let dir_text = dir.display().to_string();
-        let traces_text = traces.display().to_string();
-        let mut vars: Vec<(&str, &str)> = vec![
-            ("DATA_DIR", dir_text.as_str()),
-            ("PUBLIC_URL", public.as_str()),
-            ("TWILIO_AUTH_TOKEN", TOKEN),
-            ("ENGINE_WORKERS", "2"),
-            ("TRACE_DIR", traces_text.as_str()),
-        ];
-        vars.extend_from_slice(extra);
-        let config = Config::from_vars(vars).unwrap();
-        let (state, _startup) = AppState::new(config).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(handset_shell::serve(listener, state.clone(), async {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            state,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn plan(&self, call: u32) -> CallPlan {
-        let mut plan = CallPlan::new(format!("http://{}/webhook/incoming_call", self.addr));
-        plan.auth_token = Some(TOKEN.to_owned());
-        plan.call_sid = format!("CA{call:032x}");
-        plan
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = self.task.await;
-    }
-}
-
-fn speech() -> Vec<i16> {
-    let bytes = include_bytes!("data/hello-world.ulaw");
-    let mut pcm = vec![0i16; bytes.len()];
-    codec::decode_into(bytes, &mut pcm);
-    pcm
-}
-
-/// `lead` of silence, then `clip`, then silence.
-fn caller_audio(lead: Duration, clip: &[i16]) -> Arc<Vec<i16>> {
-    let mut audio = vec![0i16; (lead.as_millis() * 8) as usize];
-    audio.extend_from_slice(clip);
-    Arc::new(audio)
-}
+mod support;
+use support::{TestServer, after_silence, media, open_call, speech, stream_sid};
 
 /// The PCM the simulated caller heard between `from` and `to` (stream time).
 fn heard_between(outcome: &CallOutcome, from: Duration, to: Duration) -> Vec<i16> {
@@ -151,10 +70,10 @@ fn assert_exact_shapes(outcome: &CallOutcome) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greeting_is_heard_and_real_speech_is_echoed_back() {
-    let server = Server::start().await;
+    let server = TestServer::start(&[]).await;
     let clip = speech();
     let mut plan = server.plan(1);
-    plan.audio = caller_audio(Duration::from_secs(2), &clip);
+    plan.audio = after_silence(Duration::from_secs(2), &clip);
     plan.duration = Duration::from_millis(7_500);
     let outcome = run_call(plan).await.expect("call runs");
 
@@ -233,11 +152,11 @@ async fn greeting_is_heard_and_real_speech_is_echoed_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn talking_over_the_greeting_clears_it() {
-    let server = Server::start().await;
+    let server = TestServer::start(&[]).await;
     let clip = speech();
     let mut plan = server.plan(2);
     let onset = Duration::from_millis(300);
-    plan.audio = caller_audio(onset, &clip);
+    plan.audio = after_silence(onset, &clip);
     plan.duration = Duration::from_secs(5);
     let outcome = run_call(plan).await.expect("call runs");
     assert_exact_shapes(&outcome);
@@ -278,7 +197,7 @@ async fn talking_over_the_greeting_clears_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_without_a_valid_token_or_signature_are_refused() {
-    let server = Server::start().await;
+    let server = TestServer::start(&[]).await;
     let mut no_token = server.plan(3);
     no_token.override_parameters = Some(vec![("callSid".into(), no_token.call_sid.clone())]);
     no_token.duration = Duration::from_secs(1);
@@ -316,70 +235,17 @@ async fn streams_without_a_valid_token_or_signature_are_refused() {
     server.stop().await;
 }
 
-/// Opens a raw signed WebSocket and runs `connected` + `start` with a fresh token.
-async fn raw_stream(
-    server: &Server,
-    call: u32,
-) -> (
-    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    String,
-) {
-    let plan = server.plan(call);
-    let twiml = handset_shell::sim::post_webhook(&plan).await.unwrap();
-    let target = handset_shell::sim::parse_twiml(&twiml).unwrap();
-    let mut req = format!("ws://{}/ws/twilio-media", server.addr)
-        .into_client_request()
-        .unwrap();
-    let sig = handset_shell::signature::compute(
-        TOKEN.as_bytes(),
-        &target.url,
-        &[],
-        handset_shell::Algorithm::HmacSha1,
-    );
-    req.headers_mut()
-        .insert("X-Twilio-Signature", HeaderValue::from_str(&sig).unwrap());
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
-    assert!(
-        resp.headers().get("Sec-WebSocket-Protocol").is_none(),
-        "no subprotocol when none offered"
-    );
-    let sid = format!("MZ{call:032x}");
-    let params: serde_json::Map<String, serde_json::Value> = target
-        .parameters
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone().into()))
-        .collect();
-    ws.send(Message::text(
-        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
-    ))
-    .await
-    .unwrap();
-    let start = serde_json::json!({"event":"start","sequenceNumber":"1","streamSid":sid,
-        "start":{"accountSid":"AC1","streamSid":sid,"callSid":plan.call_sid,"tracks":["inbound"],
-        "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},"customParameters":params}});
-    ws.send(Message::text(start.to_string())).await.unwrap();
-    (ws, sid)
-}
-
-fn media(sid: &str, chunk: u64, payload: &str) -> Message {
-    Message::text(
-        serde_json::json!({"event":"media","sequenceNumber":(chunk+1).to_string(),"streamSid":sid,
-            "media":{"track":"inbound","chunk":chunk.to_string(),"timestamp":(chunk*20).to_string(),"payload":payload}})
-        .to_string(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_dropped_or_closed_and_other_calls_never_notice() {
     use base64::Engine as _;
-    let server = Server::start().await;
+    let server = TestServer::start(&[]).await;
     // A healthy call runs alongside everything below.
     let mut healthy = server.plan(10);
     healthy.duration = Duration::from_secs(4);
     let healthy = tokio::spawn(run_call(healthy));
 
-    let (mut ws, sid) = raw_stream(&server, 11).await;
+    let mut ws = open_call(&server, 11).await;
+    let sid = stream_sid(11);
     let good = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 160]);
     let short = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 100]);
     let garbage = [
@@ -432,9 +298,7 @@ async fn bad_input_is_dropped_or_closed_and_other_calls_never_notice() {
     assert_eq!(close, Some(1009), "oversized message closes with 1009");
 
     // An abrupt disconnect mid-call: the TCP connection just goes away.
-    let (ws2, sid2) = raw_stream(&server, 12).await;
-    let _ = sid2;
-    drop(ws2);
+    drop(open_call(&server, 12).await);
 
     let healthy = healthy.await.unwrap().expect("healthy call runs");
     assert_exact_shapes(&healthy);
@@ -445,20 +309,16 @@ async fn bad_input_is_dropped_or_closed_and_other_calls_never_notice() {
         "the healthy call heard its whole greeting"
     );
     // Every call ends; the server is still serving.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while server.state.active_calls.count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(server.state.active_calls.count(), 0);
+    assert_eq!(server.wait_idle(Duration::from_secs(3)).await, 0);
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_opted_in_with_trace_1_leaves_a_timeline_that_renders() {
-    let server = Server::start().await;
+    let server = TestServer::start(&[]).await;
     let mut plan = server.plan(20);
     plan.webhook_url.push_str("?trace=1");
-    plan.audio = caller_audio(Duration::from_millis(300), &speech());
+    plan.audio = after_silence(Duration::from_millis(300), &speech());
     plan.duration = Duration::from_secs(3);
     let outcome = run_call(plan.clone()).await.expect("call runs");
     assert_exact_shapes(&outcome);
@@ -494,7 +354,7 @@ async fn a_call_opted_in_with_trace_1_leaves_a_timeline_that_renders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_max_calls_the_webhook_apologises_and_the_socket_says_try_later() {
-    let server = Server::start_with(&[("MAX_CALLS", "1")]).await;
+    let server = TestServer::start(&[("MAX_CALLS", "1")]).await;
     // B gets its TwiML (and token) while the server is free.
     let b = server.plan(31);
     let b_twiml = handset_shell::sim::post_webhook(&b).await.unwrap();

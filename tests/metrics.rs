@@ -6,24 +6,18 @@
 //! refuses scrapes without the bearer token, and `WS_MAX_MESSAGE_BYTES` closes a stream with
 //! 1009 on a message just over it while one at the limit is accepted.
 
-mod http_common;
+mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use handset_engine::codec;
-use handset_shell::sim::{CallPlan, SimError, run_call};
-use http::{Method, Request, StatusCode};
+use handset_shell::sim::{SimError, run_call};
+use http::{Method, Request};
 use http_body_util::Full;
-use http_common::{Reply, TestServer, form_post, send, start, twilio_sign};
+use support::{Reply, TestServer, after_silence, open_call, post_form, send, speech, stream_sid};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-const TOKEN: &str = "metrics-auth-token";
 
 /// One scrape: `name{labels}` (labels as written) → value.
 struct Scrape(BTreeMap<String, f64>);
@@ -80,64 +74,12 @@ fn get(server: &TestServer, path: &str, authorization: Option<&str>) -> Request<
 
 async fn scrape(server: &TestServer, authorization: Option<&str>) -> (Reply, Scrape) {
     let reply = send(get(server, "/metrics", authorization)).await;
-    let parsed = if reply.status == StatusCode::OK {
+    let parsed = if reply.status == 200 {
         Scrape::parse(&reply.body)
     } else {
         Scrape(BTreeMap::new())
     };
     (reply, parsed)
-}
-
-fn plan(server: &TestServer, call: u32) -> CallPlan {
-    let mut plan = CallPlan::new(server.url("/webhook/incoming_call"));
-    plan.auth_token = Some(TOKEN.to_owned());
-    plan.call_sid = format!("CA{call:032x}");
-    plan
-}
-
-/// `lead` of silence, then a recorded utterance.
-fn caller_speech(lead: Duration) -> Arc<Vec<i16>> {
-    let bytes = include_bytes!("data/hello-world.ulaw");
-    let mut audio = vec![0i16; (lead.as_millis() * 8) as usize];
-    let start = audio.len();
-    audio.resize(start + bytes.len(), 0);
-    codec::decode_into(bytes, &mut audio[start..]);
-    Arc::new(audio)
-}
-
-/// Opens a signed WebSocket for a fresh call and sends `connected` + `start`.
-async fn raw_stream(
-    server: &TestServer,
-    call: u32,
-) -> (
-    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    String,
-) {
-    let plan = plan(server, call);
-    let twiml = handset_shell::sim::post_webhook(&plan).await.unwrap();
-    let target = handset_shell::sim::parse_twiml(&twiml).unwrap();
-    let mut req = target.url.as_str().into_client_request().unwrap();
-    let sig = twilio_sign(TOKEN, &target.url, &[]);
-    req.headers_mut()
-        .insert("X-Twilio-Signature", HeaderValue::from_str(&sig).unwrap());
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
-    let sid = format!("MZ{call:032x}");
-    let params: serde_json::Map<String, serde_json::Value> = target
-        .parameters
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone().into()))
-        .collect();
-    ws.send(Message::text(
-        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
-    ))
-    .await
-    .unwrap();
-    let start = serde_json::json!({"event":"start","sequenceNumber":"1","streamSid":sid,
-        "start":{"accountSid":"AC1","streamSid":sid,"callSid":plan.call_sid,"tracks":["inbound"],
-        "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},"customParameters":params}});
-    ws.send(Message::text(start.to_string())).await.unwrap();
-    (ws, sid)
 }
 
 /// Reads until the server's close frame; its code, or `None` if the socket ended without one.
@@ -154,32 +96,33 @@ async fn close_code(
 
 /// Waits until no media call is running.
 async fn calls_drained(server: &TestServer) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server.state.active_calls.count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(server.state.active_calls.count(), 0, "every call ended");
+    assert_eq!(
+        server.wait_idle(Duration::from_secs(5)).await,
+        0,
+        "every call ended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_after_real_calls_shows_what_happened() {
-    let server = start(&[("TWILIO_AUTH_TOKEN", TOKEN), ("ENGINE_WORKERS", "1")]).await;
+    let server = TestServer::start(&[("ENGINE_WORKERS", "1")]).await;
 
     // A call whose caller talks over the greeting: media both ways, VAD, a barge-in.
-    let mut talker = plan(&server, 1);
-    talker.audio = caller_speech(Duration::from_millis(300));
+    let mut talker = server.plan(1);
+    talker.audio = after_silence(Duration::from_millis(300), &speech());
     talker.duration = Duration::from_millis(3_000);
     let talker = tokio::spawn(run_call(talker));
 
     // A webhook with a forged signature, and a WebSocket upgrade with one.
-    let forged = form_post(
+    let forged = post_form(
         &server,
         "/webhook/incoming_call",
         &[("CallSid", "CAforged")],
         &[("x-twilio-signature", "bm90IHRoZSBzaWduYXR1cmU=")],
-    );
-    assert_eq!(send(forged).await.status, StatusCode::FORBIDDEN);
-    let mut forged_ws = plan(&server, 2);
+    )
+    .await;
+    assert_eq!(forged.status, 403);
+    let mut forged_ws = server.plan(2);
     forged_ws.forge_signature = Some("bm90IHRoZSBzaWduYXR1cmU=".into());
     match run_call(forged_ws).await {
         Err(SimError::Handshake(e)) => assert!(e.contains("403"), "{e}"),
@@ -187,7 +130,8 @@ async fn a_scrape_after_real_calls_shows_what_happened() {
     }
 
     // Bad input on a live stream: two malformed messages and one binary frame, then `stop`.
-    let (mut ws, sid) = raw_stream(&server, 3).await;
+    let mut ws = open_call(&server, 3).await;
+    let sid = stream_sid(3);
     ws.send(Message::text("not json at all")).await.unwrap();
     ws.send(Message::text(r#"{"event":"media"}"#))
         .await
@@ -201,13 +145,10 @@ async fn a_scrape_after_real_calls_shows_what_happened() {
     assert_eq!(close_code(&mut ws).await, Some(1000));
 
     // Plain routes: one known, one unknown path (label "other", never the raw path).
-    assert_eq!(
-        send(get(&server, "/healthz", None)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(send(get(&server, "/healthz", None)).await.status, 200);
     assert_eq!(
         send(get(&server, "/no/such/path-7f3a", None)).await.status,
-        StatusCode::NOT_FOUND
+        404
     );
 
     let outcome = talker.await.unwrap().expect("the talking call runs");
@@ -215,7 +156,7 @@ async fn a_scrape_after_real_calls_shows_what_happened() {
     calls_drained(&server).await;
 
     let (reply, m) = scrape(&server, None).await;
-    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.status, 200);
     let content_type = reply.headers["content-type"].to_str().unwrap();
     assert!(
         content_type.starts_with("application/openmetrics-text"),
@@ -304,9 +245,10 @@ async fn a_scrape_after_real_calls_shows_what_happened() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_metrics_token_a_scrape_needs_the_bearer_token() {
-    let server = start(&[("METRICS_TOKEN", "scrape-secret"), ("ENGINE_WORKERS", "1")]).await;
+    let server =
+        TestServer::start(&[("METRICS_TOKEN", "scrape-secret"), ("ENGINE_WORKERS", "1")]).await;
     let (none, _) = scrape(&server, None).await;
-    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.status, 401);
     assert_eq!(none.headers["www-authenticate"], "Bearer");
     assert!(!none.body.contains("handset_"));
     for wrong in [
@@ -315,10 +257,10 @@ async fn with_metrics_token_a_scrape_needs_the_bearer_token() {
         "Basic scrape-secret",
     ] {
         let (reply, _) = scrape(&server, Some(wrong)).await;
-        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{wrong}");
+        assert_eq!(reply.status, 401, "{wrong}");
     }
     let (ok, m) = scrape(&server, Some("Bearer scrape-secret")).await;
-    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.status, 200);
     assert_eq!(
         m.must("handset_http_requests_total{route=\"/metrics\",status=\"401\"}"),
         4.0
@@ -329,7 +271,7 @@ async fn with_metrics_token_a_scrape_needs_the_bearer_token() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let reply = send(post).await;
-    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.status, 405);
     assert_eq!(reply.headers["allow"], "GET, HEAD");
     server.stop().await;
 }
@@ -337,13 +279,9 @@ async fn with_metrics_token_a_scrape_needs_the_bearer_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_just_over_ws_max_message_bytes_closes_the_stream_with_1009() {
     const LIMIT: usize = 2_048;
-    let server = start(&[
-        ("TWILIO_AUTH_TOKEN", TOKEN),
-        ("ENGINE_WORKERS", "1"),
-        ("WS_MAX_MESSAGE_BYTES", "2048"),
-    ])
-    .await;
-    let (mut ws, _sid) = raw_stream(&server, 1).await;
+    let server =
+        TestServer::start(&[("ENGINE_WORKERS", "1"), ("WS_MAX_MESSAGE_BYTES", "2048")]).await;
+    let mut ws = open_call(&server, 1).await;
     // Exactly at the limit: accepted (and dropped as malformed JSON); the call goes on.
     let at_limit = format!(r#"{{"event":"x","pad":"{}"}}"#, "A".repeat(LIMIT - 22));
     assert_eq!(at_limit.len(), LIMIT);

@@ -9,7 +9,6 @@
 
 #![allow(clippy::disallowed_methods)] // an end-to-end test timestamps what it sees
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,13 +17,13 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use handset_engine::codec;
 use handset_shell::sim::{CallOutcome, CallPlan, ReceivedKind, run_call};
-use handset_shell::{AppState, Config};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
-const TOKEN: &str = "openai-e2e-token";
+mod support;
+use support::{TestServer, played_bytes, speech};
+
 const API_KEY: &str = "sk-test-realtime-key";
 /// Appends (20 ms each) the fake server waits for before it answers.
 const APPENDS_BEFORE_ANSWER: usize = 25;
@@ -33,61 +32,22 @@ const DELTAS: usize = 28;
 const DELTA_MS: usize = 100;
 const ITEM: &str = "item_answer_1";
 
-struct Server {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    addr: SocketAddr,
+/// A server whose calls go to the OpenAI adapter at `realtime_url`.
+async fn start(realtime_url: &str) -> TestServer {
+    TestServer::start(&[
+        ("ENGINE_WORKERS", "1"),
+        ("OPENAI_API_KEY", API_KEY),
+        ("OPENAI_REALTIME_URL", realtime_url),
+        ("OPENAI_VOICE", "verse"),
+    ])
+    .await
 }
 
-impl Server {
-    async fn start(realtime_url: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let dir = std::env::temp_dir()
-            .join(format!(
-                "handset-openai-{}-{}",
-                std::process::id(),
-                rand::random::<u64>()
-            ))
-            .display()
-            .to_string();
-        let public = format!("http://{addr}");
-        let config = Config::from_vars([
-            ("DATA_DIR", dir.as_str()),
-            ("PUBLIC_URL", public.as_str()),
-            ("TWILIO_AUTH_TOKEN", TOKEN),
-            ("ENGINE_WORKERS", "1"),
-            ("OPENAI_API_KEY", API_KEY),
-            ("OPENAI_REALTIME_URL", realtime_url),
-            ("OPENAI_VOICE", "verse"),
-        ])
-        .unwrap();
-        let (state, _startup) = AppState::new(config).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(handset_shell::serve(listener, state, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            stop: Some(stop),
-            task,
-            addr,
-        }
-    }
-
-    fn plan(&self, call: u32, duration: Duration) -> CallPlan {
-        let mut plan = CallPlan::new(format!("http://{}/webhook/incoming_call", self.addr));
-        plan.auth_token = Some(TOKEN.to_owned());
-        plan.call_sid = format!("CA{call:032x}");
-        plan.duration = duration;
-        plan
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = self.task.await;
-    }
+/// Call `n` against `server`, `duration` long.
+fn plan(server: &TestServer, n: u32, duration: Duration) -> CallPlan {
+    let mut plan = server.plan(n);
+    plan.duration = duration;
+    plan
 }
 
 /// What the fake Realtime server saw.
@@ -238,23 +198,6 @@ fn events(log: &Log, kind: &str) -> Vec<Value> {
         .collect()
 }
 
-/// µ-law the simulated Twilio played, 0x7F normalised to 0xFF (both are zero).
-fn played_bytes(outcome: &CallOutcome) -> Vec<u8> {
-    let norm = |b: u8| if b == 0x7F { 0xFF } else { b };
-    outcome
-        .played
-        .iter()
-        .flat_map(|(_, b)| b.iter().copied().map(norm))
-        .collect()
-}
-
-fn speech() -> Vec<i16> {
-    let bytes = include_bytes!("data/hello-world.ulaw");
-    let mut pcm = vec![0i16; bytes.len()];
-    codec::decode_into(bytes, &mut pcm);
-    pcm
-}
-
 /// Checks what both tests share: auth, session, µ-law appends, the played answer and the
 /// truncate against what was played. Returns `audio_end_ms`.
 fn check_truncation(log: &Log, outcome: &CallOutcome) -> u64 {
@@ -331,8 +274,8 @@ fn check_truncation(log: &Log, outcome: &CallOutcome) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_vad_speech_started_clears_and_truncates_at_what_the_caller_heard() {
     let (url, log) = fake_realtime(Some(Duration::from_millis(1_300))).await;
-    let server = Server::start(&url).await;
-    let plan = server.plan(1, Duration::from_millis(4_000));
+    let server = start(&url).await;
+    let plan = plan(&server, 1, Duration::from_millis(4_000));
     let outcome = run_call(plan).await.expect("call runs");
     server.stop().await;
 
@@ -351,8 +294,8 @@ async fn server_vad_speech_started_clears_and_truncates_at_what_the_caller_heard
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handset_barge_in_truncates_the_item_at_what_the_caller_heard() {
     let (url, log) = fake_realtime(None).await;
-    let server = Server::start(&url).await;
-    let mut plan = server.plan(2, Duration::from_millis(4_500));
+    let server = start(&url).await;
+    let mut plan = plan(&server, 2, Duration::from_millis(4_500));
     // Silence, then the caller speaks over the answer (which starts about 0.5 s in).
     let clip = speech();
     let mut audio = vec![0i16; 16_000];
@@ -374,8 +317,8 @@ async fn handset_barge_in_truncates_the_item_at_what_the_caller_heard() {
 async fn caller_keys_reach_the_assistant_as_one_message_and_are_answered() {
     let ms = Duration::from_millis;
     let (url, log) = fake_realtime(None).await;
-    let server = Server::start(&url).await;
-    let mut plan = server.plan(3, ms(4_000));
+    let server = start(&url).await;
+    let mut plan = plan(&server, 3, ms(4_000));
     // 4, 2, # before the assistant's answer (it comes after 25 appends, ~0.5 s): `#` sends
     // them at once, with a response. Then 9 while that answer is in progress (the fake never
     // finishes it): sent once the caller has pressed nothing for KEYS_SETTLE, without asking

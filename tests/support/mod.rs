@@ -3,8 +3,9 @@
 //! fetch TwiML, open Media Streams WebSockets (raw, or as a whole Twilio-emulating call through
 //! the simulator's client and `handset_engine::sim::PlaybackModel`), and speak raw HTTP.
 //!
-//! Assumptions: loopback only; every server gets a fresh temporary `DATA_DIR`, `PUBLIC_URL` set
-//! to its own address and [`TOKEN`] as its auth token, so signatures are always checked.
+//! Assumptions: loopback only; every server gets a fresh temporary `DATA_DIR` (with `TRACE_DIR`
+//! inside it), `PUBLIC_URL` set to its own address and [`TOKEN`] as its auth token, so
+//! signatures are always checked.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -62,18 +63,21 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 impl TestServer {
-    /// Starts a server with signature checks on, two engine workers and `extra` variables.
+    /// Starts a server with signature checks on, two engine workers and `extra` variables
+    /// (which win over these defaults).
     pub async fn start(extra: &[(&str, &str)]) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let data_dir = temp_dir("support");
         let dir = data_dir.display().to_string();
+        let traces = data_dir.join("traces").display().to_string();
         let public = format!("http://{addr}");
         let mut vars: Vec<(&str, &str)> = vec![
             ("DATA_DIR", dir.as_str()),
             ("PUBLIC_URL", public.as_str()),
             ("TWILIO_AUTH_TOKEN", TOKEN),
             ("ENGINE_WORKERS", "2"),
+            ("TRACE_DIR", traces.as_str()),
         ];
         vars.extend_from_slice(extra);
         let config = Config::from_vars(vars).expect("test config is valid");
@@ -96,6 +100,20 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Where calls opted in with `?trace=1` leave their timelines.
+    pub fn trace_dir(&self) -> PathBuf {
+        self.data_dir.join("traces")
+    }
+
+    /// A simulator plan for call `n` (CallSid [`call_sid`]) against this server's voice
+    /// webhook, signed with [`TOKEN`].
+    pub fn plan(&self, n: u32) -> CallPlan {
+        let mut plan = CallPlan::new(self.url("/webhook/incoming_call"));
+        plan.auth_token = Some(TOKEN.to_owned());
+        plan.call_sid = call_sid(n);
+        plan
+    }
+
     /// The `<Stream url>` the server writes into its TwiML.
     pub fn stream_url(&self) -> String {
         format!("ws://{}/ws/twilio-media", self.addr)
@@ -109,6 +127,7 @@ impl TestServer {
     }
 
     /// Waits (bounded by `limit`) until no media call is active; returns the count left.
+    /// Callers assert it is 0.
     pub async fn wait_idle(&self, limit: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + limit;
         while self.state.active_calls.count() > 0 && tokio::time::Instant::now() < deadline {
@@ -213,10 +232,8 @@ pub async fn twilio_call(
     duration: Duration,
 ) -> CallOutcome {
     let target = stream_target(server, n).await;
-    let mut plan = CallPlan::new(server.url("/webhook/incoming_call"));
-    plan.auth_token = Some(TOKEN.to_owned());
+    let mut plan = server.plan(n);
     plan.forge_signature = Some(twilio_sign(TOKEN, &target.url, &[]));
-    plan.call_sid = call_sid(n);
     plan.audio = audio;
     plan.duration = duration;
     handset_shell::sim::run_stream(&plan, &target)
@@ -230,9 +247,13 @@ pub async fn ws_connect(server: &TestServer, tcp: TcpStream) -> Ws {
     let sig = twilio_sign(TOKEN, &server.stream_url(), &[]);
     req.headers_mut()
         .insert("X-Twilio-Signature", HeaderValue::from_str(&sig).unwrap());
-    let (ws, _resp) = tokio_tungstenite::client_async(req, tcp)
+    let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
         .await
         .expect("signed handshake accepted");
+    assert!(
+        resp.headers().get("Sec-WebSocket-Protocol").is_none(),
+        "no subprotocol when none offered"
+    );
     ws
 }
 
@@ -268,6 +289,32 @@ pub async fn open_call_over(server: &TestServer, n: u32, tcp: TcpStream) -> Ws {
 pub async fn open_call(server: &TestServer, n: u32) -> Ws {
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     open_call_over(server, n, tcp).await
+}
+
+/// "Hello world", recorded: 8 kHz telephone speech (tests/data/hello-world.ulaw).
+pub fn speech() -> Vec<i16> {
+    let bytes = include_bytes!("../data/hello-world.ulaw");
+    let mut pcm = vec![0i16; bytes.len()];
+    handset_engine::codec::decode_into(bytes, &mut pcm);
+    pcm
+}
+
+/// The µ-law the simulated Twilio played, in order, with 0x7F normalised to 0xFF (both are
+/// zero).
+pub fn played_bytes(outcome: &CallOutcome) -> Vec<u8> {
+    let norm = |b: u8| if b == 0x7F { 0xFF } else { b };
+    outcome
+        .played
+        .iter()
+        .flat_map(|(_, b)| b.iter().copied().map(norm))
+        .collect()
+}
+
+/// `lead` of silence, then `clip` (8 kHz), as a simulator plan's caller audio.
+pub fn after_silence(lead: Duration, clip: &[i16]) -> Arc<Vec<i16>> {
+    let mut audio = vec![0i16; (lead.as_millis() * 8) as usize];
+    audio.extend_from_slice(clip);
+    Arc::new(audio)
 }
 
 /// A `media` message for stream `sid` with this chunk number (timestamp = 20 ms per chunk).
