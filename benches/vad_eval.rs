@@ -61,6 +61,8 @@ const SPLIT_SEED: u64 = 0x5EED_0001;
 const TUNE_SEED: u64 = 0x5EED_0002;
 const REPORT_SEED: u64 = 0x5EED_0003;
 const TRAIN_SEED: u64 = 0x5EED_0004;
+/// Seed of the onset classifier's fit.
+const ONSET_SEED: u64 = 0x5EED_0005;
 /// The call layer's turn-taking hangover (500 ms), reported next to the default.
 const TURN_HANGOVER: u32 = 25;
 
@@ -73,6 +75,9 @@ struct Args {
     start_penalty: f64,
     onset_penalty: f64,
     onset_weight: f32,
+    onset_hidden: usize,
+    onset_frames: usize,
+    music_weight: f32,
     config: VadConfig,
     only: Option<String>,
 }
@@ -87,6 +92,9 @@ fn parse_args() -> anyhow::Result<Args> {
         start_penalty: 0.01,
         onset_penalty: 0.01,
         onset_weight: 3.0,
+        onset_hidden: 16,
+        onset_frames: 3,
+        music_weight: 4.0,
         config: VadConfig::default(),
         only: None,
     };
@@ -100,6 +108,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--start-penalty" => args.start_penalty = it.next().unwrap_or_default().parse()?,
             "--onset-penalty" => args.onset_penalty = it.next().unwrap_or_default().parse()?,
             "--onset-weight" => args.onset_weight = it.next().unwrap_or_default().parse()?,
+            "--onset-frames" => args.onset_frames = it.next().unwrap_or_default().parse()?,
+            "--music-weight" => args.music_weight = it.next().unwrap_or_default().parse()?,
+            "--onset-hidden" => args.onset_hidden = it.next().unwrap_or_default().parse()?,
             "--epochs" => args.epochs = it.next().unwrap_or_default().parse()?,
             "--prompts" => args.prompts = it.next().unwrap_or_default().parse()?,
             "--only" => args.only = it.next(),
@@ -123,6 +134,9 @@ fn set_field(c: &mut VadConfig, k: &str, v: &str) -> anyhow::Result<()> {
         "hangover_frames" => c.hangover_frames = v.parse()?,
         "start_probability" => c.start_probability = v.parse()?,
         "sustain_probability" => c.sustain_probability = v.parse()?,
+        "onset_probability" => {
+            c.onset_probability = if v == "none" { None } else { Some(v.parse()?) }
+        }
         "min_level_dbfs" => c.min_level_dbfs = v.parse()?,
         _ => anyhow::bail!("unknown config field {k}"),
     }
@@ -396,6 +410,41 @@ fn onset_weights(labels: &[bool], onset_weight: f32, out: &mut Vec<f32>) {
         }
     }
 }
+
+/// The onset classifier's training target for one mix's labels: `Some(true)` for the first
+/// `frames` frames of every speech run that follows at least [`ONSET_GAP_FRAMES`]
+/// non-speech frames, `Some(false)` for non-speech frames, `None` (not used) for the other
+/// speech frames.
+fn onset_targets(labels: &[bool], frames: usize, out: &mut Vec<Option<bool>>) {
+    let mut quiet = ONSET_GAP_FRAMES;
+    let mut into_run = usize::MAX;
+    for &l in labels {
+        if l {
+            if quiet >= ONSET_GAP_FRAMES {
+                into_run = 0;
+            }
+            quiet = 0;
+            out.push((into_run < frames).then_some(true));
+            into_run = into_run.saturating_add(1);
+        } else {
+            quiet += 1;
+            out.push(Some(false));
+        }
+    }
+}
+
+/// The onset classifier's input for frame `r` of standardised features `z` (row-major): the
+/// frames `r`, `r - 1`, ... ([`ONSET_CONTEXT`] of them, newest first), never reaching before
+/// `first` (the start of the signal), where the earliest frame is repeated, as in the engine.
+fn onset_input(z: &[f32], r: usize, first: usize, out: &mut Vec<f32>) {
+    for k in 0..ONSET_CONTEXT {
+        let i = r.saturating_sub(k).max(first);
+        out.extend_from_slice(&z[i * FEATURE_COUNT..(i + 1) * FEATURE_COUNT]);
+    }
+}
+
+/// Frames the onset classifier sees (must equal the engine's `ONSET_CONTEXT`).
+const ONSET_CONTEXT: usize = 3;
 
 /// Speech frames at the start of an utterance weighted up in training (100 ms).
 const ONSET_FRAMES: usize = 5;
@@ -728,7 +777,7 @@ fn fit(
     epochs: usize,
     rng: &mut ChaCha8Rng,
 ) -> Mlp {
-    let n = FEATURE_COUNT;
+    let n = x.len() / y.len();
     let rows = y.len();
     let mut mlp = Mlp::new(n, hidden, rng);
     let p = mlp.params.len();
@@ -767,38 +816,133 @@ fn fit(
     mlp
 }
 
-/// Per-frame speech probabilities and levels for a signal, with a trained classifier.
-fn probabilities(mlp: &Mlp, pcm: &[i16], mean: &[f32], scale: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// Per-frame speech probabilities, onset probabilities and levels of a signal.
+struct Probabilities {
+    speech: Vec<f32>,
+    onset: Vec<f32>,
+    levels: Vec<f32>,
+}
+
+/// Per-frame probabilities of a signal, with the trained classifiers.
+fn probabilities(
+    mlp: &Mlp,
+    onset: &Mlp,
+    pcm: &[i16],
+    mean: &[f32],
+    scale: &[f32],
+) -> Probabilities {
     let mut x = Vec::new();
     features_of(pcm, &mut x);
     let levels: Vec<f32> = x.chunks_exact(FEATURE_COUNT).map(|r| r[0]).collect();
     standardise(&mut x, mean, scale);
-    let mut act = vec![0.0f32; mlp.hidden];
-    let probs = x
+    let mut act = vec![0.0f32; mlp.hidden.max(onset.hidden)];
+    let speech = x
         .chunks_exact(FEATURE_COUNT)
         .map(|z| sigmoid(mlp.forward(z, &mut act)))
         .collect();
-    (probs, levels)
+    let mut input = Vec::new();
+    let onset = (0..levels.len())
+        .map(|r| {
+            input.clear();
+            onset_input(&x, r, 0, &mut input);
+            sigmoid(onset.forward(&input, &mut act))
+        })
+        .collect();
+    Probabilities {
+        speech,
+        onset,
+        levels,
+    }
 }
 
 /// The smoothed decisions and start count of the engine's gate over precomputed probabilities.
-fn gate_decisions(probs: &[f32], levels: &[f32], c: &VadConfig, out: &mut Vec<bool>) -> usize {
+fn gate_decisions(p: &Probabilities, c: &VadConfig, out: &mut Vec<bool>) -> usize {
     let mut gate = SpeechGate::new(c.attack_frames, c.hangover_frames);
     out.clear();
     let mut starts = 0;
-    for (&p, &l) in probs.iter().zip(levels) {
-        let t = if gate.is_speech() {
-            c.sustain_probability
+    for ((&p, &o), &l) in p.speech.iter().zip(&p.onset).zip(&p.levels) {
+        let likely = if gate.is_speech() {
+            p >= c.sustain_probability
         } else {
-            c.start_probability
+            p >= c.start_probability || c.onset_probability.is_some_and(|t| o >= t)
         };
-        let raw = l >= c.min_level_dbfs && p >= t;
+        let raw = l >= c.min_level_dbfs && likely;
         if let Some(VadTransition::SpeechStarted { .. }) = gate.push(raw) {
             starts += 1;
         }
         out.push(gate.is_speech());
     }
     starts
+}
+
+/// Onset thresholds searched (`None`: the onset classifier off).
+const ONSET_GRID: [Option<f32>; 11] = [
+    None,
+    Some(0.5),
+    Some(0.7),
+    Some(0.8),
+    Some(0.9),
+    Some(0.95),
+    Some(0.97),
+    Some(0.98),
+    Some(0.99),
+    Some(0.995),
+    Some(0.998),
+];
+
+/// One gate's validation scores.
+#[derive(Default)]
+struct GateStats {
+    /// Per condition (clean, white 10, white 0, music 10, music 0).
+    f1: Vec<f64>,
+    median_ms: Vec<f64>,
+    p90_ms: Vec<f64>,
+    /// False starts per minute of validation music alone.
+    starts: f64,
+    /// Fraction of music-alone frames judged speech.
+    on: f64,
+}
+
+impl GateStats {
+    /// The gate-choice objective (see docs/vad-eval.md, "Training").
+    fn objective(&self, args: &Args, webrtc: &[f64]) -> f64 {
+        let f1 = &self.f1;
+        let mean_f1 = f1.iter().sum::<f64>() / f1.len() as f64;
+        let margin = f1
+            .iter()
+            .zip(webrtc)
+            .map(|(a, b)| a - b)
+            .fold(f64::MAX, f64::min);
+        // F1 at 10 dB (white, music) should stay at 0.93 or more.
+        let short = (0.935 - f1[1]).max(0.0) + (0.935 - f1[3]).max(0.0);
+        let late_ms: f64 = self.median_ms.iter().map(|m| (m - 60.0).max(0.0)).sum();
+        mean_f1 + 0.5 * margin.min(0.02)
+            - args.start_penalty * self.starts
+            - 0.05 * self.on
+            - args.onset_penalty * late_ms / 20.0
+            - 0.5 * short
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "f1={:.3?} medians={:.0?} p90={:.0?} music starts/min={:.2} music on={:.3}",
+            self.f1, self.median_ms, self.p90_ms, self.starts, self.on
+        )
+    }
+}
+
+fn print_row(c: &VadConfig, s: &GateStats, extra: &str) {
+    println!(
+        "| {} | {}{extra} | {:.3?} | {:.0?} | {:.0?} | {:.2} | {:.3} |",
+        c.start_probability,
+        c.onset_probability
+            .map_or("off".to_owned(), |o| o.to_string()),
+        s.f1,
+        s.median_ms,
+        s.p90_ms,
+        s.starts,
+        s.on
+    );
 }
 
 /// Trains the classifier on the tuning split, picks the gate on its validation part and writes
@@ -822,6 +966,11 @@ fn train(args: &Args, tuning: &[PathBuf], music_tracks: &[Vec<f64>]) -> anyhow::
     let mut x: Vec<f32> = Vec::new();
     let mut y: Vec<f32> = Vec::new();
     let mut w: Vec<f32> = Vec::new();
+    // Per frame: the onset target and the first frame of its mix.
+    let mut onset_y: Vec<Option<bool>> = Vec::new();
+    let mut mix_first: Vec<usize> = Vec::new();
+    // Per frame: whether it is from a music-alone mix.
+    let mut music_alone: Vec<bool> = Vec::new();
     let variants: [(&str, f64); 9] = [
         ("clean", 0.0),
         ("white", 20.0),
@@ -853,9 +1002,13 @@ fn train(args: &Args, tuning: &[PathBuf], music_tracks: &[Vec<f64>]) -> anyhow::
             let g = (power / mean_power(&under)).sqrt();
             mix(&clean, Some((&under, g)))
         };
+        let first = y.len();
         features_of(&pcm, &mut x);
         y.extend(corpus.labels.iter().map(|&l| f32::from(u8::from(l))));
         onset_weights(&corpus.labels, args.onset_weight, &mut w);
+        onset_targets(&corpus.labels, args.onset_frames, &mut onset_y);
+        music_alone.resize(y.len(), false);
+        mix_first.resize(y.len(), first);
         println!(
             "training mix {kind} {snr} dB: {} frames",
             corpus.labels.len()
@@ -866,9 +1019,13 @@ fn train(args: &Args, tuning: &[PathBuf], music_tracks: &[Vec<f64>]) -> anyhow::
         let scaled: Vec<f64> = train_music.iter().map(|s| s * g).collect();
         let pcm = mix(&scaled, None);
         let before = x.len();
+        let first = y.len();
         features_of(&pcm, &mut x);
         y.extend(std::iter::repeat_n(0.0, (x.len() - before) / FEATURE_COUNT));
         w.extend(std::iter::repeat_n(1.0, (x.len() - before) / FEATURE_COUNT));
+        onset_y.resize(y.len(), Some(false));
+        music_alone.resize(y.len(), true);
+        mix_first.resize(y.len(), first);
         println!(
             "training mix music alone {gain_db} dB: {} frames",
             (x.len() - before) / FEATURE_COUNT
@@ -877,6 +1034,39 @@ fn train(args: &Args, tuning: &[PathBuf], music_tracks: &[Vec<f64>]) -> anyhow::
     let (mean, scale) = standardiser(&x);
     standardise(&mut x, &mean, &scale);
     let mlp = fit(&x, &y, &w, args.hidden, args.epochs, &mut rng);
+
+    // The onset classifier: utterance starts against non-speech frames, with context. Its own
+    // seed, so the speech classifier and the validation draw do not depend on it.
+    let mut onset_rng = ChaCha8Rng::seed_from_u64(ONSET_SEED);
+    let positives = onset_y.iter().filter(|&&t| t == Some(true)).count();
+    let negatives = onset_y.iter().filter(|&&t| t == Some(false)).count();
+    // Positives weighted so that together they weigh a quarter of the negatives.
+    let positive_weight = 0.25 * negatives as f32 / positives.max(1) as f32;
+    let (mut ox, mut oy, mut ow) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, t) in onset_y.iter().enumerate() {
+        let Some(t) = *t else { continue };
+        onset_input(&x, r, mix_first[r], &mut ox);
+        oy.push(f32::from(u8::from(t)));
+        ow.push(if t {
+            positive_weight
+        } else if music_alone[r] {
+            args.music_weight
+        } else {
+            1.0
+        });
+    }
+    println!(
+        "onset classifier: {positives} onset frames (weight {positive_weight:.1}) against {negatives} non-speech frames"
+    );
+    let onset_mlp = fit(
+        &ox,
+        &oy,
+        &ow,
+        args.onset_hidden,
+        args.epochs,
+        &mut onset_rng,
+    );
+    drop((ox, oy, ow));
 
     // Validation: the report's conditions on the held-back tuning prompts and music.
     let vcorpus = build_corpus(valid, &mut rng)?;
@@ -890,17 +1080,45 @@ fn train(args: &Args, tuning: &[PathBuf], music_tracks: &[Vec<f64>]) -> anyhow::
     for (name, under) in conditions(&vcorpus, &noise, &looped) {
         let pcm = mix(&vcorpus.clean, under);
         let webrtc = score(&run_detector(Detector::WebRtc, &pcm, &base), &vcorpus).f1;
-        let (p, l) = probabilities(&mlp, &pcm, &mean, &scale);
-        sets.push((name, p, l, webrtc));
+        let p = probabilities(&mlp, &onset_mlp, &pcm, &mean, &scale);
+        sets.push((name, p, webrtc));
     }
     let music_pcm = mix(&valid_music, None);
     let minutes = music_pcm.len() as f64 / 8000.0 / 60.0;
-    let (mp, ml) = probabilities(&mlp, &music_pcm, &mean, &scale);
-    let webrtc: Vec<f64> = sets.iter().map(|s| s.3).collect();
+    let music_p = probabilities(&mlp, &onset_mlp, &music_pcm, &mean, &scale);
+    let webrtc: Vec<f64> = sets.iter().map(|s| s.2).collect();
     println!("validation WebRTC mode 3 F1: {webrtc:.3?}");
 
-    let mut results = Vec::new();
     let mut dec = Vec::new();
+    let mut evaluate = |c: &VadConfig| {
+        let mut stats = GateStats::default();
+        for (_, p, _) in &sets {
+            gate_decisions(p, c, &mut dec);
+            let onset = onset_delays(&dec, &vcorpus).0;
+            stats
+                .median_ms
+                .push(percentile(&onset, 0.5).unwrap_or(1000.0));
+            stats.p90_ms.push(percentile(&onset, 0.9).unwrap_or(1000.0));
+            stats.f1.push(f1_of(&dec, &vcorpus.labels));
+        }
+        stats.starts = gate_decisions(&music_p, c, &mut dec) as f64 / minutes;
+        stats.on = dec.iter().filter(|&&d| d).count() as f64 / dec.len() as f64;
+        stats
+    };
+    // The previous revision's gate, without the onset classifier: the chosen gate may not give
+    // back F1 (beyond 0.001) in any condition, nor add false starts on music, unless it
+    // meets every onset median (60 ms or less).
+    let reference = VadConfig {
+        attack_frames: 1,
+        hangover_frames: 0,
+        start_probability: 0.997,
+        sustain_probability: 0.5,
+        onset_probability: None,
+        ..base.clone()
+    };
+    let reference_stats = evaluate(&reference);
+    println!("reference gate: {}", reference_stats.line());
+    let mut results = Vec::new();
     for attack in 1..=2 {
         for hangover in [0, 1, 2, 4, 6] {
             for start in [
@@ -910,58 +1128,84 @@ fn train(args: &Args, tuning: &[PathBuf], music_tracks: &[Vec<f64>]) -> anyhow::
                     if sustain > start {
                         continue;
                     }
-                    let c = VadConfig {
-                        attack_frames: attack,
-                        hangover_frames: hangover,
-                        start_probability: start,
-                        sustain_probability: sustain,
-                        ..base.clone()
-                    };
-                    let mut late_ms = 0.0;
-                    let f1: Vec<f64> = sets
-                        .iter()
-                        .map(|(_, p, l, _)| {
-                            gate_decisions(p, l, &c, &mut dec);
-                            let onset = onset_delays(&dec, &vcorpus).0;
-                            late_ms += (percentile(&onset, 0.5).unwrap_or(1000.0) - 60.0).max(0.0);
-                            f1_of(&dec, &vcorpus.labels)
-                        })
-                        .collect();
-                    let starts = gate_decisions(&mp, &ml, &c, &mut dec) as f64 / minutes;
-                    let on = dec.iter().filter(|&&d| d).count() as f64 / dec.len() as f64;
-                    let mean_f1 = f1.iter().sum::<f64>() / f1.len() as f64;
-                    let margin = f1
-                        .iter()
-                        .zip(&webrtc)
-                        .map(|(a, b)| a - b)
-                        .fold(f64::MAX, f64::min);
-                    // F1 at 10 dB (white, music) should stay at 0.93 or more.
-                    let short = (0.935 - f1[1]).max(0.0) + (0.935 - f1[3]).max(0.0);
-                    let objective = mean_f1 + 0.5 * margin.min(0.02)
-                        - args.start_penalty * starts
-                        - 0.05 * on
-                        - args.onset_penalty * late_ms / 20.0
-                        - 0.5 * short;
-                    results.push((objective, f1, starts, on, late_ms, c));
+                    for onset in ONSET_GRID {
+                        let c = VadConfig {
+                            attack_frames: attack,
+                            hangover_frames: hangover,
+                            start_probability: start,
+                            sustain_probability: sustain,
+                            onset_probability: onset,
+                            ..base.clone()
+                        };
+                        let stats = evaluate(&c);
+                        let met = stats.median_ms.iter().all(|&m| m <= 60.0);
+                        let kept = stats.starts <= reference_stats.starts + 1e-9
+                            && stats
+                                .f1
+                                .iter()
+                                .zip(&reference_stats.f1)
+                                .all(|(a, b)| a >= &(b - 0.001));
+                        if met || kept {
+                            let objective = stats.objective(args, &webrtc);
+                            results.push((objective, stats, c));
+                        }
+                    }
                 }
             }
         }
     }
     results.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for (obj, f1, starts, on, late, c) in results.iter().take(10) {
-        println!(
-            "{obj:.4} f1={f1:.3?} music starts/min={starts:.2} music on={on:.3} onset median over 60 ms (sum) {late:.0} attack={} hangover={} start={} sustain={}",
-            c.attack_frames, c.hangover_frames, c.start_probability, c.sustain_probability
-        );
+    for (obj, stats, c) in results.iter().take(10) {
+        println!("{obj:.4} {} {c:?}", stats.line());
     }
-    let best = &results[0].5;
+    // The trade-off around the chosen gate: the onset threshold, then the start threshold.
+    let chosen = VadConfig {
+        onset_probability: results[0].2.onset_probability,
+        ..reference.clone()
+    };
+    println!("\nvalidation trade-off (conditions: clean, white 10, white 0, music 10, music 0)");
+    println!(
+        "| start | onset | F1 | median onset ms | p90 onset ms | music starts/min | music on |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut sweep = Vec::new();
+    for onset in ONSET_GRID {
+        sweep.push(VadConfig {
+            onset_probability: onset,
+            ..chosen.clone()
+        });
+    }
+    for start in [0.95f32, 0.97, 0.98, 0.99, 0.995, 0.997, 0.999] {
+        for onset in [None, chosen.onset_probability] {
+            sweep.push(VadConfig {
+                start_probability: start,
+                onset_probability: onset,
+                ..chosen.clone()
+            });
+        }
+    }
+    for start in [0.997f32, 0.998, 0.999] {
+        for onset in [0.8f32, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99] {
+            let onset = Some(onset);
+            sweep.push(VadConfig {
+                start_probability: start,
+                onset_probability: onset,
+                ..chosen.clone()
+            });
+        }
+    }
+    for c in &sweep {
+        let s = evaluate(c);
+        print_row(c, &s, "");
+    }
+    let best = &results[0].2;
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/src/vad/weights.rs");
-    std::fs::write(&path, weights_source(&mlp, &mean, &scale, best))?;
+    std::fs::write(&path, weights_source(&mlp, &onset_mlp, &mean, &scale, best))?;
     println!("wrote {} (run cargo fmt)", path.display());
     Ok(())
 }
 
-fn weights_source(mlp: &Mlp, mean: &[f32], scale: &[f32], c: &VadConfig) -> String {
+fn weights_source(mlp: &Mlp, onset: &Mlp, mean: &[f32], scale: &[f32], c: &VadConfig) -> String {
     let (n, h) = (mlp.inputs, mlp.hidden);
     let arr = |v: &[f32]| {
         let items: Vec<String> = v.iter().map(|x| format!("{x:?}")).collect();
@@ -1028,6 +1272,38 @@ fn weights_source(mlp: &Mlp, mean: &[f32], scale: &[f32], c: &VadConfig) -> Stri
         s,
         "/// Default sustain probability chosen on the tuning split.\npub(super) const TUNED_SUSTAIN_PROBABILITY: f32 = {:?};",
         c.sustain_probability
+    );
+    let (on, oh) = (onset.inputs, onset.hidden);
+    let p = &onset.params;
+    let _ = writeln!(
+        s,
+        "/// Hidden units of the onset classifier.\npub(super) const ONSET_HIDDEN: usize = {oh};"
+    );
+    let rows: Vec<String> = p[..oh * on].chunks_exact(on).map(arr).collect();
+    let _ = writeln!(
+        s,
+        "/// Onset hidden-layer weights, one row per hidden unit (inputs: {ONSET_CONTEXT} frames of features, newest first).\npub(super) const ONSET_W1: [[f32; {on}]; {oh}] = [{}];",
+        rows.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "/// Onset hidden-layer biases.\npub(super) const ONSET_B1: [f32; {oh}] = {};",
+        arr(&p[oh * on..oh * on + oh])
+    );
+    let _ = writeln!(
+        s,
+        "/// Onset output weights.\npub(super) const ONSET_W2: [f32; {oh}] = {};",
+        arr(&p[oh * on + oh..oh * on + 2 * oh])
+    );
+    let _ = writeln!(
+        s,
+        "/// Onset output bias.\npub(super) const ONSET_B2: f32 = {:?};",
+        p[oh * on + 2 * oh]
+    );
+    let _ = writeln!(
+        s,
+        "/// Default onset probability chosen on the tuning split (`None`: the onset classifier is off).\npub(super) const TUNED_ONSET_PROBABILITY: Option<f32> = {:?};",
+        c.onset_probability
     );
     s
 }

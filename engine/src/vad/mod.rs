@@ -22,12 +22,16 @@
 //!    strength with pitch continuity (speech glides, music holds notes); and, for fast onsets,
 //!    the last two frames' SNRs and the SNR's rise over its recent minimum. None depends on the
 //!    classifier's output, so the classifier is trained offline on precomputed features.
-//! 4. **Classifier** (`model.rs`, `weights.rs`): a small perceptron (one ReLU hidden layer,
-//!    logistic output) gives the probability that the frame is speech. Its weights are trained
-//!    on the tuning half of the evaluation corpus by `cargo bench --bench vad_eval -- --train`
-//!    (seeded, reproducible) and baked in as constants.
+//! 4. **Classifiers** (`model.rs`, `weights.rs`): a small perceptron (one ReLU hidden layer,
+//!    logistic output) gives the probability that the frame is speech; a second, smaller one,
+//!    used only in silence, gives the probability that an utterance starts on this frame, from
+//!    the last three frames' features (it was trained on the first frames of utterances against
+//!    noise, music and gaps only, so it answers earlier than the first one). Their weights are
+//!    trained on the tuning half of the evaluation corpus by
+//!    `cargo bench --bench vad_eval -- --train` (seeded, reproducible) and baked in as constants.
 //! 5. **Gate** ([`SpeechGate`] with hysteresis): in silence a frame counts as speech when the
-//!    probability reaches [`VadConfig::start_probability`], and `attack_frames` consecutive ones
+//!    speech probability reaches [`VadConfig::start_probability`] or the onset probability
+//!    reaches [`VadConfig::onset_probability`], and `attack_frames` consecutive ones
 //!    start speech, dated at the first frame of the run of frames at or above the sustain
 //!    probability that led to it (the classifier is sure only a few frames into an
 //!    utterance; at most 500 ms back); in speech a frame counts when it reaches the lower
@@ -71,6 +75,11 @@ pub struct VadConfig {
     /// Classifier probability (0.0..=`start_probability`) at or above which a frame keeps
     /// speech going once started. Lower keeps quiet word endings and pauses inside speech.
     pub sustain_probability: f32,
+    /// Onset-classifier probability (0.0..=1.0) at or above which a frame also counts towards
+    /// starting speech (in silence only; see [`Vad::onset_probability`]). `None` starts on
+    /// [`VadConfig::start_probability`] alone. Lower decides onsets sooner in noise and music
+    /// but starts more often on music.
+    pub onset_probability: Option<f32>,
     /// Frames quieter than this (mean power in dBFS) are never speech; -100.0..=0.0.
     pub min_level_dbfs: f32,
 }
@@ -84,6 +93,7 @@ impl Default for VadConfig {
             hangover_frames: weights::TUNED_HANGOVER_FRAMES,
             start_probability: weights::TUNED_START_PROBABILITY,
             sustain_probability: weights::TUNED_SUSTAIN_PROBABILITY,
+            onset_probability: weights::TUNED_ONSET_PROBABILITY,
             min_level_dbfs: -56.0,
         }
     }
@@ -109,6 +119,9 @@ pub enum VadConfigError {
         /// The configured start probability, its upper bound.
         start: f32,
     },
+    /// `onset_probability` out of range or not finite.
+    #[error("onset_probability is {0}, expected 0.0..=1.0")]
+    OnsetProbability(f32),
     /// `min_level_dbfs` out of range or not finite.
     #[error("min_level_dbfs is {0}, expected -100.0..=0.0")]
     MinLevelDbfs(f32),
@@ -131,6 +144,11 @@ impl VadConfig {
                 sustain: self.sustain_probability,
                 start: self.start_probability,
             });
+        }
+        if let Some(p) = self.onset_probability
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(VadConfigError::OnsetProbability(p));
         }
         if !(-100.0..=0.0).contains(&self.min_level_dbfs) {
             return Err(VadConfigError::MinLevelDbfs(self.min_level_dbfs));
@@ -161,7 +179,11 @@ pub struct Vad {
     config: VadConfig,
     extractor: extract::Extractor,
     gate: SpeechGate,
+    /// Standardised features of the last [`model::ONSET_CONTEXT`] frames, newest first.
+    context: [[f32; FEATURE_COUNT]; model::ONSET_CONTEXT],
     probability: f32,
+    /// The onset classifier's output on the last frame (0 when it was not evaluated).
+    onset: f32,
     raw: bool,
     /// Consecutive frames up to the last one whose probability reached `sustain_probability`
     /// (and that were loud enough), capped at [`ONSET_LOOKBACK_FRAMES`].
@@ -179,7 +201,9 @@ impl Vad {
         Ok(Self {
             extractor: extract::Extractor::new(),
             gate: SpeechGate::new(config.attack_frames, config.hangover_frames),
+            context: [[0.0; FEATURE_COUNT]; model::ONSET_CONTEXT],
             probability: 0.0,
+            onset: 0.0,
             raw: false,
             sustain_run: 0,
             config: config.clone(),
@@ -200,15 +224,30 @@ impl Vad {
     /// count every frame pushed since [`Vad::new`] or [`Vad::reset`], 160 samples each.
     pub fn push(&mut self, frame: &PcmFrame) -> Option<VadTransition> {
         self.extractor.push(&frame.0);
-        self.probability = model::speech_probability(self.extractor.features());
+        let first = self.gate.frames() == 0;
+        self.context.rotate_right(1);
+        model::standardise(self.extractor.features(), &mut self.context[0]);
+        if first {
+            // Before any history the older context slots repeat this frame, as in training.
+            let z = self.context[0];
+            self.context.fill(z);
+        }
+        self.probability = model::speech_probability(&self.context[0]);
         let c = &self.config;
-        let threshold = if self.gate.is_speech() {
-            c.sustain_probability
-        } else {
-            c.start_probability
+        let speaking = self.gate.is_speech();
+        // The onset classifier only serves the start decision: skip it in speech.
+        self.onset = match c.onset_probability {
+            Some(_) if !speaking => model::onset_probability(&self.context),
+            _ => 0.0,
         };
         let loud = self.extractor.level_dbfs() >= c.min_level_dbfs;
-        self.raw = loud && self.probability >= threshold;
+        self.raw = loud
+            && if speaking {
+                self.probability >= c.sustain_probability
+            } else {
+                self.probability >= c.start_probability
+                    || c.onset_probability.is_some_and(|t| self.onset >= t)
+            };
         self.sustain_run = if loud && self.probability >= c.sustain_probability {
             (self.sustain_run + 1).min(ONSET_LOOKBACK_FRAMES)
         } else {
@@ -233,8 +272,9 @@ impl Vad {
     }
 
     /// The raw decision on the last frame pushed, before attack and hangover: the probability
-    /// reached [`VadConfig::start_probability`] (in silence) or
-    /// [`VadConfig::sustain_probability`] (in speech), and the frame was louder than
+    /// reached [`VadConfig::start_probability`] or the onset probability reached
+    /// [`VadConfig::onset_probability`] (in silence), or the probability reached
+    /// [`VadConfig::sustain_probability`] (in speech); and the frame was louder than
     /// [`VadConfig::min_level_dbfs`].
     pub fn frame_is_speech(&self) -> bool {
         self.raw
@@ -243,6 +283,13 @@ impl Vad {
     /// The classifier's speech probability for the last frame pushed, 0.0..=1.0.
     pub fn speech_probability(&self) -> f32 {
         self.probability
+    }
+
+    /// The onset classifier's probability that an utterance starts on the last frame pushed,
+    /// 0.0..=1.0; evaluated only in silence with [`VadConfig::onset_probability`] set (0.0
+    /// otherwise).
+    pub fn onset_probability(&self) -> f32 {
+        self.onset
     }
 
     /// The last frame's mean band SNR in dB above the tracked noise floor (generalised mean
@@ -276,7 +323,9 @@ impl Vad {
     pub fn reset(&mut self) {
         self.extractor.reset();
         self.gate.reset();
+        self.context = [[0.0; FEATURE_COUNT]; model::ONSET_CONTEXT];
         self.probability = 0.0;
+        self.onset = 0.0;
         self.raw = false;
         self.sustain_run = 0;
     }
@@ -421,6 +470,10 @@ mod tests {
             })
         );
         assert_eq!(
+            bad(|c| c.onset_probability = Some(1.5)),
+            Some(VadConfigError::OnsetProbability(1.5))
+        );
+        assert_eq!(
             bad(|c| c.min_level_dbfs = 3.0),
             Some(VadConfigError::MinLevelDbfs(3.0))
         );
@@ -489,15 +542,19 @@ mod tests {
                 };
                 let speaking = v.is_speech();
                 let out = v.push(&f);
-                let threshold = if speaking {
-                    config.sustain_probability
-                } else {
-                    config.start_probability
-                };
+                let p = v.speech_probability();
+                let likely_start = p >= config.start_probability
+                    || config
+                        .onset_probability
+                        .is_some_and(|t| v.onset_probability() >= t);
                 let loud = v.features()[0] >= config.min_level_dbfs;
                 assert_eq!(
                     v.frame_is_speech(),
-                    loud && v.speech_probability() >= threshold
+                    loud && if speaking {
+                        p >= config.sustain_probability
+                    } else {
+                        likely_start
+                    }
                 );
                 raw.push(v.frame_is_speech());
                 likely.push(loud && v.speech_probability() >= config.sustain_probability);
@@ -519,6 +576,55 @@ mod tests {
             }
             assert!(starts > 0, "the talker starts speech");
         }
+    }
+
+    #[test]
+    fn onset_classifier_only_adds_starts_and_never_delays_the_first_one() {
+        // The same input with the onset rule off, at the default, and at a low threshold: the
+        // first start can only come earlier as the rule gets looser, and with the rule off the
+        // onset classifier is not evaluated at all.
+        let first_start = |onset: Option<f32>| {
+            let config = VadConfig {
+                onset_probability: onset,
+                ..VadConfig::default()
+            };
+            let mut v = Vad::new(&config).unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(6);
+            let mut talker = Talker::new(6);
+            for i in 0..400u64 {
+                let f = if i < 150 {
+                    noise_frame(&mut rng, -45.0)
+                } else {
+                    let mut t = talker.frame();
+                    let n = noise_frame(&mut rng, -45.0);
+                    for (s, &n) in t.0.iter_mut().zip(&n.0) {
+                        *s = s.saturating_add(n);
+                    }
+                    t
+                };
+                let out = v.push(&f);
+                if onset.is_none() {
+                    assert_eq!(v.onset_probability(), 0.0);
+                }
+                if let Some(VadTransition::SpeechStarted { .. }) = out {
+                    return Some(i);
+                }
+            }
+            None
+        };
+        let off = first_start(None).expect("the talker starts speech without the onset rule");
+        let default = VadConfig::default().onset_probability;
+        let tuned = first_start(default.or(Some(0.5))).expect("and with it");
+        let loose = first_start(Some(0.0)).expect("and with any onset probability");
+        assert!(
+            tuned <= off,
+            "tuned onset rule started at {tuned}, off at {off}"
+        );
+        // A zero threshold makes every loud frame in silence a start.
+        assert!(
+            loose <= tuned && loose == 0,
+            "loose onset rule started at {loose}"
+        );
     }
 
     #[test]
