@@ -443,6 +443,10 @@ fn onset_input(z: &[f32], r: usize, first: usize, out: &mut Vec<f32>) {
     }
 }
 
+/// The engine evaluates the onset classifier only on frames with at least this speech
+/// probability (must equal the engine's `ONSET_MIN_SPEECH_PROBABILITY`).
+const ONSET_MIN_SPEECH_PROBABILITY: f32 = 0.1;
+
 /// Frames the onset classifier sees (must equal the engine's `ONSET_CONTEXT`).
 const ONSET_CONTEXT: usize = 3;
 
@@ -864,7 +868,9 @@ fn gate_decisions(p: &Probabilities, c: &VadConfig, out: &mut Vec<bool>) -> usiz
         let likely = if gate.is_speech() {
             p >= c.sustain_probability
         } else {
-            p >= c.start_probability || c.onset_probability.is_some_and(|t| o >= t)
+            p >= c.start_probability
+                || (p >= ONSET_MIN_SPEECH_PROBABILITY
+                    && c.onset_probability.is_some_and(|t| o >= t))
         };
         let raw = l >= c.min_level_dbfs && likely;
         if let Some(VadTransition::SpeechStarted { .. }) = gate.push(raw) {

@@ -76,7 +76,8 @@ pub struct VadConfig {
     /// speech going once started. Lower keeps quiet word endings and pauses inside speech.
     pub sustain_probability: f32,
     /// Onset-classifier probability (0.0..=1.0) at or above which a frame also counts towards
-    /// starting speech (in silence only; see [`Vad::onset_probability`]). `None` starts on
+    /// starting speech (in silence only, on frames whose speech probability is at least 0.1;
+    /// see [`Vad::onset_probability`]). `None` starts on
     /// [`VadConfig::start_probability`] alone. Lower decides onsets sooner in noise and music
     /// but starts more often on music.
     pub onset_probability: Option<f32>,
@@ -190,6 +191,9 @@ pub struct Vad {
     sustain_run: u32,
 }
 
+/// The onset classifier is evaluated only on frames whose speech probability is at least this.
+const ONSET_MIN_SPEECH_PROBABILITY: f32 = 0.1;
+
 /// How far back (frames, 20 ms each) a start is dated before the run that met the attack:
 /// 500 ms.
 const ONSET_LOOKBACK_FRAMES: u32 = 25;
@@ -235,9 +239,13 @@ impl Vad {
         self.probability = model::speech_probability(&self.context[0]);
         let c = &self.config;
         let speaking = self.gate.is_speech();
-        // The onset classifier only serves the start decision: skip it in speech.
+        // The onset classifier only serves the start decision: skip it in speech, and on frames
+        // the speech classifier finds clearly not speech (most silence and noise; it changed
+        // no validation onset).
         self.onset = match c.onset_probability {
-            Some(_) if !speaking => model::onset_probability(&self.context),
+            Some(_) if !speaking && self.probability >= ONSET_MIN_SPEECH_PROBABILITY => {
+                model::onset_probability(&self.context)
+            }
             _ => 0.0,
         };
         let loud = self.extractor.level_dbfs() >= c.min_level_dbfs;
@@ -286,8 +294,8 @@ impl Vad {
     }
 
     /// The onset classifier's probability that an utterance starts on the last frame pushed,
-    /// 0.0..=1.0; evaluated only in silence with [`VadConfig::onset_probability`] set (0.0
-    /// otherwise).
+    /// 0.0..=1.0; evaluated only in silence, with [`VadConfig::onset_probability`] set, on
+    /// frames whose [`Vad::speech_probability`] is at least 0.1 (0.0 otherwise).
     pub fn onset_probability(&self) -> f32 {
         self.onset
     }
@@ -620,10 +628,9 @@ mod tests {
             tuned <= off,
             "tuned onset rule started at {tuned}, off at {off}"
         );
-        // A zero threshold makes every loud frame in silence a start.
         assert!(
-            loose <= tuned && loose == 0,
-            "loose onset rule started at {loose}"
+            loose <= tuned,
+            "loose onset rule started at {loose}, tuned at {tuned}"
         );
     }
 
