@@ -38,8 +38,10 @@
 //! white noise at 20/10/5/0 dB, music at 20/10/5/0 dB, each with a random speech gain of −12 to
 //! +6 dB and a random music offset, plus music alone at two levels. The classifier (one ReLU
 //! hidden layer, logistic output) is fitted by Adam on cross-entropy, the first frames of each
-//! utterance weighted up; then the gate (attack,
-//! hangover, start and sustain probabilities) is chosen on the validation part.
+//! utterance weighted up. The onset classifier (used only to start speech) is fitted next on the
+//! first frames of utterances against non-speech frames, from the last three frames' features.
+//! Then the gate (attack, hangover, start, sustain and onset probabilities) is chosen on the
+//! validation part, and a trade-off sweep is printed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
