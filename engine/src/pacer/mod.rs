@@ -68,9 +68,10 @@
 //! # Assumptions
 //!
 //! `now` comes from a monotonic clock; a `now` earlier than the previous one is treated as the
-//! previous one. Storage is preallocated by [`Pacer::new`]: each queue slot is 176 bytes (a
-//! frame plus its push instant), so the default 3,000 frames (60 s of audio) plus 256 marks take
-//! about 570 KB per call. Pushing beyond capacity is an error, never an allocation. The hot path
+//! previous one. Storage is preallocated by [`Pacer::new`]: frames and marks wait in two queues,
+//! a frame slot 176 bytes (the frame plus its push instant) and a mark slot 16 bytes (the mark
+//! and how many frames were pushed before it, which keeps it in order with the audio), so the
+//! default 3,000 frames (60 s of audio) plus 256 marks take about 532 KB per call. Pushing beyond capacity is an error, never an allocation. The hot path
 //! (push, timeout, poll) does not allocate, lock, log or format.
 //!
 //! # Example
@@ -119,9 +120,10 @@ pub struct PacerConfig {
     /// buffer has run dry). Must be at least `lead_frames`.
     pub reanchor_after: u32,
     /// Frames the local queue can hold, preallocated (176 bytes each). Default 3,000 (60 s of
-    /// audio, about 530 KB). Must be non-zero.
+    /// audio, about 528 KB). Must be non-zero.
     pub capacity_frames: usize,
-    /// Marks the local queue can hold, preallocated. Default 256. Must be non-zero.
+    /// Marks the local queue can hold, preallocated (16 bytes each). Default 256. Must be
+    /// non-zero.
     pub capacity_marks: usize,
     /// A wake-up whose first release is more than this late is counted as late. Default 2 ms.
     /// Must be below one frame (20 ms).
@@ -254,15 +256,18 @@ pub struct PacerStats {
     pub wakeups: u64,
 }
 
-/// One queue slot.
+/// A queued frame: the audio and the instant it was pushed.
 #[derive(Clone, Copy)]
-enum Entry {
-    /// Audio and the instant it was pushed.
-    Frame {
-        frame: MulawFrame,
-        pushed: Instant,
-    },
-    Mark(MarkId),
+struct QueuedFrame {
+    frame: MulawFrame,
+    pushed: Instant,
+}
+
+/// A queued mark: it leaves once `after` frames (counted by [`Pacer::frames_in`]) have left.
+#[derive(Clone, Copy)]
+struct QueuedMark {
+    after: u64,
+    mark: MarkId,
 }
 
 /// Releases queued µ-law frames on an anchored 20 ms schedule with a send-ahead lead. See the
@@ -276,21 +281,23 @@ pub struct Pacer {
     reanchor_after: u64,
     /// Lateness above which a wake-up is counted late.
     late_threshold: Duration,
-    /// Frame capacity of `queue`.
+    /// Capacity of `frames`.
     capacity_frames: usize,
-    /// Mark capacity of `queue`.
+    /// Capacity of `marks`.
     capacity_marks: usize,
-    /// Frames and marks in push order; preallocated for both capacities.
-    queue: VecDeque<Entry>,
-    /// Frames in `queue`.
-    queued_frames: usize,
-    /// Marks in `queue`.
-    queued_marks: usize,
+    /// Frames in push order; preallocated.
+    frames: VecDeque<QueuedFrame>,
+    /// Marks in push order, each placed after the frames pushed before it; preallocated.
+    marks: VecDeque<QueuedMark>,
+    /// Frames pushed since creation.
+    frames_in: u64,
+    /// Frames that left (polled or flushed) since creation; `frames_in − frames_out` are queued.
+    frames_out: u64,
     /// Start of the current schedule; `None` when no schedule runs (new, or after a flush).
     anchor: Option<Instant>,
     /// Frames sent since `anchor`: the number `n` of the next frame.
     next_index: u64,
-    /// Frames at the head of `queue` granted for release and not yet polled.
+    /// Frames at the head of `frames` granted for release and not yet polled.
     ready: u64,
     /// The current wake-up instant (latest `now` seen); `None` after a flush.
     wake: Option<Instant>,
@@ -347,9 +354,11 @@ impl Pacer {
             return Err(PacerConfigError::ZeroMarkCapacity);
         }
         let slots = config.capacity_frames.saturating_add(config.capacity_marks);
-        let mut queue = VecDeque::new();
-        queue
-            .try_reserve_exact(slots)
+        let mut frames = VecDeque::new();
+        let mut marks = VecDeque::new();
+        frames
+            .try_reserve_exact(config.capacity_frames)
+            .and_then(|()| marks.try_reserve_exact(config.capacity_marks))
             .map_err(|_| PacerConfigError::Allocation { slots })?;
         Ok(Self {
             lead,
@@ -358,9 +367,10 @@ impl Pacer {
             late_threshold: config.late_threshold,
             capacity_frames: config.capacity_frames,
             capacity_marks: config.capacity_marks,
-            queue,
-            queued_frames: 0,
-            queued_marks: 0,
+            frames,
+            marks,
+            frames_in: 0,
+            frames_out: 0,
             anchor: None,
             next_index: 0,
             ready: 0,
@@ -382,14 +392,14 @@ impl Pacer {
     /// idle, and releasing it at once if it is already due. Drain [`Pacer::poll_transmit`]
     /// afterwards.
     pub fn push_frame(&mut self, now: Instant, frame: MulawFrame) -> Result<(), PacerError> {
-        if self.queued_frames >= self.capacity_frames {
+        if self.frames.len() >= self.capacity_frames {
             return Err(PacerError::QueueFull {
                 capacity: self.capacity_frames,
             });
         }
-        let starved = self.queued_frames == 0;
-        self.queue.push_back(Entry::Frame { frame, pushed: now });
-        self.queued_frames += 1;
+        let starved = self.frames.is_empty();
+        self.frames.push_back(QueuedFrame { frame, pushed: now });
+        self.frames_in += 1;
         self.advance(now, starved);
         self.audio_ended = false;
         Ok(())
@@ -398,13 +408,15 @@ impl Pacer {
     /// Queues a mark after everything pushed so far. With nothing queued before it, it is
     /// released by the next [`Pacer::poll_transmit`].
     pub fn push_mark(&mut self, mark: MarkId) -> Result<(), PacerError> {
-        if self.queued_marks >= self.capacity_marks {
+        if self.marks.len() >= self.capacity_marks {
             return Err(PacerError::MarkQueueFull {
                 capacity: self.capacity_marks,
             });
         }
-        self.queue.push_back(Entry::Mark(mark));
-        self.queued_marks += 1;
+        self.marks.push_back(QueuedMark {
+            after: self.frames_in,
+            mark,
+        });
         Ok(())
     }
 
@@ -419,18 +431,15 @@ impl Pacer {
     /// caller can report them. Resets the schedule: the caller clears Twilio's buffer, so the
     /// next audio starts a new anchor.
     pub fn flush(&mut self, mut on_mark: impl FnMut(MarkId)) -> Flushed {
-        let mut flushed = Flushed::default();
-        for entry in self.queue.drain(..) {
-            match entry {
-                Entry::Frame { .. } => flushed.frames += 1,
-                Entry::Mark(mark) => {
-                    flushed.marks += 1;
-                    on_mark(mark);
-                }
-            }
+        let flushed = Flushed {
+            frames: self.frames.len(),
+            marks: self.marks.len(),
+        };
+        self.frames.clear();
+        for queued in self.marks.drain(..) {
+            on_mark(queued.mark);
         }
-        self.queued_frames = 0;
-        self.queued_marks = 0;
+        self.frames_out = self.frames_in;
         self.anchor = None;
         self.next_index = 0;
         self.ready = 0;
@@ -446,7 +455,7 @@ impl Pacer {
     /// When to call [`Pacer::handle_timeout`] next: the next frame's deadline (in the past if
     /// released frames are waiting to be polled), or `None` when no frame is queued.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.queued_frames == 0 {
+        if self.frames.is_empty() {
             return None;
         }
         // Frames are queued, so `push_frame` has set both the wake-up and the anchor.
@@ -473,53 +482,52 @@ impl Pacer {
     /// `handle_timeout`. Frames never leave before their deadline; a mark leaves right after the
     /// last frame pushed before it.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        match *self.queue.front()? {
-            Entry::Mark(mark) => {
-                self.queue.pop_front();
-                self.queued_marks -= 1;
+        match self.marks.front() {
+            Some(&QueuedMark { after, mark }) if after <= self.frames_out => {
+                self.marks.pop_front();
                 self.stats.marks_sent += 1;
-                Some(Transmit::Mark(mark))
+                return Some(Transmit::Mark(mark));
             }
-            Entry::Frame { frame, pushed } => {
-                if self.ready == 0 {
-                    return None;
-                }
-                let deadline = match (self.broken, self.anchor) {
-                    (Some((anchor, index)), _) => {
-                        at(anchor, (index + self.next_index).saturating_sub(self.lead))
-                    }
-                    (None, Some(anchor)) => at(anchor, self.next_index.saturating_sub(self.lead)),
-                    // Unreachable: frames are granted only on a running schedule.
-                    (None, None) => pushed,
-                };
-                self.last_due = Some(deadline.max(pushed));
-                self.queue.pop_front();
-                self.queued_frames -= 1;
-                self.ready -= 1;
-                self.next_index += 1;
-                self.polled_at_wake += 1;
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                self.stats.frames_sent += 1;
-                Some(Transmit::Frame { seq, frame })
-            }
+            _ => {}
         }
+        let QueuedFrame { frame, pushed } = *self.frames.front()?;
+        if self.ready == 0 {
+            return None;
+        }
+        let deadline = match (self.broken, self.anchor) {
+            (Some((anchor, index)), _) => {
+                at(anchor, (index + self.next_index).saturating_sub(self.lead))
+            }
+            (None, Some(anchor)) => at(anchor, self.next_index.saturating_sub(self.lead)),
+            // Unreachable: frames are granted only on a running schedule.
+            (None, None) => pushed,
+        };
+        self.last_due = Some(deadline.max(pushed));
+        self.frames.pop_front();
+        self.frames_out += 1;
+        self.ready -= 1;
+        self.next_index += 1;
+        self.polled_at_wake += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.stats.frames_sent += 1;
+        Some(Transmit::Frame { seq, frame })
     }
 
     /// Frames waiting in the local queue (released-but-unpolled frames included).
     pub fn queued_frames(&self) -> usize {
-        self.queued_frames
+        self.frames.len()
     }
 
     /// Marks waiting in the local queue.
     pub fn queued_marks(&self) -> usize {
-        self.queued_marks
+        self.marks.len()
     }
 
     /// Nothing is queued locally and our estimate says Twilio has played everything sent: the
     /// audio has ended naturally.
     pub fn is_idle(&self, now: Instant) -> bool {
-        self.queue.is_empty() && self.remote_buffered(now).is_zero()
+        self.frames.is_empty() && self.marks.is_empty() && self.remote_buffered(now).is_zero()
     }
 
     /// Our estimate of audio buffered at Twilio (sent but not yet played).
@@ -562,7 +570,7 @@ impl Pacer {
             self.cap_recorded = false;
             self.broken = None;
         }
-        if self.queued_frames == 0 {
+        if self.frames.is_empty() {
             return;
         }
         let anchor = match self.anchor {
@@ -595,7 +603,7 @@ impl Pacer {
             self.start_schedule(now);
             due = self.lead + 1;
         }
-        let wanted = due.min(self.queued_frames as u64);
+        let wanted = due.min(self.frames.len() as u64);
         self.ready = wanted.min(self.max_burst.saturating_sub(self.polled_at_wake));
         if self.ready < wanted && !self.cap_recorded {
             self.cap_recorded = true;
@@ -615,13 +623,11 @@ impl Pacer {
 
     /// Adds the current wake-up's lateness (of the head frame, which is due) to the stats.
     fn record_lateness(&mut self, anchor: Instant, now: Instant) {
-        let Some(Entry::Frame { pushed, .. }) =
-            self.queue.iter().find(|e| matches!(e, Entry::Frame { .. }))
-        else {
+        let Some(&QueuedFrame { pushed, .. }) = self.frames.front() else {
             return;
         };
         let deadline = at(anchor, self.next_index.saturating_sub(self.lead));
-        let lateness = now.saturating_duration_since(deadline.max(*pushed));
+        let lateness = now.saturating_duration_since(deadline.max(pushed));
         self.wake_recorded = true;
         self.wake_late = lateness > self.late_threshold;
         self.stats.wakeups += 1;
@@ -643,8 +649,8 @@ impl Pacer {
 impl std::fmt::Debug for Pacer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pacer")
-            .field("queued_frames", &self.queued_frames)
-            .field("queued_marks", &self.queued_marks)
+            .field("queued_frames", &self.frames.len())
+            .field("queued_marks", &self.marks.len())
             .field("anchor", &self.anchor)
             .field("next_index", &self.next_index)
             .field("ready", &self.ready)
@@ -737,8 +743,9 @@ mod tests {
         assert_eq!(config.max_burst, config.lead_frames + 2);
         assert_eq!(config.reanchor_after, config.lead_frames);
         assert!(Pacer::new(&config).is_ok());
-        // The module docs state the slot size used for the memory estimate.
-        assert_eq!(size_of::<Entry>(), 176);
+        // The module docs state the slot sizes used for the memory estimate.
+        assert_eq!(size_of::<QueuedFrame>(), 176);
+        assert_eq!(size_of::<QueuedMark>(), 16);
     }
 
     #[test]
