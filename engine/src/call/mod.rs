@@ -98,7 +98,16 @@ pub struct CallConfig {
 impl Default for CallConfig {
     fn default() -> Self {
         Self {
-            jitter: JitterConfig::default(),
+            // Twilio sends in real time, so the jitter buffer holds at most its playout delay
+            // (at most `max_delay`, 200 ms = 10 frames) plus the frames of one burst that are not
+            // yet due; a stall's backlog arrives late and is dropped as late, never buffered.
+            // 16 frames (320 ms, against the general-purpose 50) keep 6 frames of headroom over
+            // `max_delay`: 3 KiB per call instead of 9.4 KiB. A frame beyond it drops the oldest
+            // and is counted (`JitterStats::overflow`).
+            jitter: JitterConfig {
+                capacity_frames: 16,
+                ..JitterConfig::default()
+            },
             // Agents hand audio over a little at a time (the driver pulls ~200 ms when less than
             // 200 ms is queued, so at most ~400 ms is ever queued), so 1 s of queue is 2.5× what
             // is needed and keeps each call small: 50 frame slots of 176 bytes plus 32 mark slots
