@@ -148,6 +148,23 @@ impl AgentOutput {
         &self.audio
     }
 
+    /// Takes `spare` as the audio buffer when this output holds no audio and `spare` is the
+    /// larger: the driver lends each call its worker's pull-sized buffer for one service
+    /// instead of keeping one per call.
+    pub(crate) fn borrow_audio(&mut self, spare: &mut Vec<i16>) {
+        if self.audio.is_empty() && spare.capacity() > self.audio.capacity() {
+            std::mem::swap(&mut self.audio, spare);
+        }
+    }
+
+    /// Hands the audio buffer back into `spare` when this output holds no audio and its buffer
+    /// is the larger (the inverse of [`AgentOutput::borrow_audio`]).
+    pub(crate) fn return_audio(&mut self, spare: &mut Vec<i16>) {
+        if self.audio.is_empty() && self.audio.capacity() > spare.capacity() {
+            std::mem::swap(&mut self.audio, spare);
+        }
+    }
+
     /// Forgets everything, keeping the buffers.
     pub fn reset(&mut self) {
         self.audio.clear();
@@ -192,3 +209,34 @@ pub trait Agent: Send {
 pub struct SilentAgent;
 
 impl Agent for SilentAgent {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lent_audio_buffer_is_used_for_one_pull_and_handed_back() {
+        let mut spare = Vec::with_capacity(3_200);
+        let mut out = AgentOutput::with_capacity(0);
+        out.borrow_audio(&mut spare);
+        assert_eq!(spare.capacity(), 0, "the output took the buffer");
+        out.play(&[7; 3_000], SampleRate::WIDEBAND);
+        assert!(out.audio().len() == 3_000 && out.audio.capacity() == 3_200);
+        // Not handed back while it holds audio that is still to be applied.
+        out.return_audio(&mut spare);
+        assert_eq!(spare.capacity(), 0);
+        out.reset();
+        out.return_audio(&mut spare);
+        assert_eq!((spare.capacity(), out.audio.capacity()), (3_200, 0));
+    }
+
+    #[test]
+    fn an_output_holding_audio_keeps_its_buffer_when_offered_another() {
+        let mut spare = Vec::with_capacity(3_200);
+        let mut out = AgentOutput::with_capacity(0);
+        out.play(&[1, 2, 3], SampleRate::NARROWBAND);
+        out.borrow_audio(&mut spare);
+        assert_eq!(out.audio(), &[1, 2, 3]);
+        assert_eq!(spare.capacity(), 3_200);
+    }
+}

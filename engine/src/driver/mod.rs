@@ -108,9 +108,9 @@ pub enum StartError {
     ShuttingDown,
 }
 
-/// Samples an agent's output buffer is preallocated for: one `chunk` pull at 16 kHz (the agent
-/// feed's rate; 200 ms = 3,200 samples = 6.4 KB). An agent answering at a higher rate grows it
-/// once, on its first pull.
+/// Samples a worker's agent audio buffer is preallocated for: one `chunk` pull at 16 kHz (the
+/// agent feed's rate; 200 ms = 3,200 samples = 6.4 KB). An agent answering at a higher rate grows
+/// it once, on its first pull. Each worker lends its one buffer to the call it is serving.
 pub(crate) fn agent_audio_capacity(chunk: Duration) -> usize {
     let samples = chunk.as_micros() * u128::from(SampleRate::WIDEBAND.hz()) / 1_000_000;
     usize::try_from(samples).unwrap_or(usize::MAX)
@@ -409,13 +409,7 @@ impl Engine {
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
             .ok_or(StartError::Config("no workers"))?;
         worker.load.fetch_add(1, Ordering::Relaxed);
-        let slot = worker::Slot::new(
-            call,
-            spec,
-            consumer,
-            control_rx,
-            agent_audio_capacity(self.config.playback_chunk),
-        );
+        let slot = worker::Slot::new(call, spec, consumer, control_rx);
         worker
             .tx
             .send(WorkerMsg::Open(Box::new(slot)))

@@ -388,13 +388,7 @@ fn run_virtual(
         let spec = spec(Box::new(EchoAgent::default()), Box::new(sink));
         pending.push((
             at,
-            Box::new(worker::Slot::new(
-                call,
-                spec,
-                consumer,
-                control_rx,
-                agent_audio_capacity(EngineConfig::default().playback_chunk),
-            )),
+            Box::new(worker::Slot::new(call, spec, consumer, control_rx)),
         ));
         logs.push(log);
         controls.push(control_tx);
