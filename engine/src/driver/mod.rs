@@ -53,10 +53,14 @@ pub use histogram::{
 pub struct EngineConfig {
     /// Worker threads; 0 means one per available core.
     pub workers: usize,
-    /// Inbound frames a call's ring holds (default 64 = 1.28 s of audio): room for a burst
-    /// after a network stall. The worker empties the ring at least every `max_idle`, and the
-    /// jitter buffer keeps at most 50 frames (1 s) anyway, so a longer ring would only hold
-    /// frames the jitter buffer drops. 64 × 192 bytes = 12 KiB per call.
+    /// Inbound frames a call's ring holds (default 32 = 640 ms of audio): room for the burst
+    /// that a network stall releases at once. The worker empties the ring at least every
+    /// `max_idle` (and at every 20 ms playout), so outside such a burst it holds a frame or two.
+    /// Of a burst, only the frames younger than the jitter buffer's playout delay (at most
+    /// 200 ms) can still play; the older ones are dropped as late. A burst longer than the ring
+    /// (a stall over 640 ms) has its newest frames refused and counted
+    /// ([`CallHandle::inbound_dropped`]), and playout resumes with the next frame.
+    /// 32 × 192 bytes = 6 KiB per call.
     pub inbound_ring_frames: usize,
     /// Control messages a call's channel holds (default 64): mark echoes (a progress mark per
     /// 5 frames, so at most ~10 for the 1 s the pacer holds, plus agent marks), DTMF, stop.
@@ -81,7 +85,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             workers: 0,
-            inbound_ring_frames: 64,
+            inbound_ring_frames: 32,
             control_capacity: 64,
             max_idle: Duration::from_millis(10),
             playback_low_water: Duration::from_millis(200),

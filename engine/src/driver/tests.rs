@@ -494,3 +494,37 @@ fn a_wake_grid_that_does_not_divide_the_frame_is_refused() {
         ));
     }
 }
+
+#[test]
+fn a_full_inbound_ring_refuses_the_newest_frames_and_counts_them() {
+    use ringbuf::traits::Consumer as _;
+    let capacity = EngineConfig::default().inbound_ring_frames;
+    let (producer, mut consumer) = HeapRb::<InboundItem>::new(capacity).split();
+    let (control, _control_rx) = crossbeam_channel::bounded(4);
+    let mut handle = CallHandle {
+        inbound: producer,
+        control,
+        inbound_dropped: 0,
+        control_dropped: 0,
+    };
+    let start = Instant::now();
+    let frame = |i: u64| {
+        InboundMedia::parse(&(i + 1).to_string(), &(i * 20).to_string(), &[0xFF; 160]).unwrap()
+    };
+    // A stall's backlog arriving at once, with nothing draining the ring.
+    let burst = capacity as u64 + 5;
+    let accepted = (0..burst)
+        .filter(|&i| handle.push_media(start + FRAME_MS * i as u32, frame(i)))
+        .count();
+    assert_eq!(accepted, capacity);
+    assert_eq!(handle.inbound_dropped(), 5);
+    // The oldest stay, in order; once the worker takes one, there is room again.
+    let (_, first) = consumer.try_pop().unwrap();
+    assert_eq!(first.chunk, 1);
+    assert!(handle.push_media(start, frame(burst)));
+    assert_eq!(handle.inbound_dropped(), 5);
+    let chunks: Vec<u64> =
+        std::iter::from_fn(|| consumer.try_pop().map(|(_, m)| m.chunk)).collect();
+    let expected: Vec<u64> = (2..=capacity as u64).chain([burst + 1]).collect();
+    assert_eq!(chunks, expected);
+}
