@@ -44,6 +44,7 @@ pub mod config;
 pub mod form;
 pub mod media_stream;
 pub mod metrics;
+pub mod outbound;
 pub mod recording;
 pub mod routes;
 pub mod server;
