@@ -52,8 +52,9 @@ pub use trace::{Trace, TraceKind};
 /// `p<n>` on the wire. Agent marks use ids below it.
 pub const PROGRESS_MARK_BASE: u64 = 1 << 62;
 
-/// Output FIFO of each resampler: the call pops after every push, so two frames suffice.
-const RESAMPLER_FIFO: Duration = Duration::from_millis(40);
+/// Output FIFO of each resampler: the call pops after every push, so one frame suffices (the
+/// resampler adds two chunks of flush headroom): 1.9 KB for 8 → 16 kHz, 0.9 KB for 16 → 8 kHz.
+const RESAMPLER_FIFO: Duration = Duration::from_millis(20);
 
 /// Capacity of the output queue between two drains. One input produces a handful of outputs
 /// (a caller frame or two; a barge-in: clear plus a few events); transmits are produced lazily
@@ -61,12 +62,13 @@ const RESAMPLER_FIFO: Duration = Duration::from_millis(40);
 /// its own ring, so the queue stays 3 KiB instead of 32 × 648 bytes.
 const OUTPUT_CAPACITY: usize = 32;
 
-/// 16 kHz caller frames that can wait to be drained (8 × 648 bytes = 5 KiB per call). A
+/// 16 kHz caller frames that can wait to be drained (4 × 648 bytes = 2.5 KiB per call). A
 /// timeout plays out of the jitter buffer only while two free slots remain (one caller frame
 /// can yield two feed frames at the resampler's chunk boundaries); after a late wake-up with
 /// more overdue frames than that, the rest stay in the jitter buffer and
-/// [`Call::poll_timeout`] stays in the past, so the driver serves the call again at once.
-const CALLER_RING: usize = 8;
+/// [`Call::poll_timeout`] stays in the past, so the driver serves the call again at once
+/// (and again, two frames at a time, until none is overdue).
+const CALLER_RING: usize = 4;
 
 /// Caller slots whose arrival instants are remembered, to date a speech onset by when its audio
 /// arrived. The VAD dates an onset at most 50 frames back (its largest attack; the lookback is
