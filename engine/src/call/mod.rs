@@ -100,12 +100,12 @@ pub struct CallConfig {
 impl Default for CallConfig {
     fn default() -> Self {
         Self {
-            // Twilio sends in real time, so the jitter buffer holds at most its playout delay
-            // (at most `max_delay`, 200 ms = 10 frames) plus the frames of one burst that are not
-            // yet due; a stall's backlog arrives late and is dropped as late, never buffered.
-            // 16 frames (320 ms, against the general-purpose 50) keep 6 frames of headroom over
-            // `max_delay`: 3 KiB per call instead of 9.4 KiB. A frame beyond it drops the oldest
-            // and is counted (`JitterStats::overflow`).
+            // Twilio sends in real time, so the jitter buffer holds at most its playout delay:
+            // at most `max_delay` (200 ms = 10 frames), stall expansion included; of a stall's
+            // backlog, what is older than that arrives late and is dropped as late, never
+            // buffered. 16 frames (320 ms, against the general-purpose 50) keep 6 frames of
+            // headroom over `max_delay`: 3 KiB per call instead of 9.4 KiB. A frame beyond it
+            // drops the oldest and is counted (`JitterStats::overflow`).
             jitter: JitterConfig {
                 capacity_frames: 16,
                 ..JitterConfig::default()
