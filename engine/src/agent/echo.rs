@@ -8,7 +8,7 @@
 //!
 //! Memory: the 16 kHz feed is the caller's 8 kHz audio upsampled, so it carries nothing above
 //! 4 kHz, and the agent stores it at 8 kHz: every other sample, as µ-law (8 KB per second).
-//! Playback rebuilds 16 kHz with a 16-tap half-band interpolator ([`HALF_BAND`]: within 0.1 dB
+//! Playback rebuilds 16 kHz with a 16-tap half-band interpolator (`HALF_BAND`: within 0.1 dB
 //! to 3 kHz, −0.3 dB at 3.4 kHz), so what goes back into the call is 16 kHz audio as before. An
 //! utterance is held in a buffer allocated when the caller starts speaking, grown by half its
 //! size at a time (a handful of allocations per utterance, never one per frame) up to
