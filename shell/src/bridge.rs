@@ -29,7 +29,7 @@ use handset_engine::MarkId;
 use handset_engine::agent::echo::{EchoAgent, EchoConfig};
 use handset_engine::agent::{Agent, CallInfo, HangupReason};
 use handset_engine::call::{CallConfig, CallEvent, PROGRESS_MARK_BASE};
-use handset_engine::driver::{CallHandle, CallSpec, Control, Outbound};
+use handset_engine::driver::{CallHandle, CallSpec, Control, Outbound, OutboundSink, SinkError};
 use handset_engine::frame::MediaError;
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
@@ -47,8 +47,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::media_stream::{self, Inbound, ProtocolError, Writer};
-pub use crate::outbound::OUTBOUND_QUEUE;
-use crate::outbound::{self, OutboundRx};
 use crate::server::AppState;
 use crate::tokens::TOKEN_PARAMETER;
 
@@ -60,6 +58,8 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// Events a traced call can record (about 10 minutes at ~250 events per second).
 const TRACE_EVENTS: usize = 150_000;
+/// Outbound messages queued per call between the engine and the socket (about 8 s of audio).
+pub const OUTBOUND_QUEUE: usize = 512;
 /// Messages ignored before `start` before the socket is closed.
 const MAX_BEFORE_START: u32 = 50;
 /// A stream's counters are added to the shell's metrics every this many messages (about 5 s
@@ -277,6 +277,18 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     resp
 }
 
+/// The engine's handle on the socket writer's queue.
+struct ChannelSink(mpsc::Sender<Outbound>);
+
+impl OutboundSink for ChannelSink {
+    fn try_send(&mut self, msg: Outbound) -> Result<(), SinkError> {
+        self.0.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SinkError::Full,
+            mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
+        })
+    }
+}
+
 /// Wire name of a mark id: `p<n>` for the call's progress marks, `a<n>` for agent marks.
 pub fn mark_name(id: MarkId) -> String {
     if id.0 >= PROGRESS_MARK_BASE {
@@ -306,7 +318,7 @@ type WsStream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     let (sink, mut stream) = ws.split();
     let (close_tx, close_rx) = mpsc::channel::<CloseReason>(4);
-    let (out_tx, out_rx) = outbound::channel(OUTBOUND_QUEUE);
+    let (out_tx, out_rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let mut counters = StreamCounters::default();
     let mut draining = state.draining.subscribe();
 
@@ -404,7 +416,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         },
         info: info.clone(),
         agent,
-        sink: Box::new(out_tx),
+        sink: Box::new(ChannelSink(out_tx)),
     };
     let mut handle = match state.engine.open_call(spec, crate::clock::now()) {
         Ok(handle) => handle,
@@ -705,7 +717,7 @@ impl WriterState {
 /// message waits for another: a batch is only what is already there.
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WsStream, Message>,
-    mut out: OutboundRx,
+    mut out: mpsc::Receiver<Outbound>,
     mut close: mpsc::Receiver<CloseReason>,
     info: CallInfo,
     id: u64,
@@ -748,7 +760,7 @@ async fn write_loop(
                             }
                         }
                         if fed < WRITE_BATCH {
-                            next = out.try_recv();
+                            next = out.try_recv().ok();
                         }
                     }
                     if fed > 0 {

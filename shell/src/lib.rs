@@ -44,7 +44,6 @@ pub mod config;
 pub mod form;
 pub mod media_stream;
 pub mod metrics;
-pub mod outbound;
 pub mod recording;
 pub mod routes;
 pub mod server;
