@@ -52,8 +52,10 @@ use crate::tokens::TOKEN_PARAMETER;
 
 /// The subprotocol some Twilio clients offer; echoed only when offered.
 pub const TWILIO_SUBPROTOCOL: &str = "audio.twilio.com";
-/// Socket read buffer per stream.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Socket read buffer per stream: 2 KiB reads about five `media` messages (~400 bytes each)
+/// per syscall, more than one 20 ms frame brings, and keeps the per-call buffer small (it is
+/// held for the whole call). A larger message grows the frame buffer, not this one.
+const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// Most unsent bytes held for a stream whose peer is not reading.
 const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// Events a traced call can record (about 10 minutes at ~250 events per second).
