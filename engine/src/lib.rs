@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | µ-law | [`codec`] | G.711 µ-law encode/decode, bit-exact with ITU-T G.191 |
 //! | jitter | [`jitter`] | re-times bursty TCP arrivals into a steady 20 ms playout, conceals gaps |
-//! | resample | [`resample`] | rubato's FFT resampler, streaming; plans shared per rate pair, state kept per call |
+//! | resample | [`resample`] | rubato FFT resamplers, streaming, state kept per call |
 //! | VAD | [`vad`] | speech started / ended at 8 kHz on 20 ms frames |
 //! | pacer | [`pacer`] | one 160-byte frame per 20 ms on absolute deadlines, marks in order |
 //! | call | [`call`] | the per-call state machine composing all of the above, with barge-in |

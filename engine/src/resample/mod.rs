@@ -9,23 +9,14 @@
 //! # Design
 //!
 //! [`Resampler`] is sans-IO and streaming: [`push`](Resampler::push) takes any number of `i16`
-//! samples, stages them into 20 ms input chunks, and runs each complete chunk through an FFT
-//! overlap-add resampler into a bounded output FIFO that [`pop_into`](Resampler::pop_into)
-//! drains. State is kept across calls, so chunk boundaries are inaudible. Every buffer is
-//! allocated in [`Resampler::new`]; `push`, `pop_into`, `flush` and `reset` never allocate,
-//! lock or log.
+//! samples, stages them into 20 ms input chunks, and runs each complete chunk through
+//! `rubato::Fft` (`FixedSync::Input`, mono, `f32`) into a bounded output FIFO that
+//! [`pop_into`](Resampler::pop_into) drains. State is kept across calls, so chunk boundaries
+//! are inaudible. Every buffer is allocated in [`Resampler::new`]; `push`, `pop_into`,
+//! `flush` and `reset` never allocate, lock or log.
 //!
-//! The resampler is rubato 5's `Fft` (`FixedSync::Input`, mono, `f32`, one sub-chunk), computed
-//! here step for step, with one difference: what never changes is shared. rubato plans two
-//! FFTs and designs the anti-alias filter for every resampler it builds (~22 KB per call and
-//! direction); here the FFT plans and the filter's spectrum are built once per rate pair per
-//! process ([`OnceLock`]) and shared read-only by every call, and each resampler owns only its
-//! working buffers (one real block, one spectrum, the overlap, the FFT scratch: ~5–7 KB). The
-//! filter is rubato's design (its `calculate_cutoff` and windowed sinc); a test checks the
-//! output against `rubato::Fft` chunk for chunk.
-//!
-//! Filter choice: rubato's `Fft::new_custom` design with **one sub-chunk** per 20 ms chunk and
-//! the BlackmanHarris2 window for every pair. `Fft::new` would split the 882-sample (44.1 kHz) and
+//! Filter choice: `Fft::new_custom` with **one sub-chunk** per 20 ms chunk and the
+//! BlackmanHarris2 window for every pair. `Fft::new` would split the 882-sample (44.1 kHz) and
 //! 960-sample (48 kHz) chunks into 3 sub-chunks, shrinking the FFT block to 80 or 54 output
 //! samples, which lowers the anti-alias cutoff so far that 3.4 kHz drops by tens of dB. With one
 //! sub-chunk every pair has an 80-sample (8 kHz) or 160-sample (16 kHz) output half-block:
@@ -56,12 +47,10 @@
 //! assert_eq!(up.pop_into(&mut out), 1600);
 //! ```
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use realfft::num_complex::Complex;
-use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
-use rubato::WindowFunction;
+use audioadapter_buffers::direct::InterleavedSlice;
+use rubato::{Fft, FixedSync, Resampler as _, WindowFunction};
 
 use crate::time::SampleRate;
 
@@ -100,17 +89,19 @@ pub struct Resampler {
     /// Output rate.
     to: SampleRate,
     /// The FFT resampler, or `None` for the 8 kHz → 8 kHz passthrough.
-    fft: Option<FftCore>,
+    fft: Option<Fft<f32>>,
     /// Input samples per 20 ms chunk (1 for the passthrough, which has no chunking).
     chunk_in: usize,
     /// Output samples per processed chunk (1 for the passthrough).
     chunk_out: usize,
-    /// Filter warm-up in output samples, half an output block as in rubato's `output_delay()`
-    /// (0 for the passthrough).
+    /// rubato's `output_delay()`: filter warm-up in output samples (0 for the passthrough).
     delay_out: usize,
-    /// Valid samples of the partial input chunk staged at the front of the core's real block,
-    /// in input samples (always below `chunk_in` between calls).
+    /// The partial input chunk, as `f32`; `chunk_in` long, the first `staged_len` valid.
+    staged: Vec<f32>,
+    /// Valid samples in `staged`, in input samples (always below `chunk_in` between calls).
     staged_len: usize,
+    /// rubato's output for one chunk, `chunk_out` long.
+    scratch_out: Vec<f32>,
     /// Resampled samples waiting to be popped.
     fifo: Fifo,
     /// `push` only completes a chunk if the FIFO then holds at most this many samples.
@@ -173,17 +164,29 @@ impl Resampler {
         };
         let chunk_in = from.frame_samples();
         let chunk_out = to.frame_samples();
-        let plan = FftPlan::shared(from, to).ok_or(construction)?;
+        let fft = Fft::<f32>::new_custom(
+            from.hz() as usize,
+            to.hz() as usize,
+            chunk_in,
+            1,
+            1,
+            WindowFunction::BlackmanHarris2,
+            FixedSync::Input,
+        )
+        .map_err(|_| construction)?;
         // One FFT block per chunk: every chunk then yields exactly `chunk_out` samples, which
         // the buffer sizes and the flush arithmetic rely on.
-        if plan.size_in != chunk_in || plan.size_out != chunk_out {
+        if fft.input_frames_max() != chunk_in
+            || fft.output_frames_max() != chunk_out
+            || fft.output_frames_next() != chunk_out
+        {
             return Err(construction);
         }
-        let delay_out = chunk_out / 2;
+        let delay_out = fft.output_delay();
         Ok(Self::with_parts(
             from,
             to,
-            Some(FftCore::new(plan)),
+            Some(fft),
             chunk_in,
             chunk_out,
             delay_out,
@@ -194,7 +197,7 @@ impl Resampler {
     fn with_parts(
         from: SampleRate,
         to: SampleRate,
-        fft: Option<FftCore>,
+        fft: Option<Fft<f32>>,
         chunk_in: usize,
         chunk_out: usize,
         delay_out: usize,
@@ -207,7 +210,9 @@ impl Resampler {
             chunk_in,
             chunk_out,
             delay_out,
+            staged: vec![0.0; chunk_in],
             staged_len: 0,
+            scratch_out: vec![0.0; chunk_out],
             fifo: Fifo::with_capacity(push_limit + 2 * chunk_out),
             push_limit,
             trim_left: delay_out,
@@ -244,10 +249,7 @@ impl Resampler {
             if take == wanted && self.fifo.len + self.chunk_out > self.push_limit {
                 break;
             }
-            let Some(core) = self.fft.as_mut() else {
-                break;
-            };
-            let staged = &mut core.real[self.staged_len..self.staged_len + take];
+            let staged = &mut self.staged[self.staged_len..self.staged_len + take];
             for (dst, &src) in staged.iter_mut().zip(&input[consumed..consumed + take]) {
                 *dst = f32::from(src) / FULL_SCALE;
             }
@@ -291,9 +293,7 @@ impl Resampler {
             let target = (self.segment_in * to + from / 2) / from;
             while self.segment_out < target {
                 let before = self.segment_out;
-                if let Some(core) = self.fft.as_mut() {
-                    core.real[self.staged_len..self.chunk_in].fill(0.0);
-                }
+                self.staged[self.staged_len..].fill(0.0);
                 self.staged_len = self.chunk_in;
                 self.process_chunk(target);
                 if self.segment_out == before {
@@ -319,8 +319,8 @@ impl Resampler {
 
     /// Clears the filter and staging and re-arms the warm-up trim; keeps the FIFO.
     fn restart_segment(&mut self) {
-        if let Some(core) = self.fft.as_mut() {
-            core.reset();
+        if let Some(fft) = self.fft.as_mut() {
+            fft.reset();
         }
         self.staged_len = 0;
         self.trim_left = self.delay_out;
@@ -332,217 +332,35 @@ impl Resampler {
     /// past `limit` output samples in this segment.
     fn process_chunk(&mut self, limit: u64) {
         self.staged_len = 0;
-        let Some(core) = self.fft.as_mut() else {
+        let Some(fft) = self.fft.as_mut() else {
             return;
         };
-        let out = core.process();
-        let skip = self.trim_left.min(out.len());
+        let produced = match (
+            InterleavedSlice::new(&self.staged[..], 1, self.chunk_in),
+            InterleavedSlice::new_mut(&mut self.scratch_out[..], 1, self.chunk_out),
+        ) {
+            (Ok(input), Ok(mut output)) => fft
+                .process_into_buffer(&input, &mut output, None)
+                .map_or(0, |(_, written)| written),
+            // The adapters wrap buffers of exactly the lengths they are given.
+            _ => 0,
+        };
+        // `new` checked that rubato takes `chunk_in` and yields `chunk_out` per call, so the
+        // error arm is unreachable; if it ever were reached, emit silence to keep the timeline.
+        let produced = if produced == self.chunk_out {
+            produced
+        } else {
+            self.scratch_out.fill(0.0);
+            self.chunk_out
+        };
+        let skip = self.trim_left.min(produced);
         self.trim_left -= skip;
         let room = limit.saturating_sub(self.segment_out);
-        let wanted = (out.len() - skip).min(usize::try_from(room).unwrap_or(usize::MAX));
-        let written = self.fifo.extend_converted(&out[skip..skip + wanted]);
+        let wanted = (produced - skip).min(usize::try_from(room).unwrap_or(usize::MAX));
+        let written = self
+            .fifo
+            .extend_converted(&self.scratch_out[skip..skip + wanted]);
         self.segment_out += written as u64;
-    }
-}
-
-/// The part of a rate pair's resampler that never changes, shared by every call: the two FFT
-/// plans and the anti-alias filter's spectrum.
-struct FftPlan {
-    /// Input samples per block (one 20 ms chunk).
-    size_in: usize,
-    /// Output samples per block (one 20 ms chunk).
-    size_out: usize,
-    /// Forward real FFT of `2 × size_in` points.
-    forward: Arc<dyn RealToComplex<f32>>,
-    /// Inverse real FFT of `2 × size_out` points.
-    inverse: Arc<dyn ComplexToReal<f32>>,
-    /// The filter's spectrum on the bins kept: `size_in + 1` when going up, `size_out` going
-    /// down (rubato's `new_len`); the bins above are zero.
-    filter: Vec<Complex<f32>>,
-}
-
-/// The rate pairs the engine resamples, one shared plan each: 8 → 16 kHz, then every
-/// [`SampleRate::SUPPORTED`] rate above 8 kHz → 8 kHz.
-const PLAN_SLOTS: usize = 1 + SampleRate::SUPPORTED.len();
-
-impl FftPlan {
-    /// The process-wide plan for `from → to`, built on first use (construction time only:
-    /// `OnceLock` initialises once, then is a plain read). `None` for a pair with no slot or
-    /// that rubato's block arithmetic would not split into one block per 20 ms chunk.
-    fn shared(from: SampleRate, to: SampleRate) -> Option<&'static Self> {
-        static PLANS: [OnceLock<Option<FftPlan>>; PLAN_SLOTS] =
-            [const { OnceLock::new() }; PLAN_SLOTS];
-        let slot = if to == SampleRate::WIDEBAND {
-            0
-        } else {
-            1 + SampleRate::SUPPORTED.iter().position(|&r| r == from)?
-        };
-        PLANS
-            .get(slot)?
-            .get_or_init(|| Self::build(from, to))
-            .as_ref()
-    }
-
-    /// rubato 5's `FftResampler::new` for `Fft::new_custom(from, to, chunk, 1, 1,
-    /// BlackmanHarris2, FixedSync::Input)`, step for step, keeping only the shared parts.
-    fn build(from: SampleRate, to: SampleRate) -> Option<Self> {
-        let (rate_in, rate_out) = (from.hz() as usize, to.hz() as usize);
-        let gcd = gcd(rate_in, rate_out);
-        let blocks = from.frame_samples().div_ceil(rate_in / gcd).max(1);
-        let size_in = blocks * rate_in / gcd;
-        let size_out = blocks * rate_out / gcd;
-        let window = WindowFunction::BlackmanHarris2;
-        let cutoff = if size_in > size_out {
-            rubato::calculate_cutoff::<f32>(size_out, window) * size_out as f32 / size_in as f32
-        } else {
-            rubato::calculate_cutoff::<f32>(size_in, window)
-        };
-        let sinc = windowed_sinc(size_in, cutoff);
-        let mut filter_t = vec![0.0f32; 2 * size_in];
-        for (f, s) in filter_t.iter_mut().zip(&sinc) {
-            *f = s / (2 * size_in) as f32;
-        }
-        let mut planner = RealFftPlanner::<f32>::new();
-        let forward = planner.plan_fft_forward(2 * size_in);
-        let inverse = planner.plan_fft_inverse(2 * size_out);
-        let mut filter = forward.make_output_vec();
-        forward.process(&mut filter_t, &mut filter).ok()?;
-        filter.truncate(kept_bins(size_in, size_out));
-        filter.shrink_to_fit();
-        Some(Self {
-            size_in,
-            size_out,
-            forward,
-            inverse,
-            filter,
-        })
-    }
-}
-
-/// Spectrum bins the filter keeps (rubato's `new_len`): every input bin when going up, the
-/// output's bins below its Nyquist when going down.
-fn kept_bins(size_in: usize, size_out: usize) -> usize {
-    if size_in < size_out {
-        size_in + 1
-    } else {
-        size_out
-    }
-}
-
-fn gcd(mut a: usize, mut b: usize) -> usize {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
-/// rubato 5's `make_sincs(npoints, 1, cutoff, BlackmanHarris2)`: a sinc at `cutoff` (relative
-/// to the input's Nyquist) under a squared periodic Blackman-Harris window (computed in `f64`,
-/// then squared in `f32`), normalised to unit sum. Same operations in the same order, so the
-/// same `f32` values.
-fn windowed_sinc(npoints: usize, cutoff: f32) -> Vec<f32> {
-    let len = npoints as f64;
-    let mut y: Vec<f32> = (0..npoints)
-        .map(|x| {
-            let xf = x as f64;
-            let pi = std::f64::consts::PI;
-            let w = 0.35875 - 0.48829 * (2.0 * pi * xf / len).cos()
-                + 0.14128 * (4.0 * pi * xf / len).cos()
-                - 0.01168 * (6.0 * pi * xf / len).cos()
-                + 0.0 * (8.0 * pi * xf / len).cos();
-            let w = w as f32;
-            let w = w * w;
-            let arg = (x as f32 - (npoints / 2) as f32) * cutoff / 1.0f32;
-            let sinc = if arg == 0.0 {
-                1.0
-            } else {
-                (arg * std::f32::consts::PI).sin() / (arg * std::f32::consts::PI)
-            };
-            w * sinc
-        })
-        .collect();
-    let mut sum = 0.0f32;
-    for v in &y {
-        sum += v;
-    }
-    sum /= 1.0f32;
-    for v in &mut y {
-        *v /= sum;
-    }
-    y
-}
-
-/// One resampler's working state around a shared [`FftPlan`]: rubato's `FftResampler` and
-/// `Fft` buffers folded into the fewest that the algorithm needs.
-struct FftCore {
-    /// The shared plans and filter.
-    plan: &'static FftPlan,
-    /// `2 × max(size_in, size_out)` reals: input is staged at the front, the forward FFT reads
-    /// the first `2 × size_in` (zero-padded), the inverse writes the first `2 × size_out`.
-    real: Vec<f32>,
-    /// `max(size_in, size_out) + 1` bins: the forward FFT's output, filtered in place and
-    /// zero-extended or truncated into the inverse FFT's input.
-    spectrum: Vec<Complex<f32>>,
-    /// Scratch for either FFT (the larger of the two needs).
-    scratch: Vec<Complex<f32>>,
-    /// The second half of the previous block's inverse output, `size_out` long: added to the
-    /// next block's first half (overlap-add).
-    overlap: Vec<f32>,
-}
-
-impl FftCore {
-    fn new(plan: &'static FftPlan) -> Self {
-        let widest = plan.size_in.max(plan.size_out);
-        let scratch = plan
-            .forward
-            .get_scratch_len()
-            .max(plan.inverse.get_scratch_len());
-        Self {
-            plan,
-            real: vec![0.0; 2 * widest],
-            spectrum: vec![Complex::default(); widest + 1],
-            scratch: vec![Complex::default(); scratch],
-            overlap: vec![0.0; plan.size_out],
-        }
-    }
-
-    /// Resamples the block staged in `real[..size_in]` (rubato's `resample_unit`); returns
-    /// the `size_out` output samples. The staging area is free again afterwards.
-    fn process(&mut self) -> &[f32] {
-        let plan = self.plan;
-        let (size_in, size_out) = (plan.size_in, plan.size_out);
-        self.real[size_in..2 * size_in].fill(0.0);
-        let forward = plan.forward.process_with_scratch(
-            &mut self.real[..2 * size_in],
-            &mut self.spectrum[..=size_in],
-            &mut self.scratch[..plan.forward.get_scratch_len()],
-        );
-        let kept = plan.filter.len();
-        for (bin, filter) in self.spectrum.iter_mut().zip(&plan.filter) {
-            *bin *= filter;
-        }
-        self.spectrum[kept..=size_out].fill(Complex::default());
-        let inverse = plan.inverse.process_with_scratch(
-            &mut self.spectrum[..=size_out],
-            &mut self.real[..2 * size_out],
-            &mut self.scratch[..plan.inverse.get_scratch_len()],
-        );
-        if forward.is_err() || inverse.is_err() {
-            // Buffer lengths are the plans' own and the spectrum's edge bins are real by
-            // construction, so neither errs; if one ever did, emit silence and keep time.
-            self.real[..2 * size_out].fill(0.0);
-        }
-        let (head, tail) = self.real.split_at_mut(size_out);
-        for (out, overlap) in head.iter_mut().zip(&self.overlap) {
-            *out += overlap;
-        }
-        self.overlap.copy_from_slice(&tail[..size_out]);
-        &self.real[..size_out]
-    }
-
-    /// Clears the overlap (rubato's `reset`); staged input is the caller's to discard.
-    fn reset(&mut self) {
-        self.overlap.fill(0.0);
     }
 }
 
@@ -863,82 +681,6 @@ mod tests {
         fn float_to_i16_matches_the_saturating_cast(sample in proptest::num::f32::ANY) {
             proptest::prop_assert_eq!(to_i16(sample), to_i16_reference(sample));
         }
-    }
-
-    /// rubato 5's `Fft` as the engine used it before sharing plans: the reference output.
-    fn rubato_reference(from: SampleRate, to: SampleRate, input: &[f32]) -> Vec<f32> {
-        use audioadapter_buffers::direct::InterleavedSlice;
-        use rubato::{Fft, FixedSync, Resampler as _};
-        let (chunk_in, chunk_out) = (from.frame_samples(), to.frame_samples());
-        let mut fft = Fft::<f32>::new_custom(
-            from.hz() as usize,
-            to.hz() as usize,
-            chunk_in,
-            1,
-            1,
-            WindowFunction::BlackmanHarris2,
-            FixedSync::Input,
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        let mut block = vec![0.0f32; chunk_out];
-        for chunk in input.chunks_exact(chunk_in) {
-            let src = InterleavedSlice::new(chunk, 1, chunk_in).unwrap();
-            let mut dst = InterleavedSlice::new_mut(&mut block[..], 1, chunk_out).unwrap();
-            fft.process_into_buffer(&src, &mut dst, None).unwrap();
-            out.extend_from_slice(&block);
-        }
-        out
-    }
-
-    #[test]
-    fn shared_plan_resampler_matches_rubato_fft_chunk_for_chunk() {
-        let mut pairs = vec![(SampleRate::NARROWBAND, SampleRate::WIDEBAND)];
-        pairs.extend(
-            SampleRate::SUPPORTED
-                .into_iter()
-                .filter(|&r| r != SampleRate::NARROWBAND)
-                .map(|r| (r, SampleRate::NARROWBAND)),
-        );
-        for (from, to) in pairs {
-            // Two tones and a step, 10 chunks: exercises the filter, overlap and edges.
-            let len = from.frame_samples() * 10;
-            let input: Vec<f32> = (0..len)
-                .map(|n| {
-                    let t = n as f32 / from.hz() as f32;
-                    let step = if n > len / 2 { 0.3 } else { -0.2 };
-                    0.3 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
-                        + 0.2 * (2.0 * std::f32::consts::PI * 3_100.0 * t).sin()
-                        + step
-                })
-                .collect();
-            let expected = rubato_reference(from, to, &input);
-            let plan = FftPlan::shared(from, to).unwrap();
-            let mut core = FftCore::new(plan);
-            let mut got = Vec::new();
-            for chunk in input.chunks_exact(from.frame_samples()) {
-                core.real[..chunk.len()].copy_from_slice(chunk);
-                got.extend_from_slice(core.process());
-            }
-            assert_eq!(got.len(), expected.len(), "{from} to {to}");
-            let worst = got
-                .iter()
-                .zip(&expected)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            // Same filter, same FFT plans, same operations: equal to float rounding.
-            assert!(worst <= 1e-6, "{from} to {to}: differs by {worst}");
-        }
-    }
-
-    #[test]
-    fn resamplers_of_one_pair_share_one_plan() {
-        let a = Resampler::new(SampleRate::NARROWBAND, SampleRate::WIDEBAND).unwrap();
-        let b = Resampler::new(SampleRate::NARROWBAND, SampleRate::WIDEBAND).unwrap();
-        let c = Resampler::new(SampleRate::WIDEBAND, SampleRate::NARROWBAND).unwrap();
-        let plan = |r: &Resampler| std::ptr::from_ref(r.fft.as_ref().unwrap().plan);
-        assert_eq!(plan(&a), plan(&b));
-        assert_ne!(plan(&a), plan(&c));
     }
 
     #[test]
