@@ -6,14 +6,11 @@
 //! Caller speech during playback barges in: the call flushes and sends `clear`; the echo agent
 //! drops the rest of what it was playing and records the new utterance.
 //!
-//! Memory: the 16 kHz feed is the caller's 8 kHz audio upsampled, so it carries nothing above
-//! 4 kHz, and the agent stores it at 8 kHz: every other sample, as µ-law (8 KB per second).
-//! Playback rebuilds 16 kHz with a 16-tap half-band interpolator (`HALF_BAND`: within 0.1 dB
-//! to 3 kHz, −0.3 dB at 3.4 kHz), so what goes back into the call is 16 kHz audio as before. An
-//! utterance is held in a buffer allocated when the caller starts speaking, grown by half its
-//! size at a time (a handful of allocations per utterance, never one per frame) up to
-//! [`EchoConfig::max_utterance`], and freed once it has been played back or abandoned. A call
-//! that is not echoing holds only the 200 ms pre-roll (1.7 KB inside the agent).
+//! Memory: an utterance is held as 16 kHz µ-law (16 KB per second) in a buffer allocated when
+//! the caller starts speaking, grown by half its size at a time (a handful of allocations per
+//! utterance, never one per frame) up to [`EchoConfig::max_utterance`], and freed once it has
+//! been played back or abandoned. A call that is not echoing holds only the 200 ms pre-roll
+//! (3.3 KB inside the agent).
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +18,7 @@ use super::{Agent, AgentOutput, CallInfo};
 use crate::call::CallEvent;
 use crate::codec;
 use crate::frame::{MarkId, WidebandFrame};
-use crate::time::{FRAME_SAMPLES, SampleRate, SampleTime};
+use crate::time::{SampleRate, SampleTime, WIDEBAND_FRAME_SAMPLES};
 
 /// The greeting: "Hello" and a beep, 8 kHz µ-law (see `engine/assets/NOTICE`).
 pub const GREETING: &[u8] = include_bytes!("../../assets/greeting.ulaw");
@@ -30,20 +27,11 @@ pub const GREETING: &[u8] = include_bytes!("../../assets/greeting.ulaw");
 /// that the VAD needed to hear before deciding.
 const PRE_ROLL_FRAMES: usize = 10;
 
-/// Stored (8 kHz) samples per second.
-const STORED_PER_SECOND: usize = 8_000;
+/// 16 kHz samples per second.
+const WIDEBAND_PER_SECOND: usize = 16_000;
 
-/// First allocation of an utterance buffer: half a second of 8 kHz µ-law.
-const FIRST_RESERVE: usize = STORED_PER_SECOND / 2;
-
-/// Half-band interpolator taps: the 16 kHz sample between stored samples `j` and `j + 1` is
-/// `Σ HALF_BAND[k] · (x[j − k] + x[j + 1 + k])`; the samples on the stored ones are copied.
-/// A Hann-windowed sinc at half-sample offsets, normalised so a constant passes unchanged.
-/// Response: ±0.05 dB to 3 kHz, −0.33 dB at 3.4 kHz, −2 dB at 3.7 kHz; the images above
-/// 4 kHz are then removed by the call's 16 → 8 kHz resampler.
-const HALF_BAND: [f32; 8] = [
-    0.631_18, -0.196_31, 0.102_02, -0.057_91, 0.032_10, -0.016_04, 0.006_39, -0.001_43,
-];
+/// First allocation of an utterance buffer: half a second of 16 kHz µ-law.
+const FIRST_RESERVE: usize = WIDEBAND_PER_SECOND / 2;
 
 /// Echo agent settings.
 #[derive(Clone, Debug)]
@@ -78,8 +66,8 @@ enum Source {
 #[derive(Debug)]
 pub struct EchoAgent {
     config: EchoConfig,
-    /// The last [`PRE_ROLL_FRAMES`] agent-feed frames at 8 kHz µ-law, with their caller times.
-    pre_roll: [(SampleTime, [u8; FRAME_SAMPLES]); PRE_ROLL_FRAMES],
+    /// The last [`PRE_ROLL_FRAMES`] agent-feed frames as µ-law, with their caller times.
+    pre_roll: [(SampleTime, [u8; WIDEBAND_FRAME_SAMPLES]); PRE_ROLL_FRAMES],
     /// Frames held in `pre_roll`, and the next slot to write.
     pre_roll_len: usize,
     pre_roll_next: usize,
@@ -87,9 +75,9 @@ pub struct EchoAgent {
     recording: bool,
     /// Caller time of the first recorded sample.
     recording_at: SampleTime,
-    /// The utterance being recorded or played, 8 kHz µ-law.
+    /// The utterance being recorded or played, 16 kHz µ-law.
     utterance: Vec<u8>,
-    /// Stored samples of `utterance` to play (the recording trimmed at the end of speech).
+    /// Samples of `utterance` to play (the recording trimmed at the end of speech).
     utterance_len: usize,
     /// What `poll_audio` hands out next.
     source: Source,
@@ -102,7 +90,7 @@ impl EchoAgent {
     pub fn new(config: EchoConfig) -> Self {
         Self {
             config,
-            pre_roll: [(SampleTime::ZERO, [0; FRAME_SAMPLES]); PRE_ROLL_FRAMES],
+            pre_roll: [(SampleTime::ZERO, [0; WIDEBAND_FRAME_SAMPLES]); PRE_ROLL_FRAMES],
             pre_roll_len: 0,
             pre_roll_next: 0,
             recording: false,
@@ -115,10 +103,10 @@ impl EchoAgent {
     }
 
     fn max_samples(&self) -> usize {
-        (self.config.max_utterance.as_millis() as usize) * (STORED_PER_SECOND / 1000)
+        (self.config.max_utterance.as_millis() as usize) * (WIDEBAND_PER_SECOND / 1000)
     }
 
-    fn append(&mut self, frame: &[u8; FRAME_SAMPLES]) {
+    fn append(&mut self, frame: &[u8; WIDEBAND_FRAME_SAMPLES]) {
         if self.utterance.len() + frame.len() > self.max_samples() {
             return;
         }
@@ -142,7 +130,7 @@ impl EchoAgent {
         let mut first = None;
         for i in 0..self.pre_roll_len {
             let (at, frame) = self.pre_roll[(start + i) % PRE_ROLL_FRAMES];
-            if at.0 + FRAME_SAMPLES as u64 > onset.0 {
+            if at.0 + (WIDEBAND_FRAME_SAMPLES as u64 / 2) > onset.0 {
                 first.get_or_insert(at);
                 self.append(&frame);
             }
@@ -155,8 +143,8 @@ impl EchoAgent {
     fn stop_recording(&mut self, end: SampleTime) {
         self.recording = false;
         // Keep speech up to its end plus one frame; drop the hangover's silence.
-        let keep = end.0.saturating_sub(self.recording_at.0) + FRAME_SAMPLES as u64;
-        self.utterance_len = self.utterance.len().min(keep as usize);
+        let keep_8k = end.0.saturating_sub(self.recording_at.0) + 160;
+        self.utterance_len = self.utterance.len().min(keep_8k as usize * 2);
         if self.utterance_len > 0 {
             self.source = Source::Utterance { pos: 0 };
         } else {
@@ -185,10 +173,8 @@ impl Agent for EchoAgent {
     }
 
     fn on_caller_audio(&mut self, at: SampleTime, frame: &WidebandFrame, _out: &mut AgentOutput) {
-        let mut mulaw = [0u8; FRAME_SAMPLES];
-        for (code, &sample) in mulaw.iter_mut().zip(frame.0.iter().step_by(2)) {
-            *code = codec::encode_sample(sample);
-        }
+        let mut mulaw = [0u8; WIDEBAND_FRAME_SAMPLES];
+        codec::encode_into(&frame.0, &mut mulaw);
         if self.recording {
             self.append(&mulaw);
         }
@@ -245,10 +231,10 @@ impl Agent for EchoAgent {
                 }
             }
             Source::Utterance { pos } => {
-                let n = ((want.as_millis() as usize) * 8).min(self.utterance_len - pos);
-                let utterance = &self.utterance[..self.utterance_len];
-                out.play_with(2 * n, SampleRate::WIDEBAND, |buf| {
-                    interpolate(utterance, pos, buf)
+                let n = ((want.as_millis() as usize) * 16).min(self.utterance_len - pos);
+                let utterance = &self.utterance[pos..pos + n];
+                out.play_with(n, SampleRate::WIDEBAND, |buf| {
+                    codec::decode_into(utterance, buf)
                 });
                 if pos + n >= self.utterance_len {
                     out.mark(MarkId(self.next_mark));
@@ -265,34 +251,9 @@ impl Agent for EchoAgent {
     }
 }
 
-/// Writes 16 kHz samples for `stored[start..]` into `out` (two per stored sample, as many as
-/// fit); returns the count. Samples outside `stored` count as silence, so every chunk of a
-/// playback is computed exactly as if the whole utterance were interpolated at once.
-fn interpolate(stored: &[u8], start: usize, out: &mut [i16]) -> usize {
-    let at = |i: usize| {
-        stored
-            .get(i)
-            .map_or(0.0, |&c| f32::from(codec::decode_sample(c)))
-    };
-    let mut written = 0;
-    for (j, pair) in (start..stored.len()).zip(out.chunks_exact_mut(2)) {
-        let mut between = 0.0;
-        for (k, &tap) in HALF_BAND.iter().enumerate() {
-            let before = j.checked_sub(k).map_or(0.0, at);
-            between += tap * (before + at(j + 1 + k));
-        }
-        pair[0] = codec::decode_sample(stored[j]);
-        // Saturating float-to-int cast after rounding: ringing near full scale clips.
-        pair[1] = between.round() as i16;
-        written += 2;
-    }
-    written
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::WIDEBAND_FRAME_SAMPLES;
 
     fn frame(value: i16) -> WidebandFrame {
         WidebandFrame([value; WIDEBAND_FRAME_SAMPLES])
@@ -365,10 +326,8 @@ mod tests {
         let (audio, marks) = pull_all(&mut agent);
         // 50 speech frames plus one frame of margin, at 16 kHz.
         assert_eq!(audio.len(), 51 * WIDEBAND_FRAME_SAMPLES);
-        // Away from the two steps (the interpolator reaches 8 stored samples = 16 output
-        // samples either way), the level is the caller's.
         assert!(
-            audio[16..50 * WIDEBAND_FRAME_SAMPLES - 16]
+            audio[..50 * WIDEBAND_FRAME_SAMPLES]
                 .iter()
                 .all(|&s| (s - 8000).abs() < 300)
         );
@@ -405,9 +364,7 @@ mod tests {
         });
         assert_eq!(agent.utterance.capacity(), 0, "nothing held before speech");
         record(&mut agent, 0, 100);
-        // Stored at 8 kHz: one byte per 8 kHz sample.
-        assert!(agent.utterance.capacity() >= 100 * FRAME_SAMPLES);
-        assert!(agent.utterance.capacity() < 100 * WIDEBAND_FRAME_SAMPLES);
+        assert!(agent.utterance.capacity() >= 100 * WIDEBAND_FRAME_SAMPLES);
         let (audio, marks) = pull_all(&mut agent);
         assert_eq!(audio.len(), 100 * WIDEBAND_FRAME_SAMPLES);
         assert_eq!(marks, vec![MarkId(2)]);
@@ -424,80 +381,9 @@ mod tests {
             max_utterance: Duration::from_millis(1_300),
         });
         record(&mut agent, 0, 200);
-        // 1.3 s of 8 kHz µ-law, however long the caller spoke, played back as 1.3 s at 16 kHz.
-        assert!(agent.utterance.capacity() <= 10_400);
+        // 1.3 s of 16 kHz µ-law, however long the caller spoke.
+        assert!(agent.utterance.capacity() <= 20_800);
         assert_eq!(pull_all(&mut agent).0.len(), 20_800);
-    }
-
-    /// Records `signal` (16 kHz, whole frames) as one utterance and returns what is played back.
-    fn echo_of(signal: &[i16]) -> Vec<i16> {
-        let mut agent = EchoAgent::new(EchoConfig {
-            greeting: false,
-            ..EchoConfig::default()
-        });
-        let mut out = AgentOutput::default();
-        let frames = (signal.len() / WIDEBAND_FRAME_SAMPLES) as u64;
-        agent.on_event(
-            now(),
-            &CallEvent::SpeechStarted { at: SampleTime(0) },
-            &mut out,
-        );
-        for (f, chunk) in signal.chunks_exact(WIDEBAND_FRAME_SAMPLES).enumerate() {
-            let mut frame = WidebandFrame([0; WIDEBAND_FRAME_SAMPLES]);
-            frame.0.copy_from_slice(chunk);
-            agent.on_caller_audio(SampleTime::from_frames(f as u64), &frame, &mut out);
-        }
-        agent.on_event(
-            now(),
-            &CallEvent::SpeechEnded {
-                at: SampleTime::from_frames(frames),
-            },
-            &mut out,
-        );
-        pull_all(&mut agent).0
-    }
-
-    #[test]
-    fn echo_reproduces_telephone_band_tones_at_16_khz() {
-        for hz in [300.0f32, 1_000.0, 2_500.0, 3_300.0] {
-            let signal: Vec<i16> = (0..50 * WIDEBAND_FRAME_SAMPLES)
-                .map(|n| {
-                    let phase = 2.0 * std::f32::consts::PI * hz * n as f32 / 16_000.0;
-                    (phase.sin() * 10_000.0) as i16
-                })
-                .collect();
-            let echo = echo_of(&signal);
-            assert_eq!(echo.len(), signal.len(), "{hz} Hz");
-            // Interior only: the edges of a recording meet silence.
-            let (mut error, mut power) = (0.0f64, 0.0f64);
-            for (&e, &s) in echo[320..signal.len() - 320]
-                .iter()
-                .zip(&signal[320..signal.len() - 320])
-            {
-                error += (f64::from(e) - f64::from(s)).powi(2);
-                power += f64::from(s).powi(2);
-            }
-            let snr_db = 10.0 * (power / error).log10();
-            // µ-law alone allows ~38 dB; the half-band rebuild keeps it near that across the
-            // band.
-            assert!(snr_db > 30.0, "{hz} Hz: {snr_db:.1} dB");
-        }
-    }
-
-    #[test]
-    fn playback_in_chunks_matches_one_pass() {
-        let stored: Vec<u8> = (0..1_000u32)
-            .map(|n| codec::encode_sample(((n * 7919) % 20_000) as i16 - 10_000))
-            .collect();
-        let mut whole = vec![0i16; 2 * stored.len()];
-        assert_eq!(interpolate(&stored, 0, &mut whole), 2_000);
-        let mut pieces = Vec::new();
-        for start in (0..stored.len()).step_by(137) {
-            let mut buf = vec![0i16; 2 * 137];
-            let n = interpolate(&stored, start, &mut buf);
-            pieces.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(pieces, whole);
     }
 
     #[test]
