@@ -71,8 +71,9 @@
 //! previous one. Storage is preallocated by [`Pacer::new`]: frames and marks wait in two queues,
 //! a frame slot 176 bytes (the frame plus its push instant) and a mark slot 16 bytes (the mark
 //! and how many frames were pushed before it, which keeps it in order with the audio), so the
-//! default 3,000 frames (60 s of audio) plus 256 marks take about 532 KB per call. Pushing beyond capacity is an error, never an allocation. The hot path
-//! (push, timeout, poll) does not allocate, lock, log or format.
+//! default 3,000 frames (60 s of audio) plus 256 marks take about 532 KB per call. Pushing
+//! beyond capacity is an error, never an allocation. The hot path (push, timeout, poll) does
+//! not allocate, lock, log or format.
 //!
 //! # Example
 //!
