@@ -1215,11 +1215,6 @@ fn train(args: &Args, tuning: &[PathBuf], music_tracks: &[Vec<f64>]) -> anyhow::
 
 fn weights_source(mlp: &Mlp, onset: &Mlp, mean: &[f32], scale: &[f32], c: &VadConfig) -> String {
     let (n, h) = (mlp.inputs, mlp.hidden);
-    let arr = |v: &[f32]| {
-        let items: Vec<String> = v.iter().map(|x| format!("{x:?}")).collect();
-        format!("[{}]", items.join(", "))
-    };
-    let p = &mlp.params;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -1240,27 +1235,7 @@ fn weights_source(mlp: &Mlp, onset: &Mlp, mean: &[f32], scale: &[f32], c: &VadCo
         "/// Per-feature scale (1 / standard deviation) applied after the mean.\npub(super) const FEATURE_SCALE: [f32; {n}] = {};",
         arr(scale)
     );
-    let rows: Vec<String> = p[..h * n].chunks_exact(n).map(arr).collect();
-    let _ = writeln!(
-        s,
-        "/// Hidden-layer weights, one row per hidden unit.\npub(super) const W1: [[f32; {n}]; {h}] = [{}];",
-        rows.join(", ")
-    );
-    let _ = writeln!(
-        s,
-        "/// Hidden-layer biases.\npub(super) const B1: [f32; {h}] = {};",
-        arr(&p[h * n..h * n + h])
-    );
-    let _ = writeln!(
-        s,
-        "/// Output weights.\npub(super) const W2: [f32; {h}] = {};",
-        arr(&p[h * n + h..h * n + 2 * h])
-    );
-    let _ = writeln!(
-        s,
-        "/// Output bias.\npub(super) const B2: f32 = {:?};",
-        p[h * n + 2 * h]
-    );
+    write_layers(&mut s, "", "", "", mlp);
     let _ = writeln!(
         s,
         "/// Default attack in frames chosen on the tuning split.\npub(super) const TUNED_ATTACK_FRAMES: u32 = {};",
@@ -1281,32 +1256,17 @@ fn weights_source(mlp: &Mlp, onset: &Mlp, mean: &[f32], scale: &[f32], c: &VadCo
         "/// Default sustain probability chosen on the tuning split.\npub(super) const TUNED_SUSTAIN_PROBABILITY: f32 = {:?};",
         c.sustain_probability
     );
-    let (on, oh) = (onset.inputs, onset.hidden);
-    let p = &onset.params;
     let _ = writeln!(
         s,
-        "/// Hidden units of the onset classifier.\npub(super) const ONSET_HIDDEN: usize = {oh};"
+        "/// Hidden units of the onset classifier.\npub(super) const ONSET_HIDDEN: usize = {};",
+        onset.hidden
     );
-    let rows: Vec<String> = p[..oh * on].chunks_exact(on).map(arr).collect();
-    let _ = writeln!(
-        s,
-        "/// Onset hidden-layer weights, one row per hidden unit (inputs: {ONSET_CONTEXT} frames of features, newest first).\npub(super) const ONSET_W1: [[f32; {on}]; {oh}] = [{}];",
-        rows.join(", ")
-    );
-    let _ = writeln!(
-        s,
-        "/// Onset hidden-layer biases.\npub(super) const ONSET_B1: [f32; {oh}] = {};",
-        arr(&p[oh * on..oh * on + oh])
-    );
-    let _ = writeln!(
-        s,
-        "/// Onset output weights.\npub(super) const ONSET_W2: [f32; {oh}] = {};",
-        arr(&p[oh * on + oh..oh * on + 2 * oh])
-    );
-    let _ = writeln!(
-        s,
-        "/// Onset output bias.\npub(super) const ONSET_B2: f32 = {:?};",
-        p[oh * on + 2 * oh]
+    write_layers(
+        &mut s,
+        "ONSET_",
+        "Onset ",
+        &format!(" (inputs: {ONSET_CONTEXT} frames of features, newest first)"),
+        onset,
     );
     let _ = writeln!(
         s,
@@ -1314,4 +1274,52 @@ fn weights_source(mlp: &Mlp, onset: &Mlp, mean: &[f32], scale: &[f32], c: &VadCo
         c.onset_probability
     );
     s
+}
+
+/// `[a, b, …]` with every value printed exactly (`{:?}` round-trips an `f32`).
+fn arr(v: &[f32]) -> String {
+    let items: Vec<String> = v.iter().map(|x| format!("{x:?}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Writes `net`'s layers as `{prefix}W1`, `{prefix}B1`, `{prefix}W2` and `{prefix}B2`; each doc
+/// line starts with `what` ("" for the speech classifier, "Onset " for the onset classifier)
+/// and the weights' doc ends with `rows_note`.
+fn write_layers(s: &mut String, prefix: &str, what: &str, rows_note: &str, net: &Mlp) {
+    let (n, h, p) = (net.inputs, net.hidden, &net.params);
+    let doc = |text: &str| {
+        if what.is_empty() {
+            let mut chars = text.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_uppercase().chain(chars).collect()
+            })
+        } else {
+            format!("{what}{text}")
+        }
+    };
+    let rows: Vec<String> = p[..h * n].chunks_exact(n).map(arr).collect();
+    let _ = writeln!(
+        s,
+        "/// {}{rows_note}.\npub(super) const {prefix}W1: [[f32; {n}]; {h}] = [{}];",
+        doc("hidden-layer weights, one row per hidden unit"),
+        rows.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "/// {}.\npub(super) const {prefix}B1: [f32; {h}] = {};",
+        doc("hidden-layer biases"),
+        arr(&p[h * n..h * n + h])
+    );
+    let _ = writeln!(
+        s,
+        "/// {}.\npub(super) const {prefix}W2: [f32; {h}] = {};",
+        doc("output weights"),
+        arr(&p[h * n + h..h * n + 2 * h])
+    );
+    let _ = writeln!(
+        s,
+        "/// {}.\npub(super) const {prefix}B2: f32 = {:?};",
+        doc("output bias"),
+        p[h * n + 2 * h]
+    );
 }
