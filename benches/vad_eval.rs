@@ -388,29 +388,35 @@ fn onset_delays(decisions: &[bool], corpus: &Corpus) -> (Vec<f64>, usize) {
     (delays, missed)
 }
 
+/// For each label: `None` for a non-speech frame, else how many frames into its speech run the
+/// frame is, counting only runs that follow at least [`ONSET_GAP_FRAMES`] non-speech frames
+/// (frames of other runs count as `usize::MAX`, i.e. never an onset frame).
+fn run_positions(labels: &[bool]) -> impl Iterator<Item = Option<usize>> + '_ {
+    let mut quiet = ONSET_GAP_FRAMES;
+    let mut into_run = usize::MAX;
+    labels.iter().map(move |&l| {
+        if !l {
+            quiet += 1;
+            return None;
+        }
+        if quiet >= ONSET_GAP_FRAMES {
+            into_run = 0;
+        }
+        quiet = 0;
+        let at = into_run;
+        into_run = into_run.saturating_add(1);
+        Some(at)
+    })
+}
+
 /// Training weights for one mix's labels: the first [`ONSET_FRAMES`] frames of every speech run
 /// that follows at least [`ONSET_GAP_FRAMES`] non-speech frames get `onset_weight`, every other
 /// frame 1.
 fn onset_weights(labels: &[bool], onset_weight: f32, out: &mut Vec<f32>) {
-    let mut quiet = ONSET_GAP_FRAMES;
-    let mut into_run = usize::MAX;
-    for &l in labels {
-        if l {
-            if quiet >= ONSET_GAP_FRAMES {
-                into_run = 0;
-            }
-            quiet = 0;
-            out.push(if into_run < ONSET_FRAMES {
-                onset_weight
-            } else {
-                1.0
-            });
-            into_run = into_run.saturating_add(1);
-        } else {
-            quiet += 1;
-            out.push(1.0);
-        }
-    }
+    out.extend(run_positions(labels).map(|at| match at {
+        Some(at) if at < ONSET_FRAMES => onset_weight,
+        _ => 1.0,
+    }));
 }
 
 /// The onset classifier's training target for one mix's labels: `Some(true)` for the first
@@ -418,21 +424,10 @@ fn onset_weights(labels: &[bool], onset_weight: f32, out: &mut Vec<f32>) {
 /// non-speech frames, `Some(false)` for non-speech frames, `None` (not used) for the other
 /// speech frames.
 fn onset_targets(labels: &[bool], frames: usize, out: &mut Vec<Option<bool>>) {
-    let mut quiet = ONSET_GAP_FRAMES;
-    let mut into_run = usize::MAX;
-    for &l in labels {
-        if l {
-            if quiet >= ONSET_GAP_FRAMES {
-                into_run = 0;
-            }
-            quiet = 0;
-            out.push((into_run < frames).then_some(true));
-            into_run = into_run.saturating_add(1);
-        } else {
-            quiet += 1;
-            out.push(Some(false));
-        }
-    }
+    out.extend(run_positions(labels).map(|at| match at {
+        None => Some(false),
+        Some(at) => (at < frames).then_some(true),
+    }));
 }
 
 /// The onset classifier's input for frame `r` of standardised features `z` (row-major): the
