@@ -40,20 +40,10 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(8 * 1024)
 }
 
-/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat` (read by the
+/// simulator's own process sampler).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // In clock ticks (USER_HZ), which is 100 per second on Linux's mainstream architectures.
-    (ticks(11) + ticks(12)) / 100.0
+    handset_shell::sim::procfs::sample(0).map_or(0.0, |s| s.cpu_ms as f64 / 1000.0)
 }
 
 /// Sends one message per tick (first at `start`) and counts what it reads, until `end`.
