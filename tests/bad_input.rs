@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use handset_engine::agent::echo::GREETING;
-use handset_engine::codec;
 use handset_shell::sim::CallOutcome;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpSocket, TcpStream};
@@ -1140,13 +1139,6 @@ async fn stops_reading(server: &TestServer, n: u32) -> Observed {
     }
 }
 
-fn speech_pcm() -> Vec<i16> {
-    let bytes = include_bytes!("data/hello-world.ulaw");
-    let mut pcm = vec![0i16; bytes.len()];
-    codec::decode_into(bytes, &mut pcm);
-    pcm
-}
-
 fn speech_payloads() -> Vec<String> {
     use base64::Engine as _;
     include_bytes!("data/hello-world.ulaw")
@@ -1159,9 +1151,7 @@ fn speech_payloads() -> Vec<String> {
 /// The healthy caller: 2 s of silence (the greeting plays), "hello world", then silence while
 /// the echo plays.
 fn healthy_audio() -> Arc<Vec<i16>> {
-    let mut audio = vec![0i16; 16_000];
-    audio.extend_from_slice(&speech_pcm());
-    Arc::new(audio)
+    support::after_silence(Duration::from_secs(2), &support::speech())
 }
 
 const HEALTHY_LENGTH: Duration = Duration::from_secs(6);
