@@ -64,14 +64,18 @@ async fn incoming_call_answers_connect_stream_with_a_redeemable_token() {
     assert!(token.len() >= 22, "128-bit token, got {token:?}");
 
     let tokens = &server.state.tokens;
-    assert!(tokens.redeem(&token, "CA_other").is_err());
+    assert!(tokens.redeem(&token, "CA_other").await.unwrap().is_err());
     let identity = tokens
         .redeem(&token, "CA00000000000000000000000000000001")
+        .await
+        .unwrap()
         .unwrap();
     assert_eq!(identity.to, "+15550000002");
     assert!(
         tokens
             .redeem(&token, "CA00000000000000000000000000000001")
+            .await
+            .unwrap()
             .is_err()
     );
     server.stop().await;
@@ -190,7 +194,7 @@ async fn stream_ended_answers_prompt_and_record() {
 
 #[tokio::test]
 async fn recording_is_acknowledged_handed_on_and_survives_restart() {
-    let mut server = start(&[]).await;
+    let server = start(&[]).await;
     let mut params = call_params();
     params.extend([
         (
@@ -209,20 +213,48 @@ async fn recording_is_acknowledged_handed_on_and_survives_restart() {
     .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body.contains("<Hangup />"));
-    let handed = server.recordings.recv().await.unwrap();
-    assert_eq!(handed.recording_sid, "RE00000000000000000000000000000001");
-    assert_eq!(handed.duration_secs, Some(12));
+    let stored = server
+        .state
+        .store
+        .recording("RE00000000000000000000000000000001")
+        .await
+        .unwrap()
+        .expect("the job is stored before the 200");
+    assert_eq!(stored.event.duration_secs, Some(12));
+    // A retried callback is the same job.
+    let again = send(form_post(
+        &server,
+        "/webhook/handle_recording",
+        &params,
+        &[],
+    ))
+    .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(server.state.store.counts().await.unwrap().recordings, 1);
+
+    // A callback whose RecordingSid is not Twilio's shape is refused, not stored.
+    let mut bad = params.clone();
+    bad.retain(|(k, _)| *k != "RecordingSid");
+    bad.push(("RecordingSid", "RE1"));
+    let reply = send(form_post(&server, "/webhook/handle_recording", &bad, &[])).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(server.state.store.counts().await.unwrap().recordings, 1);
 
     let dir = server.shutdown().await;
     let (state, startup) = handset_shell::AppState::new(
         handset_shell::Config::from_vars([("DATA_DIR", dir.display().to_string())]).unwrap(),
     )
+    .await
     .unwrap();
-    assert_eq!(startup.reloaded.recordings.len(), 1);
-    assert_eq!(
-        startup.reloaded.recordings[0].call_sid,
-        "CA00000000000000000000000000000001"
-    );
+    assert_eq!(startup.counts.recordings, 1, "the job survives the restart");
+    assert_eq!(startup.counts.recordings_pending, 1);
+    let job = state
+        .store
+        .recording("RE00000000000000000000000000000001")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.event.call_sid, "CA00000000000000000000000000000001");
     drop(state);
     let server = start_in(dir, &[]).await;
     server.stop().await;
@@ -240,10 +272,28 @@ async fn call_status_is_stored_and_stream_status_is_204() {
     ]);
     let reply = send(form_post(&server, "/webhook/call_status", &params, &[])).await;
     assert_eq!(reply.status, StatusCode::OK);
-    let log = std::fs::read_to_string(server.data_dir.join("call_status.jsonl")).unwrap();
-    assert!(
-        log.contains(r#""call_status":"completed""#) && log.contains(r#""sequence_number":3"#),
-        "{log}"
+    let stored = server
+        .state
+        .store
+        .call_statuses("CA00000000000000000000000000000001")
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].call_status, "completed");
+    assert_eq!(stored[0].sequence_number, Some(3));
+    assert_eq!(stored[0].duration_secs, Some(30));
+    // Twilio retries a callback it got no answer to: stored once.
+    let reply = send(form_post(&server, "/webhook/call_status", &params, &[])).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        server
+            .state
+            .store
+            .call_statuses("CA00000000000000000000000000000001")
+            .await
+            .unwrap()
+            .len(),
+        1
     );
 
     let reply = send(form_post(
@@ -258,6 +308,10 @@ async fn call_status_is_stored_and_stream_status_is_204() {
     ))
     .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        server.state.store.stream_statuses("CA1").await.unwrap(),
+        vec!["stream-started".to_owned()]
+    );
     server.stop().await;
 }
 

@@ -1,7 +1,9 @@
 //! The recording path over loopback: a fake Twilio media server that fails twice before it
 //! serves the WAV (checked for Basic auth with the account SID and auth token), a fake agent
 //! that transcribes the `recording` message, and a restart between the download and the
-//! transcription: the status log is read back, nothing is lost and nothing is fetched twice.
+//! transcription: the job queue is read back from the store, nothing is lost and nothing is
+//! fetched twice. Two workers on one store (two instances) race for a job and do it once; a
+//! worker that dies holding a job loses it to another once its lease expires.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,14 +14,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use handset_shell::Secret;
-use handset_shell::recording::{
-    self, RecordingConfig, Retry, STATUS_FILE, Status, StatusLog, backlog,
-};
-use handset_shell::store::RecordingEvent;
+use handset_shell::recording::{self, RecordingConfig, Retry};
+use handset_shell::store::{JobState, RecordingEvent, Store, StoreOptions};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
@@ -162,7 +161,14 @@ fn config(dir: &Path, agent: Option<String>) -> RecordingConfig {
         },
         allow_http: true,
         timeout: Duration::from_secs(5),
+        owner: format!("test/{:08x}", rand::random::<u32>()),
+        lease: Duration::from_secs(30),
+        poll: Duration::from_millis(50),
     }
+}
+
+async fn open(dir: &Path) -> Store {
+    Store::open(&StoreOptions::sqlite_in(dir)).await.unwrap()
 }
 
 fn event(base: &str, sid: &str) -> RecordingEvent {
@@ -177,34 +183,50 @@ fn event(base: &str, sid: &str) -> RecordingEvent {
     }
 }
 
-async fn run_once(config: RecordingConfig, backlog: Vec<RecordingEvent>) {
-    let (tx, rx) = mpsc::channel(4);
-    drop(tx);
-    tokio::time::timeout(Duration::from_secs(20), recording::run(config, rx, backlog))
+/// Works due jobs until none is due or one comes round again; returns what each claim did.
+async fn run_once(config: &RecordingConfig, store: &Store) -> Vec<(String, JobState)> {
+    let mut done: Vec<(String, JobState)> = Vec::new();
+    let work = async {
+        while let Some((sid, state)) = recording::work_one(config, store).await.unwrap() {
+            let again = done.iter().any(|(s, _)| *s == sid);
+            done.push((sid, state));
+            if again {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), work)
         .await
-        .expect("recording task finishes");
+        .expect("recording jobs finish");
+    done
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recordings_are_fetched_with_retries_once_and_transcribed_after_a_restart() {
-    let dir = std::env::temp_dir().join(format!(
-        "handset-recordings-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
     let body = wav(16_000);
     let path1 = format!("/2010-04-01/Accounts/{ACCOUNT}/Recordings/RE1.wav");
     let (base, hits) = media_server(HashMap::from([(path1.clone(), 2)]), body.clone()).await;
-    let stored = vec![event(&base, "RE1"), event(&base, "RE2")];
+    let store = open(dir).await;
+    for (n, sid) in ["RE1", "RE2"].into_iter().enumerate() {
+        let mut rec = event(&base, sid);
+        rec.received_unix_ms = n as u64 + 1;
+        assert!(store.insert_recording(&rec, 1).await.unwrap());
+    }
 
     // First run: the agent is down, so both are fetched but not transcribed.
     let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_url = format!("ws://{}/agent", dead.local_addr().unwrap());
     drop(dead);
-    let log = StatusLog::new(&dir);
-    let todo = backlog(&log, &stored);
-    assert_eq!(todo.len(), 2);
-    run_once(config(&dir, Some(dead_url)), todo).await;
+    let done = run_once(&config(dir, Some(dead_url)), &store).await;
+    assert_eq!(
+        done[..2],
+        [
+            ("RE1".to_owned(), JobState::Fetched),
+            ("RE2".to_owned(), JobState::Fetched)
+        ]
+    );
 
     let requests = hits.lock().unwrap().clone();
     let count = |p: &str| requests.iter().filter(|(path, _)| path == p).count();
@@ -217,19 +239,30 @@ async fn recordings_are_fetched_with_retries_once_and_transcribed_after_a_restar
             .all(|(_, a)| a.as_deref() == Some(basic.as_str())),
         "{requests:?}"
     );
-    let latest = log.latest();
-    assert_eq!(latest["RE1"].status, Status::Fetched);
-    assert_eq!(latest["RE1"].attempts, 3);
-    assert_eq!(latest["RE2"].status, Status::Fetched);
+    let re1 = store.recording("RE1").await.unwrap().unwrap();
+    assert_eq!(re1.state, JobState::Fetched);
+    assert_eq!(re1.file.as_deref(), Some("recordings/RE1.wav"));
+    assert!(re1.error.unwrap().contains("transcription failed"));
     let saved = std::fs::read(dir.join("recordings/RE1.wav")).unwrap();
     assert_eq!(saved, body, "saved as downloaded");
+    store.close().await;
 
-    // Restart: the log is read back; both still need transcribing, neither is fetched again.
+    // Restart: the queue is read back; both still need transcribing, neither is fetched again
+    // (once their retry time, at most the 100 ms backoff cap, has come).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let store = open(dir).await;
+    assert_eq!(
+        store.counts().await.unwrap().recordings_pending,
+        2,
+        "nothing lost"
+    );
     let (agent_url, offers) = transcriber().await;
-    let log = StatusLog::new(&dir);
-    let todo = backlog(&log, &stored);
-    assert_eq!(todo.len(), 2, "nothing lost across the restart");
-    run_once(config(&dir, Some(agent_url.clone())), todo).await;
+    let done = run_once(&config(dir, Some(agent_url)), &store).await;
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(
+        done.iter().all(|(_, s)| *s == JobState::Transcribed),
+        "{done:?}"
+    );
     assert_eq!(hits.lock().unwrap().len(), 4, "nothing fetched twice");
     let offers = offers.lock().unwrap().clone();
     assert_eq!(offers.len(), 2);
@@ -238,52 +271,119 @@ async fn recordings_are_fetched_with_retries_once_and_transcribed_after_a_restar
     assert_eq!(offer["callSid"], "CARE1");
     assert_eq!(offer["duration_s"], 2);
     assert_eq!(offer["audio"]["sample_rate"], 8_000);
-    assert_eq!(offer["audio"]["encoding"], "pcm16le");
-    assert_eq!(*bytes, 32_000, "all the audio was offered");
-    let latest = log.latest();
-    assert_eq!(latest["RE1"].status, Status::Transcribed);
+    assert_eq!(*bytes, 32_000);
+    let re1 = store.recording("RE1").await.unwrap().unwrap();
+    assert_eq!(re1.state, JobState::Transcribed);
     assert_eq!(
-        latest["RE1"].transcript.as_deref(),
+        re1.transcript.as_deref(),
         Some("message RE1 of 32000 bytes")
     );
-    assert_eq!(latest["RE2"].status, Status::Transcribed);
+    assert_eq!(
+        store.recording("RE2").await.unwrap().unwrap().state,
+        JobState::Transcribed
+    );
 
     // A third start has nothing left to do.
-    assert!(backlog(&StatusLog::new(&dir), &stored).is_empty());
-    let lines = std::fs::read_to_string(dir.join(STATUS_FILE)).unwrap();
-    assert_eq!(
-        lines.lines().count(),
-        4,
-        "fetched ×2, transcribed ×2:\n{lines}"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    let store = open(dir).await;
+    assert_eq!(store.counts().await.unwrap().recordings_pending, 0);
+    assert!(run_once(&config(dir, None), &store).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_that_never_downloads_is_marked_failed_after_bounded_retries() {
-    let dir = std::env::temp_dir().join(format!(
-        "handset-recordings-fail-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
     let path = format!("/2010-04-01/Accounts/{ACCOUNT}/Recordings/RE9.wav");
     let (base, hits) = media_server(HashMap::from([(path.clone(), 100)]), wav(800)).await;
-    let stored = vec![event(&base, "RE9")];
-    let log = StatusLog::new(&dir);
-    run_once(config(&dir, None), backlog(&log, &stored)).await;
+    let store = open(dir).await;
+    store
+        .insert_recording(&event(&base, "RE9"), 1)
+        .await
+        .unwrap();
+    let done = run_once(&config(dir, None), &store).await;
+    assert_eq!(done, [("RE9".to_owned(), JobState::Failed)]);
     assert_eq!(hits.lock().unwrap().len(), 4, "bounded: 4 attempts");
-    let latest = log.latest();
-    assert_eq!(latest["RE9"].status, Status::Failed);
-    assert!(latest["RE9"].error.as_deref().unwrap().contains("503"));
-    assert!(backlog(&log, &stored).is_empty(), "not retried forever");
+    let job = store.recording("RE9").await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.error.as_deref().unwrap().contains("503"));
+    assert!(
+        run_once(&config(dir, None), &store).await.is_empty(),
+        "not retried forever"
+    );
     // A plain-http URL is refused unless allowed (production: https only).
-    let mut https_only = config(&dir, None);
+    let mut https_only = config(dir, None);
     https_only.allow_http = false;
-    let other = event(&base, "RE10");
+    store
+        .insert_recording(&event(&base, "RE10"), 2)
+        .await
+        .unwrap();
     assert_eq!(
-        recording::process(&https_only, &log, &other).await,
-        Some(Status::Failed)
+        run_once(&https_only, &store).await,
+        [("RE10".to_owned(), JobState::Failed)]
     );
     assert_eq!(hits.lock().unwrap().len(), 4, "no request made");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_racing_for_a_recording_fetch_and_transcribe_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (base, hits) = media_server(HashMap::new(), wav(8_000)).await;
+    let (agent_url, offers) = transcriber().await;
+    let a = open(dir).await;
+    let b = open(dir).await;
+    a.insert_recording(&event(&base, "RE5"), 1).await.unwrap();
+    let (ca, cb) = (
+        config(dir, Some(agent_url.clone())),
+        config(dir, Some(agent_url)),
+    );
+    let (ra, rb) = tokio::join!(run_once(&ca, &a), run_once(&cb, &b));
+    let all = [ra, rb].concat();
+    assert_eq!(all, [("RE5".to_owned(), JobState::Transcribed)]);
+    assert_eq!(hits.lock().unwrap().len(), 1, "fetched once");
+    assert_eq!(offers.lock().unwrap().len(), 1, "transcribed once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_held_by_a_dead_instance_is_finished_by_another_after_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (base, hits) = media_server(HashMap::new(), wav(8_000)).await;
+    let (agent_url, offers) = transcriber().await;
+    let store = open(dir).await;
+    store
+        .insert_recording(&event(&base, "RE6"), 1)
+        .await
+        .unwrap();
+    // An instance claims the job with a one-second lease, then dies without a word.
+    let now = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .unwrap()
+        .as_millis() as u64;
+    let dead = store
+        .claim_recording("dead/0", now, now + 1_000, true)
+        .await
+        .unwrap();
+    assert!(dead.is_some());
+    let live = config(dir, Some(agent_url));
+    assert!(
+        run_once(&live, &store).await.is_empty(),
+        "leased: not taken yet"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        run_once(&live, &store).await,
+        [("RE6".to_owned(), JobState::Transcribed)]
+    );
+    let job = store.recording("RE6").await.unwrap().unwrap();
+    assert_eq!(job.claims, 2);
+    assert_eq!(hits.lock().unwrap().len(), 1);
+    assert_eq!(offers.lock().unwrap().len(), 1);
+    // The dead instance's late write is refused.
+    assert!(
+        !store
+            .update_recording("RE6", "dead/0", &handset_shell::store::JobUpdate::Kept, now)
+            .await
+            .unwrap()
+    );
 }

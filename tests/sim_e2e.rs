@@ -27,7 +27,7 @@ async fn start_server() -> (SocketAddr, oneshot::Sender<()>) {
         ("ENGINE_WORKERS", "1"),
     ])
     .unwrap();
-    let (state, _startup) = AppState::new(config).unwrap();
+    let (state, _startup) = AppState::new(config).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(handset_shell::serve(listener, state, async {
         let _ = stopped.await;

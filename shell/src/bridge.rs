@@ -48,6 +48,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use crate::media_stream::{self, Inbound, ProtocolError, Writer};
 use crate::server::AppState;
+use crate::store::CallRecord;
 use crate::tokens::TOKEN_PARAMETER;
 
 /// The subprotocol some Twilio clients offer; echoed only when offered.
@@ -91,6 +92,8 @@ pub enum CloseReason {
     NoStart,
     /// The peer stopped reading (1008 when it can still be sent).
     Stalled,
+    /// The instance is draining and takes no new stream (1001); the call is redirected.
+    Draining,
     /// The engine refused the call (1011).
     EngineRefused,
     /// `MAX_CALLS` media calls are already running (1013).
@@ -103,6 +106,8 @@ pub enum CloseReason {
     TooBig,
     /// `start` with a media format other than 8 kHz mono µ-law (1003).
     UnsupportedFormat,
+    /// The store could not be reached to redeem the stream token (1011).
+    StoreUnavailable,
 }
 
 impl CloseReason {
@@ -115,12 +120,14 @@ impl CloseReason {
             Self::GoingAway => "going_away",
             Self::NoStart => "no_start",
             Self::Stalled => "stalled",
+            Self::Draining => "draining",
             Self::EngineRefused => "engine_refused",
             Self::Busy => "busy",
             Self::Idle => "idle",
             Self::InvalidToken => "invalid_token",
             Self::TooBig => "too_big",
             Self::UnsupportedFormat => "unsupported_format",
+            Self::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -132,12 +139,14 @@ impl CloseReason {
             Self::GoingAway => (CloseCode::Away, "server shutting down"),
             Self::NoStart => (CloseCode::Policy, "expected start message"),
             Self::Stalled => (CloseCode::Policy, "peer stopped reading"),
+            Self::Draining => (CloseCode::Away, "server draining, call redirected"),
             Self::EngineRefused => (CloseCode::Error, "cannot start call"),
             Self::Busy => (CloseCode::Again, "server at capacity, try again later"),
             Self::Idle => (CloseCode::Away, "idle timeout"),
             Self::InvalidToken => (CloseCode::Policy, "invalid or missing stream token"),
             Self::TooBig => (CloseCode::Size, "message too big"),
             Self::UnsupportedFormat => (CloseCode::Unsupported, "unsupported media format"),
+            Self::StoreUnavailable => (CloseCode::Error, "store unavailable"),
         };
         CloseFrame {
             code,
@@ -371,22 +380,52 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
             return;
         }
     };
+    let refused = |reason| Refusal {
+        reason,
+        call_sid: &meta.call_sid,
+        stream_sid: &meta.stream_sid,
+    };
+    if *draining.borrow() {
+        tracing::info!(id, call_sid = %meta.call_sid, "WS start refused: draining, the call is redirected");
+        finish_refused(&state, sink, refused(CloseReason::Draining), id, &counters).await;
+        return;
+    }
     let token = meta
         .custom_parameters
         .get(TOKEN_PARAMETER)
         .map_or("", String::as_str);
-    let identity = match state.tokens.redeem(token, &meta.call_sid) {
-        Ok(identity) => identity,
-        Err(e) => {
+    let identity = match state.tokens.redeem(token, &meta.call_sid).await {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(e)) => {
             tracing::warn!(id, call_sid = %meta.call_sid, stream_sid = %meta.stream_sid, reason = %e, "WS start refused: stream token");
-            finish_without_call(&state, sink, Some(CloseReason::InvalidToken), id, &counters).await;
+            finish_refused(
+                &state,
+                sink,
+                refused(CloseReason::InvalidToken),
+                id,
+                &counters,
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            state.store_failed(&e);
+            tracing::error!(id, call_sid = %meta.call_sid, error = %e, "WS start refused: store unavailable");
+            finish_refused(
+                &state,
+                sink,
+                refused(CloseReason::StoreUnavailable),
+                id,
+                &counters,
+            )
+            .await;
             return;
         }
     };
     let max = state.config.max_calls;
     if max > 0 && state.active_calls.count() >= max {
         tracing::warn!(id, call_sid = %meta.call_sid, max, "WS start refused: at MAX_CALLS");
-        finish_without_call(&state, sink, Some(CloseReason::Busy), id, &counters).await;
+        finish_refused(&state, sink, refused(CloseReason::Busy), id, &counters).await;
         return;
     }
     let info = CallInfo {
@@ -424,10 +463,10 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         Ok(handle) => handle,
         Err(e) => {
             tracing::error!(id, call_sid = %info.call_sid, error = %e, "WS start refused: engine");
-            finish_without_call(
+            finish_refused(
                 &state,
                 sink,
-                Some(CloseReason::EngineRefused),
+                refused(CloseReason::EngineRefused),
                 id,
                 &counters,
             )
@@ -437,6 +476,25 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     };
     let _active = state.active_calls.enter();
     state.metrics.call_started();
+    // Where and when the call runs, for whichever instance answers its `<Connect action>`.
+    // Off the media path: the stream does not wait for it; the end is written after it.
+    let record = CallRecord {
+        call_sid: info.call_sid.clone(),
+        account_sid: identity.account_sid.clone(),
+        stream_sid: info.stream_sid.clone(),
+        instance: state.config.instance_id.clone(),
+        started_unix_ms: crate::clock::unix_ms(),
+        ..CallRecord::default()
+    };
+    let recorded = tokio::spawn({
+        let state = Arc::clone(&state);
+        async move {
+            if let Err(e) = state.store.call_started(&record).await {
+                state.store_failed(&e);
+                tracing::error!(id, call_sid = %record.call_sid, error = %e, "call record not stored");
+            }
+        }
+    });
     tracing::info!(id, call_sid = %info.call_sid, stream_sid = %info.stream_sid, from = %info.from, to = %info.to, "WS start");
 
     let trace_dir = state.config.trace_dir.clone().filter(|_| traced);
@@ -446,9 +504,12 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         sink,
         out_rx,
         close_rx,
-        info.clone(),
-        id,
-        trace_dir,
+        WriterCall {
+            info: info.clone(),
+            id,
+            trace_dir,
+            recorded,
+        },
         Arc::clone(&state),
     ));
 
@@ -634,6 +695,77 @@ async fn finish_without_call(
     );
 }
 
+/// The call a socket writer serves.
+struct WriterCall {
+    /// Who the call is.
+    info: CallInfo,
+    /// The stream's request id, for the logs.
+    id: u64,
+    /// Where its timeline goes, when traced.
+    trace_dir: Option<std::path::PathBuf>,
+    /// The store write of the call's start; its end is written after it.
+    recorded: tokio::task::JoinHandle<()>,
+}
+
+/// A stream refused after its `start`: the call it belongs to and why.
+struct Refusal<'a> {
+    reason: CloseReason,
+    call_sid: &'a str,
+    stream_sid: &'a str,
+}
+
+/// Closes a stream refused after `start`, with its reason stored for the `<Connect action>`.
+async fn finish_refused(
+    state: &AppState,
+    sink: futures_util::stream::SplitSink<WsStream, Message>,
+    refusal: Refusal<'_>,
+    id: u64,
+    counters: &StreamCounters,
+) {
+    record_end(
+        state,
+        refusal.call_sid,
+        refusal.stream_sid,
+        refusal.reason,
+        id,
+    )
+    .await;
+    finish_without_call(state, sink, Some(refusal.reason), id, counters).await;
+}
+
+/// Longest a stream's end waits for the store before its close frame goes out anyway.
+const STORE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Stores why `call_sid`'s stream ended (bounded by [`STORE_WRITE_TIMEOUT`]; a failure is
+/// logged, and the `<Connect action>` then finds no reason and takes the fallback).
+async fn record_end(
+    state: &AppState,
+    call_sid: &str,
+    stream_sid: &str,
+    reason: CloseReason,
+    id: u64,
+) {
+    let write = state.store.call_ended(
+        call_sid,
+        stream_sid,
+        &state.config.instance_id,
+        crate::clock::unix_ms(),
+        reason.label(),
+    );
+    match tokio::time::timeout(STORE_WRITE_TIMEOUT, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            state.store_failed(&e);
+            tracing::error!(id, call_sid, error = %e, "call end not stored");
+        }
+        Err(_) => tracing::error!(
+            id,
+            call_sid,
+            "call end not stored: the store did not answer in time"
+        ),
+    }
+}
+
 /// What the writer does with one engine message.
 enum Step {
     /// Queue this text frame on the socket.
@@ -721,11 +853,15 @@ async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WsStream, Message>,
     mut out: mpsc::Receiver<Outbound>,
     mut close: mpsc::Receiver<CloseReason>,
-    info: CallInfo,
-    id: u64,
-    trace_dir: Option<std::path::PathBuf>,
+    call: WriterCall,
     state: Arc<AppState>,
 ) {
+    let WriterCall {
+        info,
+        id,
+        trace_dir,
+        recorded,
+    } = call;
     let write_timeout = state.config.ws_write_timeout;
     let metrics = &state.metrics;
     let mut ws = WriterState {
@@ -818,6 +954,10 @@ async fn write_loop(
     let reason = close_reason.unwrap_or(CloseReason::Completed);
     metrics.ws_close(reason);
     metrics.call_ended(reason);
+    // The end reason is stored before the close frame goes out: Twilio requests the
+    // `<Connect action>` (on any instance) only after the stream has closed.
+    let _ = tokio::time::timeout(STORE_WRITE_TIMEOUT, recorded).await;
+    record_end(&state, &info.call_sid, &info.stream_sid, reason, id).await;
     let frame = reason.frame();
     let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;

@@ -160,12 +160,22 @@ pub struct Config {
     pub record_max_length: Duration,
     /// `LOG_FORMAT`: `text` (default) or `json`.
     pub log_format: LogFormat,
-    /// `DATA_DIR` (default `./data`): where the append-only event logs live.
+    /// `DATA_DIR` (default `./data`): the embedded database (when `DATABASE_URL` is unset) and
+    /// downloaded recordings.
     pub data_dir: PathBuf,
+    /// `DATABASE_URL`: `sqlite://FILE` or `postgres://USER:PASSWORD@HOST/DB` (a fleet's shared
+    /// store). Unset: `sqlite://$DATA_DIR/handset.db`. A secret: it may carry a password.
+    pub database_url: Option<Secret>,
+    /// `DATABASE_MAX_CONNECTIONS` (1–1000, default 8): the store's connection pool size.
+    pub database_max_connections: u32,
+    /// `INSTANCE_ID` (default: the host name): this instance's name in call records and
+    /// recording-job leases. Printable ASCII, at most 64 characters.
+    pub instance_id: String,
+    /// `RECORDING_LEASE` in seconds (5–3600, default 120): how long a recording job stays
+    /// claimed by an instance that stopped renewing it (a crash) before another may take it.
+    pub recording_lease: Duration,
     /// `STREAM_TOKEN_TTL` in seconds (10–86400, default 600): life of a per-call stream token.
     pub stream_token_ttl: Duration,
-    /// `STREAM_TOKEN_CAPACITY` (16–1000000, default 10000): most outstanding stream tokens.
-    pub stream_token_capacity: usize,
     /// `ENGINE_WORKERS` (0–256, default 0 = one per core): engine media threads.
     pub engine_workers: usize,
     /// `MAX_CALLS` (0–1000000, default 0 = no limit): most concurrent media calls. Beyond it the
@@ -180,8 +190,9 @@ pub struct Config {
     /// `TRACE_SAMPLE` (0–1, default 0): the share of calls traced when `TRACE_DIR` is set. A
     /// call is also traced when its voice webhook URL carries `trace=1` (per-call opt-in).
     pub trace_sample: f64,
-    /// `DRAIN_TIMEOUT` in seconds (0–3600, default 10): on shutdown, how long active calls may
-    /// go on before their streams are closed with 1001.
+    /// `DRAIN_TIMEOUT` in seconds (0–86400, default 900): after SIGTERM, how long active calls
+    /// may go on (while `/readyz` answers 503 and new streams are refused) before their
+    /// streams are closed with 1001 and the calls are redirected to another instance.
     pub drain_timeout: Duration,
     /// `HEADER_READ_TIMEOUT` in seconds (1–300, default 10): a client that has not sent a whole
     /// request head (request line and headers) this long after it started is disconnected.
@@ -286,15 +297,18 @@ impl Default for Config {
             record_max_length: Duration::from_secs(120),
             log_format: LogFormat::Text,
             data_dir: PathBuf::from("./data"),
+            database_url: None,
+            database_max_connections: 8,
+            instance_id: default_instance_id(),
+            recording_lease: Duration::from_secs(120),
             stream_token_ttl: Duration::from_secs(600),
-            stream_token_capacity: 10_000,
             engine_workers: 0,
             max_calls: 0,
             busy_prompt: "Sorry, all our lines are busy. Please call again in a few minutes."
                 .to_owned(),
             trace_dir: None,
             trace_sample: 0.0,
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
             header_read_timeout: Duration::from_secs(10),
             agent: None,
             ws_max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
@@ -410,6 +424,20 @@ pub enum ConfigError {
         /// Value given.
         value: String,
     },
+    /// `DATABASE_URL` names no database Handset can use.
+    #[error(
+        "DATABASE_URL must be sqlite://FILE or postgres://USER:PASSWORD@HOST/DATABASE: got a URL starting {scheme:?}"
+    )]
+    DatabaseUrl {
+        /// What the value started with (never the rest: it may hold a password).
+        scheme: String,
+    },
+    /// `INSTANCE_ID` is not a short printable name.
+    #[error("INSTANCE_ID must be 1 to 64 printable ASCII characters without spaces: got {value:?}")]
+    InstanceId {
+        /// Value given.
+        value: String,
+    },
     /// A public URL that is not an absolute http(s) origin.
     #[error(
         "{name} must be an absolute http(s) URL without a path, query string, fragment or credentials: got {value:?}"
@@ -420,6 +448,19 @@ pub enum ConfigError {
         /// Value given.
         value: String,
     },
+}
+
+/// Default `DRAIN_TIMEOUT`: 15 minutes, longer than most calls, so a rolling deploy lets
+/// live conversations finish.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 900;
+
+/// The host name (`/proc/sys/kernel/hostname`, a pod's name under Kubernetes), or `handset`.
+fn default_instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.len() <= 64 && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "handset".to_owned())
 }
 
 impl Config {
@@ -497,9 +538,30 @@ impl Config {
             config.stream_token_ttl =
                 Duration::from_secs(int_in("STREAM_TOKEN_TTL", v, 10, 86_400)?);
         }
-        if let Some(v) = non_empty("STREAM_TOKEN_CAPACITY") {
-            config.stream_token_capacity =
-                int_in("STREAM_TOKEN_CAPACITY", v, 16, 1_000_000)? as usize;
+        if let Some(v) = get("DATABASE_URL") {
+            let v = v.trim();
+            let scheme = v.split(':').next().unwrap_or_default();
+            if !matches!(scheme, "sqlite" | "postgres" | "postgresql") || !v.contains(':') {
+                return Err(ConfigError::DatabaseUrl {
+                    scheme: scheme.chars().take(16).collect(),
+                });
+            }
+            config.database_url = Some(Secret::new(v));
+        }
+        if let Some(v) = non_empty("DATABASE_MAX_CONNECTIONS") {
+            config.database_max_connections =
+                int_in("DATABASE_MAX_CONNECTIONS", v, 1, 1_000)? as u32;
+        }
+        if let Some(v) = non_empty("INSTANCE_ID") {
+            if v.len() > 64 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::InstanceId {
+                    value: v.chars().take(80).collect(),
+                });
+            }
+            config.instance_id = v.to_owned();
+        }
+        if let Some(v) = non_empty("RECORDING_LEASE") {
+            config.recording_lease = Duration::from_secs(int_in("RECORDING_LEASE", v, 5, 3_600)?);
         }
         if let Some(v) = non_empty("ENGINE_WORKERS") {
             config.engine_workers = int_in("ENGINE_WORKERS", v, 0, 256)? as usize;
@@ -524,7 +586,7 @@ impl Config {
                 })?;
         }
         if let Some(v) = non_empty("DRAIN_TIMEOUT") {
-            config.drain_timeout = Duration::from_secs(int_in("DRAIN_TIMEOUT", v, 0, 3_600)?);
+            config.drain_timeout = Duration::from_secs(int_in("DRAIN_TIMEOUT", v, 0, 86_400)?);
         }
         if let Some(v) = non_empty("WS_MAX_MESSAGE_BYTES") {
             config.ws_max_message_bytes = int_in(
@@ -554,6 +616,16 @@ impl Config {
         }
         config.agent = agent_config(&non_empty)?;
         Ok(config)
+    }
+
+    /// How to open the store: `DATABASE_URL`, or the embedded SQLite file under `DATA_DIR`.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        let mut options = match &self.database_url {
+            Some(url) => crate::store::StoreOptions::new(url.expose()),
+            None => crate::store::StoreOptions::sqlite_in(&self.data_dir),
+        };
+        options.max_connections = self.database_max_connections;
+        options
     }
 
     /// Whether `X-Twilio-Signature` is checked on webhooks.

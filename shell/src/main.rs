@@ -32,6 +32,17 @@ enum Command {
     Sim(Box<handset_shell::sim::SimArgs>),
     /// Render a call's Chrome trace JSON (from TRACE_DIR) as an SVG timeline.
     Trace(TraceArgs),
+    /// Import the JSON-lines files of earlier versions (recordings.jsonl, call_status.jsonl,
+    /// recordings-status.jsonl) into the store (DATABASE_URL, or SQLite under DATA_DIR).
+    /// `serve` does this by itself at start for its own DATA_DIR.
+    MigrateData(MigrateArgs),
+}
+
+/// `handset migrate-data [DIR]`.
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// The directory holding the files [default: DATA_DIR].
+    dir: Option<PathBuf>,
 }
 
 /// `handset trace FILE`.
@@ -97,6 +108,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => args,
         Some(Command::Sim(args)) => return sim(*args),
         Some(Command::Trace(args)) => return trace(&args),
+        Some(Command::MigrateData(args)) => return migrate_data(&args),
         None => cli.serve,
     };
     let config = match Config::from_vars(std::env::vars().chain(args.as_vars())) {
@@ -122,9 +134,67 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "fatal");
             eprintln!("handset: {err:#}");
-            ExitCode::FAILURE
+            // A store that cannot be opened or migrated is a start-up error, like a bad config.
+            if matches!(
+                err.downcast_ref::<handset_shell::StateError>(),
+                Some(handset_shell::StateError::Store(_))
+            ) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// `handset migrate-data`: imports the old JSON-lines files; exit 2 if the store cannot be
+/// opened, 1 if the import fails.
+fn migrate_data(args: &MigrateArgs) -> ExitCode {
+    let config = match Config::from_vars(std::env::vars()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("handset: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let dir = args.dir.clone().unwrap_or_else(|| config.data_dir.clone());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("handset: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let store = match handset_shell::store::Store::open(&config.store_options()).await {
+            Ok(store) => store,
+            Err(err) => {
+                eprintln!("handset: cannot open the store: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        match handset_shell::store::import_jsonl(&store, &dir).await {
+            Ok(report) => {
+                println!(
+                    "imported from {}: {} recordings, {} call statuses, {} recording progress lines, {} skipped lines ({} files renamed to *.imported)",
+                    dir.display(),
+                    report.recordings,
+                    report.call_statuses,
+                    report.progress,
+                    report.skipped_lines,
+                    report.files.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("handset: import failed (nothing was written): {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// `handset sim`: prints the tables, writes the report; exit 1 if it cannot run.
@@ -189,7 +259,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "handset starting"
     );
     let listen = config.listen;
-    let (state, startup) = AppState::new(config).context("cannot open the data directory")?;
+    let (state, startup) = AppState::new(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -199,13 +269,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
         listen = %local,
         public_url = config.public_url.as_ref().map(ToString::to_string),
         deploy_id = config.deploy_id.as_deref(),
+        instance = %config.instance_id,
         data_dir = %config.data_dir.display(),
-        recordings_stored = startup.reloaded.recordings.len(),
-        call_statuses_stored = startup.reloaded.call_statuses,
-        skipped_lines = startup.reloaded.skipped_lines,
+        database = ?state.store.dialect(),
+        recordings_stored = startup.counts.recordings,
+        recordings_pending = startup.counts.recordings_pending,
+        call_statuses_stored = startup.counts.call_statuses,
         version = env!("CARGO_PKG_VERSION"),
         "handset listening"
     );
+    if !startup.imported.files.is_empty() {
+        tracing::info!(
+            files = startup.imported.files.len(),
+            recordings = startup.imported.recordings,
+            call_statuses = startup.imported.call_statuses,
+            progress = startup.imported.progress,
+            skipped_lines = startup.imported.skipped_lines,
+            "imported the JSON-lines files of an earlier version into the store"
+        );
+    }
     if config.signature_checks() {
         tracing::info!("X-Twilio-Signature checks are on");
     } else {
@@ -219,26 +301,37 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    // Recorded messages: fetched, then transcribed by the agent; the stored ones not yet done
-    // (from before a restart) first.
-    let recording_config = handset_shell::recording::RecordingConfig::from_config(config);
-    let status_log = handset_shell::recording::StatusLog::new(&config.data_dir);
-    let backlog = tokio::task::spawn_blocking({
-        let stored = startup.reloaded.recordings.clone();
-        move || handset_shell::recording::backlog(&status_log, &stored)
-    })
-    .await
-    .context("cannot read the recording status log")?;
-    tracing::info!(recordings_pending = backlog.len(), "recording task started");
+    // Recorded messages: every instance works the store's job queue; a draining instance
+    // stops claiming, so the others take what is left.
     tokio::spawn(handset_shell::recording::run(
-        recording_config,
-        startup.recordings,
-        backlog,
+        handset_shell::recording::RecordingConfig::from_config(config),
+        state.store.clone(),
+        state.recording_stored.clone(),
+        state.draining.subscribe(),
     ));
+    tokio::spawn(purge_tokens(state.clone()));
 
     handset_shell::serve(listener, state.clone(), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Deletes expired stream tokens once a minute (an hour after they expired: late redeems
+/// still get "expired" rather than "unknown" in the logs meanwhile).
+async fn purge_tokens(state: std::sync::Arc<AppState>) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+    const KEEP_MS: u64 = 3_600_000;
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let now = std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        match state.store.purge_tokens(now.saturating_sub(KEEP_MS)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired stream tokens deleted"),
+            Err(e) => state.store_failed(&e),
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the

@@ -259,14 +259,14 @@ pub fn parse(text: &str) -> Result<Inbound<'_>, ProtocolError> {
                 event: "start",
                 field: "start",
             })?;
-            if let Some(f) = &start.media_format {
-                if f.encoding != "audio/x-mulaw" || f.sample_rate != 8000 || f.channels != 1 {
-                    return Err(ProtocolError::Format {
-                        encoding: f.encoding.clone(),
-                        sample_rate: f.sample_rate,
-                        channels: f.channels,
-                    });
-                }
+            if let Some(f) = &start.media_format
+                && (f.encoding != "audio/x-mulaw" || f.sample_rate != 8000 || f.channels != 1)
+            {
+                return Err(ProtocolError::Format {
+                    encoding: f.encoding.clone(),
+                    sample_rate: f.sample_rate,
+                    channels: f.channels,
+                });
             }
             let stream_sid = if start.stream_sid.is_empty() {
                 raw.stream_sid.map(Cow::into_owned).unwrap_or_default()

@@ -134,19 +134,21 @@ const WS_ERROR_KINDS: [&str; 8] = [
 ];
 
 /// Every [`CloseReason`], in label order.
-const CLOSE_REASONS: [CloseReason; 12] = [
+const CLOSE_REASONS: [CloseReason; 14] = [
     CloseReason::AgentHangup,
     CloseReason::AgentFailed,
     CloseReason::Completed,
     CloseReason::GoingAway,
     CloseReason::NoStart,
     CloseReason::Stalled,
+    CloseReason::Draining,
     CloseReason::EngineRefused,
     CloseReason::Busy,
     CloseReason::Idle,
     CloseReason::InvalidToken,
     CloseReason::TooBig,
     CloseReason::UnsupportedFormat,
+    CloseReason::StoreUnavailable,
 ];
 
 /// Lowest and highest status code counted per route; others count as 599.

@@ -1,26 +1,28 @@
 //! The recording path: download each recorded message and have the agent transcribe it.
 //!
 //! When a call falls back to a recorded message, `/webhook/handle_recording` stores Twilio's
-//! callback ([`RecordingEvent`]) and hands it here. A background task ([`run`]) then, for each
-//! recording, in order:
+//! callback in the store as a job ([`Store::insert_recording`]). Every instance runs a worker
+//! ([`run`]) that claims due jobs from the store with a lease and, for each:
 //!
 //! 1. downloads `RecordingUrl.wav` with HTTP Basic auth (the callback's `AccountSid` and the
 //!    auth token) over HTTPS (rustls, Mozilla roots), retrying with bounded exponential backoff,
-//!    and saves it as `DATA_DIR/recordings/<RecordingSid>.wav`;
+//!    and saves it as `DATA_DIR/recordings/<RecordingSid>.wav` on this instance;
 //! 2. offers it to the agent at `AGENT_URL` for transcription on a short WebSocket
 //!    (`{"type":"recording",…}`, the PCM as binary messages, `{"type":"recording_end"}`; the
 //!    agent answers with a final `transcript`), logs the text (`STT_FINAL`) and stores it.
 //!
-//! Progress is durable: every step appends a line to `recordings-status.jsonl`
-//! ([`StatusLine`]: `fetched`, `failed`, `transcribed`), fsynced. On start, [`backlog`] picks
-//! every stored recording not yet transcribed (nor given up on), so a restart loses nothing,
-//! and a recording already fetched is not fetched again.
+//! Progress is in the store (`pending` → `fetched` → `transcribed`, or `failed`), so a
+//! restart loses nothing and a recording already fetched is not fetched again by the instance
+//! that holds its file. The worker renews its lease while it works (every third of
+//! `RECORDING_LEASE`); if it crashes, the lease expires and another instance takes the job
+//! over, and the crashed one's late writes are refused. A job is done once: every update is
+//! conditional on still holding the lease. A transcription that fails is retried later with
+//! backoff, up to [`MAX_CLAIMS`] claims.
 //!
 //! Assumptions: Twilio's WAV is 16-bit PCM mono (8 kHz); recordings are bounded by
 //! `RECORD_MAX_LENGTH`, so a download is held in memory (capped at [`MAX_DOWNLOAD`]). The
 //! auth token and the agent's auth header are never logged.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,56 +33,19 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 
 use crate::agent::protocol::{self, FromAgent};
 use crate::config::{Config, Secret};
-use crate::store::RecordingEvent;
+use crate::store::{JobState, JobUpdate, RecordingEvent, RecordingJob, Store, StoreError};
 
 /// Largest recording downloaded (about 65 minutes of 8 kHz 16-bit audio).
 pub const MAX_DOWNLOAD: usize = 64 << 20;
-/// Status log file name under `DATA_DIR`.
-pub const STATUS_FILE: &str = "recordings-status.jsonl";
-
-/// Where a recording is.
-#[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Downloaded and saved.
-    Fetched,
-    /// Given up on (download failed every attempt, or refused for good).
-    Failed,
-    /// Transcribed; the transcript is in the line.
-    Transcribed,
-}
-
-/// One line of `recordings-status.jsonl`.
-#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
-pub struct StatusLine {
-    /// `RecordingSid`.
-    pub recording_sid: String,
-    /// `CallSid`.
-    pub call_sid: String,
-    /// The step reached.
-    pub status: Status,
-    /// When, milliseconds since the Unix epoch.
-    pub at_unix_ms: u64,
-    /// Download attempts made (for `fetched` and `failed`).
-    pub attempts: u32,
-    /// The saved WAV, relative to `DATA_DIR` (for `fetched`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// The transcript (for `transcribed`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transcript: Option<String>,
-    /// Why it failed (for `failed`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+/// Most times a job is claimed before it is given up on (transcription kept failing).
+pub const MAX_CLAIMS: u32 = 10;
 
 /// Download retry policy: `attempts` tries, waiting `base`, `2·base`, … (at most `max`) between.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -111,7 +76,7 @@ impl Retry {
     }
 }
 
-/// What the recording task needs.
+/// What the recording worker needs.
 #[derive(Clone, Debug)]
 pub struct RecordingConfig {
     /// `DATA_DIR`.
@@ -127,10 +92,17 @@ pub struct RecordingConfig {
     pub allow_http: bool,
     /// Longest wait for one download or one transcription.
     pub timeout: Duration,
+    /// This worker's name on the leases it takes: `INSTANCE_ID` and a random suffix, unique
+    /// per process.
+    pub owner: String,
+    /// `RECORDING_LEASE`: how long a claim holds without renewal.
+    pub lease: Duration,
+    /// How often an idle worker looks for jobs stored by other instances.
+    pub poll: Duration,
 }
 
 impl RecordingConfig {
-    /// From the server configuration (https only, default retries).
+    /// From the server configuration (https only, default retries, a 1 s poll).
     pub fn from_config(config: &Config) -> Self {
         Self {
             data_dir: config.data_dir.clone(),
@@ -143,6 +115,9 @@ impl RecordingConfig {
             retry: Retry::default(),
             allow_http: false,
             timeout: Duration::from_secs(60),
+            owner: format!("{}/{:08x}", config.instance_id, rand::random::<u32>()),
+            lease: config.recording_lease,
+            poll: Duration::from_secs(1),
         }
     }
 }
@@ -181,195 +156,182 @@ impl RecordingError {
     }
 }
 
-/// The append-only status log.
-#[derive(Debug, Clone)]
-pub struct StatusLog {
-    path: PathBuf,
-    lock: Arc<parking_lot::Mutex<()>>,
-}
-
-impl StatusLog {
-    /// The log under `data_dir` (created on first append).
-    pub fn new(data_dir: &Path) -> Self {
-        Self {
-            path: data_dir.join(STATUS_FILE),
-            lock: Arc::default(),
-        }
-    }
-
-    /// Every readable line, oldest first (a torn last line is skipped).
-    pub fn read(&self) -> Vec<StatusLine> {
-        std::fs::read_to_string(&self.path)
-            .map(|text| {
-                text.lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The latest status per `RecordingSid`.
-    pub fn latest(&self) -> HashMap<String, StatusLine> {
-        let mut map = HashMap::new();
-        for line in self.read() {
-            map.insert(line.recording_sid.clone(), line);
-        }
-        map
-    }
-
-    /// Appends and syncs one line (blocking file I/O).
-    pub fn append(&self, line: &StatusLine) -> Result<(), RecordingError> {
-        use std::io::Write as _;
-        let _guard = self.lock.lock();
-        let mut text = serde_json::to_string(line).map_err(|e| {
-            RecordingError::Io("serialise status", std::io::Error::other(e.to_string()))
-        })?;
-        text.push('\n');
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| RecordingError::Io("create data dir", e))?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| RecordingError::Io("open status log", e))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_data())
-            .map_err(|e| RecordingError::Io("append status", e))
-    }
-}
-
-/// Stored recordings still to process: neither transcribed nor given up on.
-pub fn backlog(log: &StatusLog, recordings: &[RecordingEvent]) -> Vec<RecordingEvent> {
-    let latest = log.latest();
-    let mut seen = std::collections::HashSet::new();
-    recordings
-        .iter()
-        .filter(|r| !r.recording_sid.is_empty() && seen.insert(r.recording_sid.clone()))
-        .filter(|r| {
-            !matches!(
-                latest.get(&r.recording_sid).map(|l| l.status),
-                Some(Status::Transcribed | Status::Failed)
-            )
-        })
-        .cloned()
-        .collect()
-}
-
-/// Processes `backlog`, then every recording received, until the channel closes.
+/// Works the store's recording jobs until `stop` turns true: claims the oldest due job,
+/// processes it, and when none is due waits for `wake` (a callback stored here) or the poll
+/// interval (one stored elsewhere, or a retry coming due).
 pub async fn run(
     config: RecordingConfig,
-    mut recordings: mpsc::Receiver<RecordingEvent>,
-    backlog: Vec<RecordingEvent>,
+    store: Store,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    let log = StatusLog::new(&config.data_dir);
-    for rec in backlog {
-        process(&config, &log, &rec).await;
-    }
-    while let Some(rec) = recordings.recv().await {
-        process(&config, &log, &rec).await;
+    let mut store_down = false;
+    while !*stop.borrow() {
+        match work_one(&config, &store).await {
+            Ok(Some(_)) => {
+                store_down = false;
+                continue;
+            }
+            Ok(None) => store_down = false,
+            Err(e) => {
+                if !store_down {
+                    tracing::error!(error = %e, "recording worker: store unavailable");
+                }
+                store_down = true;
+            }
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(config.poll) => {}
+            _ = stop.changed() => {}
+        }
     }
 }
 
-/// Brings one recording as far as it can go: fetched (once), then transcribed. Returns its
-/// final status.
-pub async fn process(
+/// Claims one due job and works it; `None` when no job is due. Returns the job's
+/// `RecordingSid` and where it stands after this claim.
+pub async fn work_one(
     config: &RecordingConfig,
-    log: &StatusLog,
-    rec: &RecordingEvent,
-) -> Option<Status> {
-    if rec.recording_sid.is_empty() || !safe_sid(&rec.recording_sid) {
-        tracing::warn!(call_sid = %rec.call_sid, "recording without a usable RecordingSid: not fetched");
-        return None;
+    store: &Store,
+) -> Result<Option<(String, JobState)>, StoreError> {
+    let now = crate::clock::unix_ms();
+    let lease_ms = u64::try_from(config.lease.as_millis()).unwrap_or(u64::MAX);
+    let Some(job) = store
+        .claim_recording(&config.owner, now, now + lease_ms, config.agent.is_some())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let sid = job.event.recording_sid.clone();
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(config.lease / 3).await;
+            let until = crate::clock::unix_ms() + lease_ms;
+            match store.renew_lease(&sid, &config.owner, until).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(recording_sid = %sid, error = %e, "recording lease not renewed")
+                }
+            }
+        }
+    };
+    tokio::select! {
+        state = process(config, store, &job) => Ok(Some((sid, state))),
+        () = heartbeat => {
+            tracing::warn!(recording_sid = %sid, "recording lease lost: another instance has the job");
+            Ok(Some((sid, job.state)))
+        }
     }
-    let latest = log.latest().remove(&rec.recording_sid);
-    let status = latest.as_ref().map(|l| l.status);
-    if matches!(status, Some(Status::Transcribed | Status::Failed)) {
-        return status;
+}
+
+/// Works one claimed job: fetch (unless this instance has the file already), then
+/// transcribe (when an agent is configured). Returns where the job stands.
+async fn process(config: &RecordingConfig, store: &Store, job: &RecordingJob) -> JobState {
+    let rec = &job.event;
+    let update = |update: JobUpdate| async move {
+        match store
+            .update_recording(
+                &rec.recording_sid,
+                &config.owner,
+                &update,
+                crate::clock::unix_ms(),
+            )
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(recording_sid = %rec.recording_sid, "recording job taken over by another instance: update dropped")
+            }
+            Err(e) => {
+                tracing::error!(recording_sid = %rec.recording_sid, error = %e, "recording progress not stored (the job is retried after its lease)")
+            }
+        }
+    };
+    if !safe_sid(&rec.recording_sid) {
+        tracing::warn!(call_sid = %rec.call_sid, "recording without a usable RecordingSid: not fetched");
+        update(JobUpdate::Failed {
+            error: "unusable RecordingSid".to_owned(),
+        })
+        .await;
+        return JobState::Failed;
     }
     let rel = format!("recordings/{}.wav", rec.recording_sid);
     let path = config.data_dir.join(&rel);
-    let wav = match (status, tokio::fs::read(&path).await) {
-        (Some(Status::Fetched), Ok(bytes)) => bytes,
-        _ => match fetch_with_retries(config, rec).await {
+    let local = match &job.file {
+        Some(_) => tokio::fs::read(&path).await.ok(),
+        None => None,
+    };
+    let wav = match local {
+        Some(bytes) => bytes,
+        None => match fetch_with_retries(config, rec).await {
             Ok((bytes, attempts)) => {
                 if let Err(e) = save(&path, &bytes).await {
                     tracing::warn!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, error = %e, "RECORDING_FAILED");
-                    return None;
+                    update(JobUpdate::Released {
+                        retry_at_unix_ms: retry_at(config, job),
+                        error: e.to_string(),
+                    })
+                    .await;
+                    return JobState::Pending;
                 }
-                let line = status_line(rec, Status::Fetched, attempts);
-                let line = StatusLine {
-                    file: Some(rel.clone()),
-                    ..line
-                };
-                append(log, line).await;
+                update(JobUpdate::Fetched { file: rel.clone() }).await;
                 tracing::info!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, attempts, bytes = bytes.len(), "RECORDING_FETCHED");
                 bytes
             }
             Err((e, attempts)) => {
                 tracing::warn!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, attempts, error = %e, "RECORDING_FAILED");
-                let line = StatusLine {
-                    error: Some(e.to_string()),
-                    ..status_line(rec, Status::Failed, attempts)
-                };
-                append(log, line).await;
-                return Some(Status::Failed);
+                update(JobUpdate::Failed {
+                    error: e.to_string(),
+                })
+                .await;
+                return JobState::Failed;
             }
         },
     };
     let Some((url, auth)) = &config.agent else {
-        return Some(Status::Fetched);
+        update(JobUpdate::Kept).await;
+        return JobState::Fetched;
     };
-    match tokio::time::timeout(config.timeout, transcribe(url, auth.as_ref(), rec, &wav)).await {
+    let error = match tokio::time::timeout(
+        config.timeout,
+        transcribe(url, auth.as_ref(), rec, &wav),
+    )
+    .await
+    {
         Ok(Ok(text)) => {
             tracing::info!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, text = %text, "STT_FINAL");
-            let line = StatusLine {
-                transcript: Some(text),
-                ..status_line(rec, Status::Transcribed, 0)
-            };
-            append(log, line).await;
-            Some(Status::Transcribed)
+            update(JobUpdate::Transcribed { transcript: text }).await;
+            return JobState::Transcribed;
         }
-        Ok(Err(e)) => {
-            tracing::warn!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, error = %e, "recording not transcribed (kept for the next start)");
-            Some(Status::Fetched)
-        }
-        Err(_) => {
-            tracing::warn!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, "recording transcription timed out (kept for the next start)");
-            Some(Status::Fetched)
-        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "transcription timed out".to_owned(),
+    };
+    if job.claims >= MAX_CLAIMS {
+        tracing::warn!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, claims = job.claims, error, "recording not transcribed: given up");
+        update(JobUpdate::Failed {
+            error: format!("not transcribed after {} claims: {error}", job.claims),
+        })
+        .await;
+        return JobState::Failed;
     }
+    tracing::warn!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, claims = job.claims, error, "recording not transcribed (retried later)");
+    update(JobUpdate::Released {
+        retry_at_unix_ms: retry_at(config, job),
+        error,
+    })
+    .await;
+    JobState::Fetched
+}
+
+/// When a released job may be claimed again: the retry backoff after this many claims.
+fn retry_at(config: &RecordingConfig, job: &RecordingJob) -> u64 {
+    let wait = config.retry.backoff(job.claims);
+    crate::clock::unix_ms() + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn safe_sid(sid: &str) -> bool {
-    sid.len() <= 64 && sid.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-fn status_line(rec: &RecordingEvent, status: Status, attempts: u32) -> StatusLine {
-    StatusLine {
-        recording_sid: rec.recording_sid.clone(),
-        call_sid: rec.call_sid.clone(),
-        status,
-        at_unix_ms: std::time::SystemTime::UNIX_EPOCH
-            .elapsed()
-            .map_or(0, |d| d.as_millis() as u64),
-        attempts,
-        file: None,
-        transcript: None,
-        error: None,
-    }
-}
-
-async fn append(log: &StatusLog, line: StatusLine) {
-    let log = log.clone();
-    let sid = line.recording_sid.clone();
-    match tokio::task::spawn_blocking(move || log.append(&line)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(recording_sid = %sid, error = %e, "recording status not stored")
-        }
-        Err(e) => tracing::error!(recording_sid = %sid, error = %e, "recording status not stored"),
-    }
+    !sid.is_empty() && sid.len() <= 64 && sid.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 async fn save(path: &Path, bytes: &[u8]) -> Result<(), RecordingError> {
@@ -632,28 +594,5 @@ mod tests {
         assert_eq!(r.backoff(4), Duration::from_millis(800));
         assert_eq!(r.backoff(5), Duration::from_secs(1));
         assert_eq!(r.backoff(200), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn backlog_skips_done_and_duplicate_recordings() {
-        let dir = std::env::temp_dir().join(format!("handset-rec-unit-{}", std::process::id()));
-        let log = StatusLog::new(&dir);
-        let _ = std::fs::remove_file(dir.join(STATUS_FILE));
-        let rec = |sid: &str| RecordingEvent {
-            recording_sid: sid.into(),
-            call_sid: "CA1".into(),
-            ..RecordingEvent::default()
-        };
-        let recs = [rec("RE1"), rec("RE2"), rec("RE3"), rec("RE1"), rec("")];
-        log.append(&status_line(&recs[0], Status::Fetched, 1))
-            .unwrap();
-        log.append(&status_line(&recs[1], Status::Transcribed, 0))
-            .unwrap();
-        let sids: Vec<String> = backlog(&log, &recs)
-            .into_iter()
-            .map(|r| r.recording_sid)
-            .collect();
-        assert_eq!(sids, ["RE1", "RE3"]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,7 +7,8 @@
 //! configured, its `X-Twilio-Signature` is verified before any handler runs. A failed check is a
 //! bare 403; the log line names the path and the failure kind, never the signature or token.
 //!
-//! One `REQ` line and one `RES` line are logged per request, sharing a request id.
+//! One `REQ` line and one `RES` line are logged per request, sharing a request id; every
+//! response names the instance that answered (`X-Handset-Instance`, the `INSTANCE_ID`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use crate::server::AppState;
 use crate::signature::{
     Algorithm, BODY_SHA256_PARAM, SETTINGS_HEADER, SIGNATURE_HEADER, SignedContent,
 };
-use crate::store::{CallStatusEvent, RecordingEvent};
+use crate::store::{CallStatusEvent, RecordingEvent, StreamStatusEvent};
 use crate::tokens::{CallIdentity, TOKEN_PARAMETER};
 use crate::twiml;
 
@@ -36,6 +37,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Path of the Media Streams WebSocket, written into the TwiML `<Stream url>`.
 pub const MEDIA_STREAM_PATH: &str = "/ws/twilio-media";
+
+/// Response header naming the instance (`INSTANCE_ID`) that answered.
+pub const INSTANCE_HEADER: &str = "x-handset-instance";
 
 /// Response body type used by every handler.
 pub type Body = Full<Bytes>;
@@ -61,6 +65,8 @@ pub enum Route {
     Version,
     /// `GET /metrics`: Prometheus/OpenMetrics text.
     Metrics,
+    /// `GET /readyz`: ready for new calls (the load balancer's readiness check).
+    Readyz,
 }
 
 impl Route {
@@ -68,7 +74,7 @@ impl Route {
     pub fn is_webhook(self) -> bool {
         !matches!(
             self,
-            Self::Healthz | Self::MediaStream | Self::Version | Self::Metrics
+            Self::Healthz | Self::MediaStream | Self::Version | Self::Metrics | Self::Readyz
         )
     }
 }
@@ -85,6 +91,10 @@ pub enum HttpError {
     /// `/metrics` without the configured bearer token.
     #[error("unauthorized")]
     Unauthorized,
+    /// The store could not take or give the data the answer depends on (nothing was
+    /// half-written: Twilio may retry).
+    #[error("store unavailable: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// Server-side failure (e.g. the store could not sync).
     #[error("internal error: {0}")]
     Internal(String),
@@ -112,7 +122,7 @@ impl HttpError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal(_) | Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -121,7 +131,7 @@ impl HttpError {
         };
         // Internal details stay in the logs.
         let text = match &self {
-            Self::Internal(_) => "internal error".to_owned(),
+            Self::Internal(_) | Self::Store(_) => "internal error".to_owned(),
             other => other.to_string(),
         };
         let mut resp = text_response(status, "text/plain; charset=utf-8", format!("{text}\n"));
@@ -165,7 +175,10 @@ pub fn route(method: &Method, path: &str) -> Result<Route, HttpError> {
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(Route::Healthz),
         (&Method::GET | &Method::HEAD, "/version") => Ok(Route::Version),
         (&Method::GET | &Method::HEAD, "/metrics") => Ok(Route::Metrics),
-        (_, "/healthz" | "/version" | "/metrics") => Err(HttpError::MethodNotAllowed("GET, HEAD")),
+        (&Method::GET | &Method::HEAD, "/readyz") => Ok(Route::Readyz),
+        (_, "/healthz" | "/version" | "/metrics" | "/readyz") => {
+            Err(HttpError::MethodNotAllowed("GET, HEAD"))
+        }
         _ => Err(HttpError::NotFound),
     }
 }
@@ -183,15 +196,26 @@ pub async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     tracing::info!(id, %method, %path, %peer, "REQ");
-    let response = match dispatch(state, req, id).await {
+    let mut response = match dispatch(state, req, id).await {
         Ok(resp) => resp,
         Err(err) => {
-            if let HttpError::Internal(detail) = &err {
-                tracing::error!(id, %path, error = %detail, "request failed");
+            match &err {
+                HttpError::Internal(detail) => {
+                    tracing::error!(id, %path, error = %detail, "request failed");
+                }
+                HttpError::Store(e) => {
+                    state.store_failed(e);
+                    tracing::error!(id, %path, error = %e, "request failed: store");
+                }
+                _ => {}
             }
             err.into_response()
         }
     };
+    // Which instance answered: for operators behind a load balancer (and the fleet test).
+    if let Ok(instance) = HeaderValue::from_str(&state.config.instance_id) {
+        response.headers_mut().insert(INSTANCE_HEADER, instance);
+    }
     state.metrics.http_request(
         crate::metrics::RouteLabel::of_path(&path),
         response.status().as_u16(),
@@ -216,7 +240,8 @@ async fn dispatch(
     let route = route(req.method(), req.uri().path())?;
     if !route.is_webhook() {
         return Ok(match route {
-            Route::Healthz => healthz(state),
+            Route::Healthz => healthz(state).await,
+            Route::Readyz => readyz(state).await,
             Route::Metrics => metrics(state, req.headers())?,
             Route::MediaStream => {
                 // Twilio signs the wss:// URL exactly as written in the TwiML.
@@ -231,16 +256,20 @@ async fn dispatch(
         });
     }
     let hook = read_webhook(state, req, id).await?;
-    match route {
-        Route::IncomingCall => incoming_call(state, &hook, id),
-        Route::StreamEnded => Ok(stream_ended(state, &hook, id)),
+    let response = match route {
+        Route::IncomingCall => incoming_call(state, &hook, id).await,
+        Route::StreamEnded => Ok(stream_ended(state, &hook, id).await),
         Route::HandleRecording => handle_recording(state, &hook, id).await,
         Route::CallStatus => call_status(state, &hook, id).await,
-        Route::StreamStatus => Ok(stream_status(&hook, id)),
-        Route::Healthz | Route::MediaStream | Route::Version | Route::Metrics => {
+        Route::StreamStatus => stream_status(state, &hook, id).await,
+        Route::Healthz | Route::MediaStream | Route::Version | Route::Metrics | Route::Readyz => {
             Err(HttpError::NotFound)
         }
+    };
+    if response.is_ok() {
+        state.store_succeeded();
     }
+    response
 }
 
 /// A verified webhook request.
@@ -415,7 +444,23 @@ fn json_fields(body: &[u8]) -> Result<Vec<(String, String)>, HttpError> {
         .collect())
 }
 
-fn incoming_call(state: &AppState, hook: &Webhook, id: u64) -> Result<Response<Body>, HttpError> {
+/// Most times one call is moved to another instance (a drain's `<Redirect>`) before it
+/// takes the fallback instead.
+pub const MAX_HOPS: u32 = 3;
+
+/// `hop` on the webhook URLs: how many times this call was redirected after a drain.
+fn hop(hook: &Webhook) -> u32 {
+    hook.field("hop")
+        .and_then(|h| h.parse::<u32>().ok())
+        .unwrap_or(0)
+        .min(MAX_HOPS)
+}
+
+async fn incoming_call(
+    state: &AppState,
+    hook: &Webhook,
+    id: u64,
+) -> Result<Response<Body>, HttpError> {
     let call_sid = hook
         .field("CallSid")
         .filter(|s| !s.is_empty())
@@ -435,14 +480,22 @@ fn incoming_call(state: &AppState, hook: &Webhook, id: u64) -> Result<Response<B
             language: Some(&state.config.greeting.language),
         })));
     }
-    let token = state.tokens.issue(identity.clone());
+    // In the shared store: the stream may open on any instance.
+    let token = state.tokens.issue(&identity).await?;
     let config = &state.config;
-    let greeting = (!config.greeting.text.is_empty()).then(|| twiml::Say {
+    let hop = hop(hook);
+    // A call moved here from a draining instance has been greeted already.
+    let greeting = (!config.greeting.text.is_empty() && hop == 0).then(|| twiml::Say {
         text: &config.greeting.text,
         voice: config.greeting.voice.as_deref(),
         language: Some(&config.greeting.language),
     });
-    let action = hook.origin.http_url("/webhook/stream_ended");
+    let action = if hop == 0 {
+        hook.origin.http_url("/webhook/stream_ended")
+    } else {
+        hook.origin
+            .http_url(&format!("/webhook/stream_ended?hop={hop}"))
+    };
     let status_callback = hook.origin.http_url("/webhook/stream_status");
     let stream_url = hook.origin.ws_url(MEDIA_STREAM_PATH);
     let mut parameters = vec![
@@ -463,14 +516,44 @@ fn incoming_call(state: &AppState, hook: &Webhook, id: u64) -> Result<Response<B
         status_callback: &status_callback,
         parameters: &parameters,
     });
-    tracing::info!(id, call_sid = %identity.call_sid, status = hook.field("CallStatus").unwrap_or(""), "incoming call");
+    tracing::info!(id, call_sid = %identity.call_sid, status = hook.field("CallStatus").unwrap_or(""), hop, "incoming call");
     Ok(xml_response(xml))
 }
 
-fn stream_ended(state: &AppState, hook: &Webhook, id: u64) -> Response<Body> {
+/// `<Connect action>`: the stream has ended. A call whose stream was closed or refused by a
+/// draining instance is redirected to the voice webhook (through the load balancer, to an
+/// instance that is ready); every other ending takes the recording fallback.
+async fn stream_ended(state: &AppState, hook: &Webhook, id: u64) -> Response<Body> {
+    let call_sid = hook.field("CallSid").unwrap_or("");
+    let hop = hop(hook);
+    let reason = match state.store.call(call_sid).await {
+        Ok(record) => record.and_then(|r| r.end_reason),
+        Err(e) => {
+            state.store_failed(&e);
+            tracing::error!(id, call_sid, error = %e, "stream ended: store unavailable, taking the fallback");
+            None
+        }
+    };
+    let drained = matches!(reason.as_deref(), Some("draining" | "going_away"));
+    if drained && hop < MAX_HOPS {
+        let next = hop + 1;
+        tracing::info!(
+            id,
+            call_sid,
+            reason = reason.as_deref(),
+            hop = next,
+            "stream ended: instance draining, call redirected"
+        );
+        let url = hook
+            .origin
+            .http_url(&format!("/webhook/incoming_call?hop={next}"));
+        return xml_response(twiml::redirect(&url));
+    }
     tracing::info!(
         id,
-        call_sid = hook.field("CallSid").unwrap_or(""),
+        call_sid,
+        reason = reason.as_deref().unwrap_or("unknown"),
+        hop,
         "stream ended: recording a message"
     );
     let config = &state.config;
@@ -513,20 +596,23 @@ async fn handle_recording(
             .filter(|d| !d.is_empty())
             .map(str::to_owned),
     };
-    let store = state.store.clone();
-    let stored = event.clone();
-    tokio::task::spawn_blocking(move || store.append_recording(&stored))
-        .await
-        .map_err(|e| HttpError::Internal(format!("store task failed: {e}")))?
-        .map_err(|e| HttpError::Internal(e.to_string()))?;
-    tracing::info!(id, call_sid = %event.call_sid, recording_sid = %event.recording_sid, duration_secs = ?event.duration_secs, "recording stored");
-    if state.recordings.try_send(event).is_err() {
-        tracing::warn!(
-            id,
-            "transcription queue full or closed: recording stays in the store only"
-        );
+    if !is_sid(&event.recording_sid, "RE") {
+        return Err(HttpError::BadRequest(
+            "RecordingSid must be RE followed by 32 hex digits".to_owned(),
+        ));
     }
+    let new = state
+        .store
+        .insert_recording(&event, clock::unix_ms())
+        .await?;
+    tracing::info!(id, call_sid = %event.call_sid, recording_sid = %event.recording_sid, duration_secs = ?event.duration_secs, new, "recording stored");
+    state.recording_stored.notify_one();
     Ok(xml_response(twiml::hangup()))
+}
+
+/// Whether `sid` is a Twilio identifier of the given prefix: two letters and 32 hex digits.
+fn is_sid(sid: &str, prefix: &str) -> bool {
+    sid.len() == 34 && sid.starts_with(prefix) && sid.bytes().skip(2).all(|b| b.is_ascii_hexdigit())
 }
 
 async fn call_status(
@@ -545,13 +631,8 @@ async fn call_status(
             .field("CallDuration")
             .and_then(|s| s.trim().parse().ok()),
     };
-    let store = state.store.clone();
-    let stored = event.clone();
-    tokio::task::spawn_blocking(move || store.append_call_status(&stored))
-        .await
-        .map_err(|e| HttpError::Internal(format!("store task failed: {e}")))?
-        .map_err(|e| HttpError::Internal(e.to_string()))?;
-    tracing::info!(id, call_sid = %event.call_sid, call_status = %event.call_status, sequence = ?event.sequence_number, "call status");
+    let new = state.store.insert_call_status(&event).await?;
+    tracing::info!(id, call_sid = %event.call_sid, call_status = %event.call_status, sequence = ?event.sequence_number, new, "call status");
     Ok(text_response(
         StatusCode::OK,
         "text/plain; charset=utf-8",
@@ -559,33 +640,97 @@ async fn call_status(
     ))
 }
 
-fn stream_status(hook: &Webhook, id: u64) -> Response<Body> {
-    let event = hook.field("StreamEvent").unwrap_or("");
-    let call_sid = hook.field("CallSid").unwrap_or("");
-    let stream_sid = hook.field("StreamSid").unwrap_or("");
-    match hook.field("StreamError") {
-        Some(error) => tracing::warn!(id, call_sid, stream_sid, event, error, "stream status"),
-        None => tracing::info!(id, call_sid, stream_sid, event, "stream status"),
+async fn stream_status(
+    state: &AppState,
+    hook: &Webhook,
+    id: u64,
+) -> Result<Response<Body>, HttpError> {
+    let event = StreamStatusEvent {
+        received_unix_ms: clock::unix_ms(),
+        stream_sid: hook.field_or_empty("StreamSid"),
+        stream_event: hook.field_or_empty("StreamEvent"),
+        call_sid: hook.field_or_empty("CallSid"),
+        stream_error: hook.field("StreamError").map(str::to_owned),
+    };
+    let new = state.store.insert_stream_status(&event).await?;
+    let (call_sid, stream_sid, event_name) =
+        (&event.call_sid, &event.stream_sid, &event.stream_event);
+    match &event.stream_error {
+        Some(error) => {
+            tracing::warn!(id, %call_sid, %stream_sid, event = %event_name, %error, new, "stream status")
+        }
+        None => {
+            tracing::info!(id, %call_sid, %stream_sid, event = %event_name, new, "stream status")
+        }
     }
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
-    resp
+    Ok(resp)
 }
 
-fn healthz(state: &AppState) -> Response<Body> {
+/// `GET /healthz`: alive (liveness). Always 200 while the process serves; the body says
+/// whether the store answers and whether the instance is draining.
+async fn healthz(state: &AppState) -> Response<Body> {
     let checks = state.verifier.is_some();
+    let store = check_store(state).await;
     let mut body = serde_json::json!({
-        "status": "ok",
+        "status": if store { "ok" } else { "degraded" },
+        "store": if store { "ok" } else { "unavailable" },
+        "database": match state.store.dialect() {
+            crate::store::Dialect::Postgres => "postgres",
+            crate::store::Dialect::Sqlite => "sqlite",
+        },
+        "instance": state.config.instance_id,
+        "draining": *state.draining.borrow(),
         "active_calls": state.active_calls.count(),
         "engine_calls": state.engine.counters().active_calls.load(std::sync::atomic::Ordering::Relaxed),
         "engine_workers": state.engine.workers(),
         "signature_checks": checks,
-        "stream_tokens_outstanding": state.tokens.len(),
     });
     if !checks {
         body["warning"] = "signature checks are off: TWILIO_AUTH_TOKEN is not set".into();
     }
     json_response(&body)
+}
+
+/// `GET /readyz`: 200 when this instance takes new calls (not draining, store reachable,
+/// below `MAX_CALLS`), else 503 with the reason. Load balancers route new calls by it.
+async fn readyz(state: &AppState) -> Response<Body> {
+    check_store(state).await;
+    match state.ready() {
+        Ok(()) => json_response(&serde_json::json!({ "status": "ready" })),
+        Err(reason) => {
+            let mut resp = json_response(&serde_json::json!({
+                "status": "not ready",
+                "reason": reason,
+            }));
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            resp
+        }
+    }
+}
+
+/// Longest a health or readiness check waits for the store.
+const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pings the store (bounded by [`STORE_CHECK_TIMEOUT`]) and records the outcome.
+async fn check_store(state: &AppState) -> bool {
+    match tokio::time::timeout(STORE_CHECK_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => {
+            state.store_succeeded();
+            true
+        }
+        Ok(Err(e)) => {
+            state.store_failed(&e);
+            false
+        }
+        Err(_) => {
+            state
+                .store_ok
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            false
+        }
+    }
 }
 
 /// `GET /metrics`: the counters in the OpenMetrics text format, behind `METRICS_TOKEN` when set.

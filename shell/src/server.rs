@@ -3,10 +3,16 @@
 //! [`serve`] takes a bound listener, the shared [`AppState`] and a shutdown future. Each accepted
 //! TCP connection gets a task running hyper's HTTP/1.1 server with upgrades enabled (the Media
 //! Streams WebSocket is an upgrade) and a header read timeout (`HEADER_READ_TIMEOUT`: a client
-//! that dribbles its request line and headers is disconnected without an answer). Shutdown fans out through a
-//! `watch` channel: every connection task is told to finish its in-flight request and close, and
-//! `serve` returns once every task has dropped its `mpsc` sender (or after the configured
-//! `DRAIN_TIMEOUT`, [`Config::drain_timeout`](crate::config::Config::drain_timeout)).
+//! that dribbles its request line and headers is disconnected without an answer).
+//!
+//! Shutdown is a drain, for rolling deploys: when the shutdown future completes the server
+//! keeps accepting and answering HTTP, but `/readyz` answers 503 (the load balancer stops
+//! sending new calls) and new media streams are refused (their calls are redirected to another
+//! instance). Live calls go on until they end or `DRAIN_TIMEOUT`
+//! ([`Config::drain_timeout`](crate::config::Config::drain_timeout)) passes, when the bridge
+//! closes them with 1001 and their `<Connect action>` redirects them too. Once no call is
+//! live the listener closes and every connection task is told, through a `watch` channel, to
+//! finish its in-flight request; `serve` returns when they have (or after a short grace).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,11 +30,8 @@ use handset_engine::driver::{Engine, EngineConfig, StartError, SystemClock};
 use crate::config::Config;
 use crate::metrics::ShellMetrics;
 use crate::signature::Verifier;
-use crate::store::{RecordingEvent, Reloaded, Store, StoreError};
+use crate::store::{Counts, ImportReport, Store, StoreError};
 use crate::tokens::StreamTokens;
-
-/// Recording events buffered for the transcription consumer.
-pub const RECORDING_QUEUE: usize = 256;
 
 /// Number of live media calls, shown by `/healthz`. The WebSocket layer holds one
 /// [`ActiveCallGuard`] per bridged call.
@@ -65,14 +68,17 @@ pub struct AppState {
     pub config: Config,
     /// Signature verifier; `None` when no auth token is configured (checks off).
     pub verifier: Option<Verifier>,
-    /// Outstanding single-use stream tokens.
+    /// Single-use stream tokens, in the store.
     pub tokens: StreamTokens,
-    /// Durable event logs.
-    pub store: Arc<Store>,
+    /// The durable state shared with the other instances.
+    pub store: Store,
+    /// Whether the store answered its last use (`/readyz`, `/healthz`).
+    pub store_ok: std::sync::atomic::AtomicBool,
     /// Live media calls.
     pub active_calls: ActiveCalls,
-    /// Stored recordings handed on for transcription.
-    pub recordings: mpsc::Sender<RecordingEvent>,
+    /// Wakes this instance's recording worker when a recording callback was stored here
+    /// (the other instances' workers find it on their next poll).
+    pub recording_stored: Arc<tokio::sync::Notify>,
     /// The media engine's worker threads.
     pub engine: Engine,
     /// Set to true when the server starts draining: media streams finish within
@@ -86,20 +92,52 @@ pub struct AppState {
     pub(crate) request_ids: AtomicU64,
 }
 
-/// What [`AppState::new`] hands back besides the state.
+impl AppState {
+    /// Notes a failed store operation: `/readyz` and `/healthz` report the store degraded
+    /// until a later use or check succeeds.
+    pub fn store_failed(&self, error: &StoreError) {
+        if self.store_ok.swap(false, Ordering::Relaxed) {
+            tracing::error!(error = %error, "store degraded");
+        }
+    }
+
+    /// Notes a successful store operation.
+    pub fn store_succeeded(&self) {
+        if !self.store_ok.swap(true, Ordering::Relaxed) {
+            tracing::info!("store reachable again");
+        }
+    }
+
+    /// Whether the instance takes new calls: not draining, store reachable, below
+    /// `MAX_CALLS`. `Err` names what is wrong.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        let max = self.config.max_calls;
+        if *self.draining.borrow() {
+            Err("draining")
+        } else if !self.store_ok.load(Ordering::Relaxed) {
+            Err("store unavailable")
+        } else if max > 0 && self.active_calls.count() >= max {
+            Err("at MAX_CALLS")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What [`AppState::new`] found besides the state.
 #[derive(Debug)]
 pub struct Startup {
-    /// Receives every recording stored from now on, for transcription.
-    pub recordings: mpsc::Receiver<RecordingEvent>,
-    /// What was read back from `DATA_DIR`.
-    pub reloaded: Reloaded,
+    /// JSON-lines files of earlier versions imported from `DATA_DIR` (usually none).
+    pub imported: ImportReport,
+    /// What the store holds.
+    pub counts: Counts,
 }
 
 /// Why the shared state could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// The data directory could not be opened.
-    #[error("cannot open the data directory: {0}")]
+    /// The store could not be opened, migrated or read.
+    #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     /// The media engine could not start.
     #[error("cannot start the media engine: {0}")]
@@ -107,10 +145,13 @@ pub enum StateError {
 }
 
 impl AppState {
-    /// Opens the store under `config.data_dir`, starts the media engine and builds the shared
-    /// state.
-    pub fn new(config: Config) -> Result<(Arc<Self>, Startup), StateError> {
-        let (store, reloaded) = Store::open(&config.data_dir)?;
+    /// Opens the store (`DATABASE_URL`, or SQLite under `DATA_DIR`) and runs its migrations,
+    /// imports any JSON-lines files of earlier versions, starts the media engine and builds
+    /// the shared state.
+    pub async fn new(config: Config) -> Result<(Arc<Self>, Startup), StateError> {
+        let store = Store::open(&config.store_options()).await?;
+        let imported = crate::store::import_jsonl(&store, &config.data_dir).await?;
+        let counts = store.counts().await?;
         let engine = Engine::start(
             EngineConfig {
                 workers: config.engine_workers,
@@ -118,7 +159,6 @@ impl AppState {
             },
             Arc::new(SystemClock::new()),
         )?;
-        let (tx, rx) = mpsc::channel(RECORDING_QUEUE);
         let active_calls = ActiveCalls::default();
         let metrics = Arc::new(ShellMetrics::default());
         let metrics_registry = crate::metrics::registry(
@@ -128,10 +168,11 @@ impl AppState {
         );
         let state = Self {
             verifier: config.auth_token.clone().map(Verifier::new),
-            tokens: StreamTokens::new(config.stream_token_ttl, config.stream_token_capacity),
-            store: Arc::new(store),
+            tokens: StreamTokens::new(store.clone(), config.stream_token_ttl),
+            store,
+            store_ok: std::sync::atomic::AtomicBool::new(true),
             active_calls,
-            recordings: tx,
+            recording_stored: Arc::default(),
             engine,
             draining: watch::channel(false).0,
             metrics,
@@ -139,13 +180,7 @@ impl AppState {
             request_ids: AtomicU64::new(1),
             config,
         };
-        Ok((
-            Arc::new(state),
-            Startup {
-                recordings: rx,
-                reloaded,
-            },
-        ))
+        Ok((Arc::new(state), Startup { imported, counts }))
     }
 }
 
@@ -168,6 +203,10 @@ pub async fn serve(
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
 
+    // Until `shutdown`: serve. Then drain: keep serving HTTP (`/readyz` answers 503, Twilio's
+    // callbacks for live calls still land), refuse new media streams, and stop once no call
+    // is live, or when the drain deadline has passed and the bridge has closed the rest.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -178,7 +217,33 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown, if drain_until.is_none() => {
+                let _ = state.draining.send(true);
+                let timeout = state.config.drain_timeout;
+                tracing::info!(
+                    active_calls = state.active_calls.count(),
+                    ?timeout,
+                    "draining: /readyz answers 503, new streams are refused, live calls go on"
+                );
+                drain_until = Some(
+                    tokio::time::Instant::now()
+                        + timeout
+                        + state.config.ws_write_timeout
+                        + Duration::from_secs(3),
+                );
+                continue;
+            }
+            () = tokio::time::sleep(DRAIN_POLL), if drain_until.is_some() => {
+                let live = state.active_calls.count();
+                if live == 0 {
+                    break;
+                }
+                if drain_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                    tracing::warn!(active_calls = live, "calls still live after the drain timeout");
+                    break;
+                }
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
@@ -212,27 +277,22 @@ pub async fn serve(
         });
     }
 
-    tracing::info!(
-        active_calls = state.active_calls.count(),
-        "shutting down: draining open connections and calls"
-    );
+    tracing::info!("drained: closing the listener and open connections");
     drop(listener);
     let _ = notify_tx.send(true);
     let _ = state.draining.send(true);
     drop(done_tx);
-    let drain_timeout = state.config.drain_timeout;
-    if tokio::time::timeout(drain_timeout, done_rx.recv())
+    if tokio::time::timeout(CONNECTION_GRACE, done_rx.recv())
         .await
         .is_err()
     {
-        tracing::warn!(timeout = ?drain_timeout, "connections still open after the drain timeout");
-    }
-    // Media streams are upgraded connections hyper no longer tracks: wait for them too (each
-    // closes itself with 1001 once the drain timeout passes).
-    let deadline =
-        tokio::time::Instant::now() + state.config.drain_timeout + Duration::from_secs(2);
-    while state.active_calls.count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tracing::warn!(grace = ?CONNECTION_GRACE, "connections still open after the grace period");
     }
     Ok(())
 }
+
+/// How often a draining server checks whether its last call has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// How long open HTTP connections get to finish their request once the drain is over.
+const CONNECTION_GRACE: Duration = Duration::from_secs(5);

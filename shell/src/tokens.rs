@@ -7,19 +7,20 @@
 //! proxy breaks the upgrade's signature URL.
 //!
 //! Tokens carry 128 bits from the operating system's CSPRNG, expire after a TTL, and can be
-//! redeemed once. The table is bounded: when full, expired entries are purged and then the entry
-//! closest to expiry is evicted. Lookup is by `CallSid` (not secret); the token itself is
-//! compared in constant time. Time is an argument (`*_at` methods) so tests need no clock.
+//! redeemed once, fleet-wide: they live in the shared [`Store`] (only their SHA-256), so any
+//! instance can redeem a token any other instance issued, and of two redeeming at once only one
+//! succeeds. Expired tokens are purged by the store's maintenance task. Time is an argument
+//! (`*_at` methods) so tests need no clock.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use parking_lot::Mutex;
 use rand::RngCore as _;
-use subtle::ConstantTimeEq;
+use sha2::{Digest as _, Sha256};
+
+use crate::store::{Store, StoreError};
 
 /// `<Parameter name>` carrying the token; the WebSocket handler reads it from
 /// `start.customParameters`.
@@ -72,120 +73,80 @@ pub enum TokenError {
     Mismatch,
 }
 
-struct Entry {
-    /// Token bytes as issued (the base64 text).
-    token: String,
-    /// Who the call is.
-    identity: CallIdentity,
-    /// When the token stops being accepted.
-    expires: Instant,
-}
-
-/// The table of outstanding tokens, shared by the webhook and WebSocket handlers.
+/// Issues and redeems stream tokens through the shared [`Store`], so that the instance that
+/// answers the voice webhook and the one that takes the stream need not be the same.
+#[derive(Clone, Debug)]
 pub struct StreamTokens {
-    /// Outstanding tokens by `CallSid`.
-    entries: Mutex<HashMap<String, Entry>>,
+    /// Where tokens live (their SHA-256 only).
+    store: Store,
     /// Life of a token from issue.
     ttl: Duration,
-    /// Most outstanding tokens kept.
-    capacity: usize,
-}
-
-impl fmt::Debug for StreamTokens {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamTokens")
-            .field("outstanding", &self.entries.lock().len())
-            .field("ttl", &self.ttl)
-            .field("capacity", &self.capacity)
-            .finish()
-    }
 }
 
 impl StreamTokens {
-    /// An empty table. `capacity` is clamped to at least 1.
-    pub fn new(ttl: Duration, capacity: usize) -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-            ttl,
-            capacity: capacity.max(1),
-        }
+    /// Tokens in `store` that live `ttl` from issue.
+    pub fn new(store: Store, ttl: Duration) -> Self {
+        Self { store, ttl }
     }
 
     /// Issues a token for `call`, replacing any earlier one for the same `CallSid`.
-    pub fn issue(&self, call: CallIdentity) -> StreamToken {
-        self.issue_at(crate::clock::now(), call)
+    pub async fn issue(&self, call: &CallIdentity) -> Result<StreamToken, StoreError> {
+        self.issue_at(crate::clock::unix_ms(), call).await
     }
 
-    /// [`Self::issue`] at time `now`.
-    pub fn issue_at(&self, now: Instant, call: CallIdentity) -> StreamToken {
+    /// [`Self::issue`] at `now_unix_ms`.
+    pub async fn issue_at(
+        &self,
+        now_unix_ms: u64,
+        call: &CallIdentity,
+    ) -> Result<StreamToken, StoreError> {
         let mut bytes = [0u8; TOKEN_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let token = URL_SAFE_NO_PAD.encode(bytes);
-        let mut entries = self.entries.lock();
-        if entries.len() >= self.capacity && !entries.contains_key(&call.call_sid) {
-            entries.retain(|_, e| e.expires > now);
-            if entries.len() >= self.capacity {
-                let oldest = entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.expires)
-                    .map(|(k, _)| k.clone());
-                if let Some(oldest) = oldest {
-                    entries.remove(&oldest);
-                }
-            }
-        }
-        entries.insert(
-            call.call_sid.clone(),
-            Entry {
-                token: token.clone(),
-                identity: call,
-                expires: now + self.ttl,
-            },
-        );
-        StreamToken(token)
+        let token = StreamToken(URL_SAFE_NO_PAD.encode(bytes));
+        let expires =
+            now_unix_ms.saturating_add(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
+        self.store
+            .issue_token(call, &digest(token.as_str()), now_unix_ms, expires)
+            .await?;
+        Ok(token)
     }
 
-    /// Redeems `token` for `call_sid` once; returns the call's identity.
-    pub fn redeem(&self, token: &str, call_sid: &str) -> Result<CallIdentity, TokenError> {
-        self.redeem_at(crate::clock::now(), token, call_sid)
-    }
-
-    /// [`Self::redeem`] at time `now`.
-    pub fn redeem_at(
+    /// Redeems `token` for `call_sid` once, fleet-wide; returns the call's identity.
+    pub async fn redeem(
         &self,
-        now: Instant,
         token: &str,
         call_sid: &str,
-    ) -> Result<CallIdentity, TokenError> {
-        let mut entries = self.entries.lock();
-        let entry = entries.get(call_sid).ok_or(TokenError::Unknown)?;
-        if !bool::from(entry.token.as_bytes().ct_eq(token.as_bytes())) {
-            // A wrong guess must not cancel the real call's token.
-            return Err(TokenError::Mismatch);
-        }
-        let entry = entries
-            .remove(call_sid)
-            .unwrap_or_else(|| unreachable!("entry was found under the same lock"));
-        if entry.expires <= now {
-            return Err(TokenError::Expired);
-        }
-        Ok(entry.identity)
+    ) -> Result<Result<CallIdentity, TokenError>, StoreError> {
+        self.redeem_at(crate::clock::unix_ms(), token, call_sid)
+            .await
     }
 
-    /// Number of outstanding (possibly expired) tokens.
-    pub fn len(&self) -> usize {
-        self.entries.lock().len()
+    /// [`Self::redeem`] at `now_unix_ms`.
+    pub async fn redeem_at(
+        &self,
+        now_unix_ms: u64,
+        token: &str,
+        call_sid: &str,
+    ) -> Result<Result<CallIdentity, TokenError>, StoreError> {
+        if token.is_empty() {
+            return Ok(Err(TokenError::Unknown));
+        }
+        self.store
+            .redeem_token(call_sid, &digest(token), now_unix_ms)
+            .await
     }
+}
 
-    /// Whether no token is outstanding.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+/// The stored form of a token: SHA-256, lowercase hex. A database reader learns no usable
+/// token, and comparing digests leaks nothing about the token through timing.
+fn digest(token: &str) -> String {
+    format!("{:x}", Sha256::digest(token.as_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::TestStore;
 
     fn call(sid: &str) -> CallIdentity {
         CallIdentity {
@@ -196,89 +157,125 @@ mod tests {
         }
     }
 
-    #[test]
-    fn token_redeems_once_for_its_call() {
-        let t0 = crate::clock::now();
-        let tokens = StreamTokens::new(Duration::from_secs(600), 16);
-        let tok = tokens.issue_at(t0, call("CA1"));
+    const T0: u64 = 1_700_000_000_000;
+
+    #[tokio::test]
+    async fn token_redeems_once_for_its_call() {
+        let db = TestStore::new().await;
+        let tokens = StreamTokens::new(db.store.clone(), Duration::from_secs(600));
+        let tok = tokens.issue_at(T0, &call("CA1")).await.unwrap();
         assert_eq!(
-            tokens.redeem_at(t0, tok.as_str(), "CA2"),
+            tokens.redeem_at(T0, tok.as_str(), "CA2").await.unwrap(),
             Err(TokenError::Unknown)
         );
-        assert_eq!(tokens.redeem_at(t0, tok.as_str(), "CA1"), Ok(call("CA1")));
         assert_eq!(
-            tokens.redeem_at(t0, tok.as_str(), "CA1"),
+            tokens.redeem_at(T0, tok.as_str(), "CA1").await.unwrap(),
+            Ok(call("CA1"))
+        );
+        assert_eq!(
+            tokens.redeem_at(T0, tok.as_str(), "CA1").await.unwrap(),
             Err(TokenError::Unknown)
         );
     }
 
-    #[test]
-    fn wrong_token_is_refused_and_does_not_burn_the_real_one() {
-        let t0 = crate::clock::now();
-        let tokens = StreamTokens::new(Duration::from_secs(600), 16);
-        let tok = tokens.issue_at(t0, call("CA1"));
+    #[tokio::test]
+    async fn a_token_issued_by_one_instance_redeems_on_another_exactly_once() {
+        let db = TestStore::new().await;
+        let a = StreamTokens::new(db.store.clone(), Duration::from_secs(600));
+        let b = StreamTokens::new(db.reopen().await, Duration::from_secs(600));
+        let tok = a.issue_at(T0, &call("CA1")).await.unwrap();
+        // Both instances race to redeem the same token: exactly one wins.
+        let (ra, rb) = tokio::join!(
+            a.redeem_at(T0 + 1, tok.as_str(), "CA1"),
+            b.redeem_at(T0 + 1, tok.as_str(), "CA1")
+        );
+        let wins = [ra.unwrap(), rb.unwrap()]
+            .iter()
+            .filter(|r| r.is_ok())
+            .count();
+        assert_eq!(wins, 1);
+    }
+
+    #[tokio::test]
+    async fn wrong_token_is_refused_and_does_not_burn_the_real_one() {
+        let db = TestStore::new().await;
+        let tokens = StreamTokens::new(db.store.clone(), Duration::from_secs(600));
+        let tok = tokens.issue_at(T0, &call("CA1")).await.unwrap();
         assert_eq!(
-            tokens.redeem_at(t0, "guess", "CA1"),
+            tokens.redeem_at(T0, "guess", "CA1").await.unwrap(),
             Err(TokenError::Mismatch)
         );
-        assert!(tokens.redeem_at(t0, tok.as_str(), "CA1").is_ok());
-    }
-
-    #[test]
-    fn token_expires_after_ttl() {
-        let t0 = crate::clock::now();
-        let tokens = StreamTokens::new(Duration::from_secs(10), 16);
-        let tok = tokens.issue_at(t0, call("CA1"));
         assert_eq!(
-            tokens.redeem_at(t0 + Duration::from_secs(10), tok.as_str(), "CA1"),
-            Err(TokenError::Expired)
+            tokens.redeem_at(T0, "", "CA1").await.unwrap(),
+            Err(TokenError::Unknown)
+        );
+        assert!(
+            tokens
+                .redeem_at(T0, tok.as_str(), "CA1")
+                .await
+                .unwrap()
+                .is_ok()
         );
     }
 
-    #[test]
-    fn tokens_are_128_bit_and_distinct() {
-        let t0 = crate::clock::now();
-        let tokens = StreamTokens::new(Duration::from_secs(10), 1000);
+    #[tokio::test]
+    async fn token_expires_after_ttl_and_is_purged() {
+        let db = TestStore::new().await;
+        let tokens = StreamTokens::new(db.store.clone(), Duration::from_secs(10));
+        let tok = tokens.issue_at(T0, &call("CA1")).await.unwrap();
+        assert_eq!(db.store.outstanding_tokens(T0).await.unwrap(), 1);
+        assert_eq!(
+            tokens
+                .redeem_at(T0 + 10_000, tok.as_str(), "CA1")
+                .await
+                .unwrap(),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(db.store.purge_tokens(T0 + 10_001).await.unwrap(), 1);
+        assert_eq!(
+            tokens.redeem_at(T0, tok.as_str(), "CA1").await.unwrap(),
+            Err(TokenError::Unknown)
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_are_128_bit_distinct_and_stored_only_as_digests() {
+        let db = TestStore::new().await;
+        let tokens = StreamTokens::new(db.store.clone(), Duration::from_secs(10));
         let mut seen = std::collections::HashSet::new();
-        for i in 0..200 {
-            let tok = tokens.issue_at(t0, call(&format!("CA{i}")));
+        for i in 0..50 {
+            let tok = tokens.issue_at(T0, &call(&format!("CA{i}"))).await.unwrap();
             assert_eq!(
                 URL_SAFE_NO_PAD.decode(tok.as_str()).unwrap().len(),
                 TOKEN_BYTES
             );
             assert!(seen.insert(tok.as_str().to_owned()));
+            let stored = db.stored_token_digest(&format!("CA{i}")).await;
+            assert_eq!(stored, digest(tok.as_str()));
+            assert_ne!(stored, tok.as_str());
         }
-        let tok = tokens.issue_at(t0, call("X"));
+        let tok = tokens.issue_at(T0, &call("X")).await.unwrap();
         let shown = format!("{tok:?}");
         assert!(shown.contains("redacted") && !shown.contains(tok.as_str()));
     }
 
-    #[test]
-    fn table_is_bounded_and_evicts_closest_to_expiry() {
-        let t0 = crate::clock::now();
-        let tokens = StreamTokens::new(Duration::from_secs(60), 3);
-        let first = tokens.issue_at(t0, call("CA0"));
-        for i in 1..=3 {
-            tokens.issue_at(t0 + Duration::from_secs(i), call(&format!("CA{i}")));
-        }
-        assert_eq!(tokens.len(), 3);
+    #[tokio::test]
+    async fn reissue_for_same_call_replaces_the_old_token() {
+        let db = TestStore::new().await;
+        let tokens = StreamTokens::new(db.store.clone(), Duration::from_secs(60));
+        let old = tokens.issue_at(T0, &call("CA1")).await.unwrap();
+        let new = tokens.issue_at(T0, &call("CA1")).await.unwrap();
+        assert_eq!(db.store.outstanding_tokens(T0).await.unwrap(), 1);
         assert_eq!(
-            tokens.redeem_at(t0, first.as_str(), "CA0"),
-            Err(TokenError::Unknown)
-        );
-    }
-
-    #[test]
-    fn reissue_for_same_call_replaces_the_old_token() {
-        let t0 = crate::clock::now();
-        let tokens = StreamTokens::new(Duration::from_secs(60), 3);
-        let old = tokens.issue_at(t0, call("CA1"));
-        let new = tokens.issue_at(t0, call("CA1"));
-        assert_eq!(tokens.len(), 1);
-        assert_eq!(
-            tokens.redeem_at(t0, old.as_str(), "CA1"),
+            tokens.redeem_at(T0, old.as_str(), "CA1").await.unwrap(),
             Err(TokenError::Mismatch)
         );
-        assert!(tokens.redeem_at(t0, new.as_str(), "CA1").is_ok());
+        assert!(
+            tokens
+                .redeem_at(T0, new.as_str(), "CA1")
+                .await
+                .unwrap()
+                .is_ok()
+        );
     }
 }

@@ -103,6 +103,16 @@ pub fn hangup() -> String {
     close_response(out)
 }
 
+/// `<Response><Redirect method="POST">url</Redirect></Response>`: Twilio requests `url` for the
+/// call's next TwiML (a drained call goes back to the voice webhook, on a ready instance).
+pub fn redirect(url: &str) -> String {
+    let mut out = open_response();
+    open(&mut out, "Redirect", &[("method", "POST")]);
+    escape_into(&mut out, url);
+    out.push_str("</Redirect>");
+    close_response(out)
+}
+
 /// `<Response />`: an empty document.
 pub fn empty_response() -> String {
     format!("{PROLOG}<Response />")
@@ -254,6 +264,21 @@ mod tests {
     #[test]
     fn control_characters_cannot_break_the_document() {
         assert_eq!(escape("a\nb\u{0}c"), "a&#10;bc");
+    }
+
+    #[test]
+    fn redirect_escapes_its_url() {
+        let xml = redirect("https://h/webhook/incoming_call?hop=1&x=<y>");
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let node = doc
+            .descendants()
+            .find(|n| n.has_tag_name("Redirect"))
+            .unwrap();
+        assert_eq!(node.attribute("method"), Some("POST"));
+        assert_eq!(
+            node.text(),
+            Some("https://h/webhook/incoming_call?hop=1&x=<y>")
+        );
     }
 
     #[test]

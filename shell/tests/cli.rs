@@ -62,10 +62,10 @@ fn server_answers_healthz_and_stops_on_sigterm() {
     let mut addr = None;
     let mut line = String::new();
     while addr.is_none() && stderr.read_line(&mut line).unwrap() > 0 {
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-            if json["message"] == "handset listening" {
-                addr = json["listen"].as_str().map(str::to_owned);
-            }
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+            && json["message"] == "handset listening"
+        {
+            addr = json["listen"].as_str().map(str::to_owned);
         }
         line.clear();
     }

@@ -17,9 +17,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use handset_shell::store::RecordingEvent;
 use handset_shell::{AppState, Config};
 
 /// A server running in-process on a loopback port.
@@ -28,8 +27,6 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Shared state, to look at tokens and counters.
     pub state: Arc<AppState>,
-    /// Recordings handed on for transcription.
-    pub recordings: mpsc::Receiver<RecordingEvent>,
     /// The data directory (removed by [`TestServer::stop`] unless kept).
     pub data_dir: PathBuf,
     stop: oneshot::Sender<()>,
@@ -53,10 +50,10 @@ pub async fn start(vars: &[(&str, &str)]) -> TestServer {
 /// Starts the server with `vars` on an existing data directory.
 pub async fn start_in(data_dir: PathBuf, vars: &[(&str, &str)]) -> TestServer {
     let dir = data_dir.display().to_string();
-    let mut all: Vec<(&str, &str)> = vec![("DATA_DIR", dir.as_str())];
+    let mut all: Vec<(&str, &str)> = vec![("DATA_DIR", dir.as_str()), ("DRAIN_TIMEOUT", "10")];
     all.extend_from_slice(vars);
     let config = Config::from_vars(all).expect("test config is valid");
-    let (state, startup) = AppState::new(config).expect("data dir opens");
+    let (state, _startup) = AppState::new(config).await.expect("store opens");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -66,7 +63,6 @@ pub async fn start_in(data_dir: PathBuf, vars: &[(&str, &str)]) -> TestServer {
     TestServer {
         addr,
         state,
-        recordings: startup.recordings,
         data_dir,
         stop,
         task,

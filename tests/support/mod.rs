@@ -49,7 +49,7 @@ pub struct TestServer {
     pub state: Arc<AppState>,
     /// The data directory.
     pub data_dir: PathBuf,
-    stop: oneshot::Sender<()>,
+    stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -78,10 +78,11 @@ impl TestServer {
             ("TWILIO_AUTH_TOKEN", TOKEN),
             ("ENGINE_WORKERS", "2"),
             ("TRACE_DIR", traces.as_str()),
+            ("DRAIN_TIMEOUT", "10"),
         ];
         vars.extend_from_slice(extra);
         let config = Config::from_vars(vars).expect("test config is valid");
-        let (state, _startup) = AppState::new(config).expect("server state builds");
+        let (state, _startup) = AppState::new(config).await.expect("server state builds");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(handset_shell::serve(listener, state.clone(), async {
             let _ = stopped.await;
@@ -90,7 +91,7 @@ impl TestServer {
             addr,
             state,
             data_dir,
-            stop,
+            stop: Some(stop),
             task,
         }
     }
@@ -120,10 +121,22 @@ impl TestServer {
     }
 
     /// Signals shutdown, waits for `serve` to return and removes the data directory.
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
+    pub async fn stop(mut self) {
+        self.drain();
         self.task.await.unwrap().unwrap();
         let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+
+    /// Signals shutdown (what SIGTERM does) without waiting: the server starts draining.
+    pub fn drain(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Whether `serve` has returned within `limit` (after [`Self::drain`]).
+    pub async fn stopped_within(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, &mut self.task).await.is_ok()
     }
 
     /// Waits (bounded by `limit`) until no media call is active; returns the count left.

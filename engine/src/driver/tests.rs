@@ -318,10 +318,10 @@ impl Clock for VirtualClock {
             let (_, slot) = s.pending.pop().unwrap();
             s.tx.as_ref().unwrap().send(WorkerMsg::Open(slot)).unwrap();
         }
-        if now >= s.end {
-            if let Some(tx) = s.tx.take() {
-                tx.send(WorkerMsg::Shutdown).unwrap();
-            }
+        if now >= s.end
+            && let Some(tx) = s.tx.take()
+        {
+            tx.send(WorkerMsg::Shutdown).unwrap();
         }
     }
 }

@@ -152,11 +152,11 @@ impl PlaybackModel {
     pub fn handle_clear(&mut self, now: Instant) {
         self.release_due(now);
         self.stats.clears += 1;
-        if let Some(end) = self.buffer_end {
-            if end > now {
-                self.stats.bytes_cleared += duration_bytes(end - now);
-                self.buffer_end = Some(now);
-            }
+        if let Some(end) = self.buffer_end
+            && end > now
+        {
+            self.stats.bytes_cleared += duration_bytes(end - now);
+            self.buffer_end = Some(now);
         }
         if let Some(log) = &mut self.log {
             log.retain(|p| p.start < now);

@@ -400,18 +400,18 @@ pub async fn run(config: AgentConfig, info: CallInfo, mut ends: ClientEnds, id: 
         drain(&mut ends.uplink).await;
         return;
     }
-    if let Some(greeting) = &openai.greeting {
-        if let Err(reason) = send(&mut tx, greeting_response(greeting)).await {
-            fail(
-                &ends,
-                reason,
-                id,
-                &call_sid,
-                "cannot send the greeting response.create",
-            );
-            drain(&mut ends.uplink).await;
-            return;
-        }
+    if let Some(greeting) = &openai.greeting
+        && let Err(reason) = send(&mut tx, greeting_response(greeting)).await
+    {
+        fail(
+            &ends,
+            reason,
+            id,
+            &call_sid,
+            "cannot send the greeting response.create",
+        );
+        drain(&mut ends.uplink).await;
+        return;
     }
     tracing::info!(
         id,

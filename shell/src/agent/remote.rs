@@ -490,10 +490,9 @@ impl Agent for RemoteAgent {
                 if let Phase::Closing {
                     mark: m, reason, ..
                 } = self.phase
+                    && m == mark
                 {
-                    if m == mark {
-                        self.hang_up(reason, out);
-                    }
+                    self.hang_up(reason, out);
                 }
             }
             CallEvent::MarkCleared(mark) => {
@@ -567,11 +566,10 @@ impl Agent for RemoteAgent {
             reason,
             ..
         } = self.phase
+            && now >= deadline
         {
-            if now >= deadline {
-                self.hang_up(reason, out);
-                return;
-            }
+            self.hang_up(reason, out);
+            return;
         }
         self.check(Some(now), out);
     }

@@ -181,13 +181,11 @@ impl Script {
         for (dst, src) in self.audio[start..].iter_mut().zip(clip) {
             *dst = dst.saturating_add(*src);
         }
-        if speech {
-            if let Some((first, last)) = speech_frames(clip) {
-                let onset = at + FRAME_TIME * first as u32;
-                let end = at + FRAME_TIME * (last as u32 + 1);
-                self.utterances.push(Utterance { onset, end });
-                self.utterances.sort_by_key(|u| u.onset);
-            }
+        if speech && let Some((first, last)) = speech_frames(clip) {
+            let onset = at + FRAME_TIME * first as u32;
+            let end = at + FRAME_TIME * (last as u32 + 1);
+            self.utterances.push(Utterance { onset, end });
+            self.utterances.sort_by_key(|u| u.onset);
         }
         self
     }

@@ -449,18 +449,18 @@ pub fn capacity_picture(reports: &[CapacityReport]) -> String {
                 &r.target,
             );
         }
-        if pi == 0 {
-            if let Some(r) = reports.first() {
-                let (_, y) = to_xy(0, r.pacing_limit_ms);
-                svg.dashed(px, y, px + w, y, "#e15759");
-                svg.text(
-                    px + 4.0,
-                    y - 4.0,
-                    10.0,
-                    "start",
-                    &format!("limit {} ms", r.pacing_limit_ms),
-                );
-            }
+        if pi == 0
+            && let Some(r) = reports.first()
+        {
+            let (_, y) = to_xy(0, r.pacing_limit_ms);
+            svg.dashed(px, y, px + w, y, "#e15759");
+            svg.text(
+                px + 4.0,
+                y - 4.0,
+                10.0,
+                "start",
+                &format!("limit {} ms", r.pacing_limit_ms),
+            );
         }
         let step = nice_step(xmax, 6.0);
         let mut t = 0.0;
