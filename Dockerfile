@@ -56,8 +56,8 @@ FROM ${RUNTIME_BASE} AS runtime
 # A fixed numeric user, so Kubernetes' runAsNonRoot can check it without a user database.
 # /data is DATA_DIR (the embedded SQLite database and the event logs) and belongs to that user.
 RUN set -eu; \
-    groupadd --system --gid 10001 handset; \
-    useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
+    groupadd --gid 10001 handset; \
+    useradd --uid 10001 --gid 10001 --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin handset; \
     mkdir -p /data; \
     chown 10001:10001 /data; \
