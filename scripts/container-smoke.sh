@@ -91,7 +91,7 @@ if ! podman image exists "$BASE_IMAGE"; then
     if [ ! -f "$CACHE/rootfs/.complete" ]; then
         if [ -z "${DEBIAN_MIRROR:-}" ]; then
             DEBIAN_MIRROR=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-                /etc/apt/sources.list.d/*.sources 2>/dev/null \
+                /etc/apt/sources.list.d/*.sources 2>/dev/null | sed 's/#.*//' \
                 | grep -Eo 'https?://[^ ]+/debian/?' | grep -v security | head -n1 || true)
             DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
         fi
