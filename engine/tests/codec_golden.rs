@@ -9,7 +9,9 @@
 //! repository (CI has them), the tests also compare element by element, which names the first
 //! samples that differ. Each test says on stderr which comparison ran.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 
 use handset_engine::codec::{decode_into, decode_sample, encode_into, encode_sample, step_size};
 use proptest::prelude::*;
@@ -49,22 +51,33 @@ struct StlVectors {
 }
 
 /// Reads the STL files when `../shared/data/g711-stl/` exists, and says on stderr which
-/// comparison the calling test runs. A directory that exists but holds a short or unreadable
-/// file fails the test: CI's copy must be whole.
+/// comparison the calling test runs: with `eprintln!` (shown with a failure or `--nocapture`),
+/// and once per run straight to stderr, past the test harness's capture, so a passing run's log
+/// says it too. A directory that exists but holds a short or unreadable file fails the test:
+/// CI's copy must be whole.
 fn stl_vectors(test: &str) -> Option<StlVectors> {
+    static ANNOUNCED: Once = Once::new();
     let dir = vector_dir();
-    if !dir.is_dir() {
-        eprintln!(
-            "{test}: CRC-32 check against the known STL outputs \
-             ({} not present, no element-by-element comparison)",
+    let present = dir.is_dir();
+    let which = if present {
+        format!(
+            "CRC-32 check and element-by-element comparison with the STL files in {}",
             dir.display()
-        );
+        )
+    } else {
+        format!(
+            "CRC-32 check against the known STL outputs ({} not present, \
+             no element-by-element comparison)",
+            dir.display()
+        )
+    };
+    eprintln!("{test}: {which}");
+    ANNOUNCED.call_once(|| {
+        let _ = writeln!(std::io::stderr(), "codec_golden: {which}");
+    });
+    if !present {
         return None;
     }
-    eprintln!(
-        "{test}: CRC-32 check and element-by-element comparison with the STL files in {}",
-        dir.display()
-    );
     Some(StlVectors {
         src: read_words(&dir, "sweep.src"),
         codes: read_words(&dir, "sweep-r.u"),
