@@ -8,7 +8,7 @@
 //! `cargo fmt` afterwards). Needs the Debian audio packages installed by
 //! `scripts/install-audio-data.sh`. Method and results: `docs/vad-eval.md`.
 //!
-//! Recipe (dsp-notes §3.3):
+//! Recipe (after the reference comparison in `docs/background.md` §3):
 //! - The 568 Allison prompts are shuffled with a fixed seed and split in half: a tuning pool and
 //!   a held-out report pool. Each run draws `--prompts` prompts (default 150) from one pool
 //!   with that pool's own seed, and concatenates them with 0.5–1.5 s gaps (whole 20 ms frames),

@@ -17,6 +17,8 @@
 //! It prints p50/p99/max per leg and the store's share of a call (everything but the HTTP
 //! floor). Numbers are in docs/deploy.md.
 
+#![allow(clippy::disallowed_methods)] // a bench times requests with the wall clock
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +48,9 @@ fn main() {
         println!("{calls} calls, one after another; latency at the client, microseconds\n");
         run("sqlite", None, dir.path(), calls).await;
         match std::env::var("DATABASE_URL") {
-            Ok(url) if url.starts_with("postgres") => run("postgres", Some(url), dir.path(), calls).await,
+            Ok(url) if url.starts_with("postgres") => {
+                run("postgres", Some(url), dir.path(), calls).await
+            }
             _ => println!("(set DATABASE_URL=postgres://… to measure PostgreSQL too)"),
         }
     });
@@ -93,7 +97,10 @@ async fn run(name: &str, url: Option<String>, dir: &std::path::Path, calls: usiz
     for i in 0..calls + 50 {
         let call_sid = format!("CA{run_id:08x}{i:024x}");
         let params = vec![
-            ("AccountSid".to_owned(), "AC00000000000000000000000000000000".to_owned()),
+            (
+                "AccountSid".to_owned(),
+                "AC00000000000000000000000000000000".to_owned(),
+            ),
             ("CallSid".to_owned(), call_sid.clone()),
             ("CallStatus".to_owned(), "ringing".to_owned()),
             ("From".to_owned(), "+15550001111".to_owned()),

@@ -1,31 +1,95 @@
 //! µ-law against the ITU-T G.191 STL golden vectors, plus property tests of the codec.
 //!
-//! The vectors live outside the repository in `shared/data/g711-stl/` beside it (CI clones the
-//! repository with `shared/` next to it). Each file is 65,536 little-endian 16-bit words:
-//! `sweep.src` is a sweep through every 16-bit input, `sweep-r.u` the reference encoder's code
-//! for each (low byte), `sweep-r.u-u` those codes decoded by the reference decoder.
+//! The STL's G.711 test vectors are three files of 65,536 little-endian 16-bit words: `sweep.src`
+//! is every 16-bit value in order (−32768 … 32767), `sweep-r.u` the reference encoder's code for
+//! each (in the low byte, high byte zero), `sweep-r.u-u` those codes decoded by the reference
+//! decoder. The input is generated here and the codec's outputs, laid out the same way, are
+//! compared with the CRC-32 (IEEE) of the reference files, so the check needs nothing outside
+//! the repository. When the files themselves are in `../shared/data/g711-stl/` beside the
+//! repository (CI has them), the tests also compare element by element, which names the first
+//! samples that differ. Each test says on stderr which comparison ran.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
 
 use handset_engine::codec::{decode_into, decode_sample, encode_into, encode_sample, step_size};
 use proptest::prelude::*;
 
 const WORDS: usize = 65_536;
 
+/// CRC-32 (IEEE) of `sweep.src`: every i16 from −32768 to 32767, little-endian.
+const SWEEP_SRC_CRC: u32 = 0xc8ba_7682;
+/// CRC-32 (IEEE) of `sweep-r.u`: the reference µ-law code of each sweep sample, one per word.
+const SWEEP_CODES_CRC: u32 = 0xcd17_0e15;
+/// CRC-32 (IEEE) of `sweep-r.u-u`: each code of `sweep-r.u` decoded by the reference decoder.
+const SWEEP_DECODED_CRC: u32 = 0x6364_1c01;
+
+/// The STL sweep: every 16-bit value in order.
+fn sweep() -> Vec<i16> {
+    (i16::MIN..=i16::MAX).collect()
+}
+
+/// CRC-32 (IEEE) of 16-bit words written little-endian, as the STL files store them.
+fn crc_of_words(words: impl IntoIterator<Item = u16>) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for w in words {
+        hasher.update(&w.to_le_bytes());
+    }
+    hasher.finalize()
+}
+
 fn vector_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/g711-stl")
 }
 
-/// Reads one vector file as 65,536 little-endian words, failing with the path if it is missing.
-fn read_words(name: &str) -> Vec<u16> {
-    let path = vector_dir().join(name);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read G.711 golden vector {} ({e}); the STL vectors must be in \
-             shared/data/g711-stl/ beside the repository",
-            path.display()
+/// The three STL files, if they are beside the repository.
+struct StlVectors {
+    src: Vec<u16>,
+    codes: Vec<u16>,
+    decoded: Vec<u16>,
+}
+
+/// Reads the STL files when `../shared/data/g711-stl/` exists, and says on stderr which
+/// comparison the calling test runs: with `eprintln!` (shown with a failure or `--nocapture`),
+/// and once per run straight to stderr, past the test harness's capture, so a passing run's log
+/// says it too. A directory that exists but holds a short or unreadable file fails the test:
+/// CI's copy must be whole.
+fn stl_vectors(test: &str) -> Option<StlVectors> {
+    static ANNOUNCED: Once = Once::new();
+    let dir = vector_dir();
+    let present = dir.is_dir();
+    let which = if present {
+        format!(
+            "CRC-32 check and element-by-element comparison with the STL files in {}",
+            dir.display()
         )
+    } else {
+        format!(
+            "CRC-32 check against the known STL outputs ({} not present, \
+             no element-by-element comparison)",
+            dir.display()
+        )
+    };
+    eprintln!("{test}: {which}");
+    ANNOUNCED.call_once(|| {
+        let _ = writeln!(std::io::stderr(), "codec_golden: {which}");
     });
+    if !present {
+        return None;
+    }
+    Some(StlVectors {
+        src: read_words(&dir, "sweep.src"),
+        codes: read_words(&dir, "sweep-r.u"),
+        decoded: read_words(&dir, "sweep-r.u-u"),
+    })
+}
+
+/// Reads one vector file as 65,536 little-endian words, failing with the path if it is unreadable.
+fn read_words(dir: &Path, name: &str) -> Vec<u16> {
+    let path = dir.join(name);
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("cannot read G.711 golden vector {} ({e})", path.display()));
     assert_eq!(
         bytes.len(),
         WORDS * 2,
@@ -41,11 +105,46 @@ fn read_words(name: &str) -> Vec<u16> {
 }
 
 #[test]
+fn generated_sweep_is_the_stl_input() {
+    let src = sweep();
+    assert_eq!(src.len(), WORDS);
+    let crc = crc_of_words(src.iter().map(|&x| x as u16));
+    assert_eq!(
+        crc, SWEEP_SRC_CRC,
+        "generated sweep has CRC {crc:08x}, sweep.src has {SWEEP_SRC_CRC:08x}"
+    );
+    if let Some(stl) = stl_vectors("generated_sweep_is_the_stl_input") {
+        assert_eq!(
+            crc_of_words(stl.src.iter().copied()),
+            SWEEP_SRC_CRC,
+            "sweep.src CRC"
+        );
+        assert!(
+            src.iter().zip(&stl.src).all(|(&a, &b)| a as u16 == b),
+            "generated sweep differs from sweep.src"
+        );
+    }
+}
+
+#[test]
 fn encoder_matches_stl_on_all_65536_sweep_samples() {
-    let src = read_words("sweep.src");
-    let codes = read_words("sweep-r.u");
+    let src = sweep();
+    let codes: Vec<u8> = src.iter().map(|&x| encode_sample(x)).collect();
+    let crc = crc_of_words(codes.iter().map(|&c| u16::from(c)));
+    assert_eq!(
+        crc, SWEEP_CODES_CRC,
+        "encoded sweep has CRC {crc:08x}, sweep-r.u has {SWEEP_CODES_CRC:08x}"
+    );
+    let Some(stl) = stl_vectors("encoder_matches_stl_on_all_65536_sweep_samples") else {
+        return;
+    };
+    assert_eq!(
+        crc_of_words(stl.codes.iter().copied()),
+        SWEEP_CODES_CRC,
+        "sweep-r.u CRC"
+    );
     let mut mismatches = Vec::new();
-    for (&x, &code) in src.iter().zip(&codes) {
+    for (&x, &code) in stl.src.iter().zip(&stl.codes) {
         assert!(code <= 0xFF, "sweep-r.u word {code:#06x} is not a byte");
         let got = encode_sample(x as i16);
         if got != code as u8 {
@@ -58,34 +157,41 @@ fn encoder_matches_stl_on_all_65536_sweep_samples() {
         mismatches.len(),
         &mismatches[..mismatches.len().min(5)]
     );
-    // The sweep covers every 16-bit value, so this is exhaustive.
-    let mut seen = vec![false; WORDS];
-    for &x in &src {
-        seen[x as usize] = true;
-    }
-    assert!(
-        seen.iter().all(|&s| s),
-        "sweep.src does not cover every i16"
-    );
 }
 
 #[test]
 fn slice_encoder_matches_stl_sweep() {
-    let src: Vec<i16> = read_words("sweep.src").iter().map(|&x| x as i16).collect();
-    let codes: Vec<u8> = read_words("sweep-r.u").iter().map(|&c| c as u8).collect();
+    let src = sweep();
     let mut out = vec![0u8; WORDS];
     assert_eq!(encode_into(&src, &mut out), WORDS);
-    assert!(out == codes, "slice encoder differs from sweep-r.u");
+    let crc = crc_of_words(out.iter().map(|&c| u16::from(c)));
+    assert_eq!(
+        crc, SWEEP_CODES_CRC,
+        "slice-encoded sweep has CRC {crc:08x}, sweep-r.u has {SWEEP_CODES_CRC:08x}"
+    );
+    if let Some(stl) = stl_vectors("slice_encoder_matches_stl_sweep") {
+        let codes: Vec<u8> = stl.codes.iter().map(|&c| c as u8).collect();
+        assert!(out == codes, "slice encoder differs from sweep-r.u");
+    }
 }
 
 #[test]
 fn decoder_matches_stl_for_every_code() {
-    let codes = read_words("sweep-r.u");
-    let decoded = read_words("sweep-r.u-u");
+    // The codes to decode: the reference file's when present, else the encoder's, which the
+    // encoder tests hold to the reference's CRC.
+    let stl = stl_vectors("decoder_matches_stl_for_every_code");
+    let codes: Vec<u8> = match &stl {
+        Some(stl) => stl.codes.iter().map(|&c| c as u8).collect(),
+        None => sweep().into_iter().map(encode_sample).collect(),
+    };
+    let decoded: Vec<i16> = codes.iter().map(|&c| decode_sample(c)).collect();
+    let crc = crc_of_words(decoded.iter().map(|&x| x as u16));
+    assert_eq!(
+        crc, SWEEP_DECODED_CRC,
+        "decoded codes have CRC {crc:08x}, sweep-r.u-u has {SWEEP_DECODED_CRC:08x}"
+    );
     let mut checked = [false; 256];
-    for (&code, &linear) in codes.iter().zip(&decoded) {
-        let code = code as u8;
-        assert_eq!(decode_sample(code), linear as i16, "code {code:#04x}");
+    for &code in &codes {
         checked[code as usize] = true;
     }
     assert!(
@@ -93,13 +199,22 @@ fn decoder_matches_stl_for_every_code() {
         "the sweep does not reach all 256 codes: missing {:?}",
         (0..256).filter(|&c| !checked[c]).collect::<Vec<_>>()
     );
-    let bytes: Vec<u8> = codes.iter().map(|&c| c as u8).collect();
     let mut pcm = vec![0i16; WORDS];
-    assert_eq!(decode_into(&bytes, &mut pcm), WORDS);
+    assert_eq!(decode_into(&codes, &mut pcm), WORDS);
     assert!(
-        pcm.iter().zip(&decoded).all(|(&a, &b)| a == b as i16),
-        "slice decoder differs from sweep-r.u-u"
+        pcm == decoded,
+        "slice decoder differs from per-sample decoder"
     );
+    if let Some(stl) = stl {
+        assert_eq!(
+            crc_of_words(stl.decoded.iter().copied()),
+            SWEEP_DECODED_CRC,
+            "sweep-r.u-u CRC"
+        );
+        for (&code, &linear) in codes.iter().zip(&stl.decoded) {
+            assert_eq!(decode_sample(code), linear as i16, "code {code:#04x}");
+        }
+    }
 }
 
 #[test]

@@ -126,6 +126,29 @@ pub enum LogFormat {
     Text,
 }
 
+/// When text log lines carry ANSI colour codes.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum LogColor {
+    /// Always, even into a file or a pipe.
+    Always,
+    /// Only when the log goes to a terminal (default).
+    #[default]
+    Auto,
+    /// Never.
+    Never,
+}
+
+impl LogColor {
+    /// Whether to colour, given whether the log's destination is a terminal.
+    pub fn is_on(self, terminal: bool) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Auto => terminal,
+            Self::Never => false,
+        }
+    }
+}
+
 /// What the caller hears before the stream connects.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Greeting {
@@ -160,6 +183,8 @@ pub struct Config {
     pub record_max_length: Duration,
     /// `LOG_FORMAT`: `text` (default) or `json`.
     pub log_format: LogFormat,
+    /// `LOG_COLOR`: `auto` (default: colour only when stderr is a terminal), `always` or `never`.
+    pub log_color: LogColor,
     /// `DATA_DIR` (default `./data`): the embedded database (when `DATABASE_URL` is unset) and
     /// downloaded recordings.
     pub data_dir: PathBuf,
@@ -296,6 +321,7 @@ impl Default for Config {
             fallback_prompt: DEFAULT_FALLBACK_PROMPT.to_owned(),
             record_max_length: Duration::from_secs(120),
             log_format: LogFormat::Text,
+            log_color: LogColor::Auto,
             data_dir: PathBuf::from("./data"),
             database_url: None,
             database_max_connections: 8,
@@ -371,6 +397,14 @@ pub enum ConfigError {
     /// An unknown log format.
     #[error("{name} must be text or json: got {value:?}")]
     LogFormat {
+        /// Variable name.
+        name: &'static str,
+        /// Value given.
+        value: String,
+    },
+    /// An unknown log colour setting.
+    #[error("{name} must be auto, always or never: got {value:?}")]
+    LogColor {
         /// Variable name.
         name: &'static str,
         /// Value given.
@@ -526,6 +560,19 @@ impl Config {
                 _ => {
                     return Err(ConfigError::LogFormat {
                         name: "LOG_FORMAT",
+                        value: v.to_owned(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = non_empty("LOG_COLOR") {
+            config.log_color = match v.to_ascii_lowercase().as_str() {
+                "always" => LogColor::Always,
+                "auto" => LogColor::Auto,
+                "never" => LogColor::Never,
+                _ => {
+                    return Err(ConfigError::LogColor {
+                        name: "LOG_COLOR",
                         value: v.to_owned(),
                     });
                 }
@@ -881,6 +928,26 @@ mod tests {
         assert_eq!(c.record_max_length, Duration::from_secs(120));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.stream_token_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn log_color_is_parsed_and_auto_colours_only_a_terminal() {
+        assert_eq!(from(&[]).unwrap().log_color, LogColor::Auto);
+        for (value, color) in [
+            ("auto", LogColor::Auto),
+            ("Always", LogColor::Always),
+            ("NEVER", LogColor::Never),
+        ] {
+            assert_eq!(from(&[("LOG_COLOR", value)]).unwrap().log_color, color);
+        }
+        assert!(LogColor::Auto.is_on(true));
+        assert!(!LogColor::Auto.is_on(false));
+        assert!(LogColor::Always.is_on(false));
+        assert!(!LogColor::Never.is_on(true));
+        assert_eq!(
+            from(&[("LOG_COLOR", "yes")]).unwrap_err().to_string(),
+            "LOG_COLOR must be auto, always or never: got \"yes\""
+        );
     }
 
     #[test]

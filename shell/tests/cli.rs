@@ -92,3 +92,64 @@ fn server_answers_healthz_and_stops_on_sigterm() {
     assert!(rest.contains("SIGTERM received"), "{rest}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs the server with its stderr going to a file, as `handset serve 2>file` does, until it
+/// has logged that it listens; stops it with SIGTERM and returns the whole log.
+#[cfg(unix)]
+// A test of the whole process: it polls the log file with a wall-clock bound.
+#[allow(clippy::disallowed_methods)]
+fn text_log_into_a_file(log_color: Option<&str>) -> Vec<u8> {
+    use std::time::{Duration, Instant};
+
+    let tag = log_color.unwrap_or("unset");
+    let dir = std::env::temp_dir().join(format!("handset-cli-color-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = handset();
+    cmd.args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "text"])
+        .env("DATA_DIR", dir.join("data"))
+        .stderr(log);
+    if let Some(value) = log_color {
+        cmd.env("LOG_COLOR", value);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("handset listening")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the server never logged that it listens"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+    let bytes = std::fs::read(&log_path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    bytes
+}
+
+#[cfg(unix)]
+#[test]
+fn text_log_into_a_file_has_no_colour_codes_unless_log_color_is_always() {
+    const ESC: u8 = 0x1b;
+    for setting in [None, Some("auto"), Some("never")] {
+        let log = text_log_into_a_file(setting);
+        assert!(
+            !log.contains(&ESC),
+            "LOG_COLOR={setting:?} wrote an escape byte into the file:\n{}",
+            String::from_utf8_lossy(&log)
+        );
+    }
+    assert!(
+        text_log_into_a_file(Some("always")).contains(&ESC),
+        "LOG_COLOR=always colours even a file"
+    );
+}

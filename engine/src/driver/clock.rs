@@ -1,8 +1,8 @@
 //! The driver's clock: the only place in the engine that reads time or sleeps.
 //!
 //! [`SystemClock`] sleeps with `clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)` on an absolute
-//! deadline, so a late wake-up never shifts later deadlines (dsp-notes §5: ~70–160 µs median
-//! lateness, no drift; tokio's 1 ms timer wheel is 1–2 ms late). `std::time::Instant` is
+//! deadline, so a late wake-up never shifts later deadlines (measured, `docs/background.md` §1:
+//! ~70–160 µs median lateness, no drift; tokio's 1 ms timer wheel is 1–2 ms late). `std::time::Instant` is
 //! `CLOCK_MONOTONIC` on Linux, so deadlines convert exactly through one base pair read at
 //! construction.
 

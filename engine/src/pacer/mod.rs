@@ -6,7 +6,7 @@
 //! Twilio queues outbound `media` and plays it in arrival order, so sending faster than real time
 //! only grows Twilio's buffer (and delays barge-in, because a `clear` is needed to drop it), while
 //! sending slower makes the caller hear gaps and makes `mark`s come back early. Relative sleeping
-//! drifts by 0.4–0.8 % (dsp-notes §5); this pacer computes every deadline from a fixed anchor, so
+//! drifts by 0.4–0.8 % (`docs/background.md` §1); this pacer computes every deadline from a fixed anchor, so
 //! late wake-ups never add up.
 //!
 //! # Model
