@@ -143,7 +143,7 @@ async fn run(name: &str, url: Option<String>, dir: &std::path::Path, calls: usiz
         state.store.call_started(&record).await.unwrap();
         state
             .store
-            .call_ended(&call_sid, &record.stream_sid, "bench", 2, "completed")
+            .call_ended(&call_sid, &record.stream_sid, "bench", 2, "completed", None)
             .await
             .unwrap();
         times[3] = t.elapsed();

@@ -98,6 +98,9 @@ pub enum CloseReason {
     EngineRefused,
     /// `MAX_CALLS` media calls are already running (1013).
     Busy,
+    /// The agent transferred the call once its audio had played (1000); the
+    /// `<Connect action>` dials the target.
+    Transfer,
     /// Idle for [`Config::ws_idle_timeout`](crate::config::Config::ws_idle_timeout) (1001).
     Idle,
     /// `start` without a valid single-use token (1008).
@@ -123,6 +126,7 @@ impl CloseReason {
             Self::Draining => "draining",
             Self::EngineRefused => "engine_refused",
             Self::Busy => "busy",
+            Self::Transfer => "transfer",
             Self::Idle => "idle",
             Self::InvalidToken => "invalid_token",
             Self::TooBig => "too_big",
@@ -142,6 +146,7 @@ impl CloseReason {
             Self::Draining => (CloseCode::Away, "server draining, call redirected"),
             Self::EngineRefused => (CloseCode::Error, "cannot start call"),
             Self::Busy => (CloseCode::Again, "server at capacity, try again later"),
+            Self::Transfer => (CloseCode::Normal, "call transferred by agent"),
             Self::Idle => (CloseCode::Away, "idle timeout"),
             Self::InvalidToken => (CloseCode::Policy, "invalid or missing stream token"),
             Self::TooBig => (CloseCode::Size, "message too big"),
@@ -434,14 +439,12 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         from: identity.from.clone(),
         to: identity.to.clone(),
     };
-    let agent: Box<dyn Agent> = match &state.config.agent {
-        Some(agent) => Box::new(crate::agent::start(
-            agent,
-            &info,
-            &meta.custom_parameters,
-            id,
-        )),
-        None => Box::new(EchoAgent::new(EchoConfig::default())),
+    let (agent, control): (Box<dyn Agent>, _) = match &state.config.agent {
+        Some(agent) => {
+            let (agent, shared) = crate::agent::start(agent, &info, &meta.custom_parameters, id);
+            (Box::new(agent), Some(shared))
+        }
+        None => (Box::new(EchoAgent::new(EchoConfig::default())), None),
     };
     let traced = state.config.trace_dir.is_some()
         && (meta
@@ -509,6 +512,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
             id,
             trace_dir,
             recorded,
+            control,
         },
         Arc::clone(&state),
     ));
@@ -705,6 +709,8 @@ struct WriterCall {
     trace_dir: Option<std::path::PathBuf>,
     /// The store write of the call's start; its end is written after it.
     recorded: tokio::task::JoinHandle<()>,
+    /// The remote agent's shared state (the transfer it asked for), if a remote agent runs.
+    control: Option<Arc<crate::agent::remote::Shared>>,
 }
 
 /// A stream refused after its `start`: the call it belongs to and why.
@@ -727,6 +733,7 @@ async fn finish_refused(
         refusal.call_sid,
         refusal.stream_sid,
         refusal.reason,
+        None,
         id,
     )
     .await;
@@ -743,6 +750,7 @@ async fn record_end(
     call_sid: &str,
     stream_sid: &str,
     reason: CloseReason,
+    transfer: Option<&crate::ending::Transfer>,
     id: u64,
 ) {
     let write = state.store.call_ended(
@@ -751,6 +759,7 @@ async fn record_end(
         &state.config.instance_id,
         crate::clock::unix_ms(),
         reason.label(),
+        transfer,
     );
     match tokio::time::timeout(STORE_WRITE_TIMEOUT, write).await {
         Ok(Ok(())) => {}
@@ -808,6 +817,7 @@ impl WriterState {
                 self.close_reason = Some(match reason {
                     HangupReason::AgentFailed => CloseReason::AgentFailed,
                     HangupReason::Completed => CloseReason::AgentHangup,
+                    HangupReason::Transfer => CloseReason::Transfer,
                 });
                 return Step::Stop;
             }
@@ -861,6 +871,7 @@ async fn write_loop(
         id,
         trace_dir,
         recorded,
+        control,
     } = call;
     let write_timeout = state.config.ws_write_timeout;
     let metrics = &state.metrics;
@@ -957,7 +968,19 @@ async fn write_loop(
     // The end reason is stored before the close frame goes out: Twilio requests the
     // `<Connect action>` (on any instance) only after the stream has closed.
     let _ = tokio::time::timeout(STORE_WRITE_TIMEOUT, recorded).await;
-    record_end(&state, &info.call_sid, &info.stream_sid, reason, id).await;
+    let transfer = match reason {
+        CloseReason::Transfer => control.as_ref().and_then(|c| c.take_transfer()),
+        _ => None,
+    };
+    record_end(
+        &state,
+        &info.call_sid,
+        &info.stream_sid,
+        reason,
+        transfer.as_ref(),
+        id,
+    )
+    .await;
     let frame = reason.frame();
     let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;

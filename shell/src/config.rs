@@ -269,6 +269,9 @@ pub struct AgentConfig {
     pub reply_timeout: Option<Duration>,
     /// `AGENT_FALLBACK`: `apology` (default) or `tone`.
     pub fallback: AgentFallback,
+    /// `TRANSFER_ALLOW`: number prefixes and SIP domains an agent's `transfer` may dial
+    /// (empty: any well-formed target).
+    pub transfer_allow: Vec<String>,
     /// `OPENAI_*`: set when `OPENAI_API_KEY` selects the built-in OpenAI Realtime adapter
     /// instead of the Handset agent protocol (`url` is then `OPENAI_REALTIME_URL` and `auth`
     /// the bearer key).
@@ -466,6 +469,14 @@ pub enum ConfigError {
         /// What the value started with (never the rest: it may hold a password).
         scheme: String,
     },
+    /// A `TRANSFER_ALLOW` entry that is neither a number prefix nor a domain.
+    #[error(
+        "TRANSFER_ALLOW entries must be number prefixes (+ and digits) or SIP domains (pbx.example.com): got {entry:?}"
+    )]
+    TransferAllow {
+        /// The entry.
+        entry: String,
+    },
     /// `INSTANCE_ID` is not a short printable name.
     #[error("INSTANCE_ID must be 1 to 64 printable ASCII characters without spaces: got {value:?}")]
     InstanceId {
@@ -662,6 +673,20 @@ impl Config {
                 Duration::from_secs(int_in("HEADER_READ_TIMEOUT", v, 1, 300)?);
         }
         config.agent = agent_config(&non_empty)?;
+        if let Some(v) = non_empty("TRANSFER_ALLOW") {
+            let mut allow = Vec::new();
+            for entry in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                if !crate::ending::valid_allow_entry(entry) {
+                    return Err(ConfigError::TransferAllow {
+                        entry: entry.chars().take(64).collect(),
+                    });
+                }
+                allow.push(entry.to_owned());
+            }
+            if let Some(agent) = &mut config.agent {
+                agent.transfer_allow = allow;
+            }
+        }
         Ok(config)
     }
 
@@ -751,6 +776,7 @@ fn agent_config<'a>(
         connect_timeout,
         reply_timeout,
         fallback,
+        transfer_allow: Vec::new(),
         openai: None,
     }))
 }
@@ -792,6 +818,7 @@ fn openai_config<'a>(
         connect_timeout,
         reply_timeout,
         fallback,
+        transfer_allow: Vec::new(),
         openai: Some(OpenAiConfig {
             voice: non_empty("OPENAI_VOICE").unwrap_or("alloy").to_owned(),
             instructions: non_empty("OPENAI_INSTRUCTIONS")

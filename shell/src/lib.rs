@@ -16,6 +16,7 @@
 //! | [`routes`] | one `match (method, path)`, webhook handlers, error → status mapping |
 //! | [`signature`] | HMAC-SHA1/SHA256 webhook and WebSocket-upgrade signature verification |
 //! | [`twiml`] | pure TwiML builders |
+//! | [`ending`] | how a call goes on after its stream (the ending table), transfer checks |
 //! | [`tokens`] | single-use per-call stream tokens |
 //! | [`store`] | append-only JSON-lines logs under `DATA_DIR` |
 //! | [`form`] | strict form decoding |
@@ -31,7 +32,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = handset_shell::Config::from_vars([("DATA_DIR", "/var/lib/handset")])?;
-//! let (state, _startup) = handset_shell::AppState::new(config)?;
+//! let (state, _startup) = handset_shell::AppState::new(config).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! handset_shell::serve(listener, state, std::future::pending()).await?;
 //! # Ok(())
@@ -41,6 +42,7 @@
 pub mod agent;
 pub mod bridge;
 pub mod config;
+pub mod ending;
 pub mod form;
 pub mod media_stream;
 pub mod metrics;

@@ -134,7 +134,7 @@ const WS_ERROR_KINDS: [&str; 8] = [
 ];
 
 /// Every [`CloseReason`], in label order.
-const CLOSE_REASONS: [CloseReason; 14] = [
+const CLOSE_REASONS: [CloseReason; 15] = [
     CloseReason::AgentHangup,
     CloseReason::AgentFailed,
     CloseReason::Completed,
@@ -144,6 +144,7 @@ const CLOSE_REASONS: [CloseReason; 14] = [
     CloseReason::Draining,
     CloseReason::EngineRefused,
     CloseReason::Busy,
+    CloseReason::Transfer,
     CloseReason::Idle,
     CloseReason::InvalidToken,
     CloseReason::TooBig,

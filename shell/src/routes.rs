@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 
 use crate::clock;
 use crate::config::PublicUrl;
+use crate::ending::Ending;
 use crate::form;
 use crate::server::AppState;
 use crate::signature::{
@@ -59,6 +60,8 @@ pub enum Route {
     IncomingCall,
     /// `POST /webhook/stream_ended`.
     StreamEnded,
+    /// `POST /webhook/dial_ended`: the `<Dial action>` of a transfer.
+    DialEnded,
     /// `POST /webhook/stream_status`.
     StreamStatus,
     /// `GET /version`.
@@ -160,12 +163,14 @@ pub fn route(method: &Method, path: &str) -> Result<Route, HttpError> {
         (&Method::GET | &Method::POST, "/webhook/incoming_call") => Ok(Route::IncomingCall),
         (_, "/webhook/incoming_call") => Err(HttpError::MethodNotAllowed("GET, POST")),
         (&Method::POST, "/webhook/stream_ended") => Ok(Route::StreamEnded),
+        (&Method::POST, "/webhook/dial_ended") => Ok(Route::DialEnded),
         (&Method::POST, "/webhook/handle_recording") => Ok(Route::HandleRecording),
         (&Method::POST, "/webhook/call_status") => Ok(Route::CallStatus),
         (&Method::POST, "/webhook/stream_status") => Ok(Route::StreamStatus),
         (
             _,
             "/webhook/stream_ended"
+            | "/webhook/dial_ended"
             | "/webhook/handle_recording"
             | "/webhook/call_status"
             | "/webhook/stream_status",
@@ -259,6 +264,7 @@ async fn dispatch(
     let response = match route {
         Route::IncomingCall => incoming_call(state, &hook, id).await,
         Route::StreamEnded => Ok(stream_ended(state, &hook, id).await),
+        Route::DialEnded => dial_ended(state, &hook, id).await,
         Route::HandleRecording => handle_recording(state, &hook, id).await,
         Route::CallStatus => call_status(state, &hook, id).await,
         Route::StreamStatus => stream_status(state, &hook, id).await,
@@ -444,16 +450,12 @@ fn json_fields(body: &[u8]) -> Result<Vec<(String, String)>, HttpError> {
         .collect())
 }
 
-/// Most times one call is moved to another instance (a drain's `<Redirect>`) before it
-/// takes the fallback instead.
-pub const MAX_HOPS: u32 = 3;
-
 /// `hop` on the webhook URLs: how many times this call was redirected after a drain.
 fn hop(hook: &Webhook) -> u32 {
     hook.field("hop")
         .and_then(|h| h.parse::<u32>().ok())
         .unwrap_or(0)
-        .min(MAX_HOPS)
+        .min(crate::ending::MAX_HOPS)
 }
 
 async fn incoming_call(
@@ -520,42 +522,88 @@ async fn incoming_call(
     Ok(xml_response(xml))
 }
 
-/// `<Connect action>`: the stream has ended. A call whose stream was closed or refused by a
-/// draining instance is redirected to the voice webhook (through the load balancer, to an
-/// instance that is ready); every other ending takes the recording fallback.
+/// `<Connect action>`: the stream has ended. How the call goes on is decided from why it
+/// ended, as stored by whichever instance ran the stream ([`crate::ending`]).
 async fn stream_ended(state: &AppState, hook: &Webhook, id: u64) -> Response<Body> {
     let call_sid = hook.field("CallSid").unwrap_or("");
     let hop = hop(hook);
-    let reason = match state.store.call(call_sid).await {
-        Ok(record) => record.and_then(|r| r.end_reason),
+    let record = match state.store.call(call_sid).await {
+        Ok(record) => record,
         Err(e) => {
             state.store_failed(&e);
             tracing::error!(id, call_sid, error = %e, "stream ended: store unavailable, taking the fallback");
             None
         }
     };
-    let drained = matches!(reason.as_deref(), Some("draining" | "going_away"));
-    if drained && hop < MAX_HOPS {
-        let next = hop + 1;
-        tracing::info!(
-            id,
-            call_sid,
-            reason = reason.as_deref(),
-            hop = next,
-            "stream ended: instance draining, call redirected"
-        );
-        let url = hook
-            .origin
-            .http_url(&format!("/webhook/incoming_call?hop={next}"));
-        return xml_response(twiml::redirect(&url));
+    let reason = record
+        .as_ref()
+        .and_then(|r| r.end_reason.as_deref())
+        .unwrap_or("unknown");
+    match crate::ending::decide(record.as_ref(), hook.field("CallStatus"), hop) {
+        Ending::Hangup => {
+            tracing::info!(id, call_sid, reason, "stream ended: hanging up");
+            xml_response(twiml::hangup())
+        }
+        Ending::Dial(transfer) => {
+            tracing::info!(id, call_sid, target = %crate::ending::masked(transfer.to.as_str()), "stream ended: transferring");
+            let action = hook.origin.http_url("/webhook/dial_ended");
+            xml_response(twiml::dial(&twiml::Dial {
+                target: &transfer.to,
+                caller_id: transfer.caller_id.as_deref(),
+                timeout_s: transfer.timeout_s,
+                action: &action,
+            }))
+        }
+        Ending::Redirect { next } => {
+            tracing::info!(
+                id,
+                call_sid,
+                reason,
+                hop = next,
+                "stream ended: instance draining, call redirected"
+            );
+            let url = hook
+                .origin
+                .http_url(&format!("/webhook/incoming_call?hop={next}"));
+            xml_response(twiml::redirect(&url))
+        }
+        Ending::Fallback(why) => {
+            tracing::info!(
+                id,
+                call_sid,
+                reason,
+                why,
+                hop,
+                "stream ended: recording a message"
+            );
+            fallback(state, hook)
+        }
     }
-    tracing::info!(
-        id,
-        call_sid,
-        reason = reason.as_deref().unwrap_or("unknown"),
-        hop,
-        "stream ended: recording a message"
-    );
+}
+
+/// `<Dial action>`: a transfer has ended. Its outcome is stored; a transfer that was not
+/// answered takes the fallback, one that was ends the call.
+async fn dial_ended(
+    state: &AppState,
+    hook: &Webhook,
+    id: u64,
+) -> Result<Response<Body>, HttpError> {
+    let call_sid = hook.field("CallSid").unwrap_or("");
+    let status = hook.field("DialCallStatus").unwrap_or("");
+    if !status.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') || status.len() > 32 {
+        return Err(HttpError::BadRequest("invalid DialCallStatus".to_owned()));
+    }
+    state.store.transfer_ended(call_sid, status).await?;
+    if matches!(status, "completed" | "answered") {
+        tracing::info!(id, call_sid, status, "transfer ended");
+        return Ok(xml_response(twiml::hangup()));
+    }
+    tracing::warn!(id, call_sid, status, "transfer failed: recording a message");
+    Ok(fallback(state, hook))
+}
+
+/// The apology, then `<Record>`.
+fn fallback(state: &AppState, hook: &Webhook) -> Response<Body> {
     let config = &state.config;
     let action = hook.origin.http_url("/webhook/handle_recording");
     xml_response(twiml::record_fallback(&twiml::RecordFallback {

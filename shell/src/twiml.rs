@@ -113,6 +113,43 @@ pub fn redirect(url: &str) -> String {
     close_response(out)
 }
 
+/// What [`dial`] writes.
+#[derive(Clone, Copy, Debug)]
+pub struct Dial<'a> {
+    /// The checked target.
+    pub target: &'a crate::ending::TransferTarget,
+    /// `<Dial callerId>`, if set.
+    pub caller_id: Option<&'a str>,
+    /// `<Dial timeout>` in seconds.
+    pub timeout_s: u32,
+    /// `<Dial action>`: Twilio reports the outcome (`DialCallStatus`) there.
+    pub action: &'a str,
+}
+
+/// `<Response><Dial action=… callerId=… method="POST" timeout=…><Number>…</Number></Dial>
+/// </Response>` (or `<Sip>` for a SIP target): a transfer.
+pub fn dial(doc: &Dial<'_>) -> String {
+    let mut out = open_response();
+    let timeout = doc.timeout_s.to_string();
+    let mut attrs: Vec<(&str, &str)> = vec![("action", doc.action)];
+    if let Some(caller_id) = doc.caller_id {
+        attrs.push(("callerId", caller_id));
+    }
+    attrs.push(("method", "POST"));
+    attrs.push(("timeout", &timeout));
+    open(&mut out, "Dial", &attrs);
+    let (noun, value) = match doc.target {
+        crate::ending::TransferTarget::Number(n) => ("Number", n.as_str()),
+        crate::ending::TransferTarget::Sip(uri) => ("Sip", uri.as_str()),
+    };
+    open(&mut out, noun, &[]);
+    escape_into(&mut out, value);
+    out.push_str("</");
+    out.push_str(noun);
+    out.push_str("></Dial>");
+    close_response(out)
+}
+
 /// `<Response />`: an empty document.
 pub fn empty_response() -> String {
     format!("{PROLOG}<Response />")
@@ -264,6 +301,33 @@ mod tests {
     #[test]
     fn control_characters_cannot_break_the_document() {
         assert_eq!(escape("a\nb\u{0}c"), "a&#10;bc");
+    }
+
+    #[test]
+    fn dial_names_the_number_or_sip_uri() {
+        let number = crate::ending::TransferTarget::Number("+15557654321".into());
+        let xml = dial(&Dial {
+            target: &number,
+            caller_id: Some("+15550001111"),
+            timeout_s: 20,
+            action: "https://h/webhook/dial_ended",
+        });
+        assert!(
+            xml.ends_with(
+                r#"<Response><Dial action="https://h/webhook/dial_ended" callerId="+15550001111" method="POST" timeout="20"><Number>+15557654321</Number></Dial></Response>"#
+            ),
+            "{xml}"
+        );
+        let sip = crate::ending::TransferTarget::Sip("sip:a@pbx.example.com;x=1&y=2".into());
+        let xml = dial(&Dial {
+            target: &sip,
+            caller_id: None,
+            timeout_s: 30,
+            action: "https://h/d",
+        });
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let node = doc.descendants().find(|n| n.has_tag_name("Sip")).unwrap();
+        assert_eq!(node.text(), Some("sip:a@pbx.example.com;x=1&y=2"));
     }
 
     #[test]

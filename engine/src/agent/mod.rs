@@ -47,6 +47,8 @@ pub enum HangupReason {
     Completed,
     /// The agent failed and cannot continue; the shell falls back (recording).
     AgentFailed,
+    /// The agent hands the caller to someone else; the shell knows where to.
+    Transfer,
 }
 
 /// One command from an agent, applied to the call in order.

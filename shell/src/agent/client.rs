@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use handset_engine::MarkId;
-use handset_engine::agent::CallInfo;
+use handset_engine::agent::{CallInfo, HangupReason};
 use handset_engine::call::CallEvent;
 use ringbuf::traits::{Observer, Producer};
 use tokio::net::TcpStream;
@@ -162,6 +162,7 @@ pub async fn run(
         pending: None,
         id,
         call_sid,
+        transfer_allow: config.transfer_allow.clone(),
     };
     let outcome = session.pump(&mut tx, &mut rx).await;
     match outcome {
@@ -276,6 +277,8 @@ struct Session {
     pending: Option<Pending>,
     id: u64,
     call_sid: String,
+    /// `TRANSFER_ALLOW`: what a `transfer` may dial.
+    transfer_allow: Vec<String>,
 }
 
 type Failure = (FailReason, String);
@@ -314,7 +317,11 @@ impl Session {
                         self.pending = Some(Pending::Audio { offset: 0 });
                         self.flush();
                     }
-                    Some(Ok(Message::Text(text))) => self.command(&text),
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(reply) = self.command(&text) {
+                            send(tx, Message::text(reply)).await.map_err(|r| (r, "write failed".to_owned()))?;
+                        }
+                    }
                     Some(Ok(Message::Close(frame))) => {
                         let why = frame.map_or_else(String::new, |f| format!(" ({} {})", u16::from(f.code), f.reason));
                         return Err((FailReason::Dropped, format!("agent closed the connection{why}")));
@@ -387,17 +394,43 @@ impl Session {
         Some(Ok(Message::text(text)))
     }
 
-    /// Applies one agent text message.
-    fn command(&mut self, text: &str) {
+    /// Applies one agent text message; returns the answer to send the agent, if any.
+    fn command(&mut self, text: &str) -> Option<String> {
         let command = match protocol::parse(text) {
             Ok(FromAgent::AudioFormat(rate)) => Downlink::Rate(rate),
             Ok(FromAgent::Clear) => Downlink::Clear,
-            Ok(FromAgent::Hangup) => Downlink::Hangup,
+            Ok(FromAgent::Hangup) => Downlink::Hangup(HangupReason::Completed),
+            Ok(FromAgent::Transfer {
+                to,
+                caller_id,
+                timeout_s,
+            }) => {
+                match crate::ending::check_transfer(
+                    &to,
+                    caller_id.as_deref(),
+                    timeout_s,
+                    &self.transfer_allow,
+                ) {
+                    Ok(transfer) => {
+                        tracing::info!(id = self.id, call_sid = %self.call_sid, target = %crate::ending::masked(transfer.to.as_str()), "TRANSFER requested");
+                        self.ends.shared.set_transfer(transfer);
+                        Downlink::Hangup(HangupReason::Transfer)
+                    }
+                    Err(refused) => {
+                        tracing::warn!(id = self.id, call_sid = %self.call_sid, reason = %refused, "TRANSFER refused");
+                        let reason = refused.to_string();
+                        return Some(protocol::event(&ToAgent::TransferRefused {
+                            to: &to,
+                            reason: &reason,
+                        }));
+                    }
+                }
+            }
             Ok(FromAgent::Mark(name)) => match self.marks.add(name) {
                 Some(mark) => Downlink::Mark(mark),
                 None => {
                     self.counters.marks_refused += 1;
-                    return;
+                    return None;
                 }
             },
             Ok(FromAgent::Transcript { is_final, text }) => {
@@ -406,19 +439,20 @@ impl Session {
                 } else {
                     tracing::info!(id = self.id, call_sid = %self.call_sid, text = %text, "STT_PARTIAL");
                 }
-                return;
+                return None;
             }
-            Ok(FromAgent::Unknown) => return,
+            Ok(FromAgent::Unknown) => return None,
             Err(e) => {
                 self.counters.malformed += 1;
                 if self.counters.malformed <= 3 {
                     tracing::warn!(id = self.id, call_sid = %self.call_sid, error = %e, "agent message ignored");
                 }
-                return;
+                return None;
             }
         };
         self.pending = Some(Pending::Command(command));
         self.flush();
+        None
     }
 
     /// Pushes what is pending as far as the rings have room.

@@ -46,14 +46,15 @@ pub const COMMAND_RING: usize = 256;
 pub const UPLINK_QUEUE: usize = 128;
 
 /// Starts the agent connection for one call (on the current tokio runtime) and returns the
-/// engine-side agent. Never fails: an unreachable agent is reported through the returned agent,
-/// which then plays the fallback.
+/// engine-side agent, and the state both halves share (the bridge reads the transfer target
+/// from it when the call ends). Never fails: an unreachable agent is reported through the
+/// returned agent, which then plays the fallback.
 pub fn start(
     config: &AgentConfig,
     info: &CallInfo,
     custom_parameters: &HashMap<String, String>,
     id: u64,
-) -> RemoteAgent {
+) -> (RemoteAgent, Arc<remote::Shared>) {
     let (audio_tx, audio_rx) = HeapRb::<i16>::new(AUDIO_RING).split();
     let (commands_tx, commands_rx) = HeapRb::new(COMMAND_RING).split();
     let (uplink_tx, uplink_rx) = mpsc::channel(UPLINK_QUEUE);
@@ -68,7 +69,7 @@ pub fn start(
         uplink: uplink_rx,
         audio: audio_tx,
         commands: commands_tx,
-        shared,
+        shared: Arc::clone(&shared),
     };
     // The stream token was single-use and is spent; it is not the agent's business.
     let params: HashMap<String, String> = custom_parameters
@@ -81,5 +82,8 @@ pub fn start(
     } else {
         tokio::spawn(client::run(config.clone(), info.clone(), params, ends, id));
     }
-    RemoteAgent::new(engine, config.fallback, config.reply_timeout)
+    (
+        RemoteAgent::new(engine, config.fallback, config.reply_timeout),
+        shared,
+    )
 }

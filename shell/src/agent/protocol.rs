@@ -39,6 +39,15 @@ pub enum FromAgent {
         /// The text, capped at [`MAX_TRANSCRIPT`] bytes.
         text: String,
     },
+    /// Hand the caller to `to` once the audio sent before it has played.
+    Transfer {
+        /// An E.164 number or a `sip:` URI (checked by [`crate::ending::check_transfer`]).
+        to: String,
+        /// Caller ID shown to the target (E.164).
+        caller_id: Option<String>,
+        /// Seconds to ring the target.
+        timeout_s: Option<u64>,
+    },
     /// A `type` this version does not know; ignored.
     Unknown,
 }
@@ -67,6 +76,9 @@ pub enum ParseError {
     /// `transcript` with a `kind` other than `partial`/`final`, or without `text`.
     #[error("agent transcript needs kind partial or final and a text")]
     Transcript,
+    /// `transfer` without a string `to`.
+    #[error("agent transfer needs a target in to")]
+    Transfer,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +92,9 @@ struct Raw {
     text: Option<String>,
     #[serde(rename = "kind")]
     transcript_kind: Option<String>,
+    to: Option<String>,
+    caller_id: Option<String>,
+    timeout_s: Option<u64>,
 }
 
 /// Parses one agent text message.
@@ -107,6 +122,11 @@ pub fn parse(text: &str) -> Result<FromAgent, ParseError> {
         }
         "clear" => FromAgent::Clear,
         "hangup" => FromAgent::Hangup,
+        "transfer" => FromAgent::Transfer {
+            to: raw.to.ok_or(ParseError::Transfer)?,
+            caller_id: raw.caller_id,
+            timeout_s: raw.timeout_s,
+        },
         "mark" => match raw.name {
             Some(name) if !name.is_empty() && name.len() <= MAX_MARK_NAME => FromAgent::Mark(name),
             _ => return Err(ParseError::MarkName),
@@ -210,6 +230,13 @@ pub enum ToAgent<'a> {
     MarkCleared(&'a str),
     /// The call ended.
     Stop,
+    /// A `transfer` was refused; the call goes on.
+    TransferRefused {
+        /// The target as the agent sent it (cut to 256 bytes).
+        to: &'a str,
+        /// Why.
+        reason: &'a str,
+    },
 }
 
 /// The JSON text of `event`.
@@ -243,6 +270,11 @@ pub fn event(event: &ToAgent<'_>) -> String {
         ToAgent::MarkPlayed(name) => json!({"type": "mark_played", "name": name}),
         ToAgent::MarkCleared(name) => json!({"type": "mark_cleared", "name": name}),
         ToAgent::Stop => json!({"type": "stop"}),
+        ToAgent::TransferRefused { to, reason } => json!({
+            "type": "transfer_refused",
+            "to": truncate(to, crate::ending::MAX_TARGET),
+            "reason": reason,
+        }),
     }
     .to_string()
 }
@@ -278,6 +310,17 @@ mod tests {
         );
         assert_eq!(parse(r#"{"type":"clear"}"#), Ok(FromAgent::Clear));
         assert_eq!(parse(r#"{"type":"hangup"}"#), Ok(FromAgent::Hangup));
+        assert_eq!(
+            parse(
+                r#"{"type":"transfer","to":"+15557654321","caller_id":"+15550001111","timeout_s":20}"#
+            ),
+            Ok(FromAgent::Transfer {
+                to: "+15557654321".into(),
+                caller_id: Some("+15550001111".into()),
+                timeout_s: Some(20),
+            })
+        );
+        assert_eq!(parse(r#"{"type":"transfer"}"#), Err(ParseError::Transfer));
         assert_eq!(
             parse(r#"{"type":"mark","name":"answer-1"}"#),
             Ok(FromAgent::Mark("answer-1".into()))

@@ -83,11 +83,14 @@ impl FailReason {
     }
 }
 
-/// State shared by the two halves (atomics only).
+/// State shared by the two halves: atomics, and the transfer slot written once per call.
 #[derive(Debug, Default)]
 pub struct Shared {
     /// A [`FailReason`] code, 0 while healthy. The first writer wins.
     failed: AtomicU8,
+    /// The checked transfer the agent asked for, set once before its hang-up command is
+    /// queued; the bridge takes it when the call ends with [`HangupReason::Transfer`].
+    transfer: parking_lot::Mutex<Option<crate::ending::Transfer>>,
     /// `clear` commands pushed into the command ring so far.
     clears: AtomicU64,
     /// Uplink messages (caller frames and events) dropped because the queue was full.
@@ -95,6 +98,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Keeps the transfer the call will end with (not on the media path: once per call).
+    pub fn set_transfer(&self, transfer: crate::ending::Transfer) {
+        *self.transfer.lock() = Some(transfer);
+    }
+
+    /// The transfer the call ended with, if any.
+    pub fn take_transfer(&self) -> Option<crate::ending::Transfer> {
+        self.transfer.lock().take()
+    }
+
     /// Records `reason` unless a failure was recorded already; true if this call recorded it.
     pub fn fail(&self, reason: FailReason) -> bool {
         self.failed
@@ -150,8 +163,8 @@ pub enum Downlink {
     Mark(MarkId),
     /// Drop the audio queued before this and stop playback.
     Clear,
-    /// End the call after the audio before this has played.
-    Hangup,
+    /// End the call (or transfer it) after the audio before this has played.
+    Hangup(HangupReason),
 }
 
 /// The engine's end of the queues, handed to [`RemoteAgent::new`].
@@ -304,8 +317,8 @@ impl RemoteAgent {
                 self.uplink(Uplink::MarkDropped(mark));
             }
             Downlink::Clear => self.clears_seen += 1,
-            Downlink::Hangup => {
-                out.hangup(HangupReason::Completed);
+            Downlink::Hangup(reason) => {
+                out.hangup(reason);
                 self.phase = Phase::Done;
             }
         }
@@ -325,7 +338,7 @@ impl RemoteAgent {
     fn discard_queued(&mut self) {
         let mut sink = AgentOutput::default();
         while let Some((_, command)) = self.ends.commands.try_pop() {
-            if command != Downlink::Hangup {
+            if !matches!(command, Downlink::Hangup(_)) {
                 self.drop_command(command, &mut sink);
             }
         }
@@ -351,13 +364,13 @@ impl RemoteAgent {
                         out.clear();
                         self.playing = false;
                     }
-                    Downlink::Hangup => {
+                    Downlink::Hangup(reason) => {
                         out.mark(HANGUP_MARK);
                         let deadline = now + queued + want + HANGUP_GRACE;
                         self.phase = Phase::Closing {
                             mark: HANGUP_MARK,
                             deadline: Some(deadline),
-                            reason: HangupReason::Completed,
+                            reason,
                         };
                         return;
                     }
@@ -807,7 +820,7 @@ mod tests {
     fn hangup_waits_for_the_audio_before_it() {
         let mut h = harness(AgentFallback::Apology, None);
         h.push_audio(3, 320);
-        h.push_command(Downlink::Hangup);
+        h.push_command(Downlink::Hangup(HangupReason::Completed));
         let cmds = h.pull(200);
         assert!(matches!(cmds[0], AgentCommand::Audio { len: 320, .. }));
         assert_eq!(cmds[1], AgentCommand::Mark(HANGUP_MARK));

@@ -115,6 +115,10 @@ pub struct CallRecord {
     pub ended_unix_ms: Option<u64>,
     /// Why it ended (a close-reason label such as `agent_hangup`, `draining`).
     pub end_reason: Option<String>,
+    /// Where the agent transferred the call, when it ended with `transfer`.
+    pub transfer: Option<crate::ending::Transfer>,
+    /// How the transfer went (`DialCallStatus`: `completed`, `busy`, `no-answer`, …).
+    pub transfer_status: Option<String>,
 }
 
 /// Where a recording job is.
@@ -486,9 +490,10 @@ impl Store {
         Ok(())
     }
 
-    /// Records why a call's stream ended. A call refused before it started (say, by a
-    /// draining instance) gets a record with only the end. The stream's own `stream_sid`
-    /// guards against a late write for an earlier stream of the same call.
+    /// Records why a call's stream ended, and where to when the agent transferred it. A
+    /// call refused before it started (say, by a draining instance) gets a record with only
+    /// the end. The stream's own `stream_sid` guards against a late write for an earlier
+    /// stream of the same call.
     pub async fn call_ended(
         &self,
         call_sid: &str,
@@ -496,20 +501,38 @@ impl Store {
         instance: &str,
         ended_unix_ms: u64,
         reason: &str,
+        transfer: Option<&crate::ending::Transfer>,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO calls (call_sid, account_sid, stream_sid, instance, started_unix_ms, \
-             ended_unix_ms, end_reason) VALUES ($1, '', $2, $3, $4, $4, $5) \
+             ended_unix_ms, end_reason, transfer_to, transfer_caller_id, transfer_timeout_s) \
+             VALUES ($1, '', $2, $3, $4, $4, $5, $6, $7, $8) \
              ON CONFLICT (call_sid) DO UPDATE SET ended_unix_ms = excluded.ended_unix_ms, \
-             end_reason = excluded.end_reason WHERE calls.stream_sid = excluded.stream_sid",
+             end_reason = excluded.end_reason, transfer_to = excluded.transfer_to, \
+             transfer_caller_id = excluded.transfer_caller_id, \
+             transfer_timeout_s = excluded.transfer_timeout_s \
+             WHERE calls.stream_sid = excluded.stream_sid",
         )
         .bind(call_sid)
         .bind(stream_sid)
         .bind(instance)
         .bind(ms(ended_unix_ms))
         .bind(reason)
+        .bind(transfer.map(|t| t.to.as_str()))
+        .bind(transfer.and_then(|t| t.caller_id.as_deref()))
+        .bind(transfer.map(|t| i64::from(t.timeout_s)))
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Records how a transfer went (`DialCallStatus`).
+    pub async fn transfer_ended(&self, call_sid: &str, status: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE calls SET transfer_status = $2 WHERE call_sid = $1")
+            .bind(call_sid)
+            .bind(status)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -517,7 +540,8 @@ impl Store {
     pub async fn call(&self, call_sid: &str) -> Result<Option<CallRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT call_sid, account_sid, stream_sid, instance, started_unix_ms, \
-             ended_unix_ms, end_reason FROM calls WHERE call_sid = $1",
+             ended_unix_ms, end_reason, transfer_to, transfer_caller_id, transfer_timeout_s, \
+             transfer_status FROM calls WHERE call_sid = $1",
         )
         .bind(call_sid)
         .fetch_optional(&self.pool)
@@ -531,6 +555,8 @@ impl Store {
                 started_unix_ms: unsigned(row.try_get(4)?),
                 ended_unix_ms: row.try_get::<Option<i64>, _>(5)?.map(unsigned),
                 end_reason: row.try_get(6)?,
+                transfer: transfer_from_row(&row)?,
+                transfer_status: row.try_get(10)?,
             })
         })
         .transpose()
@@ -761,6 +787,26 @@ impl Store {
     fn pool(&self) -> &AnyPool {
         &self.pool
     }
+}
+
+/// The transfer columns (7–9) of a `calls` row, re-checked for form: the row was written
+/// from a checked transfer, so a failure here means the database was edited by hand.
+fn transfer_from_row(
+    row: &sqlx::any::AnyRow,
+) -> Result<Option<crate::ending::Transfer>, StoreError> {
+    let Some(to) = row.try_get::<Option<String>, _>(7)? else {
+        return Ok(None);
+    };
+    let caller_id: Option<String> = row.try_get(8)?;
+    let timeout: Option<i64> = row.try_get(9)?;
+    crate::ending::check_transfer(
+        &to,
+        caller_id.as_deref(),
+        timeout.and_then(|t| u64::try_from(t).ok()),
+        &[],
+    )
+    .map(Some)
+    .map_err(|e| StoreError::Corrupt(format!("stored transfer: {e}")))
 }
 
 /// [`Store::insert_call_status`] on any executor (the pool, or the import's transaction).

@@ -80,7 +80,7 @@ async fn call_records_keep_the_end_reason_of_the_current_stream() {
     db.store.call_started(&start).await.unwrap();
     assert_eq!(db.store.call("CA1").await.unwrap(), Some(start.clone()));
     db.store
-        .call_ended("CA1", "MZ1", "a", T0 + 5, "agent_hangup")
+        .call_ended("CA1", "MZ1", "a", T0 + 5, "agent_hangup", None)
         .await
         .unwrap();
     let ended = db.store.call("CA1").await.unwrap().unwrap();
@@ -97,19 +97,38 @@ async fn call_records_keep_the_end_reason_of_the_current_stream() {
     };
     db.store.call_started(&again).await.unwrap();
     db.store
-        .call_ended("CA1", "MZ1", "a", T0 + 11, "going_away")
+        .call_ended("CA1", "MZ1", "a", T0 + 11, "going_away", None)
         .await
         .unwrap();
     assert_eq!(db.store.call("CA1").await.unwrap(), Some(again));
 
     // A stream refused before it started still leaves its reason.
     db.store
-        .call_ended("CA2", "MZ9", "b", T0, "draining")
+        .call_ended("CA2", "MZ9", "b", T0, "draining", None)
         .await
         .unwrap();
     let refused = db.store.call("CA2").await.unwrap().unwrap();
     assert_eq!(refused.end_reason.as_deref(), Some("draining"));
     assert_eq!(db.store.call("CA3").await.unwrap(), None);
+
+    // A transfer keeps its target, then its outcome.
+    let transfer =
+        crate::ending::check_transfer("+15557654321", Some("+15550001111"), Some(20), &[]).unwrap();
+    let start4 = CallRecord {
+        call_sid: "CA4".into(),
+        stream_sid: "MZ4".into(),
+        instance: "a".into(),
+        ..CallRecord::default()
+    };
+    db.store.call_started(&start4).await.unwrap();
+    db.store
+        .call_ended("CA4", "MZ4", "a", T0, "transfer", Some(&transfer))
+        .await
+        .unwrap();
+    db.store.transfer_ended("CA4", "no-answer").await.unwrap();
+    let record = db.reopen().await.call("CA4").await.unwrap().unwrap();
+    assert_eq!(record.transfer, Some(transfer));
+    assert_eq!(record.transfer_status.as_deref(), Some("no-answer"));
 }
 
 #[tokio::test]
