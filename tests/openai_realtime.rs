@@ -34,13 +34,19 @@ const ITEM: &str = "item_answer_1";
 
 /// A server whose calls go to the OpenAI adapter at `realtime_url`.
 async fn start(realtime_url: &str) -> TestServer {
-    TestServer::start(&[
+    start_with(realtime_url, &[]).await
+}
+
+/// [`start`] with `extra` variables.
+async fn start_with(realtime_url: &str, extra: &[(&str, &str)]) -> TestServer {
+    let mut vars = vec![
         ("ENGINE_WORKERS", "1"),
         ("OPENAI_API_KEY", API_KEY),
         ("OPENAI_REALTIME_URL", realtime_url),
         ("OPENAI_VOICE", "verse"),
-    ])
-    .await
+    ];
+    vars.extend_from_slice(extra);
+    TestServer::start(&vars).await
 }
 
 /// Call `n` against `server`, `duration` long.
@@ -73,6 +79,14 @@ fn answer() -> Vec<u8> {
 /// Starts the fake Realtime server; `speech_after` = when (after the burst) its VAD reports
 /// the caller speaking, or never.
 async fn fake_realtime(speech_after: Option<Duration>) -> (String, Log) {
+    fake_realtime_calling(speech_after, None).await
+}
+
+/// [`fake_realtime`] whose answer ends with a call of function tool `tool` (name, arguments).
+async fn fake_realtime_calling(
+    speech_after: Option<Duration>,
+    tool: Option<(&'static str, &'static str)>,
+) -> (String, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "ws://{}/v1/realtime?model=gpt-realtime",
@@ -82,13 +96,18 @@ async fn fake_realtime(speech_after: Option<Duration>) -> (String, Log) {
     let shared = Arc::clone(&log);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(serve_realtime(tcp, speech_after, Arc::clone(&shared)));
+            tokio::spawn(serve_realtime(tcp, speech_after, tool, Arc::clone(&shared)));
         }
     });
     (url, log)
 }
 
-async fn serve_realtime(tcp: tokio::net::TcpStream, speech_after: Option<Duration>, log: Log) {
+async fn serve_realtime(
+    tcp: tokio::net::TcpStream,
+    speech_after: Option<Duration>,
+    tool: Option<(&'static str, &'static str)>,
+    log: Log,
+) {
     use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
     let _ = tcp.set_nodelay(true);
     let mut authorization = None;
@@ -159,6 +178,14 @@ async fn serve_realtime(tcp: tokio::net::TcpStream, speech_after: Option<Duratio
                         }));
                     }
                     speech_at = speech_after.map(|d| tokio::time::Instant::now() + d);
+                    if let Some((name, arguments)) = tool {
+                        out.push(json!({
+                            "type": "response.function_call_arguments.done", "response_id": "resp_1",
+                            "item_id": "item_call_1", "output_index": 1, "call_id": "call_1",
+                            "name": name, "arguments": arguments,
+                        }));
+                        out.push(json!({"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}));
+                    }
                 }
             }
             "conversation.item.truncate" => {
@@ -365,4 +392,77 @@ async fn caller_keys_reach_the_assistant_as_one_message_and_are_answered() {
     assert_eq!(text(&sent[4]), "[The caller pressed these phone keys: 9]");
     // The key answer is a plain response (the session's instructions), not the greeting.
     assert!(sent[3]["response"].is_null(), "{}", sent[3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_assistant_ends_or_transfers_the_call_with_its_tools_after_its_answer_played() {
+    let (end_url, end_log) = fake_realtime_calling(None, Some(("end_call", "{}"))).await;
+    let (transfer_url, _) =
+        fake_realtime_calling(None, Some(("transfer_call", r#"{"to":"+15557654321"}"#))).await;
+    let (refused_url, refused_log) =
+        fake_realtime_calling(None, Some(("transfer_call", r#"{"to":"+19005550100"}"#))).await;
+    let allow = [("TRANSFER_ALLOW", "+1555")];
+    let ending = start_with(&end_url, &allow).await;
+    let transferring = start_with(&transfer_url, &allow).await;
+    let refusing = start_with(&refused_url, &allow).await;
+    let (a, b, c) = tokio::join!(
+        run_call(plan(&ending, 40, Duration::from_secs(8))),
+        run_call(plan(&transferring, 41, Duration::from_secs(8))),
+        run_call(plan(&refusing, 42, Duration::from_secs(8))),
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    let answer_bytes = DELTAS * DELTA_MS * 8;
+    for (name, outcome, close) in [
+        ("end_call", &a, "call ended by agent"),
+        ("transfer_call", &b, "call transferred by agent"),
+    ] {
+        assert_eq!(outcome.close, Some((1000, close.to_owned())), "{name}");
+        // The whole answer played before the call ended.
+        assert!(
+            played_bytes(outcome).len() >= answer_bytes,
+            "{name}: {} of {answer_bytes} bytes played",
+            played_bytes(outcome).len()
+        );
+    }
+    let outputs = events(&end_log, "conversation.item.create");
+    assert!(
+        outputs.iter().any(
+            |e| e["item"]["type"] == "function_call_output" && e["item"]["call_id"] == "call_1"
+        ),
+        "{outputs:?}"
+    );
+    let record = transferring
+        .state
+        .store
+        .call(&support::call_sid(41))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.end_reason.as_deref(), Some("transfer"));
+    assert_eq!(
+        record.transfer.map(|t| t.to.as_str().to_owned()).as_deref(),
+        Some("+15557654321")
+    );
+    // Outside TRANSFER_ALLOW: the assistant is told why and asked to go on; the call goes on.
+    assert_eq!(c.close.as_ref().map(|c| c.0), Some(1000));
+    assert_ne!(
+        c.close.as_ref().map(|c| c.1.as_str()),
+        Some("call transferred by agent")
+    );
+    let refused: Vec<Value> = events(&refused_log, "conversation.item.create")
+        .into_iter()
+        .filter(|e| e["item"]["type"] == "function_call_output")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let output: Value =
+        serde_json::from_str(refused[0]["item"]["output"].as_str().unwrap()).unwrap();
+    assert_eq!(output["ok"], false);
+    assert!(
+        output["error"].as_str().unwrap().contains("TRANSFER_ALLOW"),
+        "{output}"
+    );
+    assert!(!events(&refused_log, "response.create").is_empty());
+    ending.stop().await;
+    transferring.stop().await;
+    refusing.stop().await;
 }

@@ -298,6 +298,10 @@ pub struct OpenAiConfig {
     /// `OPENAI_DTMF` (default `on`; `off` disables): tell the assistant which phone keys the
     /// caller pressed (a user message once the keys settle, then a response).
     pub dtmf: bool,
+    /// `OPENAI_TOOLS` (default `on`; `off` disables): declare the `end_call` and
+    /// `transfer_call` function tools, so the assistant can hang up or transfer the caller
+    /// (transfers checked like an agent's `transfer`, against `TRANSFER_ALLOW`).
+    pub tools: bool,
 }
 
 /// Default `OPENAI_GREETING`.
@@ -781,6 +785,22 @@ fn agent_config<'a>(
     }))
 }
 
+/// An `on`/`off` variable, `on` when unset.
+fn switch<'a>(
+    non_empty: &impl Fn(&str) -> Option<&'a str>,
+    name: &'static str,
+) -> Result<bool, ConfigError> {
+    match non_empty(name) {
+        None => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("on") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("off") => Ok(false),
+        Some(v) => Err(ConfigError::Switch {
+            name,
+            value: v.to_owned(),
+        }),
+    }
+}
+
 /// The OpenAI Realtime adapter (`OPENAI_API_KEY` set): its URL, key and session settings.
 fn openai_config<'a>(
     non_empty: &impl Fn(&str) -> Option<&'a str>,
@@ -830,17 +850,8 @@ fn openai_config<'a>(
                 Some(g) => Some(g.to_owned()),
                 None => Some(DEFAULT_OPENAI_GREETING.to_owned()),
             },
-            dtmf: match non_empty("OPENAI_DTMF") {
-                None => true,
-                Some(v) if v.eq_ignore_ascii_case("on") => true,
-                Some(v) if v.eq_ignore_ascii_case("off") => false,
-                Some(v) => {
-                    return Err(ConfigError::Switch {
-                        name: "OPENAI_DTMF",
-                        value: v.to_owned(),
-                    });
-                }
-            },
+            dtmf: switch(non_empty, "OPENAI_DTMF")?,
+            tools: switch(non_empty, "OPENAI_TOOLS")?,
         }),
     }))
 }

@@ -45,7 +45,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use handset_engine::agent::CallInfo;
+use handset_engine::agent::{CallInfo, HangupReason};
 use handset_engine::call::{CallEvent, Interruption};
 use handset_engine::resample::Resampler;
 use handset_engine::{MarkId, SampleRate, codec};
@@ -83,7 +83,7 @@ pub fn session_update(config: &OpenAiConfig) -> String {
     if let Some(model) = &config.transcribe_model {
         input["transcription"] = json!({ "model": model });
     }
-    json!({
+    let mut update = json!({
         "type": "session.update",
         "session": {
             "type": "realtime",
@@ -94,6 +94,48 @@ pub fn session_update(config: &OpenAiConfig) -> String {
                 "output": {"format": {"type": "audio/pcmu"}, "voice": config.voice},
             },
         },
+    });
+    if config.tools {
+        update["session"]["tools"] = tools();
+        update["session"]["tool_choice"] = "auto".into();
+    }
+    update.to_string()
+}
+
+/// The function tools the assistant may call (`OPENAI_TOOLS`): end the call, transfer it.
+fn tools() -> serde_json::Value {
+    json!([
+        {
+            "type": "function",
+            "name": END_CALL,
+            "description": "End the phone call. Say goodbye first; the call ends once that has played.",
+            "parameters": {"type": "object", "properties": {}, "required": []},
+        },
+        {
+            "type": "function",
+            "name": TRANSFER_CALL,
+            "description": "Transfer the caller to a person or another line. Tell the caller first; the transfer happens once that has played.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "to": {"type": "string", "description": "E.164 phone number such as +15557654321, or a sip: URI"},
+                },
+                "required": ["to"],
+            },
+        },
+    ])
+}
+
+/// The `end_call` tool's name.
+pub const END_CALL: &str = "end_call";
+/// The `transfer_call` tool's name.
+pub const TRANSFER_CALL: &str = "transfer_call";
+
+/// `conversation.item.create` with a function call's result.
+pub fn function_output(call_id: &str, output: &serde_json::Value) -> String {
+    json!({
+        "type": "conversation.item.create",
+        "item": {"type": "function_call_output", "call_id": call_id, "output": output.to_string()},
     })
     .to_string()
 }
@@ -174,6 +216,15 @@ pub enum ServerEvent {
     AssistantTranscript(String),
     /// An `error` event: its message.
     Error(String),
+    /// The assistant called a function tool.
+    FunctionCall {
+        /// The call's id, echoed in the output.
+        call_id: String,
+        /// The tool.
+        name: String,
+        /// Its arguments, a JSON object as text.
+        arguments: String,
+    },
     /// Anything else (ignored).
     Other,
 }
@@ -197,6 +248,9 @@ struct RawEvent {
     delta: Option<String>,
     transcript: Option<String>,
     error: Option<RawError>,
+    call_id: Option<String>,
+    name: Option<String>,
+    arguments: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +278,14 @@ pub fn parse_event(text: &str) -> Result<ServerEvent, EventError> {
         "response.output_audio_transcript.done" | "response.audio_transcript.done" => {
             ServerEvent::AssistantTranscript(raw.transcript.unwrap_or_default())
         }
+        "response.function_call_arguments.done" => match (raw.call_id, raw.name) {
+            (Some(call_id), Some(name)) => ServerEvent::FunctionCall {
+                call_id,
+                name,
+                arguments: raw.arguments.unwrap_or_default(),
+            },
+            _ => return Err(EventError::Malformed),
+        },
         "error" => ServerEvent::Error(
             raw.error
                 .and_then(|e| e.message)
@@ -445,6 +507,7 @@ pub async fn run(config: AgentConfig, info: CallInfo, mut ends: ClientEnds, id: 
         counters: Counters::default(),
         id,
         call_sid,
+        transfer_allow: config.transfer_allow.clone(),
     };
     let outcome = session.pump(&mut tx, &mut rx).await;
     if let Err((reason, error)) = &outcome {
@@ -518,6 +581,8 @@ struct Session {
     counters: Counters,
     id: u64,
     call_sid: String,
+    /// `TRANSFER_ALLOW`: what `transfer_call` may dial.
+    transfer_allow: Vec<String>,
 }
 
 impl Session {
@@ -664,6 +729,54 @@ impl Session {
     }
 
     /// Applies one server event; returns what to send back.
+    /// Carries out a tool call: `end_call` and an accepted `transfer_call` end the call once
+    /// the audio before them has played (like an agent's `hangup`/`transfer`); a refused
+    /// transfer is answered with the reason and a new response, so the assistant can say so.
+    fn function_call(&mut self, call_id: &str, name: &str, arguments: &str) -> Vec<String> {
+        let args: serde_json::Value = serde_json::from_str(arguments).unwrap_or_default();
+        let result = match name {
+            END_CALL => {
+                tracing::info!(id = self.id, call_sid = %self.call_sid, "HANGUP requested by the assistant");
+                Ok(HangupReason::Completed)
+            }
+            TRANSFER_CALL => {
+                let to = args["to"].as_str().unwrap_or_default();
+                match crate::ending::check_transfer(to, None, None, &self.transfer_allow) {
+                    Ok(transfer) => {
+                        tracing::info!(id = self.id, call_sid = %self.call_sid, target = %crate::ending::masked(transfer.to.as_str()), "TRANSFER requested by the assistant");
+                        self.ends.shared.set_transfer(transfer);
+                        Ok(HangupReason::Transfer)
+                    }
+                    Err(refused) => {
+                        tracing::warn!(id = self.id, call_sid = %self.call_sid, reason = %refused, "TRANSFER refused");
+                        Err(refused.to_string())
+                    }
+                }
+            }
+            _ => Err(format!("unknown function {}", truncate(name, 64))),
+        };
+        match result {
+            Ok(reason) => {
+                self.commands.push_back(Downlink::Hangup(reason));
+                self.flush();
+                vec![function_output(call_id, &json!({"ok": true}))]
+            }
+            Err(error) => {
+                let mut out = vec![function_output(
+                    call_id,
+                    &json!({"ok": false, "error": error}),
+                )];
+                if self.responding {
+                    self.respond_when_done = true;
+                } else {
+                    self.responding = true;
+                    out.push(respond());
+                }
+                out
+            }
+        }
+    }
+
     fn server_event(&mut self, text: &str) -> Vec<String> {
         let event = match parse_event(text) {
             Ok(event) => event,
@@ -720,6 +833,11 @@ impl Session {
                 self.responding = true;
                 Vec::new()
             }
+            ServerEvent::FunctionCall {
+                call_id,
+                name,
+                arguments,
+            } => self.function_call(&call_id, &name, &arguments),
             ServerEvent::ResponseDone => {
                 self.responding = false;
                 if std::mem::take(&mut self.respond_when_done) {
@@ -911,6 +1029,7 @@ mod tests {
             transcribe_model: None,
             greeting: None,
             dtmf: true,
+            tools: false,
         };
         let v: serde_json::Value = serde_json::from_str(&session_update(&config)).unwrap();
         assert_eq!(v["type"], "session.update");
@@ -928,5 +1047,45 @@ mod tests {
             (Some("i9"), Some(740))
         );
         assert_eq!(t["content_index"], 0);
+        assert!(s.get("tools").is_none(), "OPENAI_TOOLS=off declares none");
+        let with_tools = OpenAiConfig {
+            tools: true,
+            ..config
+        };
+        let v: serde_json::Value = serde_json::from_str(&session_update(&with_tools)).unwrap();
+        let names: Vec<&str> = v["session"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, [END_CALL, TRANSFER_CALL]);
+        assert_eq!(v["session"]["tool_choice"], "auto");
+    }
+
+    #[test]
+    fn function_calls_parse_and_a_call_without_a_name_is_refused() {
+        let call = json!({"type": "response.function_call_arguments.done", "response_id": "r",
+            "item_id": "i", "output_index": 1, "call_id": "call_1", "name": "transfer_call",
+            "arguments": "{\"to\":\"+15557654321\"}"})
+        .to_string();
+        assert_eq!(
+            parse_event(&call),
+            Ok(ServerEvent::FunctionCall {
+                call_id: "call_1".into(),
+                name: "transfer_call".into(),
+                arguments: r#"{"to":"+15557654321"}"#.into(),
+            })
+        );
+        let nameless = json!({"type": "response.function_call_arguments.done", "call_id": "c"});
+        assert_eq!(
+            parse_event(&nameless.to_string()),
+            Err(EventError::Malformed)
+        );
+        let out: serde_json::Value =
+            serde_json::from_str(&function_output("call_1", &json!({"ok": true}))).unwrap();
+        assert_eq!(out["item"]["type"], "function_call_output");
+        assert_eq!(out["item"]["call_id"], "call_1");
+        assert_eq!(out["item"]["output"], r#"{"ok":true}"#);
     }
 }
