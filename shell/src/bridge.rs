@@ -6,6 +6,9 @@
 //! written in the TwiML (no parameters); otherwise 400/403 and no upgrade. The subprotocol
 //! `audio.twilio.com` is echoed exactly when the client offers it.
 //!
+//! Whether the call is taken once its `start` arrives (drain, token, capacity, agent) is
+//! decided in `session`; the bridge stores the reason with the call when it is refused.
+//!
 //! After the upgrade, a reader task parses each text message ([`media_stream::parse`]), decodes
 //! base64 into a fixed 160-byte frame and pushes it into the call's lock-free ring with the
 //! instant it was read; marks, DTMF and stop go over the call's control channel. A writer task
@@ -26,8 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use handset_engine::MarkId;
-use handset_engine::agent::echo::{EchoAgent, EchoConfig};
-use handset_engine::agent::{Agent, CallInfo, HangupReason};
+use handset_engine::agent::{CallInfo, HangupReason};
 use handset_engine::call::{CallConfig, CallEvent, PROGRESS_MARK_BASE};
 use handset_engine::driver::{CallHandle, CallSpec, Control, Outbound, OutboundSink, SinkError};
 use handset_engine::frame::MediaError;
@@ -49,7 +51,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use crate::media_stream::{self, Inbound, ProtocolError, Writer};
 use crate::server::AppState;
 use crate::store::CallRecord;
-use crate::tokens::TOKEN_PARAMETER;
 
 /// The subprotocol some Twilio clients offer; echoed only when offered.
 pub const TWILIO_SUBPROTOCOL: &str = "audio.twilio.com";
@@ -390,69 +391,21 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         call_sid: &meta.call_sid,
         stream_sid: &meta.stream_sid,
     };
-    if *draining.borrow() {
-        tracing::info!(id, call_sid = %meta.call_sid, "WS start refused: draining, the call is redirected");
-        finish_refused(&state, sink, refused(CloseReason::Draining), id, &counters).await;
-        return;
-    }
-    let token = meta
-        .custom_parameters
-        .get(TOKEN_PARAMETER)
-        .map_or("", String::as_str);
-    let identity = match state.tokens.redeem(token, &meta.call_sid).await {
-        Ok(Ok(identity)) => identity,
-        Ok(Err(e)) => {
-            tracing::warn!(id, call_sid = %meta.call_sid, stream_sid = %meta.stream_sid, reason = %e, "WS start refused: stream token");
-            finish_refused(
-                &state,
-                sink,
-                refused(CloseReason::InvalidToken),
-                id,
-                &counters,
-            )
-            .await;
-            return;
-        }
-        Err(e) => {
-            state.store_failed(&e);
-            tracing::error!(id, call_sid = %meta.call_sid, error = %e, "WS start refused: store unavailable");
-            finish_refused(
-                &state,
-                sink,
-                refused(CloseReason::StoreUnavailable),
-                id,
-                &counters,
-            )
-            .await;
+    let draining_now = *draining.borrow();
+    let admitted = match crate::session::admit(&state, &meta, draining_now, id).await {
+        Ok(admitted) => admitted,
+        Err(reason) => {
+            finish_refused(&state, sink, refused(reason), id, &counters).await;
             return;
         }
     };
-    let max = state.config.max_calls;
-    if max > 0 && state.active_calls.count() >= max {
-        tracing::warn!(id, call_sid = %meta.call_sid, max, "WS start refused: at MAX_CALLS");
-        finish_refused(&state, sink, refused(CloseReason::Busy), id, &counters).await;
-        return;
-    }
-    let info = CallInfo {
-        call_sid: meta.call_sid.clone(),
-        stream_sid: meta.stream_sid.clone(),
-        from: identity.from.clone(),
-        to: identity.to.clone(),
-    };
-    let (agent, control): (Box<dyn Agent>, _) = match &state.config.agent {
-        Some(agent) => {
-            let (agent, shared) = crate::agent::start(agent, &info, &meta.custom_parameters, id);
-            (Box::new(agent), Some(shared))
-        }
-        None => (Box::new(EchoAgent::new(EchoConfig::default())), None),
-    };
-    let traced = state.config.trace_dir.is_some()
-        && (meta
-            .custom_parameters
-            .get("trace")
-            .is_some_and(|v| v == "1")
-            || (state.config.trace_sample > 0.0
-                && rand::random::<f64>() < state.config.trace_sample));
+    let crate::session::Admitted {
+        info,
+        account_sid,
+        agent,
+        control,
+        traced,
+    } = admitted;
     let spec = CallSpec {
         config: CallConfig {
             trace_events: if traced { TRACE_EVENTS } else { 0 },
@@ -483,7 +436,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     // Off the media path: the stream does not wait for it; the end is written after it.
     let record = CallRecord {
         call_sid: info.call_sid.clone(),
-        account_sid: identity.account_sid.clone(),
+        account_sid,
         stream_sid: info.stream_sid.clone(),
         instance: state.config.instance_id.clone(),
         started_unix_ms: crate::clock::unix_ms(),

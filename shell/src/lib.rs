@@ -21,6 +21,7 @@
 //! | [`store`] | append-only JSON-lines logs under `DATA_DIR` |
 //! | [`form`] | strict form decoding |
 //! | [`bridge`] | the Media Streams WebSocket: upgrade checks and the socket ↔ engine bridge |
+//! | `session` | stream admission after `start`: drain, token, capacity, agent choice, tracing |
 //! | [`media_stream`] | pure parsing and writing of Twilio's Media Streams JSON |
 //! | [`trace_svg`] | `handset trace FILE`: a call's Chrome trace JSON as an SVG timeline |
 //! | [`sim`] | a Twilio call simulator (webhook, TwiML, signed WebSocket, playback model) |
@@ -49,6 +50,7 @@ pub mod metrics;
 pub mod recording;
 pub mod routes;
 pub mod server;
+mod session;
 pub mod signature;
 pub mod sim;
 pub mod store;

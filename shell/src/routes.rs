@@ -473,8 +473,8 @@ async fn incoming_call(
         from: hook.field_or_empty("From"),
         to: hook.field_or_empty("To"),
     };
-    let max = state.config.max_calls;
-    if max > 0 && state.active_calls.count() >= max {
+    if state.at_capacity() {
+        let max = state.config.max_calls;
         tracing::warn!(id, call_sid = %identity.call_sid, active = state.active_calls.count(), max, "CALL_REJECTED: at MAX_CALLS");
         return Ok(xml_response(twiml::say_and_hangup(&twiml::Say {
             text: &state.config.busy_prompt,

@@ -108,15 +108,21 @@ impl AppState {
         }
     }
 
+    /// Whether `MAX_CALLS` media calls are running: the one capacity check, made by the
+    /// voice webhook, by stream admission and by `/readyz`.
+    pub fn at_capacity(&self) -> bool {
+        let max = self.config.max_calls;
+        max > 0 && self.active_calls.count() >= max
+    }
+
     /// Whether the instance takes new calls: not draining, store reachable, below
     /// `MAX_CALLS`. `Err` names what is wrong.
     pub fn ready(&self) -> Result<(), &'static str> {
-        let max = self.config.max_calls;
         if *self.draining.borrow() {
             Err("draining")
         } else if !self.store_ok.load(Ordering::Relaxed) {
             Err("store unavailable")
-        } else if max > 0 && self.active_calls.count() >= max {
+        } else if self.at_capacity() {
             Err("at MAX_CALLS")
         } else {
             Ok(())

@@ -66,9 +66,14 @@ impl TestServer {
     /// Starts a server with signature checks on, two engine workers and `extra` variables
     /// (which win over these defaults).
     pub async fn start(extra: &[(&str, &str)]) -> Self {
+        Self::start_in(temp_dir("support"), extra).await
+    }
+
+    /// [`Self::start`] on `data_dir`: a second server on another's directory shares its
+    /// embedded store, as a second instance of a fleet shares the database.
+    pub async fn start_in(data_dir: PathBuf, extra: &[(&str, &str)]) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let data_dir = temp_dir("support");
         let dir = data_dir.display().to_string();
         let traces = data_dir.join("traces").display().to_string();
         let public = format!("http://{addr}");
