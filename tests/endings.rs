@@ -94,6 +94,17 @@ async fn action(server: &TestServer, n: u32, path: &str, extra: &[(&str, &str)])
     reply
 }
 
+/// The `<Connect action>` for call `n`, still in progress.
+async fn stream_ended(server: &TestServer, n: u32) -> Reply {
+    action(
+        server,
+        n,
+        "/webhook/stream_ended",
+        &[("CallStatus", "in-progress")],
+    )
+    .await
+}
+
 async fn call(server: &TestServer, n: u32) -> handset_shell::sim::CallOutcome {
     let mut plan = server.plan(n);
     plan.duration = Duration::from_secs(10);
@@ -109,13 +120,7 @@ async fn an_agent_that_hangs_up_ends_the_call_without_voicemail() {
         outcome.close,
         Some((1000, "call ended by agent".to_owned()))
     );
-    let next = action(
-        &server,
-        1,
-        "/webhook/stream_ended",
-        &[("CallStatus", "in-progress")],
-    )
-    .await;
+    let next = stream_ended(&server, 1).await;
     assert!(next.body.contains("<Hangup />"), "{}", next.body);
     assert!(!next.body.contains("<Record"), "{}", next.body);
     server.stop().await;
@@ -134,13 +139,7 @@ async fn an_agent_that_transfers_gets_the_caller_dialled_and_the_outcome_is_kept
         outcome.close,
         Some((1000, "call transferred by agent".to_owned()))
     );
-    let next = action(
-        &server,
-        2,
-        "/webhook/stream_ended",
-        &[("CallStatus", "in-progress")],
-    )
-    .await;
+    let next = stream_ended(&server, 2).await;
     assert!(
         next.body.contains(&format!(
             r#"<Dial action="{}" callerId="+15550001111" method="POST" timeout="20"><Number>+15557654321</Number></Dial>"#,
@@ -212,13 +211,7 @@ async fn a_transfer_outside_the_allow_list_is_refused_back_to_the_agent() {
         outcome.close,
         Some((1000, "call ended by agent".to_owned()))
     );
-    let next = action(
-        &server,
-        3,
-        "/webhook/stream_ended",
-        &[("CallStatus", "in-progress")],
-    )
-    .await;
+    let next = stream_ended(&server, 3).await;
     assert!(!next.body.contains("<Dial"), "{}", next.body);
     assert!(next.body.contains("<Hangup />"), "{}", next.body);
     server.stop().await;
@@ -261,13 +254,7 @@ async fn a_caller_who_hangs_up_hears_nothing_more_and_a_dead_agent_leads_to_voic
     let server = TestServer::start(&[("AGENT_URL", closed.as_str())]).await;
     let outcome = call(&server, 5).await;
     assert_eq!(outcome.close, Some((1000, "agent failed".to_owned())));
-    let next = action(
-        &server,
-        5,
-        "/webhook/stream_ended",
-        &[("CallStatus", "in-progress")],
-    )
-    .await;
+    let next = stream_ended(&server, 5).await;
     assert!(next.body.contains("<Record"), "{}", next.body);
     server.stop().await;
 }

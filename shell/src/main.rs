@@ -119,15 +119,9 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format, config.log_color);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("handset: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,6 +141,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Builds a tokio runtime; a failure is said on stderr and becomes exit status 1.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|err| {
+        eprintln!("handset: cannot start the runtime: {err}");
+        ExitCode::FAILURE
+    })
+}
+
 /// `handset migrate-data`: imports the old JSON-lines files; exit 2 if the store cannot be
 /// opened, 1 if the import fails.
 fn migrate_data(args: &MigrateArgs) -> ExitCode {
@@ -158,15 +160,9 @@ fn migrate_data(args: &MigrateArgs) -> ExitCode {
         }
     };
     let dir = args.dir.clone().unwrap_or_else(|| config.data_dir.clone());
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("handset: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let store = match handset_shell::store::Store::open(&config.store_options()).await {

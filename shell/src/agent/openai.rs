@@ -692,13 +692,18 @@ impl Session {
         self.counters.keys_sent += keys.len() as u64;
         tracing::info!(id = self.id, call_sid = %self.call_sid, keys = keys.len(), "AGENT_DTMF");
         let mut out = vec![keys_item(&keys)];
+        self.respond_after(&mut out);
+        out
+    }
+
+    /// Asks for a response after `out`: now, or once the response in progress is done.
+    fn respond_after(&mut self, out: &mut Vec<String>) {
         if self.responding {
             self.respond_when_done = true;
         } else {
             self.responding = true;
             out.push(respond());
         }
-        out
     }
 
     /// Playback was cut (caller barge-in or the clear sent on `speech_started`): truncate the
@@ -766,12 +771,7 @@ impl Session {
                     call_id,
                     &json!({"ok": false, "error": error}),
                 )];
-                if self.responding {
-                    self.respond_when_done = true;
-                } else {
-                    self.responding = true;
-                    out.push(respond());
-                }
+                self.respond_after(&mut out);
                 out
             }
         }
