@@ -451,7 +451,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
             }
         }
     });
-    tracing::info!(id, call_sid = %info.call_sid, stream_sid = %info.stream_sid, from = %info.from, to = %info.to, "WS start");
+    tracing::info!(id, call_sid = %info.call_sid, stream_sid = %info.stream_sid, from = %state.config.loggable_number(&info.from), to = %state.config.loggable_number(&info.to), "WS start");
 
     let trace_dir = state.config.trace_dir.clone().filter(|_| traced);
     // What this stream's counters have added to the shell's metrics so far.
@@ -985,7 +985,8 @@ fn log_event(id: u64, info: &CallInfo, event: &CallEvent) {
         CallEvent::MarkCleared(m) => {
             tracing::info!(id, call_sid, mark = %mark_name(*m), "MARK cleared");
         }
-        CallEvent::Dtmf(d) => tracing::info!(id, call_sid, digit = %d, "DTMF"),
+        // Keys may be a PIN or a card number: the line says that one was pressed, never which.
+        CallEvent::Dtmf(_) => tracing::info!(id, call_sid, "DTMF key"),
         CallEvent::SpeechStarted { at } => {
             tracing::info!(id, call_sid, at_ms = at.as_millis(), "SPEECH_STARTED");
         }

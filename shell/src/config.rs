@@ -193,6 +193,9 @@ pub struct Config {
     pub database_url: Option<Secret>,
     /// `DATABASE_MAX_CONNECTIONS` (1–1000, default 8): the store's connection pool size.
     pub database_max_connections: u32,
+    /// `LOG_PII`: `masked` (default) logs phone numbers as `+1415***4567`; `full` logs them
+    /// whole. Phone keys (DTMF) are never logged, only counted.
+    pub log_pii_full: bool,
     /// `INSTANCE_ID` (default: the host name): this instance's name in call records and
     /// recording-job leases. Printable ASCII, at most 64 characters.
     pub instance_id: String,
@@ -332,6 +335,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             database_url: None,
             database_max_connections: 8,
+            log_pii_full: false,
             instance_id: default_instance_id(),
             recording_lease: Duration::from_secs(120),
             stream_token_ttl: Duration::from_secs(600),
@@ -481,6 +485,12 @@ pub enum ConfigError {
         /// The entry.
         entry: String,
     },
+    /// `LOG_PII` is neither `masked` nor `full`.
+    #[error("LOG_PII must be masked or full: got {value:?}")]
+    LogPii {
+        /// Value given.
+        value: String,
+    },
     /// `INSTANCE_ID` is not a short printable name.
     #[error("INSTANCE_ID must be 1 to 64 printable ASCII characters without spaces: got {value:?}")]
     InstanceId {
@@ -614,6 +624,17 @@ impl Config {
             config.database_max_connections =
                 int_in("DATABASE_MAX_CONNECTIONS", v, 1, 1_000)? as u32;
         }
+        if let Some(v) = non_empty("LOG_PII") {
+            config.log_pii_full = match v {
+                "full" => true,
+                "masked" => false,
+                other => {
+                    return Err(ConfigError::LogPii {
+                        value: other.chars().take(32).collect(),
+                    });
+                }
+            };
+        }
         if let Some(v) = non_empty("INSTANCE_ID") {
             if v.len() > 64 || !v.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(ConfigError::InstanceId {
@@ -692,6 +713,15 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// A phone number (or SIP address) as it may be logged: masked unless `LOG_PII=full`.
+    pub fn loggable_number(&self, number: &str) -> String {
+        if self.log_pii_full {
+            number.to_owned()
+        } else {
+            crate::ending::masked(number)
+        }
     }
 
     /// How to open the store: `DATABASE_URL`, or the embedded SQLite file under `DATA_DIR`.

@@ -179,11 +179,15 @@ fn parse_target(to: &str) -> Result<TransferTarget, TransferRefused> {
     Err(TransferRefused::Format)
 }
 
-/// A transfer target as logged: a number keeps its country code and last four digits
-/// (`+1555***4321`), a SIP URI its host only (`sip:***@pbx.example.com`).
+/// A phone number or transfer target as logged (unless `LOG_PII=full`): a number keeps its
+/// first four digits and last four (`+1555***4321`), a SIP URI its host only
+/// (`sip:***@pbx.example.com`), anything short or else `***`.
 pub fn masked(target: &str) -> String {
     if let Some(host) = sip_host(target) {
         return format!("sip:***@{host}");
+    }
+    if !target.starts_with('+') || !target[1..].bytes().all(|b| b.is_ascii_digit()) {
+        return "***".to_owned();
     }
     let chars: Vec<char> = target.chars().collect();
     if chars.len() <= 8 {
@@ -407,6 +411,9 @@ mod tests {
             "sip:***@pbx.example.com"
         );
         assert_eq!(masked("+1234"), "***");
+        assert_eq!(masked("+14155554567"), "+1415***4567");
+        assert_eq!(masked("client:alice-smith"), "***");
+        assert_eq!(masked("+1415\n2026-12-06 INFO forged"), "***");
     }
 
     #[test]
