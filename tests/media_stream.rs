@@ -7,58 +7,14 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use handset_engine::agent::echo::GREETING;
-use handset_engine::codec;
 use handset_shell::sim::{CallOutcome, ReceivedKind, SimError, run_call};
 use tokio_tungstenite::tungstenite::Message;
 
 mod support;
-use support::{TestServer, after_silence, media, open_call, speech, stream_sid};
-
-/// The PCM the simulated caller heard between `from` and `to` (stream time).
-fn heard_between(outcome: &CallOutcome, from: Duration, to: Duration) -> Vec<i16> {
-    let mut pcm = Vec::new();
-    for (start, bytes) in &outcome.played {
-        for (i, b) in bytes.iter().enumerate() {
-            let t = *start + Duration::from_micros(i as u64 * 125);
-            if t >= from && t < to {
-                pcm.push(codec::decode_sample(*b));
-            }
-        }
-    }
-    pcm
-}
-
-/// Best normalised cross-correlation between `a` and `b` over lags of either sign up to
-/// `max_lag` samples (overlaps shorter than half a second are ignored).
-fn best_correlation(a: &[i16], b: &[i16], max_lag: usize) -> f64 {
-    let energy = |x: &[i16]| x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>().sqrt();
-    let mut best = 0.0f64;
-    for shift in -(max_lag as i64)..=(max_lag as i64) {
-        let (a0, b0) = if shift >= 0 {
-            (0, shift as usize)
-        } else {
-            ((-shift) as usize, 0)
-        };
-        if a0 >= a.len() || b0 >= b.len() {
-            continue;
-        }
-        let n = (a.len() - a0).min(b.len() - b0);
-        if n < 4000 {
-            continue;
-        }
-        let (x, y) = (&a[a0..a0 + n], &b[b0..b0 + n]);
-        let dot: f64 = x
-            .iter()
-            .zip(y)
-            .map(|(&p, &q)| f64::from(p) * f64::from(q))
-            .sum();
-        let denom = energy(x) * energy(y);
-        if denom > 0.0 {
-            best = best.max(dot / denom);
-        }
-    }
-    best
-}
+use support::{
+    TestServer, after_silence, best_correlation, heard_between, media, open_call, speech,
+    stream_sid,
+};
 
 fn assert_exact_shapes(outcome: &CallOutcome) {
     assert!(

@@ -202,6 +202,10 @@ pub struct Config {
     /// `RECORDING_LEASE` in seconds (5–3600, default 120): how long a recording job stays
     /// claimed by an instance that stopped renewing it (a crash) before another may take it.
     pub recording_lease: Duration,
+    /// `RECORDING_ALLOW_HTTP` (`on` or `off`, default `off`): also download recordings from
+    /// plain `http://` URLs. For tests against a fake media server on loopback only; Twilio's
+    /// recording URLs are https.
+    pub recording_allow_http: bool,
     /// `STREAM_TOKEN_TTL` in seconds (10–86400, default 600): life of a per-call stream token.
     pub stream_token_ttl: Duration,
     /// `ENGINE_WORKERS` (0–256, default 0 = one per core): engine media threads.
@@ -338,6 +342,7 @@ impl Default for Config {
             log_pii_full: false,
             instance_id: default_instance_id(),
             recording_lease: Duration::from_secs(120),
+            recording_allow_http: false,
             stream_token_ttl: Duration::from_secs(600),
             engine_workers: 0,
             max_calls: 0,
@@ -645,6 +650,18 @@ impl Config {
         }
         if let Some(v) = non_empty("RECORDING_LEASE") {
             config.recording_lease = Duration::from_secs(int_in("RECORDING_LEASE", v, 5, 3_600)?);
+        }
+        if let Some(v) = non_empty("RECORDING_ALLOW_HTTP") {
+            config.recording_allow_http = match v.to_ascii_lowercase().as_str() {
+                "on" => true,
+                "off" => false,
+                _ => {
+                    return Err(ConfigError::Switch {
+                        name: "RECORDING_ALLOW_HTTP",
+                        value: v.to_owned(),
+                    });
+                }
+            };
         }
         if let Some(v) = non_empty("ENGINE_WORKERS") {
             config.engine_workers = int_in("ENGINE_WORKERS", v, 0, 256)? as usize;
@@ -1161,6 +1178,26 @@ mod tests {
         );
         assert!(from(&[("AGENT_URL", "ws://h"), ("AGENT_CONNECT_TIMEOUT_MS", "5")]).is_err());
         assert!(from(&[("AGENT_URL", "ws://h"), ("AGENT_FALLBACK", "music")]).is_err());
+    }
+
+    #[test]
+    fn plain_http_recordings_are_refused_unless_switched_on() {
+        assert!(!from(&[]).unwrap().recording_allow_http);
+        assert!(
+            !from(&[("RECORDING_ALLOW_HTTP", "off")])
+                .unwrap()
+                .recording_allow_http
+        );
+        assert!(
+            from(&[("RECORDING_ALLOW_HTTP", "ON")])
+                .unwrap()
+                .recording_allow_http
+        );
+        let err = from(&[("RECORDING_ALLOW_HTTP", "1")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "RECORDING_ALLOW_HTTP must be on or off: got \"1\""
+        );
     }
 
     #[test]

@@ -299,6 +299,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "PUBLIC_URL is not set: public URLs are rebuilt from X-Forwarded-*/Host headers"
         );
     }
+    if config.recording_allow_http {
+        tracing::warn!(
+            "RECORDING_ALLOW_HTTP is on: recordings are also downloaded over plain http (for tests only)"
+        );
+    }
 
     // Recorded messages: every instance works the store's job queue; a draining instance
     // stops claiming, so the others take what is left.

@@ -88,7 +88,8 @@ pub struct RecordingConfig {
     pub agent: Option<(String, Option<(String, Secret)>)>,
     /// Download retries.
     pub retry: Retry,
-    /// Accept `http://` recording URLs (tests on loopback); production accepts only https.
+    /// Accept `http://` recording URLs (`RECORDING_ALLOW_HTTP`, for tests on loopback);
+    /// production accepts only https.
     pub allow_http: bool,
     /// Longest wait for one download or one transcription.
     pub timeout: Duration,
@@ -102,7 +103,8 @@ pub struct RecordingConfig {
 }
 
 impl RecordingConfig {
-    /// From the server configuration (https only, default retries, a 1 s poll).
+    /// From the server configuration (https only unless `RECORDING_ALLOW_HTTP=on`, default
+    /// retries, a 1 s poll).
     pub fn from_config(config: &Config) -> Self {
         Self {
             data_dir: config.data_dir.clone(),
@@ -113,7 +115,7 @@ impl RecordingConfig {
                 .filter(|a| a.openai.is_none())
                 .map(|a| (a.url.clone(), a.auth.clone())),
             retry: Retry::default(),
-            allow_http: false,
+            allow_http: config.recording_allow_http,
             timeout: Duration::from_secs(60),
             owner: format!("{}/{:08x}", config.instance_id, rand::random::<u32>()),
             lease: config.recording_lease,

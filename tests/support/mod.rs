@@ -28,6 +28,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use handset_shell::sim::{CallOutcome, CallPlan, StreamTarget};
 
+pub mod fakes;
+
 // The independent Twilio signer, checked against Twilio's official vectors in
 // tests/http_signatures.rs: one copy for every end-to-end test.
 #[path = "../http_common/mod.rs"]
@@ -210,17 +212,27 @@ pub async fn post_form(
 
 /// Sends one request with hyper's client over TCP and reads the whole answer.
 pub async fn send(req: http::Request<Full<Bytes>>) -> Reply {
+    try_send(req).await.expect("request completes")
+}
+
+/// [`send`], with a failure to connect or to read the answer as an error.
+pub async fn try_send(req: http::Request<Full<Bytes>>) -> Result<Reply, String> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
-    let resp = client.request(req).await.expect("request completes");
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Reply {
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    })
 }
 
 /// POSTs the signed voice webhook for call `n` and returns the stream target from its TwiML.
@@ -326,6 +338,52 @@ pub fn played_bytes(outcome: &CallOutcome) -> Vec<u8> {
         .iter()
         .flat_map(|(_, b)| b.iter().copied().map(norm))
         .collect()
+}
+
+/// The PCM the simulated caller heard between `from` and `to` (stream time).
+pub fn heard_between(outcome: &CallOutcome, from: Duration, to: Duration) -> Vec<i16> {
+    let mut pcm = Vec::new();
+    for (start, bytes) in &outcome.played {
+        for (i, b) in bytes.iter().enumerate() {
+            let t = *start + Duration::from_micros(i as u64 * 125);
+            if t >= from && t < to {
+                pcm.push(handset_engine::codec::decode_sample(*b));
+            }
+        }
+    }
+    pcm
+}
+
+/// Best normalised cross-correlation between `a` and `b` over lags of either sign up to
+/// `max_lag` samples (overlaps shorter than half a second are ignored).
+pub fn best_correlation(a: &[i16], b: &[i16], max_lag: usize) -> f64 {
+    let energy = |x: &[i16]| x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>().sqrt();
+    let mut best = 0.0f64;
+    for shift in -(max_lag as i64)..=(max_lag as i64) {
+        let (a0, b0) = if shift >= 0 {
+            (0, shift as usize)
+        } else {
+            ((-shift) as usize, 0)
+        };
+        if a0 >= a.len() || b0 >= b.len() {
+            continue;
+        }
+        let n = (a.len() - a0).min(b.len() - b0);
+        if n < 4000 {
+            continue;
+        }
+        let (x, y) = (&a[a0..a0 + n], &b[b0..b0 + n]);
+        let dot: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(&p, &q)| f64::from(p) * f64::from(q))
+            .sum();
+        let denom = energy(x) * energy(y);
+        if denom > 0.0 {
+            best = best.max(dot / denom);
+        }
+    }
+    best
 }
 
 /// `lead` of silence, then `clip` (8 kHz), as a simulator plan's caller audio.
