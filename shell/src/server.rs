@@ -32,6 +32,7 @@ use crate::metrics::ShellMetrics;
 use crate::signature::Verifier;
 use crate::store::{Counts, ImportReport, Store, StoreError};
 use crate::tokens::StreamTokens;
+use crate::twilio::{TwilioClient, TwilioError};
 
 /// Number of live media calls, shown by `/healthz`. The WebSocket layer holds one
 /// [`ActiveCallGuard`] per bridged call.
@@ -86,6 +87,9 @@ pub struct AppState {
     pub draining: watch::Sender<bool>,
     /// The shell's counters for `/metrics`.
     pub metrics: Arc<ShellMetrics>,
+    /// The Twilio REST client, when `TWILIO_ACCOUNT_SID` and credentials are configured
+    /// (`POST /calls`, ending or redirecting calls that have no live stream).
+    pub twilio: Option<TwilioClient>,
     /// What `/metrics` encodes: a collector over `metrics` and the engine's counters.
     pub metrics_registry: prometheus_client::registry::Registry,
     /// Source of per-request ids for log correlation.
@@ -142,6 +146,9 @@ pub enum StateError {
     /// The media engine could not start.
     #[error("cannot start the media engine: {0}")]
     Engine(#[from] StartError),
+    /// The Twilio REST client could not be built.
+    #[error("cannot build the twilio rest client: {0}")]
+    Twilio(#[from] TwilioError),
 }
 
 impl AppState {
@@ -149,6 +156,10 @@ impl AppState {
     /// imports any JSON-lines files of earlier versions, starts the media engine and builds
     /// the shared state.
     pub async fn new(config: Config) -> Result<(Arc<Self>, Startup), StateError> {
+        let twilio = match config.twilio.is_usable() {
+            true => Some(TwilioClient::new(&config.twilio)?),
+            false => None,
+        };
         let store = Store::open(&config.store_options()).await?;
         let imported = crate::store::import_jsonl(&store, &config.data_dir).await?;
         let counts = store.counts().await?;
@@ -177,6 +188,7 @@ impl AppState {
             draining: watch::channel(false).0,
             metrics,
             metrics_registry,
+            twilio,
             request_ids: AtomicU64::new(1),
             config,
         };
