@@ -306,8 +306,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     // Recorded messages: every instance works the store's job queue; a draining instance
     // stops claiming, so the others take what is left.
+    let recordings = handset_shell::recording::RecordingConfig::from_config(config)
+        .context("cannot start the recording worker")?;
     tokio::spawn(handset_shell::recording::run(
-        handset_shell::recording::RecordingConfig::from_config(config),
+        recordings,
         state.store.clone(),
         state.recording_stored.clone(),
         state.draining.subscribe(),
