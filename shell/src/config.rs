@@ -263,7 +263,7 @@ pub struct TwilioRestConfig {
     /// credentials used instead of the auth token.
     pub api_key: Option<(String, Secret)>,
     /// `TWILIO_API_URL` (default `https://api.twilio.com`): the origin every REST request goes
-    /// to. `http` only for a loopback host (127.0.0.1, localhost, [::1]).
+    /// to. `http` only for a loopback host (`127.0.0.1`, `localhost`, `[::1]`).
     pub api_url: PublicUrl,
     /// `TWILIO_FROM`: the caller ID of outbound calls that name none.
     pub from: Option<String>,
