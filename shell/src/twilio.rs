@@ -499,8 +499,8 @@ fn check_sid(name: &'static str, prefix: &'static str, value: &str) -> Result<()
     }
 }
 
-/// A transport error, without the URL's query (there is none) and never with credentials
-/// (they are in a sensitive header).
+/// A transport error with its causes, without the URL (it names only the configured host) and
+/// never with credentials (they are in a sensitive header).
 fn http_error(e: reqwest::Error) -> TwilioError {
     let kind = if e.is_timeout() {
         "timed out"
@@ -509,7 +509,14 @@ fn http_error(e: reqwest::Error) -> TwilioError {
     } else {
         "exchange failed"
     };
-    TwilioError::Http(format!("{kind}: {}", e.without_url()))
+    let e = e.without_url();
+    let mut text = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    TwilioError::Http(text)
 }
 
 /// A non-success answer, with Twilio's `message` when the body has one.
