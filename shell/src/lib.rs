@@ -32,7 +32,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = handset_shell::Config::from_vars([("DATA_DIR", "/var/lib/handset")])?;
-//! let (state, _startup) = handset_shell::AppState::new(config)?;
+//! let (state, _startup) = handset_shell::AppState::new(config).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! handset_shell::serve(listener, state, std::future::pending()).await?;
 //! # Ok(())
