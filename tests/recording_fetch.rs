@@ -155,8 +155,9 @@ async fn transcriber() -> (String, Offers) {
 
 /// A worker whose Twilio API is `api` (the fake's `http://127.0.0.1:port`).
 fn config(dir: &Path, api: &str, agent: Option<String>) -> RecordingConfig {
+    // No TWILIO_ACCOUNT_SID: the auth token goes with the callback's AccountSid, as before.
     let twilio = TwilioClient::new(&TwilioRestConfig {
-        account_sid: Some(ACCOUNT.to_owned()),
+        account_sid: None,
         auth_token: Some(Secret::new(TOKEN)),
         api_url: PublicUrl::parse("TWILIO_API_URL", api).unwrap(),
         ..TwilioRestConfig::default()

@@ -140,8 +140,12 @@ pub struct TwilioClient {
     http: reqwest::Client,
     api_url: PublicUrl,
     account_sid: Option<String>,
-    /// Basic-auth user and password; `None` sends no credentials.
+    /// Basic-auth user and password from the configuration (API key, or account SID and
+    /// auth token); `None` when they are not both configured.
     auth: Option<(String, Secret)>,
+    /// `TWILIO_AUTH_TOKEN`: without `TWILIO_ACCOUNT_SID`, a download authenticates as the
+    /// account in its path (the account of the signed callback), as earlier versions did.
+    auth_token: Option<Secret>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +185,7 @@ impl TwilioClient {
             api_url: config.api_url.clone(),
             account_sid: config.account_sid.clone(),
             auth: config.credentials(),
+            auth_token: config.auth_token.clone(),
         })
     }
 
@@ -247,7 +252,7 @@ impl TwilioClient {
             "/Accounts/{account_sid}/Recordings/{recording_sid}.wav"
         ));
         let response = self
-            .authorized(self.http.get(url))?
+            .authorized(self.http.get(url), account_sid)?
             .send()
             .await
             .map_err(http_error)?;
@@ -301,9 +306,12 @@ impl TwilioClient {
     fn authorized(
         &self,
         request: reqwest::RequestBuilder,
+        path_account: &str,
     ) -> Result<reqwest::RequestBuilder, TwilioError> {
-        let Some((user, password)) = &self.auth else {
-            return Ok(request);
+        let (user, password) = match (&self.auth, &self.auth_token) {
+            (Some((user, password)), _) => (user.as_str(), password),
+            (None, Some(token)) if !path_account.is_empty() => (path_account, token),
+            _ => return Ok(request),
         };
         use base64::Engine as _;
         let basic = base64::engine::general_purpose::STANDARD
@@ -316,7 +324,7 @@ impl TwilioClient {
 
     async fn post(&self, url: &str, form: String) -> Result<Bytes, TwilioError> {
         let response = self
-            .authorized(self.http.post(url))?
+            .authorized(self.http.post(url), "")?
             .timeout(REQUEST_TIMEOUT)
             .header(
                 reqwest::header::CONTENT_TYPE,
