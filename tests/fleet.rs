@@ -39,8 +39,8 @@
 //!
 //! The calls run with the built-in echo agent (no `AGENT_URL`), so what is heard is Handset's
 //! own media path; the recording test's fleet is started with `AGENT_URL` pointing at the fake
-//! transcriber instead (it places no calls) and `RECORDING_ALLOW_HTTP=on` for the plain-http
-//! fake media server. Every wait is bounded, and no bound is tighter than seconds.
+//! transcriber instead (it places no calls) and `TWILIO_API_URL` at the plain-http fake media
+//! server on loopback (recordings are downloaded only from the configured Twilio API). Every wait is bounded, and no bound is tighter than seconds.
 
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
@@ -971,9 +971,11 @@ fn transcriptions(offers: &Offers, sid: &str) -> usize {
 async fn a_recording_is_done_once_and_survives_the_kill_of_its_worker() {
     let media = MediaServer::start(wav(8_000)).await;
     let (agent_url, offers) = transcriber().await;
+    // The fake media server is the instances' Twilio API (plain http is allowed on loopback):
+    // recordings are downloaded only from there.
     let mut fleet = Fleet::start(&[
         ("AGENT_URL", agent_url.as_str()),
-        ("RECORDING_ALLOW_HTTP", "on"),
+        ("TWILIO_API_URL", media.base.as_str()),
     ])
     .await;
     let basic = format!(

@@ -3,35 +3,176 @@
 //! that transcribes the `recording` message, and a restart between the download and the
 //! transcription: the job queue is read back from the store, nothing is lost and nothing is
 //! fetched twice. Two workers on one store (two instances) race for a job and do it once; a
-//! worker that dies holding a job loses it to another once its lease expires.
+//! worker that dies holding a job loses it to another once its lease expires. The fake
+//! Twilio is the configured `TWILIO_API_URL`; a callback naming any other host or port is
+//! refused without a connection (a listener there sees none), and a slow download does not
+//! hold up the next recording.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use handset_shell::Secret;
+use futures_util::{SinkExt, StreamExt};
 use handset_shell::recording::{self, RecordingConfig, Retry};
 use handset_shell::store::{JobState, RecordingEvent, Store, StoreOptions};
+use handset_shell::twilio::TwilioClient;
+use handset_shell::{PublicUrl, Secret, TwilioRestConfig};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-mod support;
-use support::fakes::{MediaServer, transcriber, wav};
+use tokio_tungstenite::tungstenite::Message;
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "twilio-auth-token";
 
-fn config(dir: &Path, agent: Option<String>) -> RecordingConfig {
+fn wav(samples: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..samples)
+        .flat_map(|i| ((i % 200) as i16 * 50).to_le_bytes())
+        .collect();
+    let mut v = b"RIFF".to_vec();
+    v.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    v.extend_from_slice(b"WAVEfmt ");
+    for field in [16u32.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec()] {
+        v.extend_from_slice(&field);
+    }
+    v.extend_from_slice(&1u16.to_le_bytes());
+    v.extend_from_slice(&8_000u32.to_le_bytes());
+    v.extend_from_slice(&16_000u32.to_le_bytes());
+    v.extend_from_slice(&2u16.to_le_bytes());
+    v.extend_from_slice(&16u16.to_le_bytes());
+    v.extend_from_slice(b"data");
+    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    v.extend_from_slice(&data);
+    v
+}
+
+/// Requests per path, with their Authorization header.
+type Hits = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A plain-HTTP server: each path in `failures` answers 503 that many times, then the WAV.
+async fn media_server(failures: HashMap<String, usize>, body: Vec<u8>) -> (String, Hits) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits: Hits = Arc::default();
+    let shared = Arc::clone(&hits);
+    let failures = Arc::new(Mutex::new(failures));
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let hits = Arc::clone(&shared);
+            let failures = Arc::clone(&failures);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+                let auth = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("authorization: "))
+                    .map(str::to_owned);
+                hits.lock().unwrap().push((path.clone(), auth));
+                let fail = {
+                    let mut f = failures.lock().unwrap();
+                    match f.get_mut(&path) {
+                        Some(n) if *n > 0 => {
+                            *n -= 1;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                let response = if fail {
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()
+                } else {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: audio/x-wav\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(&body);
+                    r
+                };
+                let _ = tcp.write_all(&response).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    (base, hits)
+}
+
+/// What the transcription agent received: the `recording` message and the audio bytes.
+type Offers = Arc<Mutex<Vec<(Value, usize)>>>;
+
+async fn transcriber() -> (String, Offers) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/agent", listener.local_addr().unwrap());
+    let offers: Offers = Arc::default();
+    let shared = Arc::clone(&offers);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let offers = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let mut offer = Value::Null;
+                let mut bytes = 0;
+                while let Some(Ok(msg)) = ws.next().await {
+                    match msg {
+                        Message::Text(t) => {
+                            let v: Value = serde_json::from_str(&t).unwrap();
+                            if v["type"] == "recording" {
+                                offer = v;
+                            } else if v["type"] == "recording_end" {
+                                let text = format!(
+                                    "message {} of {bytes} bytes",
+                                    offer["recordingSid"].as_str().unwrap_or("")
+                                );
+                                offers.lock().unwrap().push((offer.clone(), bytes));
+                                let reply =
+                                    json!({"type": "transcript", "kind": "final", "text": text});
+                                let _ = ws.send(Message::text(reply.to_string())).await;
+                            }
+                        }
+                        Message::Binary(b) => bytes += b.len(),
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (url, offers)
+}
+
+/// A worker whose Twilio API is `api` (the fake's `http://127.0.0.1:port`).
+fn config(dir: &Path, api: &str, agent: Option<String>) -> RecordingConfig {
+    // No TWILIO_ACCOUNT_SID: the auth token goes with the callback's AccountSid, as before.
+    let twilio = TwilioClient::new(&TwilioRestConfig {
+        account_sid: None,
+        auth_token: Some(Secret::new(TOKEN)),
+        api_url: PublicUrl::parse("TWILIO_API_URL", api).unwrap(),
+        ..TwilioRestConfig::default()
+    })
+    .unwrap();
     RecordingConfig {
         data_dir: dir.to_path_buf(),
-        auth_token: Some(Secret::new(TOKEN)),
+        twilio,
+        max_download: recording::max_download(Duration::from_secs(120)),
         agent: agent.map(|url| (url, None)),
         retry: Retry {
             attempts: 4,
             base: Duration::from_millis(20),
             max: Duration::from_millis(100),
         },
-        allow_http: true,
         timeout: Duration::from_secs(5),
         owner: format!("test/{:08x}", rand::random::<u32>()),
         lease: Duration::from_secs(30),
@@ -79,9 +220,7 @@ async fn recordings_are_fetched_with_retries_once_and_transcribed_after_a_restar
     let dir = dir.path();
     let body = wav(16_000);
     let path1 = format!("/2010-04-01/Accounts/{ACCOUNT}/Recordings/RE1.wav");
-    let media = MediaServer::start(body.clone()).await;
-    media.fail(&path1, 2);
-    let base = media.base.clone();
+    let (base, hits) = media_server(HashMap::from([(path1.clone(), 2)]), body.clone()).await;
     let store = open(dir).await;
     for (n, sid) in ["RE1", "RE2"].into_iter().enumerate() {
         let mut rec = event(&base, sid);
@@ -93,7 +232,7 @@ async fn recordings_are_fetched_with_retries_once_and_transcribed_after_a_restar
     let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_url = format!("ws://{}/agent", dead.local_addr().unwrap());
     drop(dead);
-    let done = run_once(&config(dir, Some(dead_url)), &store).await;
+    let done = run_once(&config(dir, &base, Some(dead_url)), &store).await;
     assert_eq!(
         done[..2],
         [
@@ -102,15 +241,15 @@ async fn recordings_are_fetched_with_retries_once_and_transcribed_after_a_restar
         ]
     );
 
-    let requests = media.downloads();
-    let count = |p: &str| media.downloads_of(p).len();
+    let requests = hits.lock().unwrap().clone();
+    let count = |p: &str| requests.iter().filter(|(path, _)| path == p).count();
     assert_eq!(count(&path1), 3, "failed twice, then fetched");
     assert_eq!(count(&path1.replace("RE1", "RE2")), 1);
     let basic = format!("Basic {}", BASE64.encode(format!("{ACCOUNT}:{TOKEN}")));
     assert!(
         requests
             .iter()
-            .all(|d| d.auth.as_deref() == Some(basic.as_str())),
+            .all(|(_, a)| a.as_deref() == Some(basic.as_str())),
         "{requests:?}"
     );
     let re1 = store.recording("RE1").await.unwrap().unwrap();
@@ -131,13 +270,13 @@ async fn recordings_are_fetched_with_retries_once_and_transcribed_after_a_restar
         "nothing lost"
     );
     let (agent_url, offers) = transcriber().await;
-    let done = run_once(&config(dir, Some(agent_url)), &store).await;
+    let done = run_once(&config(dir, &base, Some(agent_url)), &store).await;
     assert_eq!(done.len(), 2, "{done:?}");
     assert!(
         done.iter().all(|(_, s)| *s == JobState::Transcribed),
         "{done:?}"
     );
-    assert_eq!(media.downloads().len(), 4, "nothing fetched twice");
+    assert_eq!(hits.lock().unwrap().len(), 4, "nothing fetched twice");
     let offers = offers.lock().unwrap().clone();
     assert_eq!(offers.len(), 2);
     let (offer, bytes) = &offers[0];
@@ -160,7 +299,7 @@ async fn recordings_are_fetched_with_retries_once_and_transcribed_after_a_restar
     // A third start has nothing left to do.
     let store = open(dir).await;
     assert_eq!(store.counts().await.unwrap().recordings_pending, 0);
-    assert!(run_once(&config(dir, None), &store).await.is_empty());
+    assert!(run_once(&config(dir, &base, None), &store).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,56 +307,41 @@ async fn a_recording_that_never_downloads_is_marked_failed_after_bounded_retries
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let path = format!("/2010-04-01/Accounts/{ACCOUNT}/Recordings/RE9.wav");
-    let media = MediaServer::start(wav(800)).await;
-    media.fail(&path, 100);
-    let base = media.base.clone();
+    let (base, hits) = media_server(HashMap::from([(path.clone(), 100)]), wav(800)).await;
     let store = open(dir).await;
     store
         .insert_recording(&event(&base, "RE9"), 1)
         .await
         .unwrap();
-    let done = run_once(&config(dir, None), &store).await;
+    let done = run_once(&config(dir, &base, None), &store).await;
     assert_eq!(done, [("RE9".to_owned(), JobState::Failed)]);
-    assert_eq!(media.downloads().len(), 4, "bounded: 4 attempts");
+    assert_eq!(hits.lock().unwrap().len(), 4, "bounded: 4 attempts");
     let job = store.recording("RE9").await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Failed);
     assert!(job.error.as_deref().unwrap().contains("503"));
     assert!(
-        run_once(&config(dir, None), &store).await.is_empty(),
+        run_once(&config(dir, &base, None), &store).await.is_empty(),
         "not retried forever"
     );
-    // A plain-http URL is refused unless allowed (production: https only).
-    let mut https_only = config(dir, None);
-    https_only.allow_http = false;
-    store
-        .insert_recording(&event(&base, "RE10"), 2)
-        .await
-        .unwrap();
-    assert_eq!(
-        run_once(&https_only, &store).await,
-        [("RE10".to_owned(), JobState::Failed)]
-    );
-    assert_eq!(media.downloads().len(), 4, "no request made");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_racing_for_a_recording_fetch_and_transcribe_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let media = MediaServer::start(wav(8_000)).await;
-    let base = media.base.clone();
+    let (base, hits) = media_server(HashMap::new(), wav(8_000)).await;
     let (agent_url, offers) = transcriber().await;
     let a = open(dir).await;
     let b = open(dir).await;
     a.insert_recording(&event(&base, "RE5"), 1).await.unwrap();
     let (ca, cb) = (
-        config(dir, Some(agent_url.clone())),
-        config(dir, Some(agent_url)),
+        config(dir, &base, Some(agent_url.clone())),
+        config(dir, &base, Some(agent_url)),
     );
     let (ra, rb) = tokio::join!(run_once(&ca, &a), run_once(&cb, &b));
     let all = [ra, rb].concat();
     assert_eq!(all, [("RE5".to_owned(), JobState::Transcribed)]);
-    assert_eq!(media.downloads().len(), 1, "fetched once");
+    assert_eq!(hits.lock().unwrap().len(), 1, "fetched once");
     assert_eq!(offers.lock().unwrap().len(), 1, "transcribed once");
 }
 
@@ -225,8 +349,7 @@ async fn two_instances_racing_for_a_recording_fetch_and_transcribe_it_once() {
 async fn a_job_held_by_a_dead_instance_is_finished_by_another_after_its_lease() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let media = MediaServer::start(wav(8_000)).await;
-    let base = media.base.clone();
+    let (base, hits) = media_server(HashMap::new(), wav(8_000)).await;
     let (agent_url, offers) = transcriber().await;
     let store = open(dir).await;
     store
@@ -243,7 +366,7 @@ async fn a_job_held_by_a_dead_instance_is_finished_by_another_after_its_lease() 
         .await
         .unwrap();
     assert!(dead.is_some());
-    let live = config(dir, Some(agent_url));
+    let live = config(dir, &base, Some(agent_url));
     assert!(
         run_once(&live, &store).await.is_empty(),
         "leased: not taken yet"
@@ -255,7 +378,7 @@ async fn a_job_held_by_a_dead_instance_is_finished_by_another_after_its_lease() 
     );
     let job = store.recording("RE6").await.unwrap().unwrap();
     assert_eq!(job.claims, 2);
-    assert_eq!(media.downloads().len(), 1);
+    assert_eq!(hits.lock().unwrap().len(), 1);
     assert_eq!(offers.lock().unwrap().len(), 1);
     // The dead instance's late write is refused.
     assert!(
@@ -264,4 +387,146 @@ async fn a_job_held_by_a_dead_instance_is_finished_by_another_after_its_lease() 
             .await
             .unwrap()
     );
+}
+
+/// A loopback listener that counts the connections it gets (and answers none).
+async fn watcher() -> (String, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<usize>> = Arc::default();
+    let shared = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            *shared.lock().unwrap() += 1;
+            drop(tcp);
+        }
+    });
+    (base, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_url_on_another_host_or_path_is_never_fetched_and_the_job_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (api, hits) = media_server(HashMap::new(), wav(800)).await;
+    let (foreign, connections) = watcher().await;
+    let foreign_https = foreign.replace("http://", "https://");
+    let api_host = api.replace("http://", "https://");
+    let store = open(dir).await;
+    let path = |sid: &str| format!("/2010-04-01/Accounts/{ACCOUNT}/Recordings/{sid}");
+    let cases = [
+        // Another port on the same loopback host, in plain http and in https.
+        ("RE10", format!("{foreign}{}", path("RE10"))),
+        ("RE11", format!("{foreign_https}{}", path("RE11"))),
+        // The API's host and port with another scheme, path, recording, or with credentials.
+        ("RE12", format!("{api_host}{}", path("RE12"))),
+        ("RE13", format!("{api}{}/../../../../x", path("RE13"))),
+        ("RE14", format!("{api}{}", path("RE99"))),
+        (
+            "RE15",
+            format!(
+                "{}{}",
+                api.replace("http://", "http://user:pw@"),
+                path("RE15")
+            ),
+        ),
+    ];
+    for (n, (sid, url)) in cases.iter().enumerate() {
+        let mut rec = event(&api, sid);
+        rec.recording_url = url.clone();
+        rec.received_unix_ms = n as u64 + 1;
+        store.insert_recording(&rec, 1).await.unwrap();
+    }
+    let done = run_once(&config(dir, &api, None), &store).await;
+    assert_eq!(done.len(), cases.len(), "{done:?}");
+    assert!(done.iter().all(|(_, s)| *s == JobState::Failed), "{done:?}");
+    assert_eq!(
+        *connections.lock().unwrap(),
+        0,
+        "the foreign host saw no connection"
+    );
+    assert!(
+        hits.lock().unwrap().is_empty(),
+        "nothing fetched: {:?}",
+        hits.lock().unwrap()
+    );
+    for (sid, _) in &done {
+        let job = store.recording(sid).await.unwrap().unwrap();
+        let error = job.error.unwrap_or_default();
+        assert!(error.contains("refused"), "{sid}: {error}");
+        assert!(!error.contains(TOKEN), "{error}");
+    }
+    // The same recording at the API's own address is fetched.
+    let good = event(&api, "RE7");
+    store.insert_recording(&good, 10).await.unwrap();
+    assert_eq!(
+        run_once(&config(dir, &api, None), &store).await,
+        [("RE7".to_owned(), JobState::Fetched)]
+    );
+    assert_eq!(hits.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_never_answers_does_not_hold_up_the_next_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // The API accepts connections: one download stalls (a tarpit: no answer at all), the other
+    // is served.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let body = wav(800);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if String::from_utf8_lossy(&head).contains("/Recordings/RE1.wav") {
+                    std::future::pending::<()>().await; // hold the connection, say nothing
+                }
+                let mut r = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(&body);
+                let _ = tcp.write_all(&r).await;
+            });
+        }
+    });
+    let store = open(dir).await;
+    for (n, sid) in ["RE1", "RE2"].into_iter().enumerate() {
+        let mut rec = event(&api, sid);
+        rec.received_unix_ms = n as u64 + 1; // the stalled one is first in the queue
+        store.insert_recording(&rec, 1).await.unwrap();
+    }
+    let mut cfg = config(dir, &api, None);
+    cfg.timeout = Duration::from_secs(3600);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(recording::run(cfg, store.clone(), Arc::default(), stop_rx));
+    // RE2 is fetched while RE1 is still stuck.
+    let fetched = async {
+        loop {
+            let job = store.recording("RE2").await.unwrap().unwrap();
+            if job.state == JobState::Fetched {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), fetched)
+        .await
+        .expect("the second recording is fetched while the first stalls");
+    assert_eq!(
+        store.recording("RE1").await.unwrap().unwrap().state,
+        JobState::Pending
+    );
+    let _ = stop_tx.send(true);
+    worker.abort();
 }

@@ -202,10 +202,6 @@ pub struct Config {
     /// `RECORDING_LEASE` in seconds (5–3600, default 120): how long a recording job stays
     /// claimed by an instance that stopped renewing it (a crash) before another may take it.
     pub recording_lease: Duration,
-    /// `RECORDING_ALLOW_HTTP` (`on` or `off`, default `off`): also download recordings from
-    /// plain `http://` URLs. For tests against a fake media server on loopback only; Twilio's
-    /// recording URLs are https.
-    pub recording_allow_http: bool,
     /// `STREAM_TOKEN_TTL` in seconds (10–86400, default 600): life of a per-call stream token.
     pub stream_token_ttl: Duration,
     /// `ENGINE_WORKERS` (0–256, default 0 = one per core): engine media threads.
@@ -248,6 +244,61 @@ pub struct Config {
     /// `METRICS_TOKEN`: when set, `GET /metrics` requires `Authorization: Bearer <token>`
     /// (401 otherwise). Unset: `/metrics` is open, like `/healthz`.
     pub metrics_token: Option<Secret>,
+    /// `TWILIO_ACCOUNT_SID`, `TWILIO_API_KEY_SID`/`TWILIO_API_KEY_SECRET`, `TWILIO_API_URL` and
+    /// `TWILIO_FROM`: the Twilio REST API (outbound calls, call updates, recording downloads).
+    pub twilio: TwilioRestConfig,
+    /// `CONTROL_TOKEN`: the bearer token `POST /calls` requires. Unset: that route answers 404.
+    pub control_token: Option<Secret>,
+}
+
+/// Default `TWILIO_API_URL`.
+pub const DEFAULT_TWILIO_API_URL: &str = "https://api.twilio.com";
+
+/// The Twilio REST API settings, validated.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct TwilioRestConfig {
+    /// `TWILIO_ACCOUNT_SID`: `AC` and 32 hex digits; the account in every API path.
+    pub account_sid: Option<String>,
+    /// `TWILIO_AUTH_TOKEN` (the same secret that signs webhooks): the Basic-auth password
+    /// with the account SID, unless an API key is set.
+    pub auth_token: Option<Secret>,
+    /// `TWILIO_API_KEY_SID` (`SK` and 32 hex digits) and `TWILIO_API_KEY_SECRET`: Basic-auth
+    /// credentials used instead of the auth token.
+    pub api_key: Option<(String, Secret)>,
+    /// `TWILIO_API_URL` (default `https://api.twilio.com`): the origin every REST request goes
+    /// to. `http` only for a loopback host (`127.0.0.1`, `localhost`, `[::1]`).
+    pub api_url: PublicUrl,
+    /// `TWILIO_FROM`: the caller ID of outbound calls that name none.
+    pub from: Option<String>,
+}
+
+impl Default for TwilioRestConfig {
+    fn default() -> Self {
+        Self {
+            account_sid: None,
+            auth_token: None,
+            api_key: None,
+            api_url: PublicUrl::from_parts("https", "api.twilio.com"),
+            from: None,
+        }
+    }
+}
+
+impl TwilioRestConfig {
+    /// The Basic-auth user and password: the API key pair, else the account SID and auth
+    /// token; `None` without credentials.
+    pub fn credentials(&self) -> Option<(String, Secret)> {
+        match (&self.api_key, &self.account_sid, &self.auth_token) {
+            (Some((sid, secret)), _, _) => Some((sid.clone(), secret.clone())),
+            (None, Some(account), Some(token)) => Some((account.clone(), token.clone())),
+            _ => None,
+        }
+    }
+
+    /// Whether the REST API can be used: an account SID and credentials.
+    pub fn is_usable(&self) -> bool {
+        self.account_sid.is_some() && self.credentials().is_some()
+    }
 }
 
 /// What the caller hears when the remote agent fails, before the stream closes.
@@ -342,7 +393,6 @@ impl Default for Config {
             log_pii_full: false,
             instance_id: default_instance_id(),
             recording_lease: Duration::from_secs(120),
-            recording_allow_http: false,
             stream_token_ttl: Duration::from_secs(600),
             engine_workers: 0,
             max_calls: 0,
@@ -358,6 +408,8 @@ impl Default for Config {
             ws_write_timeout: Duration::from_secs(5),
             ws_start_timeout: Duration::from_secs(10),
             metrics_token: None,
+            twilio: TwilioRestConfig::default(),
+            control_token: None,
         }
     }
 }
@@ -512,6 +564,47 @@ pub enum ConfigError {
         /// Value given.
         value: String,
     },
+    /// A Twilio identifier that is not its prefix and 32 hex digits.
+    #[error("{name} must be {prefix} followed by 32 hex digits: got {value:?}")]
+    TwilioSid {
+        /// Variable name.
+        name: &'static str,
+        /// The two-letter prefix.
+        prefix: &'static str,
+        /// Value given.
+        value: String,
+    },
+    /// A variable that only works with another one that is not set.
+    #[error("{name} is set but {needs} is not")]
+    Requires {
+        /// The variable set.
+        name: &'static str,
+        /// What it needs.
+        needs: &'static str,
+    },
+    /// `TWILIO_API_URL` over plain http to a host that is not loopback.
+    #[error(
+        "TWILIO_API_URL must be https unless its host is 127.0.0.1, localhost or [::1]: got {value:?}"
+    )]
+    PlainHttpApiUrl {
+        /// Value given.
+        value: String,
+    },
+    /// A caller ID that Twilio cannot dial from.
+    #[error(
+        "{name} must be an E.164 number (+ and 8 to 15 digits), a sip: or a client: address: got {value:?}"
+    )]
+    Address {
+        /// Variable name.
+        name: &'static str,
+        /// Value given.
+        value: String,
+    },
+    /// `CONTROL_TOKEN` is set but empty.
+    #[error(
+        "CONTROL_TOKEN is set but empty: unset it to turn POST /calls off, or set the bearer token callers send"
+    )]
+    EmptyControlToken,
 }
 
 /// Default `DRAIN_TIMEOUT`: 15 minutes, longer than most calls, so a rolling deploy lets
@@ -651,18 +744,6 @@ impl Config {
         if let Some(v) = non_empty("RECORDING_LEASE") {
             config.recording_lease = Duration::from_secs(int_in("RECORDING_LEASE", v, 5, 3_600)?);
         }
-        if let Some(v) = non_empty("RECORDING_ALLOW_HTTP") {
-            config.recording_allow_http = match v.to_ascii_lowercase().as_str() {
-                "on" => true,
-                "off" => false,
-                _ => {
-                    return Err(ConfigError::Switch {
-                        name: "RECORDING_ALLOW_HTTP",
-                        value: v.to_owned(),
-                    });
-                }
-            };
-        }
         if let Some(v) = non_empty("ENGINE_WORKERS") {
             config.engine_workers = int_in("ENGINE_WORKERS", v, 0, 256)? as usize;
         }
@@ -729,6 +810,26 @@ impl Config {
                 agent.transfer_allow = allow;
             }
         }
+        config.twilio = twilio_config(&non_empty, config.auth_token.clone())?;
+        config.control_token = match get("CONTROL_TOKEN") {
+            Some(v) if v.trim().is_empty() => return Err(ConfigError::EmptyControlToken),
+            Some(v) => Some(Secret::new(v.trim())),
+            None => None,
+        };
+        if config.control_token.is_some() {
+            if config.public_url.is_none() {
+                return Err(ConfigError::Requires {
+                    name: "CONTROL_TOKEN",
+                    needs: "PUBLIC_URL",
+                });
+            }
+            if !config.twilio.is_usable() {
+                return Err(ConfigError::Requires {
+                    name: "CONTROL_TOKEN",
+                    needs: "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or an API key)",
+                });
+            }
+        }
         Ok(config)
     }
 
@@ -755,6 +856,86 @@ impl Config {
     pub fn signature_checks(&self) -> bool {
         self.auth_token.is_some()
     }
+}
+
+/// Reads the `TWILIO_*` REST variables.
+fn twilio_config<'a>(
+    non_empty: &impl Fn(&str) -> Option<&'a str>,
+    auth_token: Option<Secret>,
+) -> Result<TwilioRestConfig, ConfigError> {
+    let sid = |name: &'static str, prefix: &'static str| match non_empty(name) {
+        Some(v) if crate::twilio::is_sid(v, prefix) => Ok(Some(v.to_owned())),
+        Some(v) => Err(ConfigError::TwilioSid {
+            name,
+            prefix,
+            value: v.chars().take(64).collect(),
+        }),
+        None => Ok(None),
+    };
+    let account_sid = sid("TWILIO_ACCOUNT_SID", "AC")?;
+    let api_key = match (
+        sid("TWILIO_API_KEY_SID", "SK")?,
+        non_empty("TWILIO_API_KEY_SECRET"),
+    ) {
+        (Some(key), Some(secret)) => Some((key, Secret::new(secret))),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::Requires {
+                name: "TWILIO_API_KEY_SID",
+                needs: "TWILIO_API_KEY_SECRET",
+            });
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Requires {
+                name: "TWILIO_API_KEY_SECRET",
+                needs: "TWILIO_API_KEY_SID",
+            });
+        }
+    };
+    if api_key.is_some() && account_sid.is_none() {
+        return Err(ConfigError::Requires {
+            name: "TWILIO_API_KEY_SID",
+            needs: "TWILIO_ACCOUNT_SID",
+        });
+    }
+    let api_url = match non_empty("TWILIO_API_URL") {
+        Some(v) => {
+            let url = PublicUrl::parse("TWILIO_API_URL", v)?;
+            if url.scheme() == "http" && !is_loopback_authority(url.authority()) {
+                return Err(ConfigError::PlainHttpApiUrl {
+                    value: v.to_owned(),
+                });
+            }
+            url
+        }
+        None => PublicUrl::parse("TWILIO_API_URL", DEFAULT_TWILIO_API_URL)?,
+    };
+    let from = match non_empty("TWILIO_FROM") {
+        Some(v) if crate::twilio::is_address(v) => Some(v.to_owned()),
+        Some(v) => {
+            return Err(ConfigError::Address {
+                name: "TWILIO_FROM",
+                value: v.chars().take(64).collect(),
+            });
+        }
+        None => None,
+    };
+    Ok(TwilioRestConfig {
+        account_sid,
+        auth_token,
+        api_key,
+        api_url,
+        from,
+    })
+}
+
+/// Whether `host[:port]` names the loopback interface: 127.0.0.1, localhost or [::1].
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host == "127.0.0.1" || host == "::1" || host.eq_ignore_ascii_case("localhost")
 }
 
 /// Reads the `AGENT_*` variables; `None` without `AGENT_URL`.
@@ -1181,26 +1362,6 @@ mod tests {
     }
 
     #[test]
-    fn plain_http_recordings_are_refused_unless_switched_on() {
-        assert!(!from(&[]).unwrap().recording_allow_http);
-        assert!(
-            !from(&[("RECORDING_ALLOW_HTTP", "off")])
-                .unwrap()
-                .recording_allow_http
-        );
-        assert!(
-            from(&[("RECORDING_ALLOW_HTTP", "ON")])
-                .unwrap()
-                .recording_allow_http
-        );
-        let err = from(&[("RECORDING_ALLOW_HTTP", "1")]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "RECORDING_ALLOW_HTTP must be on or off: got \"1\""
-        );
-    }
-
-    #[test]
     fn later_pairs_override_earlier_ones() {
         let c = from(&[("PORT", "1"), ("PORT", "2")]).unwrap();
         assert_eq!(c.listen.port(), 2);
@@ -1328,6 +1489,95 @@ mod tests {
         assert_eq!(
             from(&[("METRICS_TOKEN", " ")]).unwrap_err(),
             ConfigError::EmptyMetricsToken
+        );
+    }
+
+    #[test]
+    fn twilio_rest_variables_are_validated_and_secrets_never_shown() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.twilio.api_url.to_string(), DEFAULT_TWILIO_API_URL);
+        assert!(!c.twilio.is_usable());
+        let account = "AC0123456789abcdef0123456789abcdef";
+        let key = "SK0123456789abcdef0123456789abcdef";
+        let c = from(&[
+            ("TWILIO_ACCOUNT_SID", account),
+            ("TWILIO_AUTH_TOKEN", "tok"),
+            ("TWILIO_API_URL", "http://127.0.0.1:9/"),
+            ("TWILIO_FROM", "+15550001111"),
+        ])
+        .unwrap();
+        assert_eq!(c.twilio.api_url.http_url("/x"), "http://127.0.0.1:9/x");
+        let (user, password) = c.twilio.credentials().unwrap();
+        assert_eq!((user.as_str(), password.expose()), (account, "tok"));
+        assert_eq!(c.twilio.from.as_deref(), Some("+15550001111"));
+        let keyed = from(&[
+            ("TWILIO_ACCOUNT_SID", account),
+            ("TWILIO_API_KEY_SID", key),
+            ("TWILIO_API_KEY_SECRET", "key-secret"),
+        ])
+        .unwrap();
+        let (user, password) = keyed.twilio.credentials().unwrap();
+        assert_eq!((user.as_str(), password.expose()), (key, "key-secret"));
+        assert!(!format!("{keyed:?}").contains("key-secret"));
+        for host in ["http://localhost:8080", "http://[::1]:1"] {
+            assert!(from(&[("TWILIO_API_URL", host)]).is_ok(), "{host}");
+        }
+        assert_eq!(
+            from(&[("TWILIO_API_URL", "http://api.example.com")])
+                .unwrap_err()
+                .to_string(),
+            "TWILIO_API_URL must be https unless its host is 127.0.0.1, localhost or [::1]: got \"http://api.example.com\""
+        );
+        assert!(from(&[("TWILIO_API_URL", "https://api.example.com/path")]).is_err());
+        assert_eq!(
+            from(&[("TWILIO_ACCOUNT_SID", "AC123")])
+                .unwrap_err()
+                .to_string(),
+            "TWILIO_ACCOUNT_SID must be AC followed by 32 hex digits: got \"AC123\""
+        );
+        assert_eq!(
+            from(&[("TWILIO_ACCOUNT_SID", account), ("TWILIO_API_KEY_SID", key)]).unwrap_err(),
+            ConfigError::Requires {
+                name: "TWILIO_API_KEY_SID",
+                needs: "TWILIO_API_KEY_SECRET"
+            }
+        );
+        assert!(from(&[("TWILIO_API_KEY_SID", key), ("TWILIO_API_KEY_SECRET", "s")]).is_err());
+        assert!(from(&[("TWILIO_FROM", "5550001111")]).is_err());
+    }
+
+    #[test]
+    fn control_token_needs_a_public_url_and_twilio_credentials() {
+        let account = "AC0123456789abcdef0123456789abcdef";
+        let c = from(&[
+            ("CONTROL_TOKEN", " ctl "),
+            ("PUBLIC_URL", "https://voice.example.com"),
+            ("TWILIO_ACCOUNT_SID", account),
+            ("TWILIO_AUTH_TOKEN", "tok"),
+        ])
+        .unwrap();
+        assert_eq!(c.control_token.as_ref().unwrap().expose(), "ctl");
+        assert!(!format!("{c:?}").contains("ctl\""));
+        assert_eq!(
+            from(&[("CONTROL_TOKEN", "ctl"), ("TWILIO_ACCOUNT_SID", account)]).unwrap_err(),
+            ConfigError::Requires {
+                name: "CONTROL_TOKEN",
+                needs: "PUBLIC_URL"
+            }
+        );
+        assert!(matches!(
+            from(&[
+                ("CONTROL_TOKEN", "ctl"),
+                ("PUBLIC_URL", "https://voice.example.com")
+            ]),
+            Err(ConfigError::Requires {
+                name: "CONTROL_TOKEN",
+                ..
+            })
+        ));
+        assert_eq!(
+            from(&[("CONTROL_TOKEN", "")]).unwrap_err(),
+            ConfigError::EmptyControlToken
         );
     }
 

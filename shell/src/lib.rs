@@ -15,6 +15,7 @@
 //! | [`metrics`] | `/metrics`: the shell's atomic counters and a collector reading them with the engine's |
 //! | [`routes`] | one `match (method, path)`, webhook handlers, error → status mapping |
 //! | [`signature`] | HMAC-SHA1/SHA256 webhook and WebSocket-upgrade signature verification |
+//! | [`twilio`] | the Twilio REST client (reqwest, rustls): create and update calls, download recordings; outbound call requests |
 //! | [`twiml`] | pure TwiML builders |
 //! | [`ending`] | how a call goes on after its stream (the ending table), transfer checks |
 //! | [`tokens`] | single-use per-call stream tokens |
@@ -56,11 +57,14 @@ pub mod sim;
 pub mod store;
 pub mod tokens;
 pub mod trace_svg;
+pub mod twilio;
 pub mod twiml;
 
 mod clock;
 
-pub use config::{AgentConfig, AgentFallback, Config, ConfigError, LogFormat, PublicUrl, Secret};
+pub use config::{
+    AgentConfig, AgentFallback, Config, ConfigError, LogFormat, PublicUrl, Secret, TwilioRestConfig,
+};
 pub use server::{ActiveCallGuard, ActiveCalls, AppState, Startup, StateError, serve};
 pub use signature::{Algorithm, SignatureError, SignedContent, UrlVariant, Verifier};
 pub use tokens::{CallIdentity, StreamToken, StreamTokens, TokenError};

@@ -1,7 +1,8 @@
 //! `handset`: the Handset server binary.
 //!
 //! Parses the command line (`serve` is the default subcommand; `sim` runs the Twilio call
-//! simulator, see [`handset_shell::sim`]), builds the [`Config`] from the
+//! simulator, see [`handset_shell::sim`]; `call` starts an outbound call through Twilio's REST
+//! API, see [`handset_shell::twilio`]), builds the [`Config`] from the
 //! environment with flags layered on top, initialises `tracing` (text or JSON), binds, and runs
 //! [`handset_shell::serve`] until SIGTERM or Ctrl-C. A configuration error prints one clear line
 //! to stderr and exits with status 2. `anyhow` is used here only.
@@ -36,6 +37,32 @@ enum Command {
     /// recordings-status.jsonl) into the store (DATABASE_URL, or SQLite under DATA_DIR).
     /// `serve` does this by itself at start for its own DATA_DIR.
     MigrateData(MigrateArgs),
+    /// Start an outbound call through Twilio's REST API (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN
+    /// or an API key, PUBLIC_URL): Twilio fetches this server's voice webhook, so the call
+    /// runs the same agent path as an inbound one. Prints the CallSid.
+    Call(CallArgs),
+}
+
+/// `handset call --to +1… [--from +1…] [--param k=v]…`.
+#[derive(Debug, Args)]
+struct CallArgs {
+    /// Who to call: an E.164 number (+15550002222), a sip: or a client: address.
+    #[arg(long)]
+    to: String,
+    /// The caller ID [env: TWILIO_FROM].
+    #[arg(long)]
+    from: Option<String>,
+    /// An extra parameter the agent sees in its start's customParameters, NAME=VALUE
+    /// (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+}
+
+fn parse_param(value: &str) -> Result<(String, String), String> {
+    value
+        .split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{value:?} is not NAME=VALUE"))
 }
 
 /// `handset migrate-data [DIR]`.
@@ -109,6 +136,7 @@ fn main() -> ExitCode {
         Some(Command::Sim(args)) => return sim(*args),
         Some(Command::Trace(args)) => return trace(&args),
         Some(Command::MigrateData(args)) => return migrate_data(&args),
+        Some(Command::Call(args)) => return call(args),
         None => cli.serve,
     };
     let config = match Config::from_vars(std::env::vars().chain(args.as_vars())) {
@@ -191,6 +219,69 @@ fn migrate_data(args: &MigrateArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// `handset call`: asks Twilio for the call and prints its CallSid; exit 2 on a bad argument
+/// or configuration, 1 when Twilio cannot be reached or refuses.
+fn call(args: CallArgs) -> ExitCode {
+    let config = match Config::from_vars(std::env::vars()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("handset: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(public_url) = &config.public_url else {
+        eprintln!(
+            "handset: configuration error: PUBLIC_URL is not set (the new call fetches its voice webhook there)"
+        );
+        return ExitCode::from(2);
+    };
+    if !config.twilio.is_usable() {
+        eprintln!(
+            "handset: configuration error: TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET) must be set"
+        );
+        return ExitCode::from(2);
+    }
+    let request = handset_shell::twilio::Outbound {
+        to: args.to,
+        from: args.from,
+        params: args.params.into_iter().collect(),
+    };
+    let new_call = match request.to_new_call(public_url, config.twilio.from.as_deref()) {
+        Ok(call) => call,
+        Err(err) => {
+            eprintln!("handset call: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match handset_shell::twilio::TwilioClient::new(&config.twilio) {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("handset call: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("handset: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(client.create_call(&new_call)) {
+        Ok(call_sid) => {
+            println!("{call_sid}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("handset call: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `handset sim`: prints the tables, writes the report; exit 1 if it cannot run.
@@ -299,16 +390,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "PUBLIC_URL is not set: public URLs are rebuilt from X-Forwarded-*/Host headers"
         );
     }
-    if config.recording_allow_http {
-        tracing::warn!(
-            "RECORDING_ALLOW_HTTP is on: recordings are also downloaded over plain http (for tests only)"
-        );
-    }
 
     // Recorded messages: every instance works the store's job queue; a draining instance
     // stops claiming, so the others take what is left.
+    let recordings = handset_shell::recording::RecordingConfig::from_config(config)
+        .context("cannot start the recording worker")?;
     tokio::spawn(handset_shell::recording::run(
-        handset_shell::recording::RecordingConfig::from_config(config),
+        recordings,
         state.store.clone(),
         state.recording_stored.clone(),
         state.draining.subscribe(),

@@ -4,10 +4,14 @@
 //! callback in the store as a job ([`Store::insert_recording`]). Every instance runs a worker
 //! ([`run`]) that claims due jobs from the store with a lease and, for each:
 //!
-//! 1. downloads `RecordingUrl.wav` with HTTP Basic auth (the callback's `AccountSid` and the
-//!    auth token) over HTTPS (rustls, Mozilla roots), retrying with bounded exponential backoff,
-//!    and saves it as `DATA_DIR/recordings/<RecordingSid>.wav` on this instance;
-//! 2. offers it to the agent at `AGENT_URL` for transcription on a short WebSocket
+//! 1. checks that the callback's `RecordingUrl` is exactly the configured Twilio API's address
+//!    of that recording (`{TWILIO_API_URL}/2010-04-01/Accounts/{AccountSid}/Recordings/{RecordingSid}`);
+//!    any other URL is refused, logged and the job failed, and nothing is connected to;
+//! 2. downloads `….wav` through the [`TwilioClient`] (Basic auth, only ever to
+//!    `TWILIO_API_URL`, no redirects), retrying with bounded exponential backoff, and saves it
+//!    as `DATA_DIR/recordings/<RecordingSid>.wav` on this instance, fsynced (file and
+//!    directory) before the job says `fetched`;
+//! 3. offers it to the agent at `AGENT_URL` for transcription on a short WebSocket
 //!    (`{"type":"recording",…}`, the PCM as binary messages, `{"type":"recording_end"}`; the
 //!    agent answers with a final `transcript`), logs the text (`STT_FINAL`) and stores it.
 //!
@@ -17,23 +21,20 @@
 //! `RECORDING_LEASE`); if it crashes, the lease expires and another instance takes the job
 //! over, and the crashed one's late writes are refused. A job is done once: every update is
 //! conditional on still holding the lease. A transcription that fails is retried later with
-//! backoff, up to [`MAX_CLAIMS`] claims.
+//! backoff, up to [`MAX_CLAIMS`] claims. Up to [`CONCURRENCY`] jobs are worked at once, each
+//! under its own lease, so one slow download does not hold up the queue.
 //!
 //! Assumptions: Twilio's WAV is 16-bit PCM mono (8 kHz); recordings are bounded by
-//! `RECORD_MAX_LENGTH`, so a download is held in memory (capped at [`MAX_DOWNLOAD`]). The
-//! auth token and the agent's auth header are never logged.
+//! `RECORD_MAX_LENGTH`, so a download is held in memory (capped at [`max_download`] of it).
+//! The credentials and the agent's auth header are never logged.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
@@ -41,9 +42,19 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use crate::agent::protocol::{self, FromAgent};
 use crate::config::{Config, Secret};
 use crate::store::{JobState, JobUpdate, RecordingEvent, RecordingJob, Store, StoreError};
+use crate::twilio::{TwilioClient, TwilioError};
 
-/// Largest recording downloaded (about 65 minutes of 8 kHz 16-bit audio).
-pub const MAX_DOWNLOAD: usize = 64 << 20;
+/// Most jobs one worker works at once.
+pub const CONCURRENCY: usize = 4;
+
+/// Largest recording downloaded for a `<Record maxLength>` of `max_length`: 8 kHz 16-bit mono
+/// (16 000 bytes a second), plus 64 KiB for the header and any extra chunks.
+pub fn max_download(max_length: Duration) -> usize {
+    let secs = usize::try_from(max_length.as_secs()).unwrap_or(usize::MAX);
+    secs.saturating_add(1)
+        .saturating_mul(16_000)
+        .saturating_add(64 * 1024)
+}
 /// Most times a job is claimed before it is given up on (transcription kept failing).
 pub const MAX_CLAIMS: u32 = 10;
 
@@ -81,16 +92,14 @@ impl Retry {
 pub struct RecordingConfig {
     /// `DATA_DIR`.
     pub data_dir: PathBuf,
-    /// `TWILIO_AUTH_TOKEN`: the Basic-auth password (the username is the callback's
-    /// `AccountSid`). Without it the download is attempted without auth.
-    pub auth_token: Option<Secret>,
+    /// The Twilio REST client: downloads only from `TWILIO_API_URL`, with its credentials.
+    pub twilio: TwilioClient,
+    /// Largest download accepted, in bytes ([`max_download`] of `RECORD_MAX_LENGTH`).
+    pub max_download: usize,
     /// The protocol agent (`AGENT_URL`) and its auth header, if any: transcribes recordings.
     pub agent: Option<(String, Option<(String, Secret)>)>,
     /// Download retries.
     pub retry: Retry,
-    /// Accept `http://` recording URLs (`RECORDING_ALLOW_HTTP`, for tests on loopback);
-    /// production accepts only https.
-    pub allow_http: bool,
     /// Longest wait for one download or one transcription.
     pub timeout: Duration,
     /// This worker's name on the leases it takes: `INSTANCE_ID` and a random suffix, unique
@@ -103,39 +112,42 @@ pub struct RecordingConfig {
 }
 
 impl RecordingConfig {
-    /// From the server configuration (https only unless `RECORDING_ALLOW_HTTP=on`, default
-    /// retries, a 1 s poll).
-    pub fn from_config(config: &Config) -> Self {
-        Self {
+    /// From the server configuration (default retries, a 1 s poll).
+    pub fn from_config(config: &Config) -> Result<Self, TwilioError> {
+        Ok(Self {
             data_dir: config.data_dir.clone(),
-            auth_token: config.auth_token.clone(),
+            twilio: TwilioClient::new(&config.twilio)?,
+            max_download: max_download(config.record_max_length),
             agent: config
                 .agent
                 .as_ref()
                 .filter(|a| a.openai.is_none())
                 .map(|a| (a.url.clone(), a.auth.clone())),
             retry: Retry::default(),
-            allow_http: config.recording_allow_http,
             timeout: Duration::from_secs(60),
             owner: format!("{}/{:08x}", config.instance_id, rand::random::<u32>()),
             lease: config.recording_lease,
             poll: Duration::from_secs(1),
-        }
+        })
     }
 }
 
 /// Why a step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
-    /// The URL is not an absolute https URL (or http when allowed).
-    #[error("recording url is not an absolute https url")]
-    Url,
-    /// Connecting, TLS or the HTTP exchange failed.
+    /// The callback's `RecordingUrl` is not the configured API's address of the recording.
+    #[error(
+        "recording url {url:?} is not {expected}/2010-04-01/Accounts/{{AccountSid}}/Recordings/{{RecordingSid}} of this recording: refused"
+    )]
+    ForeignUrl {
+        /// The URL in the callback (cut to 200 characters).
+        url: String,
+        /// The configured `TWILIO_API_URL`.
+        expected: String,
+    },
+    /// The download failed.
     #[error("download failed: {0}")]
-    Http(String),
-    /// The server answered with this status.
-    #[error("download answered status {0}")]
-    Status(u16),
+    Download(#[from] TwilioError),
     /// The body is not a 16-bit PCM mono WAV.
     #[error("recording is not a 16-bit pcm mono wav")]
     Wav,
@@ -151,43 +163,58 @@ impl RecordingError {
     /// Whether retrying could help (network errors, 5xx, 429, 404 before Twilio has the file).
     fn retryable(&self) -> bool {
         match self {
-            Self::Http(_) => true,
-            Self::Status(s) => *s >= 500 || *s == 429 || *s == 404,
+            Self::Download(e) => e.retryable(),
             _ => false,
         }
     }
 }
 
-/// Works the store's recording jobs until `stop` turns true: claims the oldest due job,
-/// processes it, and when none is due waits for `wake` (a callback stored here) or the poll
-/// interval (one stored elsewhere, or a retry coming due).
+/// Works the store's recording jobs until `stop` turns true: claims due jobs, oldest first,
+/// and works up to [`CONCURRENCY`] of them at once; when none is due (or all slots are busy)
+/// waits for a job to finish, for `wake` (a callback stored here) or for the poll interval
+/// (one stored elsewhere, or a retry coming due). Jobs in progress when `stop` turns are
+/// finished before it returns.
 pub async fn run(
     config: RecordingConfig,
     store: Store,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let config = Arc::new(config);
+    let mut working: JoinSet<()> = JoinSet::new();
     let mut store_down = false;
     while !*stop.borrow() {
-        match work_one(&config, &store).await {
-            Ok(Some(_)) => {
-                store_down = false;
-                continue;
-            }
-            Ok(None) => store_down = false,
-            Err(e) => {
-                if !store_down {
-                    tracing::error!(error = %e, "recording worker: store unavailable");
+        while working.len() < CONCURRENCY {
+            match claim(&config, &store).await {
+                Ok(Some(job)) => {
+                    store_down = false;
+                    let (config, store) = (Arc::clone(&config), store.clone());
+                    working.spawn(async move {
+                        work(&config, &store, job).await;
+                    });
                 }
-                store_down = true;
+                Ok(None) => {
+                    store_down = false;
+                    break;
+                }
+                Err(e) => {
+                    if !store_down {
+                        tracing::error!(error = %e, "recording worker: store unavailable");
+                    }
+                    store_down = true;
+                    break;
+                }
             }
         }
+        let full = working.len() >= CONCURRENCY;
         tokio::select! {
-            () = wake.notified() => {}
-            () = tokio::time::sleep(config.poll) => {}
+            Some(_) = working.join_next(), if !working.is_empty() => {}
+            () = wake.notified(), if !full => {}
+            () = tokio::time::sleep(config.poll), if !full => {}
             _ = stop.changed() => {}
         }
     }
+    while working.join_next().await.is_some() {}
 }
 
 /// Claims one due job and works it; `None` when no job is due. Returns the job's
@@ -196,14 +223,36 @@ pub async fn work_one(
     config: &RecordingConfig,
     store: &Store,
 ) -> Result<Option<(String, JobState)>, StoreError> {
+    Ok(match claim(config, store).await? {
+        Some(job) => Some(work(config, store, job).await),
+        None => None,
+    })
+}
+
+/// Claims the oldest due job with a lease; `None` when no job is due.
+async fn claim(
+    config: &RecordingConfig,
+    store: &Store,
+) -> Result<Option<RecordingJob>, StoreError> {
     let now = crate::clock::unix_ms();
-    let lease_ms = u64::try_from(config.lease.as_millis()).unwrap_or(u64::MAX);
-    let Some(job) = store
-        .claim_recording(&config.owner, now, now + lease_ms, config.agent.is_some())
-        .await?
-    else {
-        return Ok(None);
-    };
+    store
+        .claim_recording(
+            &config.owner,
+            now,
+            now + lease_ms(config),
+            config.agent.is_some(),
+        )
+        .await
+}
+
+fn lease_ms(config: &RecordingConfig) -> u64 {
+    u64::try_from(config.lease.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Works a claimed job while renewing its lease; returns its `RecordingSid` and where it
+/// stands after this claim.
+async fn work(config: &RecordingConfig, store: &Store, job: RecordingJob) -> (String, JobState) {
+    let lease_ms = lease_ms(config);
     let sid = job.event.recording_sid.clone();
     let heartbeat = async {
         loop {
@@ -219,10 +268,11 @@ pub async fn work_one(
         }
     };
     tokio::select! {
-        state = process(config, store, &job) => Ok(Some((sid, state))),
+        state = process(config, store, &job) => (sid, state),
         () = heartbeat => {
             tracing::warn!(recording_sid = %sid, "recording lease lost: another instance has the job");
-            Ok(Some((sid, job.state)))
+            let state = job.state;
+            (sid, state)
         }
     }
 }
@@ -343,30 +393,66 @@ async fn save(path: &Path, bytes: &[u8]) -> Result<(), RecordingError> {
             .map_err(|e| RecordingError::Io("create recordings dir", e))?;
     }
     let tmp = path.with_extension("wav.part");
-    tokio::fs::write(&tmp, bytes)
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| RecordingError::Io("create recording", e))?;
+    tokio::io::AsyncWriteExt::write_all(&mut file, bytes)
         .await
         .map_err(|e| RecordingError::Io("write recording", e))?;
+    file.sync_all()
+        .await
+        .map_err(|e| RecordingError::Io("sync recording", e))?;
+    drop(file);
     tokio::fs::rename(&tmp, path)
         .await
-        .map_err(|e| RecordingError::Io("rename recording", e))
+        .map_err(|e| RecordingError::Io("rename recording", e))?;
+    // The rename is durable once the directory is synced.
+    if let Some(dir) = path.parent() {
+        let dir = tokio::fs::File::open(dir)
+            .await
+            .map_err(|e| RecordingError::Io("open recordings dir", e))?;
+        dir.sync_all()
+            .await
+            .map_err(|e| RecordingError::Io("sync recordings dir", e))?;
+    }
+    Ok(())
 }
 
 async fn fetch_with_retries(
     config: &RecordingConfig,
     rec: &RecordingEvent,
 ) -> Result<(Vec<u8>, u32), (RecordingError, u32)> {
-    let url = format!("{}.wav", rec.recording_url);
+    // Only the configured API's own address of this very recording is fetched: a callback
+    // naming any other host, port, scheme or path gets no connection (and no credentials).
+    if !config
+        .twilio
+        .is_recording_url(&rec.recording_url, &rec.account_sid, &rec.recording_sid)
+    {
+        let error = RecordingError::ForeignUrl {
+            url: rec.recording_url.chars().take(200).collect(),
+            expected: config.twilio.api_url().to_string(),
+        };
+        return Err((error, 0));
+    }
     let attempts = config.retry.attempts.max(1);
     let mut n = 0;
     loop {
         n += 1;
-        let result = match tokio::time::timeout(config.timeout, get(config, rec, &url)).await {
-            Ok(r) => r,
-            Err(_) => Err(RecordingError::Http("timed out".to_owned())),
+        let download = config.twilio.download_recording(
+            &rec.account_sid,
+            &rec.recording_sid,
+            config.max_download,
+        );
+        let result = match tokio::time::timeout(config.timeout, download).await {
+            Ok(r) => r.map_err(RecordingError::from),
+            Err(_) => Err(RecordingError::Download(TwilioError::Http(format!(
+                "timed out after {:?}",
+                config.timeout
+            )))),
         };
         match result {
             Ok(bytes) => match parse_wav(&bytes) {
-                Some(_) => return Ok((bytes, n)),
+                Some(_) => return Ok((bytes.to_vec(), n)),
                 None => return Err((RecordingError::Wav, n)),
             },
             Err(e) if e.retryable() && n < attempts => {
@@ -376,93 +462,6 @@ async fn fetch_with_retries(
             Err(e) => return Err((e, n)),
         }
     }
-}
-
-/// One GET of `url` with Basic auth; the body, capped at [`MAX_DOWNLOAD`].
-async fn get(
-    config: &RecordingConfig,
-    rec: &RecordingEvent,
-    url: &str,
-) -> Result<Vec<u8>, RecordingError> {
-    let uri: http::Uri = url.parse().map_err(|_| RecordingError::Url)?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") if config.allow_http => false,
-        _ => return Err(RecordingError::Url),
-    };
-    let host = uri.host().ok_or(RecordingError::Url)?.to_owned();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let mut request = http::Request::get(path)
-        .header(
-            http::header::HOST,
-            uri.authority().map_or(host.as_str(), |a| a.as_str()),
-        )
-        .header(http::header::USER_AGENT, "handset");
-    if let Some(token) = &config.auth_token {
-        let basic = BASE64.encode(format!("{}:{}", rec.account_sid, token.expose()));
-        let mut value = HeaderValue::from_str(&format!("Basic {basic}"))
-            .map_err(|_| RecordingError::Http("bad credentials".to_owned()))?;
-        value.set_sensitive(true);
-        request = request.header(http::header::AUTHORIZATION, value);
-    }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| RecordingError::Http(e.to_string()))?;
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| RecordingError::Http(e.to_string()))?;
-    let response = if tls {
-        let connector = tls_connector()?;
-        let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|_| RecordingError::Url)?;
-        let stream = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| RecordingError::Http(e.to_string()))?;
-        send(TokioIo::new(stream), request).await?
-    } else {
-        send(TokioIo::new(tcp), request).await?
-    };
-    Ok(response)
-}
-
-async fn send<T>(io: T, request: http::Request<Empty<Bytes>>) -> Result<Vec<u8>, RecordingError>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let http_err = |e: hyper::Error| RecordingError::Http(e.to_string());
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(http_err)?;
-    let driver = tokio::spawn(conn);
-    let response = sender.send_request(request).await.map_err(http_err)?;
-    let status = response.status();
-    if !status.is_success() {
-        driver.abort();
-        return Err(RecordingError::Status(status.as_u16()));
-    }
-    let body = Limited::new(response.into_body(), MAX_DOWNLOAD)
-        .collect()
-        .await
-        .map_err(|e| RecordingError::Http(e.to_string()))?
-        .to_bytes();
-    driver.abort();
-    Ok(body.to_vec())
-}
-
-fn tls_connector() -> Result<tokio_rustls::TlsConnector, RecordingError> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| RecordingError::Http(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// The PCM of a 16-bit mono WAV: `(sample_rate, data bytes)`.

@@ -70,6 +70,8 @@ pub enum Route {
     Metrics,
     /// `GET /readyz`: ready for new calls (the load balancer's readiness check).
     Readyz,
+    /// `POST /calls`: start an outbound call (bearer `CONTROL_TOKEN`).
+    Calls,
 }
 
 impl Route {
@@ -77,7 +79,12 @@ impl Route {
     pub fn is_webhook(self) -> bool {
         !matches!(
             self,
-            Self::Healthz | Self::MediaStream | Self::Version | Self::Metrics | Self::Readyz
+            Self::Healthz
+                | Self::MediaStream
+                | Self::Version
+                | Self::Metrics
+                | Self::Readyz
+                | Self::Calls
         )
     }
 }
@@ -91,9 +98,12 @@ pub enum HttpError {
     /// Signature missing or wrong (the reason is logged, never returned).
     #[error("forbidden")]
     Forbidden,
-    /// `/metrics` without the configured bearer token.
+    /// `/metrics` or `/calls` without the configured bearer token.
     #[error("unauthorized")]
     Unauthorized,
+    /// Twilio's REST API refused or failed a request made for this one.
+    #[error("twilio api: {0}")]
+    Upstream(String),
     /// The store could not take or give the data the answer depends on (nothing was
     /// half-written: Twilio may retry).
     #[error("store unavailable: {0}")]
@@ -125,6 +135,7 @@ impl HttpError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) | Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -181,6 +192,8 @@ pub fn route(method: &Method, path: &str) -> Result<Route, HttpError> {
         (&Method::GET | &Method::HEAD, "/version") => Ok(Route::Version),
         (&Method::GET | &Method::HEAD, "/metrics") => Ok(Route::Metrics),
         (&Method::GET | &Method::HEAD, "/readyz") => Ok(Route::Readyz),
+        (&Method::POST, "/calls") => Ok(Route::Calls),
+        (_, "/calls") => Err(HttpError::MethodNotAllowed("POST")),
         (_, "/healthz" | "/version" | "/metrics" | "/readyz") => {
             Err(HttpError::MethodNotAllowed("GET, HEAD"))
         }
@@ -243,6 +256,9 @@ async fn dispatch(
     id: u64,
 ) -> Result<Response<Body>, HttpError> {
     let route = route(req.method(), req.uri().path())?;
+    if route == Route::Calls {
+        return create_call(state, req, id).await;
+    }
     if !route.is_webhook() {
         return Ok(match route {
             Route::Healthz => healthz(state).await,
@@ -268,9 +284,12 @@ async fn dispatch(
         Route::HandleRecording => handle_recording(state, &hook, id).await,
         Route::CallStatus => call_status(state, &hook, id).await,
         Route::StreamStatus => stream_status(state, &hook, id).await,
-        Route::Healthz | Route::MediaStream | Route::Version | Route::Metrics | Route::Readyz => {
-            Err(HttpError::NotFound)
-        }
+        Route::Healthz
+        | Route::MediaStream
+        | Route::Version
+        | Route::Metrics
+        | Route::Readyz
+        | Route::Calls => Err(HttpError::NotFound),
     };
     if response.is_ok() {
         state.store_succeeded();
@@ -284,6 +303,8 @@ struct Webhook {
     origin: PublicUrl,
     /// Body parameters followed by query parameters.
     fields: Vec<(String, String)>,
+    /// The query parameters alone (the URL Handset wrote, e.g. an outbound call's `p.*`).
+    query: Vec<(String, String)>,
 }
 
 impl Webhook {
@@ -299,13 +320,9 @@ impl Webhook {
     }
 }
 
-async fn read_webhook(
-    state: &AppState,
-    req: Request<Incoming>,
-    id: u64,
-) -> Result<Webhook, HttpError> {
-    let (parts, body) = req.into_parts();
-    if let Some(len) = parts.headers.get(CONTENT_LENGTH) {
+/// Reads a request body: at most [`MAX_BODY_BYTES`], within [`BODY_READ_TIMEOUT`].
+async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, HttpError> {
+    if let Some(len) = headers.get(CONTENT_LENGTH) {
         let len = len
             .to_str()
             .ok()
@@ -315,19 +332,26 @@ async fn read_webhook(
             return Err(HttpError::PayloadTooLarge);
         }
     }
-    let body = match tokio::time::timeout(
+    match tokio::time::timeout(
         BODY_READ_TIMEOUT,
         Limited::new(body, MAX_BODY_BYTES).collect(),
     )
     .await
     {
-        Err(_) => return Err(HttpError::Timeout),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(HttpError::PayloadTooLarge);
-        }
-        Ok(Err(e)) => return Err(HttpError::BadRequest(format!("cannot read body: {e}"))),
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
+        Err(_) => Err(HttpError::Timeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(HttpError::PayloadTooLarge),
+        Ok(Err(e)) => Err(HttpError::BadRequest(format!("cannot read body: {e}"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+async fn read_webhook(
+    state: &AppState,
+    req: Request<Incoming>,
+    id: u64,
+) -> Result<Webhook, HttpError> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body).await?;
 
     let origin = match &state.config.public_url {
         Some(url) => url.clone(),
@@ -397,8 +421,12 @@ async fn read_webhook(
     }
 
     let mut fields = body_fields;
-    fields.extend(query_fields);
-    Ok(Webhook { origin, fields })
+    fields.extend(query_fields.iter().cloned());
+    Ok(Webhook {
+        origin,
+        fields,
+        query: query_fields,
+    })
 }
 
 /// Rebuilds the public origin from `X-Forwarded-Proto`/`X-Forwarded-Host` (first values) or `Host`.
@@ -511,6 +539,19 @@ async fn incoming_call(
     if hook.field("trace") == Some("1") {
         parameters.push(("trace", "1"));
     }
+    // Which way the call goes (`inbound`, `outbound-api`, …), for the agent's `start`.
+    if let Some(direction) = hook.field("Direction").filter(|d| !d.is_empty()) {
+        parameters.push(("direction", direction));
+    }
+    // An outbound call's extra parameters, written by `POST /calls` into this URL.
+    for (key, value) in &hook.query {
+        if let Some(name) = key.strip_prefix(crate::twilio::PARAM_PREFIX)
+            && crate::twilio::is_param_name(name)
+            && parameters.len() < 8 + crate::twilio::MAX_PARAMS
+        {
+            parameters.push((name, value.as_str()));
+        }
+    }
     let xml = twiml::connect_stream(&twiml::ConnectStream {
         greeting,
         action: &action,
@@ -520,6 +561,87 @@ async fn incoming_call(
     });
     tracing::info!(id, call_sid = %identity.call_sid, status = hook.field("CallStatus").unwrap_or(""), hop, "incoming call");
     Ok(xml_response(xml))
+}
+
+/// `POST /calls`: starts an outbound call through Twilio's REST API whose TwiML is this
+/// server's voice webhook, so it runs the same agent path as an inbound call. 404 while
+/// `CONTROL_TOKEN` is unset (the route is off), 401 without `Authorization: Bearer
+/// <CONTROL_TOKEN>`, 400 for a bad request, 502 when Twilio refuses; 201 with the CallSid.
+///
+/// The body is JSON (`{"to": "+1…", "from": "+1…", "params": {"k": "v"}}`) or a form (`to`,
+/// `from`, and `param=k=v` for each parameter).
+async fn create_call(
+    state: &AppState,
+    req: Request<Incoming>,
+    id: u64,
+) -> Result<Response<Body>, HttpError> {
+    let Some(token) = &state.config.control_token else {
+        return Err(HttpError::NotFound);
+    };
+    let authorization = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if !crate::metrics::authorized(Some(token), authorization) {
+        tracing::warn!(id, "outbound call refused: missing or wrong bearer token");
+        return Err(HttpError::Unauthorized);
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body).await?;
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let request = if content_type.starts_with("application/json") {
+        serde_json::from_slice::<crate::twilio::Outbound>(&body)
+            .map_err(|e| HttpError::BadRequest(format!("json body: {e}")))?
+    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+        outbound_from_form(&body)?
+    } else {
+        return Err(HttpError::UnsupportedMediaType);
+    };
+    let (Some(public_url), Some(client)) = (&state.config.public_url, &state.twilio) else {
+        // Configuration refuses CONTROL_TOKEN without both.
+        return Err(HttpError::Internal(
+            "POST /calls needs PUBLIC_URL and the twilio rest api".to_owned(),
+        ));
+    };
+    let call = request
+        .to_new_call(public_url, state.config.twilio.from.as_deref())
+        .map_err(|e| HttpError::BadRequest(e.to_string()))?;
+    let call_sid = client.create_call(&call).await.map_err(|e| {
+        tracing::warn!(id, to = %call.to, error = %e, "outbound call not created");
+        HttpError::Upstream(e.to_string())
+    })?;
+    tracing::info!(id, call_sid = %call_sid, to = %call.to, from = %call.from, params = request.params.len(), "OUTBOUND_CALL created");
+    let mut resp = json_response(&serde_json::json!({ "callSid": call_sid }));
+    *resp.status_mut() = StatusCode::CREATED;
+    Ok(resp)
+}
+
+/// An outbound call request from a form: `to`, `from`, `param=k=v` (repeated).
+fn outbound_from_form(body: &[u8]) -> Result<crate::twilio::Outbound, HttpError> {
+    let fields =
+        form::decode(body).map_err(|e| HttpError::BadRequest(format!("form body: {e}")))?;
+    let mut request = crate::twilio::Outbound::default();
+    for (key, value) in fields {
+        match key.as_str() {
+            "to" => request.to = value,
+            "from" => request.from = Some(value),
+            "param" => {
+                let (k, v) = value.split_once('=').ok_or_else(|| {
+                    HttpError::BadRequest(format!("param {value:?} is not name=value"))
+                })?;
+                request.params.insert(k.to_owned(), v.to_owned());
+            }
+            other => {
+                return Err(HttpError::BadRequest(format!("unknown field {other:?}")));
+            }
+        }
+    }
+    Ok(request)
 }
 
 /// `<Connect action>`: the stream has ended. How the call goes on is decided from why it

@@ -32,6 +32,7 @@ use crate::metrics::ShellMetrics;
 use crate::signature::Verifier;
 use crate::store::{Counts, ImportReport, Store, StoreError};
 use crate::tokens::StreamTokens;
+use crate::twilio::{TwilioClient, TwilioError};
 
 /// Number of live media calls, shown by `/healthz`. The WebSocket layer holds one
 /// [`ActiveCallGuard`] per bridged call.
@@ -86,6 +87,9 @@ pub struct AppState {
     pub draining: watch::Sender<bool>,
     /// The shell's counters for `/metrics`.
     pub metrics: Arc<ShellMetrics>,
+    /// The Twilio REST client, when `TWILIO_ACCOUNT_SID` and credentials are configured
+    /// (`POST /calls`, ending or redirecting calls that have no live stream).
+    pub twilio: Option<TwilioClient>,
     /// What `/metrics` encodes: a collector over `metrics` and the engine's counters.
     pub metrics_registry: prometheus_client::registry::Registry,
     /// Source of per-request ids for log correlation.
@@ -148,6 +152,9 @@ pub enum StateError {
     /// The media engine could not start.
     #[error("cannot start the media engine: {0}")]
     Engine(#[from] StartError),
+    /// The Twilio REST client could not be built.
+    #[error("cannot build the twilio rest client: {0}")]
+    Twilio(#[from] TwilioError),
 }
 
 impl AppState {
@@ -155,6 +162,10 @@ impl AppState {
     /// imports any JSON-lines files of earlier versions, starts the media engine and builds
     /// the shared state.
     pub async fn new(config: Config) -> Result<(Arc<Self>, Startup), StateError> {
+        let twilio = match config.twilio.is_usable() {
+            true => Some(TwilioClient::new(&config.twilio)?),
+            false => None,
+        };
         let store = Store::open(&config.store_options()).await?;
         let imported = crate::store::import_jsonl(&store, &config.data_dir).await?;
         let counts = store.counts().await?;
@@ -183,6 +194,7 @@ impl AppState {
             draining: watch::channel(false).0,
             metrics,
             metrics_registry,
+            twilio,
             request_ids: AtomicU64::new(1),
             config,
         };
@@ -213,6 +225,9 @@ pub async fn serve(
     // callbacks for live calls still land), refuse new media streams, and stop once no call
     // is live, or when the drain deadline has passed and the bridge has closed the rest.
     let mut drain_until: Option<tokio::time::Instant> = None;
+    // Made once, so a steady stream of new connections cannot keep resetting it.
+    let mut drain_poll = tokio::time::interval(DRAIN_POLL);
+    drain_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -239,7 +254,7 @@ pub async fn serve(
                 );
                 continue;
             }
-            () = tokio::time::sleep(DRAIN_POLL), if drain_until.is_some() => {
+            _ = drain_poll.tick(), if drain_until.is_some() => {
                 let live = state.active_calls.count();
                 if live == 0 {
                     break;

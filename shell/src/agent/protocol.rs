@@ -159,7 +159,9 @@ pub fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// The `start` message: who the call is with and the caller audio format.
+/// The `start` message: who the call is with, which way it goes (Twilio's `Direction`,
+/// carried by the `direction` parameter; `null` when the voice webhook had none) and the
+/// caller audio format.
 pub fn start(info: &CallInfo, custom_parameters: &HashMap<String, String>) -> String {
     json!({
         "type": "start",
@@ -167,6 +169,7 @@ pub fn start(info: &CallInfo, custom_parameters: &HashMap<String, String>) -> St
         "streamSid": info.stream_sid,
         "from": info.from,
         "to": info.to,
+        "direction": custom_parameters.get("direction"),
         "customParameters": custom_parameters,
         "audio": {"encoding": "pcm16le", "sample_rate": 16_000, "channels": 1, "frame_ms": 20},
     })
@@ -410,6 +413,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&start(&info, &params)).unwrap();
         assert_eq!(v["type"], "start");
         assert_eq!(v["callSid"], "CA1");
+        assert_eq!(v["direction"], serde_json::Value::Null);
+        let outbound = HashMap::from([("direction".to_owned(), "outbound-api".to_owned())]);
+        let out: serde_json::Value = serde_json::from_str(&start(&info, &outbound)).unwrap();
+        assert_eq!(out["direction"], "outbound-api");
         assert_eq!(v["customParameters"]["k"], "v");
         assert_eq!(v["audio"]["sample_rate"], 16_000);
         let b = event(&ToAgent::BargeIn {
