@@ -5,7 +5,10 @@
 //! `CONTROL_TOKEN`) makes the fake receive a create whose `Url` is the server's own voice
 //! webhook; the test then plays Twilio (the signed webhook with `Direction=outbound-api`, the
 //! signed stream) and a fake agent sees `direction: outbound-api` and the extra parameter in
-//! its `start`.
+//! its `start`. At a drain's deadline a live call is handed over: the fake receives a redirect
+//! of the call to the voice webhook one hop further, the old agent gets `stop` with reason
+//! `handover`, and the redirected call's new stream (on a second server sharing the store)
+//! gives its agent a `start` with `resumed: true`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -430,4 +433,132 @@ async fn post_calls_is_not_found_without_a_control_token() {
     let reply = post_calls(&server, r#"{"to": "+15550002222"}"#, Some(CONTROL)).await;
     assert_eq!(reply.status, 404);
     server.stop().await;
+}
+
+/// A fake agent that records every text message of every connection, in order.
+async fn agent_log() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/agent", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let shared = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(t) = msg {
+                        seen.lock().unwrap().push(serde_json::from_str(&t).unwrap());
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_drain_deadline_a_live_call_is_handed_over_to_a_ready_instance() {
+    let (api, rest) = fake_twilio(ACCOUNT, TOKEN, call_sid(60), Vec::new(), String::new()).await;
+    let (agent_url, seen) = agent_log().await;
+    let vars = [
+        ("TWILIO_ACCOUNT_SID", ACCOUNT),
+        ("TWILIO_API_URL", api.as_str()),
+        ("AGENT_URL", agent_url.as_str()),
+        ("DRAIN_TIMEOUT", "1"),
+    ];
+    let mut old = TestServer::start(&vars).await;
+    let mut ws = support::open_call(&old, 60).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while old.state.active_calls.count() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(old.state.active_calls.count(), 1, "the call is up");
+
+    old.drain();
+    // At the deadline Twilio is asked to fetch the voice webhook again, one hop further.
+    let update_path = format!("/2010-04-01/Accounts/{ACCOUNT}/Calls/{}.json", call_sid(60));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let update = loop {
+        let found = rest
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.path == update_path)
+            .cloned();
+        if let Some(update) = found {
+            break update;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no redirect reached Twilio"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(update.method, "POST");
+    assert_eq!(
+        update.basic.as_deref(),
+        Some(format!("{ACCOUNT}:{TOKEN}").as_str())
+    );
+    assert_eq!(
+        update.field("Url"),
+        [old.url("/webhook/incoming_call?hop=1").as_str()]
+    );
+    assert_eq!(update.field("Method"), ["POST"]);
+
+    // Twilio stops the old stream; its agent hears why.
+    ws.send(Message::text(format!(
+        r#"{{"event":"stop","sequenceNumber":"9","streamSid":"{}"}}"#,
+        support::stream_sid(60)
+    )))
+    .await
+    .unwrap();
+    let _ = support::read_to_end(&mut ws, Duration::from_secs(5)).await;
+    assert!(old.stopped_within(Duration::from_secs(10)).await);
+    let stops: Vec<Value> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m["type"] == "stop")
+        .cloned()
+        .collect();
+    assert_eq!(stops, [json!({"type": "stop", "reason": "handover"})]);
+
+    // Twilio fetches the redirect (through the load balancer: here, a second instance on the
+    // same store) and opens the new stream there; its agent starts with `resumed: true`.
+    let new = TestServer::start_in(old.data_dir.clone(), &vars).await;
+    let params = support::voice_params(60);
+    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let path = "/webhook/incoming_call?hop=1";
+    let sig = twilio_sign(TOKEN, &new.url(path), &pairs);
+    let reply = post_form(&new, path, &pairs, &[("X-Twilio-Signature", sig.as_str())]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let target = handset_shell::sim::parse_twiml(&reply.body).unwrap();
+    let tcp = tokio::net::TcpStream::connect(new.addr).await.unwrap();
+    let mut ws = support::ws_connect(&new, tcp).await;
+    ws.send(support::start_message(60, &target)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let resumed = loop {
+        let starts: Vec<Value> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["type"] == "start")
+            .cloned()
+            .collect();
+        if starts.len() == 2 {
+            break starts[1].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new stream's agent starts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    assert_eq!(resumed["callSid"], call_sid(60));
+    drop(ws);
+    new.stop().await;
 }

@@ -456,6 +456,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     let trace_dir = state.config.trace_dir.clone().filter(|_| traced);
     // What this stream's counters have added to the shell's metrics so far.
     let mut published = StreamCounters::default();
+    let stop_reason = control.clone();
     let mut writer = tokio::spawn(write_loop(
         sink,
         out_rx,
@@ -472,6 +473,8 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
 
     // Phase 2: stream until stop, close, error, idle or shutdown.
     let mut reason = None;
+    // Set at the drain deadline when Twilio was asked to move the call (REST redirect).
+    let mut handing_over = false;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     // The writer ends first when the peer stopped reading or the agent hung up. The reader then
     // goes on only long enough to take the peer's close reply (at most `WS_WRITE_TIMEOUT`), so a
@@ -502,7 +505,12 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
                             state.metrics.publish_stream(&counters, &mut published);
                         }
                         if on_text(&text, now, &meta.stream_sid, &mut handle, &mut counters) {
-                            reason = Some(CloseReason::Completed);
+                            // Twilio's `stop`: the call ended, or moved on (our handover).
+                            reason = Some(if handing_over {
+                                CloseReason::GoingAway
+                            } else {
+                                CloseReason::Completed
+                            });
                             break;
                         }
                     }
@@ -526,6 +534,19 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
                 }
             }
             () = drain => {
+                // The agent is told its call moves on, whichever way it goes.
+                if let Some(control) = &stop_reason {
+                    control.set_stop_reason("handover");
+                }
+                // With the Twilio REST API: Twilio is asked to fetch the voice webhook again
+                // (through the load balancer, to a ready instance) and stops this stream
+                // itself; a little later this side closes anyway. Without it: close with 1001,
+                // and the `<Connect action>` redirects the call.
+                if !handing_over && crate::session::hand_over(&state, &meta, id) {
+                    handing_over = true;
+                    drain_deadline = Some(tokio::time::Instant::now() + HANDOVER_WAIT);
+                    continue;
+                }
                 reason = Some(CloseReason::GoingAway);
                 break;
             }
@@ -692,6 +713,10 @@ async fn finish_refused(
     .await;
     finish_without_call(state, sink, Some(refusal.reason), id, counters).await;
 }
+
+/// After asking Twilio to move a call at the drain deadline, how long to wait for its `stop`
+/// before closing the stream from this side.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest a stream's end waits for the store before its close frame goes out anyway.
 const STORE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -543,6 +543,12 @@ async fn incoming_call(
     if let Some(direction) = hook.field("Direction").filter(|d| !d.is_empty()) {
         parameters.push(("direction", direction));
     }
+    // A call moved here from a draining instance: its agent's `start` says `resumed`, and a
+    // second drain moves it one hop further.
+    let hop_text = hop.to_string();
+    if hop > 0 {
+        parameters.push(("hop", hop_text.as_str()));
+    }
     // An outbound call's extra parameters, written by `POST /calls` into this URL.
     for (key, value) in &hook.query {
         if let Some(name) = key.strip_prefix(crate::twilio::PARAM_PREFIX)

@@ -107,6 +107,42 @@ pub(crate) async fn admit(
     })
 }
 
+/// At the drain deadline, asks Twilio (REST `Calls` update) to fetch the voice webhook again
+/// for this call, one hop further, so it goes on on a ready instance. `false` (nothing asked)
+/// without REST credentials, without `PUBLIC_URL`, or after the last hop; the bridge then
+/// closes the stream and the `<Connect action>` moves the call. The request runs in the
+/// background; its failure is logged and the bridge closes the stream shortly after anyway.
+pub(crate) fn hand_over(state: &AppState, meta: &StartMeta, id: u64) -> bool {
+    let (Some(client), Some(public)) = (&state.twilio, &state.config.public_url) else {
+        return false;
+    };
+    let hop = meta
+        .custom_parameters
+        .get("hop")
+        .and_then(|h| h.parse::<u32>().ok())
+        .unwrap_or(0);
+    if hop >= crate::ending::MAX_HOPS {
+        return false;
+    }
+    let url = public.http_url(&format!("/webhook/incoming_call?hop={}", hop + 1));
+    let client = client.clone();
+    let call_sid = meta.call_sid.clone();
+    tokio::spawn(async move {
+        match client
+            .update_call(&call_sid, &crate::twilio::UpdateCall::Redirect(url))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(id, call_sid = %call_sid, hop = hop + 1, "HANDOVER: Twilio moves the call to a ready instance")
+            }
+            Err(e) => {
+                tracing::warn!(id, call_sid = %call_sid, error = %e, "HANDOVER not accepted: the stream is closed instead")
+            }
+        }
+    });
+    true
+}
+
 /// Whether a call is traced: `TRACE_DIR` is set and the call opted in (`trace=1` among its
 /// parameters) or falls in the `TRACE_SAMPLE` share (`draw` uniform in [0, 1)).
 fn traced(config: &Config, parameters: &HashMap<String, String>, draw: f64) -> bool {

@@ -31,7 +31,7 @@ pub const MAX_PARAMS: usize = 16;
 /// Longest extra parameter value, in bytes.
 pub const MAX_PARAM_VALUE: usize = 256;
 /// Parameter names Handset writes itself; an extra parameter may not take them.
-pub const RESERVED_PARAMS: [&str; 7] = [
+pub const RESERVED_PARAMS: [&str; 8] = [
     "accountSid",
     "callSid",
     "direction",
@@ -39,6 +39,7 @@ pub const RESERVED_PARAMS: [&str; 7] = [
     crate::tokens::TOKEN_PARAMETER,
     "to",
     "trace",
+    "hop",
 ];
 /// Longest wait to connect to the API.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

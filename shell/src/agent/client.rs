@@ -295,7 +295,9 @@ impl Session {
             tokio::select! {
                 msg = self.ends.uplink.recv() => {
                     let Some(msg) = msg else {
-                        let _ = send(tx, Message::text(protocol::event(&ToAgent::Stop))).await;
+                        let _ = send(tx, Message::text(protocol::event(&ToAgent::Stop {
+                            reason: self.ends.shared.stop_reason(),
+                        }))).await;
                         return Ok(());
                     };
                     match self.uplink(msg) {
@@ -304,7 +306,9 @@ impl Session {
                             if let Some(reason) = stop {
                                 return Err((reason, "engine gave up".to_owned()));
                             }
-                            let _ = send(tx, Message::text(protocol::event(&ToAgent::Stop))).await;
+                            let _ = send(tx, Message::text(protocol::event(&ToAgent::Stop {
+                            reason: self.ends.shared.stop_reason(),
+                        }))).await;
                             return Ok(());
                         }
                         None => {}

@@ -170,6 +170,7 @@ pub fn start(info: &CallInfo, custom_parameters: &HashMap<String, String>) -> St
         "from": info.from,
         "to": info.to,
         "direction": custom_parameters.get("direction"),
+        "resumed": custom_parameters.contains_key("hop"),
         "customParameters": custom_parameters,
         "audio": {"encoding": "pcm16le", "sample_rate": 16_000, "channels": 1, "frame_ms": 20},
     })
@@ -231,8 +232,11 @@ pub enum ToAgent<'a> {
     MarkPlayed(&'a str),
     /// A mark's audio was dropped (barge-in or clear): it will never play.
     MarkCleared(&'a str),
-    /// The call ended.
-    Stop,
+    /// The call ended; `reason` is `handover` when the call moves to another instance.
+    Stop {
+        /// Why, when it is not the plain end of the call.
+        reason: Option<&'a str>,
+    },
     /// A `transfer` was refused; the call goes on.
     TransferRefused {
         /// The target as the agent sent it (cut to 256 bytes).
@@ -272,7 +276,10 @@ pub fn event(event: &ToAgent<'_>) -> String {
         }),
         ToAgent::MarkPlayed(name) => json!({"type": "mark_played", "name": name}),
         ToAgent::MarkCleared(name) => json!({"type": "mark_cleared", "name": name}),
-        ToAgent::Stop => json!({"type": "stop"}),
+        ToAgent::Stop { reason: None } => json!({"type": "stop"}),
+        ToAgent::Stop {
+            reason: Some(reason),
+        } => json!({"type": "stop", "reason": reason}),
         ToAgent::TransferRefused { to, reason } => json!({
             "type": "transfer_refused",
             "to": truncate(to, crate::ending::MAX_TARGET),

@@ -91,6 +91,9 @@ pub struct Shared {
     /// The checked transfer the agent asked for, set once before its hang-up command is
     /// queued; the bridge takes it when the call ends with [`HangupReason::Transfer`].
     transfer: parking_lot::Mutex<Option<crate::ending::Transfer>>,
+    /// Why the call is being stopped, when the agent should know (`handover`); set by the
+    /// bridge before it stops the call.
+    stop_reason: parking_lot::Mutex<Option<&'static str>>,
     /// `clear` commands pushed into the command ring so far.
     clears: AtomicU64,
     /// Uplink messages (caller frames and events) dropped because the queue was full.
@@ -101,6 +104,16 @@ impl Shared {
     /// Keeps the transfer the call will end with (not on the media path: once per call).
     pub fn set_transfer(&self, transfer: crate::ending::Transfer) {
         *self.transfer.lock() = Some(transfer);
+    }
+
+    /// Tells the agent why its call stops (sent with its `stop`).
+    pub fn set_stop_reason(&self, reason: &'static str) {
+        *self.stop_reason.lock() = Some(reason);
+    }
+
+    /// Why the call stops, if the bridge said.
+    pub fn stop_reason(&self) -> Option<&'static str> {
+        *self.stop_reason.lock()
     }
 
     /// The transfer the call ended with, if any.
