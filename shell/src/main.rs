@@ -391,6 +391,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
+    if state.twilio.is_some() && config.public_url.is_some() {
+        tracing::info!(
+            "drain: calls still live at DRAIN_TIMEOUT are handed over through the Twilio REST API"
+        );
+    } else {
+        tracing::info!(
+            "drain: calls still live at DRAIN_TIMEOUT are handed over by closing their streams (the <Connect action> redirects them); set TWILIO_ACCOUNT_SID and PUBLIC_URL to hand them over through the Twilio REST API"
+        );
+    }
+
     // Recorded messages: every instance works the store's job queue; a draining instance
     // stops claiming, so the others take what is left.
     let recordings = handset_shell::recording::RecordingConfig::from_config(config)
