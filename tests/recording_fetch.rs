@@ -8,150 +8,23 @@
 //! refused without a connection (a listener there sees none), and a slow download does not
 //! hold up the next recording.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use futures_util::{SinkExt, StreamExt};
 use handset_shell::recording::{self, RecordingConfig, Retry};
 use handset_shell::store::{JobState, RecordingEvent, Store, StoreOptions};
 use handset_shell::twilio::TwilioClient;
 use handset_shell::{PublicUrl, Secret, TwilioRestConfig};
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
+
+mod support;
+use support::fakes::{MediaServer, transcriber, wav};
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "twilio-auth-token";
-
-fn wav(samples: usize) -> Vec<u8> {
-    let data: Vec<u8> = (0..samples)
-        .flat_map(|i| ((i % 200) as i16 * 50).to_le_bytes())
-        .collect();
-    let mut v = b"RIFF".to_vec();
-    v.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-    v.extend_from_slice(b"WAVEfmt ");
-    for field in [16u32.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec()] {
-        v.extend_from_slice(&field);
-    }
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&8_000u32.to_le_bytes());
-    v.extend_from_slice(&16_000u32.to_le_bytes());
-    v.extend_from_slice(&2u16.to_le_bytes());
-    v.extend_from_slice(&16u16.to_le_bytes());
-    v.extend_from_slice(b"data");
-    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    v.extend_from_slice(&data);
-    v
-}
-
-/// Requests per path, with their Authorization header.
-type Hits = Arc<Mutex<Vec<(String, Option<String>)>>>;
-
-/// A plain-HTTP server: each path in `failures` answers 503 that many times, then the WAV.
-async fn media_server(failures: HashMap<String, usize>, body: Vec<u8>) -> (String, Hits) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let hits: Hits = Arc::default();
-    let shared = Arc::clone(&hits);
-    let failures = Arc::new(Mutex::new(failures));
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let hits = Arc::clone(&shared);
-            let failures = Arc::clone(&failures);
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).to_string();
-                let path = text.split(' ').nth(1).unwrap_or("").to_owned();
-                let auth = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("authorization: "))
-                    .map(str::to_owned);
-                hits.lock().unwrap().push((path.clone(), auth));
-                let fail = {
-                    let mut f = failures.lock().unwrap();
-                    match f.get_mut(&path) {
-                        Some(n) if *n > 0 => {
-                            *n -= 1;
-                            true
-                        }
-                        _ => false,
-                    }
-                };
-                let response = if fail {
-                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()
-                } else {
-                    let mut r = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: audio/x-wav\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    r.extend_from_slice(&body);
-                    r
-                };
-                let _ = tcp.write_all(&response).await;
-                let _ = tcp.shutdown().await;
-            });
-        }
-    });
-    (base, hits)
-}
-
-/// What the transcription agent received: the `recording` message and the audio bytes.
-type Offers = Arc<Mutex<Vec<(Value, usize)>>>;
-
-async fn transcriber() -> (String, Offers) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/agent", listener.local_addr().unwrap());
-    let offers: Offers = Arc::default();
-    let shared = Arc::clone(&offers);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let offers = Arc::clone(&shared);
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                let mut offer = Value::Null;
-                let mut bytes = 0;
-                while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(t) => {
-                            let v: Value = serde_json::from_str(&t).unwrap();
-                            if v["type"] == "recording" {
-                                offer = v;
-                            } else if v["type"] == "recording_end" {
-                                let text = format!(
-                                    "message {} of {bytes} bytes",
-                                    offer["recordingSid"].as_str().unwrap_or("")
-                                );
-                                offers.lock().unwrap().push((offer.clone(), bytes));
-                                let reply =
-                                    json!({"type": "transcript", "kind": "final", "text": text});
-                                let _ = ws.send(Message::text(reply.to_string())).await;
-                            }
-                        }
-                        Message::Binary(b) => bytes += b.len(),
-                        _ => {}
-                    }
-                }
-            });
-        }
-    });
-    (url, offers)
-}
 
 /// A worker whose Twilio API is `api` (the fake's `http://127.0.0.1:port`).
 fn config(dir: &Path, api: &str, agent: Option<String>) -> RecordingConfig {
@@ -220,7 +93,9 @@ async fn recordings_are_fetched_with_retries_once_and_transcribed_after_a_restar
     let dir = dir.path();
     let body = wav(16_000);
     let path1 = format!("/2010-04-01/Accounts/{ACCOUNT}/Recordings/RE1.wav");
-    let (base, hits) = media_server(HashMap::from([(path1.clone(), 2)]), body.clone()).await;
+    let media = MediaServer::start(body.clone()).await;
+    media.fail(&path1, 2);
+    let base = media.base.clone();
     let store = open(dir).await;
     for (n, sid) in ["RE1", "RE2"].into_iter().enumerate() {
         let mut rec = event(&base, sid);
@@ -241,7 +116,11 @@ async fn recordings_are_fetched_with_retries_once_and_transcribed_after_a_restar
         ]
     );
 
-    let requests = hits.lock().unwrap().clone();
+    let requests: Vec<(String, Option<String>)> = media
+        .downloads()
+        .into_iter()
+        .map(|d| (d.path, d.auth))
+        .collect();
     let count = |p: &str| requests.iter().filter(|(path, _)| path == p).count();
     assert_eq!(count(&path1), 3, "failed twice, then fetched");
     assert_eq!(count(&path1.replace("RE1", "RE2")), 1);
@@ -276,7 +155,7 @@ async fn recordings_are_fetched_with_retries_once_and_transcribed_after_a_restar
         done.iter().all(|(_, s)| *s == JobState::Transcribed),
         "{done:?}"
     );
-    assert_eq!(hits.lock().unwrap().len(), 4, "nothing fetched twice");
+    assert_eq!(media.downloads().len(), 4, "nothing fetched twice");
     let offers = offers.lock().unwrap().clone();
     assert_eq!(offers.len(), 2);
     let (offer, bytes) = &offers[0];
@@ -307,7 +186,9 @@ async fn a_recording_that_never_downloads_is_marked_failed_after_bounded_retries
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let path = format!("/2010-04-01/Accounts/{ACCOUNT}/Recordings/RE9.wav");
-    let (base, hits) = media_server(HashMap::from([(path.clone(), 100)]), wav(800)).await;
+    let media = MediaServer::start(wav(800)).await;
+    media.fail(&path, 100);
+    let base = media.base.clone();
     let store = open(dir).await;
     store
         .insert_recording(&event(&base, "RE9"), 1)
@@ -315,7 +196,7 @@ async fn a_recording_that_never_downloads_is_marked_failed_after_bounded_retries
         .unwrap();
     let done = run_once(&config(dir, &base, None), &store).await;
     assert_eq!(done, [("RE9".to_owned(), JobState::Failed)]);
-    assert_eq!(hits.lock().unwrap().len(), 4, "bounded: 4 attempts");
+    assert_eq!(media.downloads().len(), 4, "bounded: 4 attempts");
     let job = store.recording("RE9").await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Failed);
     assert!(job.error.as_deref().unwrap().contains("503"));
@@ -329,7 +210,8 @@ async fn a_recording_that_never_downloads_is_marked_failed_after_bounded_retries
 async fn two_instances_racing_for_a_recording_fetch_and_transcribe_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let (base, hits) = media_server(HashMap::new(), wav(8_000)).await;
+    let media = MediaServer::start(wav(8_000)).await;
+    let base = media.base.clone();
     let (agent_url, offers) = transcriber().await;
     let a = open(dir).await;
     let b = open(dir).await;
@@ -341,7 +223,7 @@ async fn two_instances_racing_for_a_recording_fetch_and_transcribe_it_once() {
     let (ra, rb) = tokio::join!(run_once(&ca, &a), run_once(&cb, &b));
     let all = [ra, rb].concat();
     assert_eq!(all, [("RE5".to_owned(), JobState::Transcribed)]);
-    assert_eq!(hits.lock().unwrap().len(), 1, "fetched once");
+    assert_eq!(media.downloads().len(), 1, "fetched once");
     assert_eq!(offers.lock().unwrap().len(), 1, "transcribed once");
 }
 
@@ -349,7 +231,8 @@ async fn two_instances_racing_for_a_recording_fetch_and_transcribe_it_once() {
 async fn a_job_held_by_a_dead_instance_is_finished_by_another_after_its_lease() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let (base, hits) = media_server(HashMap::new(), wav(8_000)).await;
+    let media = MediaServer::start(wav(8_000)).await;
+    let base = media.base.clone();
     let (agent_url, offers) = transcriber().await;
     let store = open(dir).await;
     store
@@ -378,7 +261,7 @@ async fn a_job_held_by_a_dead_instance_is_finished_by_another_after_its_lease() 
     );
     let job = store.recording("RE6").await.unwrap().unwrap();
     assert_eq!(job.claims, 2);
-    assert_eq!(hits.lock().unwrap().len(), 1);
+    assert_eq!(media.downloads().len(), 1);
     assert_eq!(offers.lock().unwrap().len(), 1);
     // The dead instance's late write is refused.
     assert!(
@@ -408,7 +291,8 @@ async fn watcher() -> (String, Arc<Mutex<usize>>) {
 async fn a_recording_url_on_another_host_or_path_is_never_fetched_and_the_job_fails() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let (api, hits) = media_server(HashMap::new(), wav(800)).await;
+    let media = MediaServer::start(wav(800)).await;
+    let api = media.base.clone();
     let (foreign, connections) = watcher().await;
     let foreign_https = foreign.replace("http://", "https://");
     let api_host = api.replace("http://", "https://");
@@ -446,9 +330,9 @@ async fn a_recording_url_on_another_host_or_path_is_never_fetched_and_the_job_fa
         "the foreign host saw no connection"
     );
     assert!(
-        hits.lock().unwrap().is_empty(),
+        media.downloads().is_empty(),
         "nothing fetched: {:?}",
-        hits.lock().unwrap()
+        media.downloads()
     );
     for (sid, _) in &done {
         let job = store.recording(sid).await.unwrap().unwrap();
@@ -463,7 +347,7 @@ async fn a_recording_url_on_another_host_or_path_is_never_fetched_and_the_job_fa
         run_once(&config(dir, &api, None), &store).await,
         [("RE7".to_owned(), JobState::Fetched)]
     );
-    assert_eq!(hits.lock().unwrap().len(), 1);
+    assert_eq!(media.downloads().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,34 +356,11 @@ async fn a_download_that_never_answers_does_not_hold_up_the_next_recording() {
     let dir = dir.path();
     // The API accepts connections: one download stalls (a tarpit: no answer at all), the other
     // is served.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", listener.local_addr().unwrap());
-    let body = wav(800);
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                if String::from_utf8_lossy(&head).contains("/Recordings/RE1.wav") {
-                    std::future::pending::<()>().await; // hold the connection, say nothing
-                }
-                let mut r = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                )
-                .into_bytes();
-                r.extend_from_slice(&body);
-                let _ = tcp.write_all(&r).await;
-            });
-        }
-    });
+    let media = MediaServer::start(wav(800)).await;
+    media.hold_next(&format!(
+        "/2010-04-01/Accounts/{ACCOUNT}/Recordings/RE1.wav"
+    ));
+    let api = media.base.clone();
     let store = open(dir).await;
     for (n, sid) in ["RE1", "RE2"].into_iter().enumerate() {
         let mut rec = event(&api, sid);
