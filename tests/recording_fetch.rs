@@ -9,7 +9,7 @@
 //! hold up the next recording.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -21,7 +21,7 @@ use handset_shell::{PublicUrl, Secret, TwilioRestConfig};
 use tokio::net::TcpListener;
 
 mod support;
-use support::fakes::{MediaServer, transcriber, wav};
+use support::fakes::{MediaServer, transcriber, watcher, wav};
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "twilio-auth-token";
@@ -270,21 +270,6 @@ async fn a_job_held_by_a_dead_instance_is_finished_by_another_after_its_lease() 
             .await
             .unwrap()
     );
-}
-
-/// A loopback listener that counts the connections it gets (and answers none).
-async fn watcher() -> (String, Arc<Mutex<usize>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let seen: Arc<Mutex<usize>> = Arc::default();
-    let shared = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            *shared.lock().unwrap() += 1;
-            drop(tcp);
-        }
-    });
-    (base, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,7 @@ use handset_shell::twilio::{NewCall, TwilioClient, TwilioError, UpdateCall};
 use handset_shell::{PublicUrl, Secret, TwilioRestConfig};
 
 mod support;
+use support::fakes::watcher;
 use support::{TOKEN, TestServer, call_sid, post_form, twilio_sign};
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
@@ -156,21 +157,6 @@ fn client(api: &str, key: bool) -> TwilioClient {
         from: None,
     })
     .unwrap()
-}
-
-/// A loopback listener counting the connections it gets.
-async fn watcher() -> (String, Arc<Mutex<usize>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let seen: Arc<Mutex<usize>> = Arc::default();
-    let shared = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            *shared.lock().unwrap() += 1;
-            drop(tcp);
-        }
-    });
-    (base, seen)
 }
 
 #[tokio::test]

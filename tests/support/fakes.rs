@@ -235,3 +235,19 @@ pub async fn transcriber() -> (String, Offers) {
     });
     (url, offers)
 }
+
+/// A loopback listener that counts the connections it gets and answers none: proof that
+/// nothing was sent to a host that must not be contacted. Returns its `http://` base.
+pub async fn watcher() -> (String, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<usize>> = Arc::default();
+    let shared = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            *shared.lock().unwrap() += 1;
+            drop(tcp);
+        }
+    });
+    (base, seen)
+}
