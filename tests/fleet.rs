@@ -53,7 +53,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use handset_engine::agent::echo::GREETING;
-use handset_shell::sim::{self, CallOutcome, CallPlan, ReceivedKind};
+use handset_shell::sim::{self, CallOutcome, CallPlan};
 use handset_shell::store::{CallRecord, JobState, RecordingJob, Store, StoreOptions};
 use http_body_util::Full;
 use sqlx::Row as _;
@@ -123,18 +123,13 @@ async fn fresh_database(admin: &str) -> String {
         .await
         .expect("create the fleet's database");
     pool.close().await;
-    let (base, query) = admin
-        .split_once('?')
-        .map_or((admin, None), |(b, q)| (b, Some(q)));
-    let authority = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority..].find('/') {
-        Some(slash) => &base[..authority + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
+    use sqlx::ConnectOptions as _;
+    admin
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .expect("FLEET_DATABASE_URL is a PostgreSQL URL")
+        .database(&name)
+        .to_url_lossy()
+        .to_string()
 }
 
 /// `N` distinct loopback ports that were free a moment ago.
@@ -838,12 +833,7 @@ async fn calls_across_instances_and_callbacks_stored_once() {
     assert_ne!(barge_webhook, barge_stream);
     let outcome = barge.finish().await;
     assert_normal_end(&outcome);
-    let clears: Vec<Duration> = outcome
-        .received
-        .iter()
-        .filter(|r| r.kind == ReceivedKind::Clear)
-        .map(|r| r.at)
-        .collect();
+    let clears = support::clears_at(&outcome);
     assert_eq!(clears.len(), 1, "one clear: {:?}", outcome.received);
     assert!(
         clears[0] > onset && clears[0] < onset + clip_len,

@@ -117,12 +117,7 @@ async fn talking_over_the_greeting_clears_it() {
     let outcome = run_call(plan).await.expect("call runs");
     assert_exact_shapes(&outcome);
 
-    let clears: Vec<Duration> = outcome
-        .received
-        .iter()
-        .filter(|r| r.kind == ReceivedKind::Clear)
-        .map(|r| r.at)
-        .collect();
+    let clears = support::clears_at(&outcome);
     assert_eq!(clears.len(), 1, "one clear: {:?}", outcome.received);
     let clear = clears[0];
     assert!(

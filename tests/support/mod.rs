@@ -604,3 +604,13 @@ impl Logs {
         }
     }
 }
+
+/// When (stream time) each `clear` reached the simulated caller.
+pub fn clears_at(outcome: &CallOutcome) -> Vec<Duration> {
+    outcome
+        .received
+        .iter()
+        .filter(|r| r.kind == handset_shell::sim::ReceivedKind::Clear)
+        .map(|r| r.at)
+        .collect()
+}

@@ -70,18 +70,12 @@ impl TestStore {
     }
 }
 
-/// `url` with its database name replaced by `name`.
+/// `url` with its database name replaced by `name` (sqlx parses and writes the URL).
 fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_end..].find('/') {
-        Some(slash) => &base[..authority_end + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
+    use sqlx::ConnectOptions as _;
+    url.parse::<sqlx::postgres::PgConnectOptions>()
+        .expect("DATABASE_URL is a PostgreSQL URL")
+        .database(name)
+        .to_url_lossy()
+        .to_string()
 }
