@@ -772,7 +772,7 @@ async fn handle_recording(
             .filter(|d| !d.is_empty())
             .map(str::to_owned),
     };
-    if !is_sid(&event.recording_sid, "RE") {
+    if !crate::twilio::is_sid(&event.recording_sid, "RE") {
         return Err(HttpError::BadRequest(
             "RecordingSid must be RE followed by 32 hex digits".to_owned(),
         ));
@@ -784,11 +784,6 @@ async fn handle_recording(
     tracing::info!(id, call_sid = %event.call_sid, recording_sid = %event.recording_sid, duration_secs = ?event.duration_secs, new, "recording stored");
     state.recording_stored.notify_one();
     Ok(xml_response(twiml::hangup()))
-}
-
-/// Whether `sid` is a Twilio identifier of the given prefix: two letters and 32 hex digits.
-fn is_sid(sid: &str, prefix: &str) -> bool {
-    sid.len() == 34 && sid.starts_with(prefix) && sid.bytes().skip(2).all(|b| b.is_ascii_hexdigit())
 }
 
 async fn call_status(

@@ -467,11 +467,12 @@ impl Outbound {
     }
 }
 
-/// Whether `value` is something Twilio can dial: `+` and 8 to 15 digits, or a `sip:` or
-/// `client:` address (printable, no spaces, at most 256 bytes).
+/// Whether `value` is something Twilio can dial: an E.164 number
+/// ([`crate::ending::is_e164`]), or a `sip:` or `client:` address (printable, no spaces, at
+/// most 256 bytes).
 pub fn is_address(value: &str) -> bool {
-    if let Some(digits) = value.strip_prefix('+') {
-        return (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    if value.starts_with('+') {
+        return crate::ending::is_e164(value);
     }
     let rest = value
         .strip_prefix("sip:")
