@@ -411,29 +411,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         state.recording_stored.clone(),
         state.draining.subscribe(),
     ));
-    tokio::spawn(purge_tokens(state.clone()));
+    tokio::spawn(handset_shell::tokens::purge_expired(state.clone()));
 
     handset_shell::serve(listener, state.clone(), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Deletes expired stream tokens once a minute (an hour after they expired: late redeems
-/// still get "expired" rather than "unknown" in the logs meanwhile).
-async fn purge_tokens(state: std::sync::Arc<AppState>) {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-    const KEEP_MS: u64 = 3_600_000;
-    loop {
-        tokio::time::sleep(EVERY).await;
-        let now = std::time::SystemTime::UNIX_EPOCH
-            .elapsed()
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        match state.store.purge_tokens(now.saturating_sub(KEEP_MS)).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(purged = n, "expired stream tokens deleted"),
-            Err(e) => state.store_failed(&e),
-        }
-    }
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the

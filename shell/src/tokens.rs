@@ -137,6 +137,23 @@ impl StreamTokens {
     }
 }
 
+/// Deletes expired stream tokens once a minute, an hour after they expired (a late redeem
+/// meanwhile still reads "expired" rather than "unknown" in the logs). Runs until the process
+/// ends; a store failure marks the store degraded and is retried a minute later.
+pub async fn purge_expired(state: std::sync::Arc<crate::server::AppState>) {
+    const EVERY: Duration = Duration::from_secs(60);
+    const KEEP_MS: u64 = 3_600_000;
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let before = crate::clock::unix_ms().saturating_sub(KEEP_MS);
+        match state.store.purge_tokens(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired stream tokens deleted"),
+            Err(e) => state.store_failed(&e),
+        }
+    }
+}
+
 /// The stored form of a token: SHA-256, lowercase hex. A database reader learns no usable
 /// token, and comparing digests leaks nothing about the token through timing.
 fn digest(token: &str) -> String {
