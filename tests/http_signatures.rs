@@ -12,7 +12,8 @@ use http_common::{form_post, send, start, twilio_sign};
 const TOKEN: &str = "12345";
 const PUBLIC: &str = "https://voice.example.com";
 
-fn base_params() -> Vec<(&'static str, &'static str)> {
+/// The parameters of Twilio's official signature vectors.
+fn vector_params() -> Vec<(&'static str, &'static str)> {
     vec![
         ("CallSid", "CA1234567890ABCDE"),
         ("Caller", "+14158675309"),
@@ -22,18 +23,26 @@ fn base_params() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+/// [`vector_params`] with a well-formed `CallSid` (the vectors' `CA1234567890ABCDE` is short,
+/// and the server refuses it before anything else).
+fn base_params() -> Vec<(&'static str, &'static str)> {
+    let mut params = vector_params();
+    params[0].1 = "CA1234567890abcdef1234567890abcdef";
+    params
+}
+
 #[test]
 fn test_signer_reproduces_official_vectors() {
     let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
     assert_eq!(
-        twilio_sign(TOKEN, url, &base_params()),
+        twilio_sign(TOKEN, url, &vector_params()),
         "RSOYDt4T1cUTdK1PDd93/VVr8B8="
     );
     assert_eq!(
         twilio_sign(
             TOKEN,
             "https://mycompany.com:443/myapp.php?foo=1&bar=2",
-            &base_params()
+            &vector_params()
         ),
         "kvajT1Ptam85bY51eRf/AJRuM3w="
     );
@@ -182,7 +191,7 @@ async fn non_ascii_and_repeated_parameters_verify() {
     let server = start(&[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)]).await;
     let path = "/webhook/call_status";
     let params = [
-        ("CallSid", "CA1"),
+        ("CallSid", "CA00000000000000000000000000000001"),
         ("CallStatus", "completed"),
         ("CallerName", "José Ñúñez ✓ 日本"),
         ("StatusCallbackEvent", "ringing"),
@@ -215,17 +224,21 @@ async fn non_ascii_and_repeated_parameters_verify() {
 #[tokio::test]
 async fn get_with_query_string_is_signed_over_the_full_url() {
     let server = start(&[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)]).await;
-    let path_and_query = "/webhook/incoming_call?CallSid=CA77&From=%2B1555";
+    let path_and_query =
+        "/webhook/incoming_call?CallSid=CA00000000000000000000000000000077&From=%2B1555";
     let sig = twilio_sign(TOKEN, &format!("{PUBLIC}{path_and_query}"), &[]);
     let req = Request::get(server.url(path_and_query))
         .header("x-twilio-signature", &sig)
         .body(Full::new(Bytes::new()))
         .unwrap();
     assert_eq!(send(req).await.status, StatusCode::OK);
-    let req = Request::get(server.url("/webhook/incoming_call?CallSid=CA78&From=%2B1555"))
-        .header("x-twilio-signature", &sig)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let req = Request::get(
+        server
+            .url("/webhook/incoming_call?CallSid=CA00000000000000000000000000000078&From=%2B1555"),
+    )
+    .header("x-twilio-signature", &sig)
+    .body(Full::new(Bytes::new()))
+    .unwrap();
     assert_eq!(send(req).await.status, StatusCode::FORBIDDEN);
     server.stop().await;
 }

@@ -12,8 +12,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod support;
 use support::{
-    TestServer, after_silence, best_correlation, heard_between, media, open_call, speech,
-    stream_sid,
+    TOKEN, TestServer, after_silence, best_correlation, call_sid, heard_between, media, open_call,
+    post_form, read_media, read_to_end, speech, start_message, stream_sid, twilio_sign,
+    voice_params, ws_connect,
 };
 
 fn assert_exact_shapes(outcome: &CallOutcome) {
@@ -183,6 +184,130 @@ async fn streams_without_a_valid_token_or_signature_are_refused() {
         .await
         .unwrap();
     assert_eq!(second.close.map(|c| c.0), Some(1008));
+    server.stop().await;
+}
+
+/// A captured signed voice webhook replayed verbatim (Twilio's signatures carry no timestamp):
+/// before the genuine stream, during it and after it, the replay gets 409 and no token, and the
+/// genuine stream is never displaced. A drain redirect (its signed URL carries `hop=1`) is the
+/// one way a call gets a second token, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_voice_webhook_gets_no_token_and_never_displaces_the_stream() {
+    let server = TestServer::start(&[]).await;
+    let n = 21;
+    let params = voice_params(n);
+    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let webhook = |path: &'static str| {
+        let url = server.url(path);
+        let sig = twilio_sign(TOKEN, &url, &pairs);
+        let server = &server;
+        let pairs = &pairs;
+        async move { post_form(server, path, pairs, &[("X-Twilio-Signature", sig.as_str())]).await }
+    };
+    let genuine = webhook("/webhook/incoming_call").await;
+    assert_eq!(genuine.status, 200, "{}", genuine.body);
+    let target = handset_shell::sim::parse_twiml(&genuine.body).unwrap();
+
+    // Replayed before the stream starts: refused, and the genuine token still works.
+    let replay = webhook("/webhook/incoming_call").await;
+    assert_eq!(replay.status, 409, "{}", replay.body);
+    assert!(!replay.body.contains("streamToken"), "{}", replay.body);
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut ws = ws_connect(&server, tcp).await;
+    ws.send(start_message(n, &target)).await.unwrap();
+    assert!(
+        read_media(&mut ws, 5, Duration::from_secs(10)).await,
+        "the genuine stream plays"
+    );
+
+    // Replayed while it runs: refused; the stream goes on.
+    let replay = webhook("/webhook/incoming_call").await;
+    assert_eq!(replay.status, 409, "{}", replay.body);
+    assert!(
+        read_media(&mut ws, 5, Duration::from_secs(10)).await,
+        "the genuine stream still plays"
+    );
+    ws.send(Message::text(format!(
+        r#"{{"event":"stop","sequenceNumber":"9","streamSid":"{}"}}"#,
+        stream_sid(n)
+    )))
+    .await
+    .unwrap();
+    let ending = read_to_end(&mut ws, Duration::from_secs(10)).await;
+    assert_eq!(ending.close, Some(1000), "{ending:?}");
+
+    // After the call: still refused.
+    let replay = webhook("/webhook/incoming_call").await;
+    assert_eq!(replay.status, 409, "{}", replay.body);
+
+    // A drain redirect gets one new token; its replay gets none.
+    let moved = webhook("/webhook/incoming_call?hop=1").await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert!(moved.body.contains("streamToken"), "{}", moved.body);
+    let replay = webhook("/webhook/incoming_call?hop=1").await;
+    assert_eq!(replay.status, 409, "{}", replay.body);
+    server.stop().await;
+}
+
+/// Twilio identifiers are checked where they come in: a webhook whose `CallSid` is not `CA` and
+/// 32 hex digits gets 400 naming the field (before anything is stored), and a stream whose
+/// `start` carries such a `callSid` is closed with 1008 before its token is looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identifiers_that_are_not_twilios_are_refused_at_the_edge() {
+    let server = TestServer::start(&[]).await;
+    let forged = format!("{}\n1999-01-01T00:00:00Z  INFO forged", call_sid(22));
+    for (name, value) in [
+        ("CallSid", forged.as_str()),
+        ("CallSid", "CA1"),
+        ("AccountSid", "ACnothex000000000000000000000000000"),
+    ] {
+        let mut params = voice_params(22);
+        for (k, v) in &mut params {
+            if *k == name {
+                *v = value.to_owned();
+            }
+        }
+        let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let url = server.url("/webhook/incoming_call");
+        let sig = twilio_sign(TOKEN, &url, &pairs);
+        let reply = post_form(
+            &server,
+            "/webhook/incoming_call",
+            &pairs,
+            &[("X-Twilio-Signature", sig.as_str())],
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{name}={value:?}: {}", reply.body);
+        assert!(
+            reply.body.contains(&format!("invalid {name}")),
+            "{}",
+            reply.body
+        );
+        assert!(
+            !reply.body.contains("forged"),
+            "the value is not echoed: {}",
+            reply.body
+        );
+    }
+    assert_eq!(
+        server
+            .state
+            .store
+            .outstanding_tokens(u64::MAX / 2)
+            .await
+            .unwrap(),
+        0
+    );
+
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut ws = ws_connect(&server, tcp).await;
+    let start = serde_json::json!({"event": "start", "streamSid": stream_sid(22), "start": {
+        "streamSid": stream_sid(22), "callSid": forged, "tracks": ["inbound"],
+        "customParameters": {"streamToken": "x"}}});
+    ws.send(Message::text(start.to_string())).await.unwrap();
+    let ending = read_to_end(&mut ws, Duration::from_secs(10)).await;
+    assert_eq!(ending.close, Some(1008), "{ending:?}");
+    assert!(ending.reason.contains("invalid identifier"), "{ending:?}");
     server.stop().await;
 }
 

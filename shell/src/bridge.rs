@@ -106,6 +106,8 @@ pub enum CloseReason {
     Idle,
     /// `start` without a valid single-use token (1008).
     InvalidToken,
+    /// `start` whose `streamSid`, `callSid` or `accountSid` is not a Twilio identifier (1008).
+    InvalidStart,
     /// A message over [`Config::ws_max_message_bytes`](crate::config::Config::ws_max_message_bytes) (1009).
     TooBig,
     /// `start` with a media format other than 8 kHz mono µ-law (1003).
@@ -130,6 +132,7 @@ impl CloseReason {
             Self::Transfer => "transfer",
             Self::Idle => "idle",
             Self::InvalidToken => "invalid_token",
+            Self::InvalidStart => "invalid_start",
             Self::TooBig => "too_big",
             Self::UnsupportedFormat => "unsupported_format",
             Self::StoreUnavailable => "store_unavailable",
@@ -150,6 +153,7 @@ impl CloseReason {
             Self::Transfer => (CloseCode::Normal, "call transferred by agent"),
             Self::Idle => (CloseCode::Away, "idle timeout"),
             Self::InvalidToken => (CloseCode::Policy, "invalid or missing stream token"),
+            Self::InvalidStart => (CloseCode::Policy, "invalid identifier in start"),
             Self::TooBig => (CloseCode::Size, "message too big"),
             Self::UnsupportedFormat => (CloseCode::Unsupported, "unsupported media format"),
             Self::StoreUnavailable => (CloseCode::Error, "store unavailable"),
@@ -361,6 +365,10 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
                 Ok(_) => counters.before_start += 1,
                 Err(ProtocolError::Format { .. }) => {
                     return Err(Some(CloseReason::UnsupportedFormat));
+                }
+                Err(ProtocolError::Sid { field, .. }) => {
+                    tracing::warn!(id, field, "WS start refused: not a Twilio identifier");
+                    return Err(Some(CloseReason::InvalidStart));
                 }
                 Err(_) => counters.malformed += 1,
             }

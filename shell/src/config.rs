@@ -833,10 +833,11 @@ impl Config {
         Ok(config)
     }
 
-    /// A phone number (or SIP address) as it may be logged: masked unless `LOG_PII=full`.
+    /// A phone number (or SIP address) as it may be logged: masked unless `LOG_PII=full`, and
+    /// then with control characters escaped (the number came from the network).
     pub fn loggable_number(&self, number: &str) -> String {
         if self.log_pii_full {
-            number.to_owned()
+            number.escape_debug().to_string()
         } else {
             crate::ending::masked(number)
         }

@@ -46,6 +46,7 @@ pub mod bridge;
 pub mod config;
 pub mod ending;
 pub mod form;
+pub mod log_line;
 pub mod media_stream;
 pub mod metrics;
 pub mod recording;

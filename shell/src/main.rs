@@ -327,10 +327,11 @@ fn init_tracing(format: LogFormat, color: handset_shell::config::LogColor) {
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = color.is_on(std::io::stderr().is_terminal());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(color.is_on(std::io::stderr().is_terminal()))
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(handset_shell::log_line::OneLine::new(std::io::stderr, ansi));
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -411,7 +412,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         state.recording_stored.clone(),
         state.draining.subscribe(),
     ));
-    tokio::spawn(handset_shell::tokens::purge_expired(state.clone()));
 
     handset_shell::serve(listener, state.clone(), shutdown).await?;
     tracing::info!("stopped");

@@ -44,6 +44,15 @@ pub enum ProtocolError {
     /// A `media` field failed validation.
     #[error("{0}")]
     Media(#[from] MediaError),
+    /// A Twilio identifier in `start` is not its prefix and 32 hex digits (the value is not
+    /// kept: it is not Twilio's, and not safe to log).
+    #[error("start message with an invalid {field}: expected {prefix} and 32 hex digits")]
+    Sid {
+        /// The field.
+        field: &'static str,
+        /// The prefix it must have.
+        prefix: &'static str,
+    },
     /// `start.mediaFormat` is not 8 kHz mono µ-law.
     #[error("unsupported media format: {encoding} at {sample_rate} Hz, {channels} channel(s)")]
     Format {
@@ -279,6 +288,15 @@ pub fn parse(text: &str) -> Result<Inbound<'_>, ProtocolError> {
                     field: "streamSid",
                 });
             }
+            for (field, prefix, value, required) in [
+                ("streamSid", "MZ", &stream_sid, true),
+                ("callSid", "CA", &start.call_sid, true),
+                ("accountSid", "AC", &start.account_sid, false),
+            ] {
+                if (required || !value.is_empty()) && !crate::twilio::is_sid(value, prefix) {
+                    return Err(ProtocolError::Sid { field, prefix });
+                }
+            }
             Ok(Inbound::Start(Box::new(StartMeta {
                 account_sid: start.account_sid,
                 call_sid: start.call_sid,
@@ -376,6 +394,46 @@ mod tests {
     use super::*;
 
     const SID: &str = "MZ00000000000000000000000000000001";
+    const CALL: &str = "CA0123456789abcdef0123456789abcdef";
+    const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+
+    /// Identifiers in `start` are checked at the edge: anything but the prefix and 32 hex
+    /// digits (a newline and a forged log line, say) is refused, naming the field only.
+    #[test]
+    fn start_with_a_malformed_identifier_is_refused() {
+        let start = |stream: &str, call: &str, account: &str| {
+            serde_json::json!({"event": "start", "start": {"streamSid": stream, "callSid": call,
+                "accountSid": account, "tracks": ["inbound"]}})
+            .to_string()
+        };
+        assert!(matches!(
+            parse(&start(SID, CALL, ACCOUNT)),
+            Ok(Inbound::Start(_))
+        ));
+        // accountSid may be absent; callSid and streamSid may not.
+        assert!(matches!(
+            parse(&start(SID, CALL, "")),
+            Ok(Inbound::Start(_))
+        ));
+        let forged = format!("{CALL}\n2026-12-07T00:00:00Z  INFO forged");
+        for (text, field) in [
+            (start(SID, &forged, ACCOUNT), "callSid"),
+            (start(SID, "", ACCOUNT), "callSid"),
+            (start(SID, "CA1", ACCOUNT), "callSid"),
+            (start(SID, &CALL.replace("CA", "MZ"), ACCOUNT), "callSid"),
+            (start("MZ1", CALL, ACCOUNT), "streamSid"),
+            (start(&format!("{SID}\r"), CALL, ACCOUNT), "streamSid"),
+            (
+                start(SID, CALL, "AC0123456789abcdef0123456789abcdeg"),
+                "accountSid",
+            ),
+        ] {
+            match parse(&text) {
+                Err(ProtocolError::Sid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
 
     fn media_json(chunk: &str, ts: &str, payload: &str) -> String {
         format!(
@@ -393,12 +451,12 @@ mod tests {
             }
         );
         let start = format!(
-            r#"{{"event":"start","sequenceNumber":"1","start":{{"accountSid":"AC1","streamSid":"{SID}","callSid":"CA1","tracks":["inbound"],"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"customParameters":{{"token":"abc"}}}},"streamSid":"{SID}"}}"#
+            r#"{{"event":"start","sequenceNumber":"1","start":{{"accountSid":"{ACCOUNT}","streamSid":"{SID}","callSid":"{CALL}","tracks":["inbound"],"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"customParameters":{{"token":"abc"}}}},"streamSid":"{SID}"}}"#
         );
         let Inbound::Start(meta) = parse(&start).unwrap() else {
             panic!("start")
         };
-        assert_eq!(meta.call_sid, "CA1");
+        assert_eq!(meta.call_sid, CALL);
         assert_eq!(meta.stream_sid, SID);
         assert_eq!(meta.custom_parameters["token"], "abc");
         let payload = STANDARD.encode([0x7Fu8; 160]);
@@ -422,7 +480,7 @@ mod tests {
         );
         assert!(matches!(parse(&mark).unwrap(), Inbound::Mark { name, .. } if name == "my label"));
         let stop = format!(
-            r#"{{"event":"stop","sequenceNumber":"5","stop":{{"accountSid":"AC1","callSid":"CA1"}},"streamSid":"{SID}"}}"#
+            r#"{{"event":"stop","sequenceNumber":"5","stop":{{"accountSid":"{ACCOUNT}","callSid":"{CALL}"}},"streamSid":"{SID}"}}"#
         );
         assert!(matches!(parse(&stop).unwrap(), Inbound::Stop { .. }));
         assert_eq!(

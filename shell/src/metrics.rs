@@ -134,7 +134,7 @@ const WS_ERROR_KINDS: [&str; 8] = [
 ];
 
 /// Every [`CloseReason`], in label order.
-const CLOSE_REASONS: [CloseReason; 15] = [
+const CLOSE_REASONS: [CloseReason; 16] = [
     CloseReason::AgentHangup,
     CloseReason::AgentFailed,
     CloseReason::Completed,
@@ -147,6 +147,7 @@ const CLOSE_REASONS: [CloseReason; 15] = [
     CloseReason::Transfer,
     CloseReason::Idle,
     CloseReason::InvalidToken,
+    CloseReason::InvalidStart,
     CloseReason::TooBig,
     CloseReason::UnsupportedFormat,
     CloseReason::StoreUnavailable,

@@ -123,6 +123,9 @@ pub enum HttpError {
     /// Body not received within [`BODY_READ_TIMEOUT`].
     #[error("request body not received in time")]
     Timeout,
+    /// The request conflicts with what is stored (a replayed voice webhook).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
     /// A POST body that is neither a form nor a signed JSON document.
     #[error("unsupported content type: expected application/x-www-form-urlencoded")]
     UnsupportedMediaType,
@@ -141,6 +144,7 @@ impl HttpError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         };
         // Internal details stay in the logs.
@@ -422,11 +426,38 @@ async fn read_webhook(
 
     let mut fields = body_fields;
     fields.extend(query_fields.iter().cloned());
+    check_sids(&fields)?;
     Ok(Webhook {
         origin,
         fields,
         query: query_fields,
     })
+}
+
+/// Twilio identifiers a webhook may carry, with the prefix each has.
+const SID_FIELDS: [(&str, &str); 6] = [
+    ("CallSid", "CA"),
+    ("ParentCallSid", "CA"),
+    ("DialCallSid", "CA"),
+    ("AccountSid", "AC"),
+    ("StreamSid", "MZ"),
+    ("RecordingSid", "RE"),
+];
+
+/// Refuses a webhook whose Twilio identifiers are not a prefix and 32 hex digits (400): such a
+/// value never comes from Twilio, and checked here it is safe everywhere it is stored or logged.
+/// The value itself is not echoed.
+fn check_sids(fields: &[(String, String)]) -> Result<(), HttpError> {
+    for (name, value) in fields {
+        if let Some((name, prefix)) = SID_FIELDS.iter().find(|(n, _)| n == name)
+            && !crate::twilio::is_sid(value, prefix)
+        {
+            return Err(HttpError::BadRequest(format!(
+                "invalid {name}: expected {prefix} and 32 hex digits"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Rebuilds the public origin from `X-Forwarded-Proto`/`X-Forwarded-Host` (first values) or `Host`.
@@ -510,10 +541,16 @@ async fn incoming_call(
             language: Some(&state.config.greeting.language),
         })));
     }
-    // In the shared store: the stream may open on any instance.
-    let token = state.tokens.issue(&identity).await?;
-    let config = &state.config;
     let hop = hop(hook);
+    // In the shared store: the stream may open on any instance. A call gets one token per hop:
+    // the same webhook again is a replay (Twilio requests it once), so it gets none.
+    let Some(token) = state.tokens.issue(&identity, hop).await? else {
+        tracing::warn!(id, call_sid = %identity.call_sid, hop, "voice webhook refused: this call already has a stream token from this hop (a replayed webhook)");
+        return Err(HttpError::Conflict(
+            "a stream token was already issued for this call",
+        ));
+    };
+    let config = &state.config;
     // A call moved here from a draining instance has been greeted already.
     let greeting = (!config.greeting.text.is_empty() && hop == 0).then(|| twiml::Say {
         text: &config.greeting.text,

@@ -9,8 +9,15 @@
 //! Tokens carry 128 bits from the operating system's CSPRNG, expire after a TTL, and can be
 //! redeemed once, fleet-wide: they live in the shared [`Store`] (only their SHA-256), so any
 //! instance can redeem a token any other instance issued, and of two redeeming at once only one
-//! succeeds. Expired tokens are purged by the store's maintenance task. Time is an argument
-//! (`*_at` methods) so tests need no clock.
+//! succeeds. Time is an argument (`*_at` methods) so tests need no clock.
+//!
+//! A call gets one token per voice-webhook hop. Twilio's signatures carry no timestamp, so a
+//! captured signed voice webhook can be replayed verbatim; the replay finds the call's token
+//! row (outstanding, redeemed or expired) and is refused ([`StreamTokens::issue`] returns
+//! `None`): it can neither obtain a usable token nor replace the genuine one, which stays
+//! redeemable. Only a drain redirect, whose URL carries a higher `hop` and is signed as such,
+//! gets a new one. The rows are kept like the call records (no retention yet), so a call's
+//! webhook stays refused after the call.
 
 use std::fmt;
 use std::time::Duration;
@@ -89,9 +96,15 @@ impl StreamTokens {
         Self { store, ttl }
     }
 
-    /// Issues a token for `call`, replacing any earlier one for the same `CallSid`.
-    pub async fn issue(&self, call: &CallIdentity) -> Result<StreamToken, StoreError> {
-        self.issue_at(crate::clock::unix_ms(), call).await
+    /// Issues a token for `call` from its voice webhook of `hop` (0 first, n after the n-th
+    /// drain redirect). `None` when the call already has a token from this hop or a later one:
+    /// a replayed webhook, which gets nothing, while the earlier token stays as it was.
+    pub async fn issue(
+        &self,
+        call: &CallIdentity,
+        hop: u32,
+    ) -> Result<Option<StreamToken>, StoreError> {
+        self.issue_at(crate::clock::unix_ms(), call, hop).await
     }
 
     /// [`Self::issue`] at `now_unix_ms`.
@@ -99,16 +112,18 @@ impl StreamTokens {
         &self,
         now_unix_ms: u64,
         call: &CallIdentity,
-    ) -> Result<StreamToken, StoreError> {
+        hop: u32,
+    ) -> Result<Option<StreamToken>, StoreError> {
         let mut bytes = [0u8; TOKEN_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let token = StreamToken(URL_SAFE_NO_PAD.encode(bytes));
         let expires =
             now_unix_ms.saturating_add(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
-        self.store
-            .issue_token(call, &digest(token.as_str()), now_unix_ms, expires)
+        let stored = self
+            .store
+            .issue_token(call, &digest(token.as_str()), hop, now_unix_ms, expires)
             .await?;
-        Ok(token)
+        Ok(stored.then_some(token))
     }
 
     /// Redeems `token` for `call_sid` once, fleet-wide; returns the call's identity.
@@ -134,23 +149,6 @@ impl StreamTokens {
         self.store
             .redeem_token(call_sid, &digest(token), now_unix_ms)
             .await
-    }
-}
-
-/// Deletes expired stream tokens once a minute, an hour after they expired (a late redeem
-/// meanwhile still reads "expired" rather than "unknown" in the logs). Runs until the process
-/// ends; a store failure marks the store degraded and is retried a minute later.
-pub async fn purge_expired(state: std::sync::Arc<crate::server::AppState>) {
-    const EVERY: Duration = Duration::from_secs(60);
-    const KEEP_MS: u64 = 3_600_000;
-    loop {
-        tokio::time::sleep(EVERY).await;
-        let before = crate::clock::unix_ms().saturating_sub(KEEP_MS);
-        match state.store.purge_tokens(before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(purged = n, "expired stream tokens deleted"),
-            Err(e) => state.store_failed(&e),
-        }
     }
 }
 
@@ -180,7 +178,7 @@ mod tests {
     async fn token_redeems_once_for_its_call() {
         let db = TestStore::new().await;
         let tokens = StreamTokens::new(db.store.clone(), Duration::from_secs(600));
-        let tok = tokens.issue_at(T0, &call("CA1")).await.unwrap();
+        let tok = tokens.issue_at(T0, &call("CA1"), 0).await.unwrap().unwrap();
         assert_eq!(
             tokens.redeem_at(T0, tok.as_str(), "CA2").await.unwrap(),
             Err(TokenError::Unknown)
@@ -200,7 +198,7 @@ mod tests {
         let db = TestStore::new().await;
         let a = StreamTokens::new(db.store.clone(), Duration::from_secs(600));
         let b = StreamTokens::new(db.reopen().await, Duration::from_secs(600));
-        let tok = a.issue_at(T0, &call("CA1")).await.unwrap();
+        let tok = a.issue_at(T0, &call("CA1"), 0).await.unwrap().unwrap();
         // Both instances race to redeem the same token: exactly one wins.
         let (ra, rb) = tokio::join!(
             a.redeem_at(T0 + 1, tok.as_str(), "CA1"),
@@ -217,7 +215,7 @@ mod tests {
     async fn wrong_token_is_refused_and_does_not_burn_the_real_one() {
         let db = TestStore::new().await;
         let tokens = StreamTokens::new(db.store.clone(), Duration::from_secs(600));
-        let tok = tokens.issue_at(T0, &call("CA1")).await.unwrap();
+        let tok = tokens.issue_at(T0, &call("CA1"), 0).await.unwrap().unwrap();
         assert_eq!(
             tokens.redeem_at(T0, "guess", "CA1").await.unwrap(),
             Err(TokenError::Mismatch)
@@ -236,10 +234,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn token_expires_after_ttl_and_is_purged() {
+    async fn token_expires_after_ttl() {
         let db = TestStore::new().await;
         let tokens = StreamTokens::new(db.store.clone(), Duration::from_secs(10));
-        let tok = tokens.issue_at(T0, &call("CA1")).await.unwrap();
+        let tok = tokens.issue_at(T0, &call("CA1"), 0).await.unwrap().unwrap();
         assert_eq!(db.store.outstanding_tokens(T0).await.unwrap(), 1);
         assert_eq!(
             tokens
@@ -248,11 +246,7 @@ mod tests {
                 .unwrap(),
             Err(TokenError::Expired)
         );
-        assert_eq!(db.store.purge_tokens(T0 + 10_001).await.unwrap(), 1);
-        assert_eq!(
-            tokens.redeem_at(T0, tok.as_str(), "CA1").await.unwrap(),
-            Err(TokenError::Unknown)
-        );
+        assert_eq!(db.store.outstanding_tokens(T0 + 10_000).await.unwrap(), 0);
     }
 
     #[tokio::test]
@@ -261,7 +255,11 @@ mod tests {
         let tokens = StreamTokens::new(db.store.clone(), Duration::from_secs(10));
         let mut seen = std::collections::HashSet::new();
         for i in 0..50 {
-            let tok = tokens.issue_at(T0, &call(&format!("CA{i}"))).await.unwrap();
+            let tok = tokens
+                .issue_at(T0, &call(&format!("CA{i}")), 0)
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(
                 URL_SAFE_NO_PAD.decode(tok.as_str()).unwrap().len(),
                 TOKEN_BYTES
@@ -271,25 +269,91 @@ mod tests {
             assert_eq!(stored, digest(tok.as_str()));
             assert_ne!(stored, tok.as_str());
         }
-        let tok = tokens.issue_at(T0, &call("X")).await.unwrap();
+        let tok = tokens.issue_at(T0, &call("X"), 0).await.unwrap().unwrap();
         let shown = format!("{tok:?}");
         assert!(shown.contains("redacted") && !shown.contains(tok.as_str()));
     }
 
+    /// A replayed voice webhook (same CallSid, same hop) gets no token, whether the genuine one
+    /// is outstanding, redeemed or expired, and the genuine one is left exactly as it was.
     #[tokio::test]
-    async fn reissue_for_same_call_replaces_the_old_token() {
+    async fn a_replayed_webhook_gets_no_token_and_leaves_the_genuine_one() {
         let db = TestStore::new().await;
         let tokens = StreamTokens::new(db.store.clone(), Duration::from_secs(60));
-        let old = tokens.issue_at(T0, &call("CA1")).await.unwrap();
-        let new = tokens.issue_at(T0, &call("CA1")).await.unwrap();
-        assert_eq!(db.store.outstanding_tokens(T0).await.unwrap(), 1);
+        let genuine = tokens.issue_at(T0, &call("CA1"), 0).await.unwrap().unwrap();
+        // Before the genuine stream: refused, and the genuine token still redeems.
         assert_eq!(
-            tokens.redeem_at(T0, old.as_str(), "CA1").await.unwrap(),
-            Err(TokenError::Mismatch)
+            tokens.issue_at(T0 + 1, &call("CA1"), 0).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            db.stored_token_digest("CA1").await,
+            digest(genuine.as_str())
         );
         assert!(
             tokens
-                .redeem_at(T0, new.as_str(), "CA1")
+                .redeem_at(T0 + 2, genuine.as_str(), "CA1")
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        // After it started, and long after the token's TTL: still refused.
+        assert_eq!(
+            tokens.issue_at(T0 + 3, &call("CA1"), 0).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            tokens
+                .issue_at(T0 + 86_400_000, &call("CA1"), 0)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(db.store.outstanding_tokens(T0 + 3).await.unwrap(), 0);
+    }
+
+    /// A drain redirect (a higher hop) gets a new token that replaces the old one; a replay of
+    /// that redirect, or of any earlier hop, gets none.
+    #[tokio::test]
+    async fn a_drain_redirect_gets_one_new_token_per_hop() {
+        let db = TestStore::new().await;
+        let a = StreamTokens::new(db.store.clone(), Duration::from_secs(60));
+        let b = StreamTokens::new(db.reopen().await, Duration::from_secs(60));
+        let first = a.issue_at(T0, &call("CA1"), 0).await.unwrap().unwrap();
+        assert!(
+            a.redeem_at(T0, first.as_str(), "CA1")
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        let moved = b.issue_at(T0 + 5, &call("CA1"), 1).await.unwrap().unwrap();
+        assert_eq!(a.issue_at(T0 + 6, &call("CA1"), 1).await.unwrap(), None);
+        assert_eq!(a.issue_at(T0 + 6, &call("CA1"), 0).await.unwrap(), None);
+        assert_eq!(
+            b.redeem_at(T0 + 7, first.as_str(), "CA1").await.unwrap(),
+            Err(TokenError::Mismatch)
+        );
+        assert!(
+            b.redeem_at(T0 + 7, moved.as_str(), "CA1")
+                .await
+                .unwrap()
+                .is_ok()
+        );
+    }
+
+    /// Two instances answering the same webhook at once (a replay racing the genuine request):
+    /// exactly one token is issued.
+    #[tokio::test]
+    async fn of_two_concurrent_issues_for_one_call_exactly_one_gets_a_token() {
+        let db = TestStore::new().await;
+        let a = StreamTokens::new(db.store.clone(), Duration::from_secs(60));
+        let b = StreamTokens::new(db.reopen().await, Duration::from_secs(60));
+        let one = call("CA1");
+        let (ta, tb) = tokio::join!(a.issue_at(T0, &one, 0), b.issue_at(T0, &one, 0));
+        let issued: Vec<StreamToken> = [ta.unwrap(), tb.unwrap()].into_iter().flatten().collect();
+        assert_eq!(issued.len(), 1);
+        assert!(
+            a.redeem_at(T0, issued[0].as_str(), "CA1")
                 .await
                 .unwrap()
                 .is_ok()

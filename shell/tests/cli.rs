@@ -153,3 +153,137 @@ fn text_log_into_a_file_has_no_colour_codes_unless_log_color_is_always() {
         "LOG_COLOR=always colours even a file"
     );
 }
+
+/// Log injection, end to end on the binary with text logs, signature checks off and
+/// `LOG_PII=full` (the widest the logs open): a `From` carrying a newline and a forged line, a
+/// `CallSid` carrying one, and a stream `start` whose `callSid` carries one. The webhook with the
+/// bad `CallSid` gets 400 and the `start` is closed with 1008; nothing the peer sent starts a
+/// line of its own, and the `From` is logged with its newline escaped.
+#[cfg(unix)]
+#[test]
+// A test of the whole process: it polls the log file with a wall-clock bound.
+#[allow(clippy::disallowed_methods)]
+fn network_input_cannot_forge_a_log_line() {
+    use std::time::{Duration, Instant};
+    use tokio_tungstenite::tungstenite::{self, Message, protocol::frame::coding::CloseCode};
+
+    const FORGED: &str = "1999-01-01T00:00:00.000000Z  INFO handset_shell::routes: forged";
+    let dir = std::env::temp_dir().join(format!("handset-cli-inject-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("server.log");
+    let mut child = handset()
+        .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "text"])
+        .env("DATA_DIR", dir.join("data"))
+        .env("LOG_PII", "full")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("handset listening")) {
+            let at = line.find("listen=").expect("listen field") + "listen=".len();
+            break line[at..].split_whitespace().next().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never logged that it listens"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let post = |form: &str| {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "POST /webhook/incoming_call HTTP/1.1\r\nHost: {addr}\r\nContent-Type: \
+             application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let call = "CA0123456789abcdef0123456789abcdef";
+    let account = "AC0123456789abcdef0123456789abcdef";
+    let forged = FORGED.replace(' ', "+").replace(':', "%3A");
+    let reply = post(&format!(
+        "CallSid={call}&AccountSid={account}&From=%2B15550001111%0A{forged}&To=%2B15550002222"
+    ));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let twiml = reply.split_once("\r\n\r\n").unwrap().1;
+    let target = handset_shell::sim::parse_twiml(twiml).expect("TwiML with a stream");
+    let parameters: serde_json::Map<String, serde_json::Value> = target
+        .parameters
+        .into_iter()
+        .map(|(k, v)| (k, v.into()))
+        .collect();
+    let reply = post(&format!("CallSid={call}%0A{forged}&AccountSid={account}"));
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("invalid CallSid"), "{reply}");
+
+    // The call's stream: its `WS start` line logs the caller's number.
+    let stream_sid = "MZ0123456789abcdef0123456789abcdef";
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws/twilio-media")).unwrap();
+    let start = serde_json::json!({"event": "start", "streamSid": stream_sid, "start": {
+        "streamSid": stream_sid, "callSid": call, "accountSid": account, "tracks": ["inbound"],
+        "customParameters": parameters}});
+    ws.send(Message::text(start.to_string())).unwrap();
+    let stop = serde_json::json!({"event": "stop", "streamSid": stream_sid});
+    ws.send(Message::text(stop.to_string())).unwrap();
+    loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => {
+                assert_eq!(frame.map(|f| f.code), Some(CloseCode::Normal));
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+    drop(ws);
+
+    // A `start` whose callSid forges a line: refused before any token is looked at.
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws/twilio-media")).unwrap();
+    let start = serde_json::json!({"event": "start", "start": {
+        "streamSid": stream_sid, "callSid": format!("{call}\n{FORGED}"), "accountSid": account, "tracks": ["inbound"],
+        "customParameters": {"streamToken": "x"}}});
+    ws.send(Message::text(start.to_string())).unwrap();
+    let code = loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| f.code),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Policy));
+    drop(ws);
+
+    // Both refusals are logged before SIGTERM is sent.
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("WS start refused")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the refused start was never logged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !log.lines().any(|l| l.starts_with("1999-")),
+        "a forged line:\n{log}"
+    );
+    assert!(
+        log.contains("+15550001111\\n1999-01-01T00:00:00.000000Z"),
+        "the caller's From is logged whole, its newline escaped:\n{log}"
+    );
+}

@@ -157,6 +157,9 @@ impl TestServer {
     }
 }
 
+/// The AccountSid of every test call.
+pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+
 /// A CallSid for test call number `n`.
 pub fn call_sid(n: u32) -> String {
     format!("CA{n:032x}")
@@ -170,10 +173,7 @@ pub fn stream_sid(n: u32) -> String {
 /// The voice webhook's form parameters for call `n`, as Twilio sends them.
 pub fn voice_params(n: u32) -> Vec<(&'static str, String)> {
     vec![
-        (
-            "AccountSid",
-            "AC00000000000000000000000000000000".to_owned(),
-        ),
+        ("AccountSid", ACCOUNT_SID.to_owned()),
         ("CallSid", call_sid(n)),
         ("CallStatus", "ringing".to_owned()),
         ("From", "+15550001111".to_owned()),
@@ -296,7 +296,7 @@ pub fn start_message(n: u32, target: &StreamTarget) -> Message {
         .collect();
     let sid = stream_sid(n);
     let start = serde_json::json!({"event":"start","sequenceNumber":"1","streamSid":sid,
-        "start":{"accountSid":"AC1","streamSid":sid,"callSid":call_sid(n),"tracks":["inbound"],
+        "start":{"accountSid":ACCOUNT_SID,"streamSid":sid,"callSid":call_sid(n),"tracks":["inbound"],
         "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},
         "customParameters":params}});
     Message::text(start.to_string())

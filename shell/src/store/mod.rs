@@ -364,23 +364,30 @@ impl Store {
 
     // ---- stream tokens ----
 
-    /// Stores a token (its SHA-256, hex) for `call`, replacing any earlier one for the
-    /// same `CallSid`.
+    /// Stores a token (its SHA-256, hex) for `call`, issued by the voice webhook of `hop`
+    /// (0 for the call's first, n for its n-th redirect after a drain). One conditional upsert,
+    /// so it holds fleet-wide: a `CallSid` that already has a token from this hop or a later
+    /// one gets none — whether that token is outstanding, redeemed or
+    /// expired — so a replayed webhook can neither obtain a second usable token nor replace
+    /// the genuine one. A redirect (a higher hop) replaces it. Returns whether it was stored.
     pub async fn issue_token(
         &self,
         call: &CallIdentity,
         token_sha256: &str,
+        hop: u32,
         now_unix_ms: u64,
         expires_unix_ms: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
             "INSERT INTO stream_tokens (call_sid, token_sha256, account_sid, from_number, \
-             to_number, issued_unix_ms, expires_unix_ms, redeemed_unix_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL) \
+             to_number, issued_unix_ms, expires_unix_ms, redeemed_unix_ms, hop) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8) \
              ON CONFLICT (call_sid) DO UPDATE SET token_sha256 = excluded.token_sha256, \
              account_sid = excluded.account_sid, from_number = excluded.from_number, \
              to_number = excluded.to_number, issued_unix_ms = excluded.issued_unix_ms, \
-             expires_unix_ms = excluded.expires_unix_ms, redeemed_unix_ms = NULL",
+             expires_unix_ms = excluded.expires_unix_ms, redeemed_unix_ms = NULL, \
+             hop = excluded.hop \
+             WHERE stream_tokens.hop < excluded.hop",
         )
         .bind(&call.call_sid)
         .bind(token_sha256)
@@ -389,9 +396,10 @@ impl Store {
         .bind(&call.to)
         .bind(ms(now_unix_ms))
         .bind(ms(expires_unix_ms))
+        .bind(i64::from(hop))
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Redeems the token whose SHA-256 is `token_sha256` for `call_sid`, once fleet-wide: one
@@ -445,15 +453,6 @@ impl Store {
         } else {
             TokenError::Unknown
         }))
-    }
-
-    /// Deletes tokens that expired before `before_unix_ms`; returns how many.
-    pub async fn purge_tokens(&self, before_unix_ms: u64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM stream_tokens WHERE expires_unix_ms < $1")
-            .bind(ms(before_unix_ms))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
     }
 
     /// Tokens issued and neither redeemed nor expired at `now_unix_ms`.
