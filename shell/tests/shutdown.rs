@@ -164,7 +164,8 @@ async fn sigterm_drains_calls_until_the_timeout_then_exits_and_keeps_recordings(
 
     // A recording callback, acknowledged before the signal (its download fails: nothing
     // listens on port 9, which only costs a status line).
-    let body = "AccountSid=AC1&CallSid=CA1&RecordingSid=RE00000000000000000000000000000001\
+    let body = "AccountSid=AC00000000000000000000000000000001&CallSid=CA00000000000000000000000000000001\
+                &RecordingSid=RE00000000000000000000000000000001\
                 &RecordingUrl=http%3A%2F%2F127.0.0.1%3A9%2Frec&RecordingDuration=3";
     let reply = http(
         &addr,
