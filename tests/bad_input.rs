@@ -12,7 +12,8 @@
 //! The table [`CASES`] is the specification; [`run_case`] knows how to send each [`Input`] and
 //! returns what was observed on the wire; [`Expect::check`] compares. A new case is a row in
 //! the table, with a new [`Input`] variant and its arm in [`run_case`] unless an existing one
-//! fits. Each case uses its own call number (`100 +` its index), so cases run side by side.
+//! fits: [`Input::RawFrames`] writes hand-made WebSocket frames ([`ws_frame`]) under a running
+//! call. Each case uses its own call number (`100 +` its index), so cases run side by side.
 //! Short limits come from the server's configuration variables (`WS_START_TIMEOUT`,
 //! `WS_IDLE_TIMEOUT`, `WS_WRITE_TIMEOUT`, `HEADER_READ_TIMEOUT`), so the whole matrix runs in
 //! seconds. Nothing is timed: waits are bounded only so a broken server fails instead of
@@ -150,6 +151,12 @@ enum Input {
     AbruptReset,
     /// After `start`, the client keeps talking but never reads again.
     StopsReading,
+    /// Bytes written straight onto the TCP socket of a running call (after `connected`,
+    /// `start` and the first server `media`), then the socket read to its end: for frames a
+    /// WebSocket client library refuses to send (unknown opcodes, RSV bits, invalid UTF-8,
+    /// unmasked frames). The function gets the call's streamSid; build frames with
+    /// [`ws_frame`].
+    RawFrames(fn(&str) -> Vec<u8>),
 }
 
 /// The defined outcome of one input.
@@ -431,6 +438,11 @@ static CASES: &[Case] = &[
         Expect::CallDropped,
     ),
     case(
+        "ws::close_frame_instead_of_stop",
+        Input::RawFrames(|_| ws_frame(0x88, &1000u16.to_be_bytes(), true)),
+        Expect::Close(1000),
+    ),
+    case(
         "ws::peer_stops_reading",
         Input::StopsReading,
         Expect::PeerStalled,
@@ -685,6 +697,39 @@ async fn raw_upgrade(server: &TestServer) -> TcpStream {
     let head = read_raw(&mut tcp, PATIENCE).await;
     assert_eq!(status_of(&head), 101, "{head}");
     tcp
+}
+
+/// One WebSocket frame from the client, whatever its first byte says (FIN, the RSV bits and the
+/// opcode: `0x81` a final text frame, `0x83` the reserved opcode 3, `0xC1` a text frame with
+/// RSV1 set, `0x88` a close), masked as a client must unless `masked` is false.
+fn ws_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
+    let mut frame = frame_head(first, if masked { 0x80 } else { 0 }, payload.len());
+    if masked {
+        frame.extend_from_slice(&MASK);
+        frame.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    frame
+}
+
+/// The first byte, then the mask bit and the payload length (7 bits, or 126 and 16 bits, or
+/// 127 and 64 bits).
+fn frame_head(first: u8, mask_bit: u8, len: usize) -> Vec<u8> {
+    let mut head = vec![first];
+    match u16::try_from(len) {
+        Ok(short) if short < 126 => head.push(mask_bit | short as u8),
+        Ok(medium) => {
+            head.push(mask_bit | 126);
+            head.extend_from_slice(&medium.to_be_bytes());
+        }
+        Err(_) => {
+            head.push(mask_bit | 127);
+            head.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    head
 }
 
 /// The close code in the first server close frame found in `bytes` (unmasked server frames).
@@ -1022,6 +1067,12 @@ async fn run_case(server: &TestServer, input: Input, n: u32) -> Observed {
             }
         }
         Input::StopsReading => stops_reading(server, n).await,
+        Input::RawFrames(frames) => {
+            let mut ws = running_call(server, n).await;
+            // Under tungstenite, which has flushed everything it was given.
+            let _ = ws.get_mut().write_all(&frames(&stream_sid(n))).await;
+            finish_closed(ws, Some(n)).await
+        }
     }
 }
 
