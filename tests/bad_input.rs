@@ -49,6 +49,11 @@ const LIMITS: &[(&str, &str)] = &[
     ("HEADER_READ_TIMEOUT", "1"),
 ];
 
+/// A well-formed StreamSid that belongs to no call of the run.
+const WRONG_STREAM: &str = "MZ0000000000000000000000000000dead";
+/// A well-formed CallSid that belongs to no call of the run.
+const OTHER_CALL: &str = "CA0000000000000000000000000000dead";
+
 /// Upper bound on any single wait, so a server that never answers fails the test.
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -87,6 +92,10 @@ enum Input {
     WrongMethodMediaStream,
     /// `GET /nowhere`.
     UnknownPath,
+    /// A signed voice webhook sent again verbatim after it was answered (a replay).
+    ReplayedVoiceWebhook,
+    /// A signed voice webhook whose `CallSid` carries a newline and a forged log line.
+    CallSidNotTwilios,
     /// One 1 MiB header.
     HugeHeader,
     /// 500 small headers.
@@ -113,6 +122,8 @@ enum Input {
     InvalidToken,
     /// `start` with 16 kHz linear PCM.
     UnsupportedFormat,
+    /// `start` whose `callSid` carries a newline and a forged log line.
+    StartCallSidNotTwilios,
     /// Text that is not JSON.
     NonJson,
     /// JSON missing required fields.
@@ -292,6 +303,16 @@ static CASES: &[Case] = &[
         Expect::Status(404),
     ),
     case(
+        "http::replayed_voice_webhook",
+        Input::ReplayedVoiceWebhook,
+        Expect::Status(409),
+    ),
+    case(
+        "http::call_sid_that_is_not_twilios",
+        Input::CallSidNotTwilios,
+        Expect::Status(400),
+    ),
+    case(
         "http::one_mib_header",
         Input::HugeHeader,
         Expect::Status(431),
@@ -350,6 +371,11 @@ static CASES: &[Case] = &[
         "ws::start_with_16_khz_pcm",
         Input::UnsupportedFormat,
         Expect::Close(1003),
+    ),
+    case(
+        "ws::start_with_a_call_sid_that_is_not_twilios",
+        Input::StartCallSidNotTwilios,
+        Expect::Close(1008),
     ),
     case(
         "ws::non_json_text",
@@ -967,6 +993,61 @@ async fn run_case(server: &TestServer, input: Input, n: u32) -> Observed {
             ws.send(support::start_message(n, &target)).await.unwrap();
             finish_continuing(ws, n).await
         }
+        Input::ReplayedVoiceWebhook => {
+            let params = support::voice_params(n);
+            let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let body = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs.iter().copied())
+                .finish();
+            let sig = twilio_sign(TOKEN, &voice, &pairs);
+            let req = raw_post(
+                server,
+                "/webhook/incoming_call",
+                "application/x-www-form-urlencoded",
+                body.as_bytes(),
+                &sig,
+            );
+            let genuine = http(server, &req).await;
+            assert_eq!(genuine.status, 200, "the genuine webhook is answered");
+            http(server, &req).await
+        }
+        Input::CallSidNotTwilios => {
+            let mut params = support::voice_params(n);
+            for (k, v) in &mut params {
+                if *k == "CallSid" {
+                    v.push_str("\n1999-01-01T00:00:00Z  INFO forged");
+                }
+            }
+            let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let body = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs.iter().copied())
+                .finish();
+            let sig = twilio_sign(TOKEN, &voice, &pairs);
+            let req = raw_post(
+                server,
+                "/webhook/incoming_call",
+                "application/x-www-form-urlencoded",
+                body.as_bytes(),
+                &sig,
+            );
+            http(server, &req).await
+        }
+        Input::StartCallSidNotTwilios => {
+            let target = stream_target(server, n).await;
+            let tcp = TcpStream::connect(server.addr).await.unwrap();
+            let mut ws = ws_connect(server, tcp).await;
+            let Message::Text(start) = support::start_message(n, &target) else {
+                unreachable!()
+            };
+            let forged = format!("{}\\n1999-01-01T00:00:00Z  INFO forged", call_sid(n));
+            let start = start.replace(
+                &format!("\"callSid\":\"{}\"", call_sid(n)),
+                &format!("\"callSid\":\"{forged}\""),
+            );
+            assert!(start.contains("forged"));
+            ws.send(Message::text(start)).await.unwrap();
+            finish_closed(ws, None).await
+        }
         Input::InvalidToken | Input::UnsupportedFormat => {
             let target = stream_target(server, n).await;
             let tcp = TcpStream::connect(server.addr).await.unwrap();
@@ -1118,13 +1199,17 @@ fn bad_messages(input: Input, n: u32) -> Vec<Message> {
             .map(|c| media(&sid, c, &good))
             .collect(),
         Input::WrongStreamSid => vec![
-            media("MZwrong", 1, &good),
-            Message::text(r#"{"event":"mark","streamSid":"MZwrong","mark":{"name":"p0"}}"#),
-            Message::text(r#"{"event":"stop","streamSid":"MZwrong"}"#),
+            media(WRONG_STREAM, 1, &good),
+            Message::text(format!(
+                r#"{{"event":"mark","streamSid":"{WRONG_STREAM}","mark":{{"name":"p0"}}}}"#
+            )),
+            Message::text(format!(
+                r#"{{"event":"stop","streamSid":"{WRONG_STREAM}"}}"#
+            )),
         ],
-        Input::SecondStart => vec![Message::text(
-            r#"{"event":"start","start":{"streamSid":"MZother","callSid":"CAx","customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"streamSid":"MZother"}"#,
-        )],
+        Input::SecondStart => vec![Message::text(format!(
+            r#"{{"event":"start","start":{{"streamSid":"{WRONG_STREAM}","callSid":"{OTHER_CALL}","customParameters":{{}},"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}},"streamSid":"{WRONG_STREAM}"}}"#
+        ))],
         Input::UnknownMark => vec![Message::text(format!(
             r#"{{"event":"mark","streamSid":"{sid}","mark":{{"name":"never-sent"}}}}"#
         ))],
