@@ -12,9 +12,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod support;
 use support::{
-    TOKEN, TestServer, after_silence, best_correlation, call_sid, heard_between, media, open_call,
-    post_form, read_media, read_to_end, speech, start_message, stream_sid, twilio_sign,
-    voice_params, ws_connect,
+    Logs, TOKEN, TestServer, after_silence, best_correlation, call_sid, heard_between, media,
+    open_call, pacer_underruns, post_form, read_media, read_to_end, speech, start_message,
+    stream_sid, twilio_sign, voice_params, ws_connect,
 };
 
 fn assert_exact_shapes(outcome: &CallOutcome) {
@@ -27,6 +27,7 @@ fn assert_exact_shapes(outcome: &CallOutcome) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greeting_is_heard_and_real_speech_is_echoed_back() {
+    let logs = Logs::capture();
     let server = TestServer::start(&[]).await;
     let clip = speech();
     let mut plan = server.plan(1);
@@ -103,7 +104,7 @@ async fn greeting_is_heard_and_real_speech_is_echoed_back() {
         outcome.playback.marks_played,
         outcome.playback.marks_received
     );
-    assert_eq!(outcome.playback.underruns, 0, "{:?}", outcome.playback);
+    assert_eq!(pacer_underruns(&logs, &call_sid(1)).await, 0);
     server.stop().await;
 }
 
@@ -314,6 +315,7 @@ async fn identifiers_that_are_not_twilios_are_refused_at_the_edge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_dropped_or_closed_and_other_calls_never_notice() {
     use base64::Engine as _;
+    let logs = Logs::capture();
     let server = TestServer::start(&[]).await;
     // A healthy call runs alongside everything below.
     let mut healthy = server.plan(10);
@@ -378,7 +380,7 @@ async fn bad_input_is_dropped_or_closed_and_other_calls_never_notice() {
 
     let healthy = healthy.await.unwrap().expect("healthy call runs");
     assert_exact_shapes(&healthy);
-    assert_eq!(healthy.playback.underruns, 0);
+    assert_eq!(pacer_underruns(&logs, &call_sid(10)).await, 0);
     let played: usize = healthy.played.iter().map(|(_, b)| b.len()).sum();
     assert!(
         played >= GREETING.len(),

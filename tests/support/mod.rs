@@ -605,6 +605,20 @@ impl Logs {
     }
 }
 
+/// Times the server's pacer found call `call_sid`'s queue empty when a frame was due (its `WS
+/// stop` line; `logs` must have been captured before the call ended). This, not the simulated
+/// caller's own underruns, is what says a call was played without a gap: on a loaded machine
+/// the caller's receive times carry the scheduler's delays of the test process itself.
+pub async fn pacer_underruns(logs: &Logs, call_sid: &str) -> u64 {
+    let stop = logs
+        .wait_for("WS stop", call_sid, Duration::from_secs(10))
+        .await;
+    assert_eq!(stop.len(), 1, "one WS stop line for {call_sid}: {stop:?}");
+    stop[0]["underruns"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("WS stop carries underruns: {}", stop[0]))
+}
+
 /// When (stream time) each `clear` reached the simulated caller.
 pub fn clears_at(outcome: &CallOutcome) -> Vec<Duration> {
     outcome
