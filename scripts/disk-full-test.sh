@@ -17,7 +17,8 @@
 #   4. always unmounts and removes the mount point (trap; a namespace's mount goes with it).
 #
 # Nothing is written inside the git tree but cargo's target directory. Takes under a minute
-# after the build. DISK_FULL_SIZE (default 16m) sets the tmpfs size.
+# after the build. DISK_FULL_SIZE (default 16m, at least 8m: the test leaves 6 MiB free) sets
+# the tmpfs size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -24,6 +24,13 @@ async fn opening_twice_runs_the_migrations_once() {
     let again = db.reopen().await;
     again.ping().await.unwrap();
     assert_eq!(again.counts().await.unwrap(), Counts::default());
+    // The health probe's upsert, first and again, from two instances.
+    let limit = Duration::from_secs(5);
+    for (store, at) in [(&again, T0), (&again, T0 + 1), (&db.store, T0 + 2)] {
+        store.probe("a", at, limit).await;
+        assert_eq!(store.check(limit).await, Ok(()));
+    }
+    assert_eq!(again.health().errors(Trouble::Failed), 0);
 }
 
 #[tokio::test]
