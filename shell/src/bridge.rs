@@ -454,7 +454,6 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         let state = Arc::clone(&state);
         async move {
             if let Err(e) = state.store.call_started(&record).await {
-                state.store_failed(&e);
                 tracing::error!(id, call_sid = %record.call_sid, error = %e, "call record not stored");
             }
         }
@@ -750,7 +749,6 @@ async fn record_end(
     match tokio::time::timeout(STORE_WRITE_TIMEOUT, write).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            state.store_failed(&e);
             tracing::error!(id, call_sid, error = %e, "call end not stored");
         }
         Err(_) => tracing::error!(

@@ -412,6 +412,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         state.recording_stored.clone(),
         state.draining.subscribe(),
     ));
+    // Keeps `/healthz` and `/readyz` current: a write every few seconds, every second while
+    // the store refuses writes, so a full disk and its recovery are noticed without traffic.
+    tokio::spawn(handset_shell::store::keep_probing(
+        state.store.clone(),
+        state.config.instance_id.clone(),
+    ));
 
     handset_shell::serve(listener, state.clone(), shutdown).await?;
     tracing::info!("stopped");

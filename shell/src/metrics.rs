@@ -35,6 +35,7 @@ use subtle::ConstantTimeEq as _;
 use crate::bridge::{CloseReason, StreamCounters};
 use crate::config::Secret;
 use crate::server::ActiveCalls;
+use crate::store::{Health, Trouble};
 
 /// `Content-Type` of a `/metrics` answer (what the `prometheus-client` text encoder writes).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -297,12 +298,14 @@ pub fn registry(
     engine: Arc<EngineCounters>,
     shell: Arc<ShellMetrics>,
     active_calls: ActiveCalls,
+    store: Arc<Health>,
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(HandsetCollector {
         engine,
         shell,
         active_calls,
+        store,
     }));
     registry
 }
@@ -321,6 +324,7 @@ struct HandsetCollector {
     engine: Arc<EngineCounters>,
     shell: Arc<ShellMetrics>,
     active_calls: ActiveCalls,
+    store: Arc<Health>,
 }
 
 fn load(a: &AtomicU64) -> u64 {
@@ -555,6 +559,23 @@ impl Collector for HandsetCollector {
                 }
             }
         }
+        let degraded = u64::from(self.store.status().is_err());
+        enc.encode_descriptor(
+            "handset_store_degraded",
+            "1 while the store refuses writes (the latest write or probe failed), else 0.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&degraded)?;
+        labelled_counter(
+            enc,
+            "handset_store_errors",
+            "Failed store statements, by kind: disk_full, timeout, unreachable, error.",
+            "kind",
+            Trouble::ALL
+                .iter()
+                .map(|t| (t.label(), self.store.errors(*t))),
+        )?;
         labelled_counter(
             enc,
             "handset_signature_failures",
@@ -599,6 +620,7 @@ mod tests {
             Arc::clone(engine),
             Arc::clone(shell),
             ActiveCalls::default(),
+            Arc::default(),
         ))
     }
 

@@ -226,7 +226,6 @@ pub async fn handle(
                     tracing::error!(id, %path, error = %detail, "request failed");
                 }
                 HttpError::Store(e) => {
-                    state.store_failed(e);
                     tracing::error!(id, %path, error = %e, "request failed: store");
                 }
                 _ => {}
@@ -281,7 +280,7 @@ async fn dispatch(
         });
     }
     let hook = read_webhook(state, req, id).await?;
-    let response = match route {
+    match route {
         Route::IncomingCall => incoming_call(state, &hook, id).await,
         Route::StreamEnded => Ok(stream_ended(state, &hook, id).await),
         Route::DialEnded => dial_ended(state, &hook, id).await,
@@ -294,11 +293,7 @@ async fn dispatch(
         | Route::Metrics
         | Route::Readyz
         | Route::Calls => Err(HttpError::NotFound),
-    };
-    if response.is_ok() {
-        state.store_succeeded();
     }
-    response
 }
 
 /// A verified webhook request.
@@ -695,7 +690,6 @@ async fn stream_ended(state: &AppState, hook: &Webhook, id: u64) -> Response<Bod
     let record = match state.store.call(call_sid).await {
         Ok(record) => record,
         Err(e) => {
-            state.store_failed(&e);
             tracing::error!(id, call_sid, error = %e, "stream ended: store unavailable, taking the fallback");
             None
         }
@@ -877,13 +871,14 @@ async fn stream_status(
 }
 
 /// `GET /healthz`: alive (liveness). Always 200 while the process serves; the body says
-/// whether the store answers and whether the instance is draining.
+/// whether the store takes writes (`store_error` says why not) and whether the instance is
+/// draining.
 async fn healthz(state: &AppState) -> Response<Body> {
     let checks = state.verifier.is_some();
-    let store = check_store(state).await;
+    let store = state.store.check(STORE_CHECK_TIMEOUT).await;
     let mut body = serde_json::json!({
-        "status": if store { "ok" } else { "degraded" },
-        "store": if store { "ok" } else { "unavailable" },
+        "status": if store.is_ok() { "ok" } else { "degraded" },
+        "store": if store.is_ok() { "ok" } else { "degraded" },
         "database": match state.store.dialect() {
             crate::store::Dialect::Postgres => "postgres",
             crate::store::Dialect::Sqlite => "sqlite",
@@ -895,51 +890,40 @@ async fn healthz(state: &AppState) -> Response<Body> {
         "engine_workers": state.engine.workers(),
         "signature_checks": checks,
     });
+    if let Err(trouble) = store {
+        body["store_error"] = trouble.label().into();
+    }
     if !checks {
         body["warning"] = "signature checks are off: TWILIO_AUTH_TOKEN is not set".into();
     }
     json_response(&body)
 }
 
-/// `GET /readyz`: 200 when this instance takes new calls (not draining, store reachable,
-/// below `MAX_CALLS`), else 503 with the reason. Load balancers route new calls by it.
+/// `GET /readyz`: 200 when this instance takes new calls (not draining, the store takes
+/// writes, below `MAX_CALLS`), else 503 with the reason. Load balancers route new calls by it.
 async fn readyz(state: &AppState) -> Response<Body> {
-    check_store(state).await;
+    let store = state.store.check(STORE_CHECK_TIMEOUT).await;
     match state.ready() {
         Ok(()) => json_response(&serde_json::json!({ "status": "ready" })),
         Err(reason) => {
-            let mut resp = json_response(&serde_json::json!({
+            let mut body = serde_json::json!({
                 "status": "not ready",
                 "reason": reason,
-            }));
+            });
+            if let Err(trouble) = store {
+                body["store_error"] = trouble.label().into();
+            }
+            let mut resp = json_response(&body);
             *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             resp
         }
     }
 }
 
-/// Longest a health or readiness check waits for the store.
+/// Longest a health or readiness check waits for the store to answer a ping. (Whether it
+/// takes writes is the latest write's outcome: the webhooks' and the periodic probe's,
+/// [`crate::store::keep_probing`].)
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Pings the store (bounded by [`STORE_CHECK_TIMEOUT`]) and records the outcome.
-async fn check_store(state: &AppState) -> bool {
-    match tokio::time::timeout(STORE_CHECK_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => {
-            state.store_succeeded();
-            true
-        }
-        Ok(Err(e)) => {
-            state.store_failed(&e);
-            false
-        }
-        Err(_) => {
-            state
-                .store_ok
-                .store(false, std::sync::atomic::Ordering::Relaxed);
-            false
-        }
-    }
-}
 
 /// `GET /metrics`: the counters in the OpenMetrics text format, behind `METRICS_TOKEN` when set.
 fn metrics(state: &AppState, headers: &HeaderMap) -> Result<Response<Body>, HttpError> {

@@ -71,10 +71,9 @@ pub struct AppState {
     pub verifier: Option<Verifier>,
     /// Single-use stream tokens, in the store.
     pub tokens: StreamTokens,
-    /// The durable state shared with the other instances.
+    /// The durable state shared with the other instances (and whether it takes writes:
+    /// [`Store::health`]).
     pub store: Store,
-    /// Whether the store answered its last use (`/readyz`, `/healthz`).
-    pub store_ok: std::sync::atomic::AtomicBool,
     /// Live media calls.
     pub active_calls: ActiveCalls,
     /// Wakes this instance's recording worker when a recording callback was stored here
@@ -97,21 +96,6 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Notes a failed store operation: `/readyz` and `/healthz` report the store degraded
-    /// until a later use or check succeeds.
-    pub fn store_failed(&self, error: &StoreError) {
-        if self.store_ok.swap(false, Ordering::Relaxed) {
-            tracing::error!(error = %error, "store degraded");
-        }
-    }
-
-    /// Notes a successful store operation.
-    pub fn store_succeeded(&self) {
-        if !self.store_ok.swap(true, Ordering::Relaxed) {
-            tracing::info!("store reachable again");
-        }
-    }
-
     /// Whether `MAX_CALLS` media calls are running: the one capacity check, made by the
     /// voice webhook, by stream admission and by `/readyz`.
     pub fn at_capacity(&self) -> bool {
@@ -119,13 +103,13 @@ impl AppState {
         max > 0 && self.active_calls.count() >= max
     }
 
-    /// Whether the instance takes new calls: not draining, store reachable, below
+    /// Whether the instance takes new calls: not draining, the store takes writes, below
     /// `MAX_CALLS`. `Err` names what is wrong.
     pub fn ready(&self) -> Result<(), &'static str> {
         if *self.draining.borrow() {
             Err("draining")
-        } else if !self.store_ok.load(Ordering::Relaxed) {
-            Err("store unavailable")
+        } else if self.store.health().status().is_err() {
+            Err("store degraded")
         } else if self.at_capacity() {
             Err("at MAX_CALLS")
         } else {
@@ -182,12 +166,12 @@ impl AppState {
             Arc::clone(engine.counters()),
             Arc::clone(&metrics),
             active_calls.clone(),
+            Arc::clone(store.health()),
         );
         let state = Self {
             verifier: config.auth_token.clone().map(Verifier::new),
             tokens: StreamTokens::new(store.clone(), config.stream_token_ttl),
             store,
-            store_ok: std::sync::atomic::AtomicBool::new(true),
             active_calls,
             recording_stored: Arc::default(),
             engine,

@@ -67,7 +67,6 @@ pub(crate) async fn admit(
             return Err(CloseReason::InvalidToken);
         }
         Err(e) => {
-            state.store_failed(&e);
             tracing::error!(id, call_sid, error = %e, "WS start refused: store unavailable");
             return Err(CloseReason::StoreUnavailable);
         }

@@ -16,12 +16,19 @@
 //! `Any` driver; the one statement that differs by dialect is the job claim. SQLite runs in WAL
 //! mode with `synchronous=FULL`, so a committed write, and with it every 2xx answer that
 //! depends on it, survives a power cut. A write either commits whole or fails with a
-//! [`StoreError`] (the handler answers 5xx); nothing is left half-written.
+//! [`StoreError`] (the handler answers 5xx); nothing is left half-written, a full disk
+//! included.
+//!
+//! Every statement reports its outcome to the store's [`Health`]: whether writes commit now
+//! (a full disk still answers reads), what `/healthz`, `/readyz` and `/metrics` report.
+//! [`keep_probing`] keeps it current with a small write every few seconds.
 //!
 //! The store is never on the media path: it is written on webhooks, when a stream starts and
 //! when it ends, and by the recording worker; no frame waits on it.
 
+use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -38,12 +45,14 @@ macro_rules! job_columns {
     };
 }
 
+mod health;
 mod import;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use health::{Health, Trouble, keep_probing};
 pub use import::{ImportReport, import_jsonl};
 
 /// The embedded migrations (`shell/migrations/`).
@@ -299,6 +308,8 @@ impl StoreOptions {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Whether writes commit, from every statement's outcome.
+    health: Arc<Health>,
 }
 
 impl Store {
@@ -343,7 +354,11 @@ impl Store {
             .await
             .map_err(|source| StoreError::Connect { dialect, source })?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, dialect })
+        Ok(Self {
+            pool,
+            dialect,
+            health: Arc::default(),
+        })
     }
 
     /// Which database this is.
@@ -351,10 +366,80 @@ impl Store {
         self.dialect
     }
 
-    /// One round trip: whether the database answers.
+    /// One round trip: whether the database answers (reads; says nothing about writes).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        self.read(sqlx::query("SELECT 1").execute(&self.pool))
+            .await?;
         Ok(())
+    }
+
+    /// Whether writes commit, as of the latest statement (see [`Health`]).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// [`Self::ping`] bounded by `limit` (no answer in time is [`Trouble::Timeout`]), then the
+    /// store's health: `Err` when the ping failed or the latest write did.
+    pub async fn check(&self, limit: Duration) -> Result<(), Trouble> {
+        let ticket = self.health.ticket();
+        if tokio::time::timeout(limit, self.ping()).await.is_err() {
+            self.health.timed_out(ticket);
+        }
+        self.health.status()
+    }
+
+    /// Writes this instance's row of `store_probe` (a committed write, as a webhook's would
+    /// be), bounded by `limit`; the outcome is recorded in [`Self::health`].
+    pub async fn probe(&self, instance: &str, now_unix_ms: u64, limit: Duration) {
+        let ticket = self.health.ticket();
+        let write = self.write(
+            sqlx::query(
+                "INSERT INTO store_probe (instance, probed_unix_ms) VALUES ($1, $2) \
+                 ON CONFLICT (instance) DO UPDATE SET probed_unix_ms = excluded.probed_unix_ms",
+            )
+            .bind(instance)
+            .bind(ms(now_unix_ms))
+            .execute(&self.pool),
+        );
+        if tokio::time::timeout(limit, write).await.is_err() {
+            self.health.timed_out(ticket);
+        }
+    }
+
+    /// Runs `statement`, which writes, and reports its outcome to [`Self::health`]: a failure
+    /// degrades the store; a statement that changed a row committed to disk and clears it.
+    async fn write<T: Wrote, E: Into<StoreError>>(
+        &self,
+        statement: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, StoreError> {
+        let ticket = self.health.ticket();
+        match statement.await {
+            Ok(done) => {
+                if done.wrote() {
+                    self.health.wrote(ticket);
+                }
+                Ok(done)
+            }
+            Err(e) => {
+                let e = e.into();
+                self.health.failed(ticket, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `statement`, which only reads, and reports a failure to [`Self::health`] (a read
+    /// that succeeds says nothing about writes).
+    async fn read<T>(
+        &self,
+        statement: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        let ticket = self.health.ticket();
+        statement.await.map_err(|e| {
+            let e = StoreError::from(e);
+            self.health.failed(ticket, &e);
+            e
+        })
     }
 
     /// Closes the pool (waits for connections in use).
@@ -378,7 +463,7 @@ impl Store {
         now_unix_ms: u64,
         expires_unix_ms: u64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let write = sqlx::query(
             "INSERT INTO stream_tokens (call_sid, token_sha256, account_sid, from_number, \
              to_number, issued_unix_ms, expires_unix_ms, redeemed_unix_ms, hop) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8) \
@@ -397,8 +482,8 @@ impl Store {
         .bind(ms(now_unix_ms))
         .bind(ms(expires_unix_ms))
         .bind(i64::from(hop))
-        .execute(&self.pool)
-        .await?;
+        .execute(&self.pool);
+        let done = self.write(write).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -411,7 +496,7 @@ impl Store {
         token_sha256: &str,
         now_unix_ms: u64,
     ) -> Result<Result<CallIdentity, TokenError>, StoreError> {
-        let row = sqlx::query(
+        let redeem = sqlx::query(
             "UPDATE stream_tokens SET redeemed_unix_ms = $3 \
              WHERE call_sid = $1 AND token_sha256 = $2 AND redeemed_unix_ms IS NULL \
              AND expires_unix_ms > $3 \
@@ -420,9 +505,8 @@ impl Store {
         .bind(call_sid)
         .bind(token_sha256)
         .bind(ms(now_unix_ms))
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = row {
+        .fetch_optional(&self.pool);
+        if let Some(row) = self.write(redeem).await? {
             return Ok(Ok(CallIdentity {
                 call_sid: call_sid.to_owned(),
                 account_sid: row.try_get(0)?,
@@ -431,13 +515,16 @@ impl Store {
             }));
         }
         // Refused: say why (for the log; the socket is closed the same way in every case).
-        let row = sqlx::query(
-            "SELECT token_sha256, expires_unix_ms, redeemed_unix_ms FROM stream_tokens \
-             WHERE call_sid = $1",
-        )
-        .bind(call_sid)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = self
+            .read(
+                sqlx::query(
+                    "SELECT token_sha256, expires_unix_ms, redeemed_unix_ms FROM stream_tokens \
+                     WHERE call_sid = $1",
+                )
+                .bind(call_sid)
+                .fetch_optional(&self.pool),
+            )
+            .await?;
         let Some(row) = row else {
             return Ok(Err(TokenError::Unknown));
         };
@@ -457,13 +544,13 @@ impl Store {
 
     /// Tokens issued and neither redeemed nor expired at `now_unix_ms`.
     pub async fn outstanding_tokens(&self, now_unix_ms: u64) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(
+        let query = sqlx::query_scalar(
             "SELECT COUNT(*) FROM stream_tokens \
              WHERE redeemed_unix_ms IS NULL AND expires_unix_ms > $1",
         )
         .bind(ms(now_unix_ms))
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(&self.pool);
+        let n: i64 = self.read(query).await?;
         Ok(count(n))
     }
 
@@ -472,7 +559,7 @@ impl Store {
     /// Records that `call`'s media stream started (on `call.instance`). A call that streams
     /// again (redirected after a drain) starts a fresh record.
     pub async fn call_started(&self, call: &CallRecord) -> Result<(), StoreError> {
-        sqlx::query(
+        let write = sqlx::query(
             "INSERT INTO calls (call_sid, account_sid, stream_sid, instance, started_unix_ms, \
              ended_unix_ms, end_reason) VALUES ($1, $2, $3, $4, $5, NULL, NULL) \
              ON CONFLICT (call_sid) DO UPDATE SET account_sid = excluded.account_sid, \
@@ -484,8 +571,8 @@ impl Store {
         .bind(&call.stream_sid)
         .bind(&call.instance)
         .bind(ms(call.started_unix_ms))
-        .execute(&self.pool)
-        .await?;
+        .execute(&self.pool);
+        self.write(write).await?;
         Ok(())
     }
 
@@ -502,7 +589,7 @@ impl Store {
         reason: &str,
         transfer: Option<&crate::ending::Transfer>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let write = sqlx::query(
             "INSERT INTO calls (call_sid, account_sid, stream_sid, instance, started_unix_ms, \
              ended_unix_ms, end_reason, transfer_to, transfer_caller_id, transfer_timeout_s) \
              VALUES ($1, '', $2, $3, $4, $4, $5, $6, $7, $8) \
@@ -520,31 +607,31 @@ impl Store {
         .bind(transfer.map(|t| t.to.as_str()))
         .bind(transfer.and_then(|t| t.caller_id.as_deref()))
         .bind(transfer.map(|t| i64::from(t.timeout_s)))
-        .execute(&self.pool)
-        .await?;
+        .execute(&self.pool);
+        self.write(write).await?;
         Ok(())
     }
 
     /// Records how a transfer went (`DialCallStatus`).
     pub async fn transfer_ended(&self, call_sid: &str, status: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE calls SET transfer_status = $2 WHERE call_sid = $1")
+        let write = sqlx::query("UPDATE calls SET transfer_status = $2 WHERE call_sid = $1")
             .bind(call_sid)
             .bind(status)
-            .execute(&self.pool)
-            .await?;
+            .execute(&self.pool);
+        self.write(write).await?;
         Ok(())
     }
 
     /// The call's record, if its stream ever started (or was refused).
     pub async fn call(&self, call_sid: &str) -> Result<Option<CallRecord>, StoreError> {
-        let row = sqlx::query(
+        let query = sqlx::query(
             "SELECT call_sid, account_sid, stream_sid, instance, started_unix_ms, \
              ended_unix_ms, end_reason, transfer_to, transfer_caller_id, transfer_timeout_s, \
              transfer_status FROM calls WHERE call_sid = $1",
         )
         .bind(call_sid)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(&self.pool);
+        let row = self.read(query).await?;
         row.map(|row| {
             Ok(CallRecord {
                 call_sid: row.try_get(0)?,
@@ -565,19 +652,19 @@ impl Store {
 
     /// Stores a call-status callback; `false` when the same callback was stored before.
     pub async fn insert_call_status(&self, event: &CallStatusEvent) -> Result<bool, StoreError> {
-        insert_call_status(&self.pool, event).await
+        self.write(insert_call_status(&self.pool, event)).await
     }
 
     /// The call-status callbacks stored for `call_sid`, in sequence order.
     pub async fn call_statuses(&self, call_sid: &str) -> Result<Vec<CallStatusEvent>, StoreError> {
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT call_status, sequence_number, duration_secs, received_unix_ms \
              FROM call_status_events WHERE call_sid = $1 \
              ORDER BY sequence_number, received_unix_ms",
         )
         .bind(call_sid)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(&self.pool);
+        let rows = self.read(query).await?;
         rows.iter()
             .map(|row| {
                 let seq: i64 = row.try_get(1)?;
@@ -597,7 +684,7 @@ impl Store {
         &self,
         event: &StreamStatusEvent,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let write = sqlx::query(
             "INSERT INTO stream_status_events (stream_sid, stream_event, call_sid, stream_error, \
              received_unix_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
@@ -606,20 +693,20 @@ impl Store {
         .bind(&event.call_sid)
         .bind(event.stream_error.as_deref())
         .bind(ms(event.received_unix_ms))
-        .execute(&self.pool)
-        .await?;
+        .execute(&self.pool);
+        let done = self.write(write).await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// The stream-status events stored for `call_sid` (`StreamEvent` values), oldest first.
     pub async fn stream_statuses(&self, call_sid: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
+        let query = sqlx::query_scalar(
             "SELECT stream_event FROM stream_status_events WHERE call_sid = $1 \
              ORDER BY received_unix_ms, stream_event",
         )
         .bind(call_sid)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(&self.pool);
+        self.read(query).await
     }
 
     // ---- recordings: the job queue ----
@@ -631,7 +718,8 @@ impl Store {
         event: &RecordingEvent,
         now_unix_ms: u64,
     ) -> Result<bool, StoreError> {
-        insert_recording(&self.pool, event, now_unix_ms).await
+        self.write(insert_recording(&self.pool, event, now_unix_ms))
+            .await
     }
 
     /// Claims the oldest job that is due: pending, or fetched when `transcribes` (this
@@ -667,13 +755,13 @@ impl Store {
             Dialect::Postgres => claim!(" FOR UPDATE SKIP LOCKED"),
             Dialect::Sqlite => claim!(""),
         };
-        let row = sqlx::query(sql)
+        let claim = sqlx::query(sql)
             .bind(owner)
             .bind(ms(lease_until_unix_ms))
             .bind(ms(now_unix_ms))
             .bind(i64::from(transcribes))
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(&self.pool);
+        let row = self.write(claim).await?;
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -684,15 +772,15 @@ impl Store {
         owner: &str,
         lease_until_unix_ms: u64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let renew = sqlx::query(
             "UPDATE recordings SET lease_until_unix_ms = $3 \
              WHERE recording_sid = $1 AND lease_owner = $2",
         )
         .bind(recording_sid)
         .bind(owner)
         .bind(ms(lease_until_unix_ms))
-        .execute(&self.pool)
-        .await?;
+        .execute(&self.pool);
+        let done = self.write(renew).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -736,7 +824,7 @@ impl Store {
             _ => state.as_str(),
         };
         let sql = "UPDATE recordings SET state = CASE WHEN $3 = 'back' THEN (CASE WHEN file IS NULL THEN 'pending' ELSE 'fetched' END) ELSE $3 END, lease_owner = CASE WHEN $4 = 1 THEN lease_owner ELSE NULL END, lease_until_unix_ms = CASE WHEN $4 = 1 THEN lease_until_unix_ms ELSE $5 END, file = COALESCE($6, file), transcript = COALESCE($7, transcript), error = $8, updated_unix_ms = $9 WHERE recording_sid = $1 AND lease_owner = $2";
-        let done = sqlx::query(sql)
+        let update = sqlx::query(sql)
             .bind(recording_sid)
             .bind(owner)
             .bind(state)
@@ -746,8 +834,8 @@ impl Store {
             .bind(transcript.map(String::as_str))
             .bind(error.map(String::as_str))
             .bind(ms(now_unix_ms))
-            .execute(&self.pool)
-            .await?;
+            .execute(&self.pool);
+        let done = self.write(update).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -758,22 +846,25 @@ impl Store {
             job_columns!(),
             " FROM recordings WHERE recording_sid = $1"
         );
-        let row = sqlx::query(sql)
-            .bind(recording_sid)
-            .fetch_optional(&self.pool)
+        let row = self
+            .read(
+                sqlx::query(sql)
+                    .bind(recording_sid)
+                    .fetch_optional(&self.pool),
+            )
             .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 
     /// Row counts for the start-up log and `/healthz`.
     pub async fn counts(&self) -> Result<Counts, StoreError> {
-        let row = sqlx::query(
+        let query = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM recordings WHERE state IN ('pending', 'fetched')), \
              (SELECT COUNT(*) FROM recordings), (SELECT COUNT(*) FROM call_status_events), \
              (SELECT COUNT(*) FROM calls)",
         )
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(&self.pool);
+        let row = self.read(query).await?;
         Ok(Counts {
             recordings_pending: count(row.try_get(0)?),
             recordings: count(row.try_get(1)?),
@@ -785,6 +876,31 @@ impl Store {
     /// The pool, for the JSON-lines import (one transaction).
     fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+}
+
+/// What a statement that writes returns, asked whether it changed a row: only then did it
+/// commit anything to disk (and prove that writes work).
+trait Wrote {
+    fn wrote(&self) -> bool;
+}
+
+impl Wrote for sqlx::any::AnyQueryResult {
+    fn wrote(&self) -> bool {
+        self.rows_affected() > 0
+    }
+}
+
+impl Wrote for Option<sqlx::any::AnyRow> {
+    fn wrote(&self) -> bool {
+        self.is_some()
+    }
+}
+
+/// `true`: a row was stored.
+impl Wrote for bool {
+    fn wrote(&self) -> bool {
+        *self
     }
 }
 

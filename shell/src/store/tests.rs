@@ -24,6 +24,13 @@ async fn opening_twice_runs_the_migrations_once() {
     let again = db.reopen().await;
     again.ping().await.unwrap();
     assert_eq!(again.counts().await.unwrap(), Counts::default());
+    // The health probe's upsert, first and again, from two instances.
+    let limit = Duration::from_secs(5);
+    for (store, at) in [(&again, T0), (&again, T0 + 1), (&db.store, T0 + 2)] {
+        store.probe("a", at, limit).await;
+        assert_eq!(store.check(limit).await, Ok(()));
+    }
+    assert_eq!(again.health().errors(Trouble::Failed), 0);
 }
 
 #[tokio::test]
@@ -444,4 +451,71 @@ async fn a_bad_url_or_an_unreachable_database_is_a_clear_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Connect { .. }), "{err}");
+}
+
+/// SQLite only: a database that may not grow (`max_page_count`, on the pool's one connection)
+/// answers `SQLITE_FULL`, as a full disk does. (That the probe fails too on a real full disk,
+/// and that the pool recovers once space is freed, is `scripts/disk-full-test.sh`.)
+#[tokio::test]
+async fn a_full_database_refuses_writes_whole_and_the_health_follows_the_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::sqlite_in(dir.path());
+    options.max_connections = 1;
+    let store = Store::open(&options).await.unwrap();
+    let limit = Duration::from_secs(5);
+    store.probe("test", T0, limit).await;
+    assert_eq!(store.health().status(), Ok(()));
+    let event = |n: u64| CallStatusEvent {
+        received_unix_ms: T0 + n,
+        call_sid: format!("CA{n:032x}"),
+        call_status: "completed".into(),
+        sequence_number: Some(n),
+        duration_secs: Some(n),
+    };
+    assert!(store.insert_call_status(&event(0)).await.unwrap());
+
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    let grow = |pages: i64| sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}"));
+    sqlx::query(grow(pages)).execute(&store.pool).await.unwrap();
+    let mut stored = 1;
+    let refused = loop {
+        assert!(stored < 100_000, "the database never filled up");
+        match store.insert_call_status(&event(stored)).await {
+            Ok(new) => {
+                assert!(new);
+                stored += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(Trouble::of(&refused), Trouble::DiskFull, "{refused}");
+    assert_eq!(store.health().status(), Err(Trouble::DiskFull));
+    assert_eq!(store.health().errors(Trouble::DiskFull), 1);
+    // Reads still work, and say nothing about writes; nor does a retried callback that was
+    // stored before (it writes nothing).
+    store.ping().await.unwrap();
+    assert_eq!(store.counts().await.unwrap().call_statuses, stored);
+    assert!(!store.insert_call_status(&event(0)).await.unwrap());
+    assert_eq!(store.check(limit).await, Err(Trouble::DiskFull));
+    // The refused callback left nothing behind.
+    assert!(
+        store
+            .call_statuses(&event(stored).call_sid)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Room again: the next write that commits clears it.
+    sqlx::query(grow(1_073_741_823))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    store.probe("test", T0 + 1, limit).await;
+    assert_eq!(store.check(limit).await, Ok(()));
+    assert!(store.insert_call_status(&event(stored)).await.unwrap());
+    assert_eq!(store.counts().await.unwrap().call_statuses, stored + 1);
 }
