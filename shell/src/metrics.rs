@@ -134,7 +134,7 @@ const WS_ERROR_KINDS: [&str; 8] = [
 ];
 
 /// Every [`CloseReason`], in label order.
-const CLOSE_REASONS: [CloseReason; 15] = [
+const CLOSE_REASONS: [CloseReason; 17] = [
     CloseReason::AgentHangup,
     CloseReason::AgentFailed,
     CloseReason::Completed,
@@ -150,6 +150,8 @@ const CLOSE_REASONS: [CloseReason; 15] = [
     CloseReason::TooBig,
     CloseReason::UnsupportedFormat,
     CloseReason::StoreUnavailable,
+    CloseReason::ProtocolError,
+    CloseReason::InvalidUtf8,
 ];
 
 /// Lowest and highest status code counted per route; others count as 599.
