@@ -116,6 +116,8 @@ enum Input {
     NoStart,
     /// 60 media messages before any `start`.
     ChatterBeforeStart,
+    /// 60 binary frames before any `start`.
+    BinaryBeforeStart,
     /// 5 media messages before `start`, then a valid `start`.
     MediaBeforeStart,
     /// `start` with a single-use token that is wrong.
@@ -358,6 +360,11 @@ static CASES: &[Case] = &[
         Expect::Close(1008),
     ),
     case(
+        "ws::sixty_binary_frames_before_start",
+        Input::BinaryBeforeStart,
+        Expect::Close(1008),
+    ),
+    case(
         "ws::media_before_start_then_start",
         Input::MediaBeforeStart,
         Expect::CallContinues(dropped!("before_start" = 5)),
@@ -467,6 +474,26 @@ static CASES: &[Case] = &[
         "ws::close_frame_instead_of_stop",
         Input::RawFrames(|_| ws_frame(0x88, &1000u16.to_be_bytes(), true)),
         Expect::Close(1000),
+    ),
+    case(
+        "ws::reserved_opcode",
+        Input::RawFrames(|_| ws_frame(0x83, b"x", true)),
+        Expect::Close(1002),
+    ),
+    case(
+        "ws::rsv1_bit_set",
+        Input::RawFrames(|_| ws_frame(0xC1, br#"{"event":"mark"}"#, true)),
+        Expect::Close(1002),
+    ),
+    case(
+        "ws::unmasked_client_frame",
+        Input::RawFrames(|_| ws_frame(0x81, br#"{"event":"x"}"#, false)),
+        Expect::Close(1002),
+    ),
+    case(
+        "ws::text_frame_not_utf8",
+        Input::RawFrames(|_| ws_frame(0x81, &[0xFF, 0xFE, 0x80], true)),
+        Expect::Close(1007),
     ),
     case(
         "ws::peer_stops_reading",
@@ -975,6 +1002,16 @@ async fn run_case(server: &TestServer, input: Input, n: u32) -> Observed {
                     .await
                     .is_err()
                 {
+                    break;
+                }
+            }
+            finish_closed(ws, None).await
+        }
+        Input::BinaryBeforeStart => {
+            let tcp = TcpStream::connect(server.addr).await.unwrap();
+            let mut ws = ws_connect(server, tcp).await;
+            for _ in 0..60 {
+                if ws.send(Message::binary(vec![0u8; 160])).await.is_err() {
                     break;
                 }
             }

@@ -60,6 +60,20 @@ pub const TWILIO_SUBPROTOCOL: &str = "audio.twilio.com";
 const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// Most unsent bytes held for a stream whose peer is not reading.
 const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// The kernel send buffer asked for a media-stream socket. Linux doubles it for its own
+/// bookkeeping: 64 KiB, about 4 s of outbound audio (a `media` message is ~310 bytes on the
+/// wire, 50 a second, plus marks: ~16 KB/s). Setting it turns off send-buffer autotuning for
+/// this socket, which would otherwise let the kernel absorb up to `tcp_wmem`'s 4 MiB (minutes
+/// of audio) before a write blocks, so a peer that stops reading was seen only that late. Four
+/// seconds is still 13 times what a 300 ms round trip keeps in flight (~5 KB) and rides out a
+/// few seconds of loss recovery before a write waits at all; [`Config::ws_write_timeout`]
+/// then bounds the wait (see [`write_loop`]).
+///
+/// [`Config::ws_write_timeout`]: crate::config::Config::ws_write_timeout
+const MEDIA_SEND_BUFFER_BYTES: usize = 32 * 1024;
+/// Once the writer closes a stream itself (a hang-up, a stalled peer), how long it waits for
+/// the engine's final counters (its `WS stop` line) after the call is told to stop.
+const ENDED_WAIT: Duration = Duration::from_secs(1);
 /// Events a traced call can record (about 10 minutes at ~250 events per second).
 const TRACE_EVENTS: usize = 150_000;
 /// Outbound messages queued per call between the engine and the socket (about 8 s of audio).
@@ -91,7 +105,8 @@ pub enum CloseReason {
     GoingAway,
     /// Too many messages before `start`, or `start` never came (1008).
     NoStart,
-    /// The peer stopped reading (1008 when it can still be sent).
+    /// The peer stopped reading: a message waited [`Config::ws_write_timeout`](crate::config::Config::ws_write_timeout)
+    /// for the socket (1011 when it can still be sent).
     Stalled,
     /// The instance is draining and takes no new stream (1001); the call is redirected.
     Draining,
@@ -114,6 +129,11 @@ pub enum CloseReason {
     UnsupportedFormat,
     /// The store could not be reached to redeem the stream token (1011).
     StoreUnavailable,
+    /// A frame broke the WebSocket protocol: an unknown opcode, reserved bits set, an unmasked
+    /// client frame, a bad control frame or fragmentation (1002).
+    ProtocolError,
+    /// A text message (or a close frame's reason) that is not UTF-8 (1007).
+    InvalidUtf8,
 }
 
 impl CloseReason {
@@ -136,6 +156,8 @@ impl CloseReason {
             Self::TooBig => "too_big",
             Self::UnsupportedFormat => "unsupported_format",
             Self::StoreUnavailable => "store_unavailable",
+            Self::ProtocolError => "protocol_error",
+            Self::InvalidUtf8 => "invalid_utf8",
         }
     }
 
@@ -146,7 +168,7 @@ impl CloseReason {
             Self::Completed => (CloseCode::Normal, "stream stopped"),
             Self::GoingAway => (CloseCode::Away, "server shutting down"),
             Self::NoStart => (CloseCode::Policy, "expected start message"),
-            Self::Stalled => (CloseCode::Policy, "peer stopped reading"),
+            Self::Stalled => (CloseCode::Error, "peer stopped reading"),
             Self::Draining => (CloseCode::Away, "server draining, call redirected"),
             Self::EngineRefused => (CloseCode::Error, "cannot start call"),
             Self::Busy => (CloseCode::Again, "server at capacity, try again later"),
@@ -157,6 +179,8 @@ impl CloseReason {
             Self::TooBig => (CloseCode::Size, "message too big"),
             Self::UnsupportedFormat => (CloseCode::Unsupported, "unsupported media format"),
             Self::StoreUnavailable => (CloseCode::Error, "store unavailable"),
+            Self::ProtocolError => (CloseCode::Protocol, "protocol error"),
+            Self::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8"),
         };
         CloseFrame {
             code,
@@ -232,6 +256,18 @@ pub fn upgrade(
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
+                // The server serves plain TCP (`server::serve`); the socket itself is needed to
+                // bound its send buffer. Bytes hyper read past the handshake go first.
+                let Ok(parts) = upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() else {
+                    tracing::error!(id, "WS upgrade: the connection is not a TCP stream");
+                    return;
+                };
+                let tcp = parts.io.into_inner();
+                if let Err(e) =
+                    socket2::SockRef::from(&tcp).set_send_buffer_size(MEDIA_SEND_BUFFER_BYTES)
+                {
+                    tracing::warn!(id, error = %e, "WS send buffer not bounded");
+                }
                 // Small buffers: a media message is ~400 bytes, and tungstenite's 128 KiB
                 // defaults would be most of a call's memory. The writer feeds what is queued
                 // and flushes once per batch (the out buffer grows only to one batch); the
@@ -242,8 +278,9 @@ pub fn upgrade(
                     .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
                     .max_message_size(Some(state.config.ws_max_message_bytes))
                     .max_frame_size(Some(state.config.ws_max_message_bytes));
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                let ws = WebSocketStream::from_partially_read(
+                    tcp,
+                    parts.read_buf.to_vec(),
                     Role::Server,
                     Some(config),
                 )
@@ -298,15 +335,23 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     resp
 }
 
-/// The engine's handle on the socket writer's queue.
-struct ChannelSink(mpsc::Sender<Outbound>);
+/// An engine message for the socket writer, with the instant it was queued: the writer
+/// closes the stream when a message waits [`Config::ws_write_timeout`](crate::config::Config::ws_write_timeout)
+/// for the socket.
+type Queued = (Instant, Outbound);
+
+/// The engine's handle on the socket writer's queue. Each message is stamped as it is queued
+/// (a monotonic clock read: no lock, no allocation).
+struct ChannelSink(mpsc::Sender<Queued>);
 
 impl OutboundSink for ChannelSink {
     fn try_send(&mut self, msg: Outbound) -> Result<(), SinkError> {
-        self.0.try_send(msg).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SinkError::Full,
-            mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
-        })
+        self.0
+            .try_send((crate::clock::now(), msg))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SinkError::Full,
+                mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
+            })
     }
 }
 
@@ -333,13 +378,15 @@ pub fn parse_mark_name(name: &str) -> Option<MarkId> {
     }
 }
 
-type WsStream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type WsStream = WebSocketStream<tokio::net::TcpStream>;
 
 /// Runs one media stream to its end.
 async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     let (sink, mut stream) = ws.split();
     let (close_tx, close_rx) = mpsc::channel::<CloseReason>(4);
-    let (out_tx, out_rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    let (out_tx, out_rx) = mpsc::channel::<Queued>(OUTBOUND_QUEUE);
+    // The writer's word that it is closing the stream itself (a hang-up, a stalled peer).
+    let (closing_tx, mut closing_rx) = tokio::sync::oneshot::channel::<()>();
     let mut counters = StreamCounters::default();
     let mut draining = state.draining.subscribe();
 
@@ -347,30 +394,34 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     let started = tokio::time::timeout(state.config.ws_start_timeout, async {
         loop {
             let msg = stream.next().await;
-            let text = match msg {
-                Some(Ok(Message::Text(text))) => text,
-                Some(Ok(Message::Binary(_))) => {
-                    counters.binary += 1;
-                    continue;
+            match msg {
+                Some(Ok(Message::Text(text))) => {
+                    counters.messages += 1;
+                    match media_stream::parse(&text) {
+                        Ok(Inbound::Connected { .. }) => {}
+                        Ok(Inbound::Start(meta)) => return Ok(meta),
+                        Ok(Inbound::Unknown) => counters.unknown_events += 1,
+                        Ok(_) => counters.before_start += 1,
+                        Err(ProtocolError::Format { .. }) => {
+                            return Err(Some(CloseReason::UnsupportedFormat));
+                        }
+                        Err(ProtocolError::Sid { field, .. }) => {
+                            tracing::warn!(id, field, "WS start refused: not a Twilio identifier");
+                            return Err(Some(CloseReason::InvalidStart));
+                        }
+                        Err(_) => counters.malformed += 1,
+                    }
                 }
+                // Ignored like any other message before `start`, and counted toward the cap.
+                Some(Ok(Message::Binary(_))) => counters.binary += 1,
                 Some(Ok(Message::Close(_))) | None => return Err(None),
+                // Ping and pong (tungstenite answers pings itself).
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(Some(close_for_error(&e))),
-            };
-            counters.messages += 1;
-            match media_stream::parse(&text) {
-                Ok(Inbound::Connected { .. }) => {}
-                Ok(Inbound::Start(meta)) => return Ok(meta),
-                Ok(Inbound::Unknown) => counters.unknown_events += 1,
-                Ok(_) => counters.before_start += 1,
-                Err(ProtocolError::Format { .. }) => {
-                    return Err(Some(CloseReason::UnsupportedFormat));
+                Some(Err(e)) => {
+                    let (reason, what) = read_error(&e);
+                    log_read_error(id, None, reason, what);
+                    return Err(Some(reason));
                 }
-                Err(ProtocolError::Sid { field, .. }) => {
-                    tracing::warn!(id, field, "WS start refused: not a Twilio identifier");
-                    return Err(Some(CloseReason::InvalidStart));
-                }
-                Err(_) => counters.malformed += 1,
             }
             if counters.before_start
                 + counters.malformed
@@ -474,6 +525,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
             trace_dir,
             recorded,
             control,
+            closing: closing_tx,
         },
         Arc::clone(&state),
     ));
@@ -487,6 +539,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     // goes on only long enough to take the peer's close reply (at most `WS_WRITE_TIMEOUT`), so a
     // peer that stopped reading but keeps sending cannot hold the socket open.
     let mut writer_done = false;
+    let mut closing_seen = false;
     let mut linger_deadline: Option<tokio::time::Instant> = None;
     loop {
         let idle = tokio::time::sleep(state.config.ws_idle_timeout);
@@ -508,7 +561,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
                 match msg {
                     Some(Ok(Message::Text(text))) => {
                         counters.messages += 1;
-                        if counters.messages % PUBLISH_EVERY_MESSAGES == 0 {
+                        if (counters.messages + counters.binary) % PUBLISH_EVERY_MESSAGES == 0 {
                             state.metrics.publish_stream(&counters, &mut published);
                         }
                         if on_text(&text, now, &meta.stream_sid, &mut handle, &mut counters) {
@@ -521,12 +574,19 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
                             break;
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => counters.binary += 1,
+                    // Twilio sends only text: ignored and counted.
+                    Some(Ok(Message::Binary(_))) => {
+                        counters.binary += 1;
+                        if (counters.messages + counters.binary) % PUBLISH_EVERY_MESSAGES == 0 {
+                            state.metrics.publish_stream(&counters, &mut published);
+                        }
+                    }
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        reason = Some(close_for_error(&e));
-                        tracing::info!(id, call_sid = %info.call_sid, error = %e, "WS read ended");
+                        let (r, what) = read_error(&e);
+                        log_read_error(id, Some(&info.call_sid), r, what);
+                        reason = Some(r);
                         break;
                     }
                 }
@@ -557,9 +617,19 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
                 reason = Some(CloseReason::GoingAway);
                 break;
             }
+            closing = &mut closing_rx, if !closing_seen => {
+                closing_seen = true;
+                if closing.is_ok() {
+                    // The writer closes the stream: stop the call now, so the engine's final
+                    // counters reach the writer (its `WS stop` line), and read on only for the
+                    // peer's close reply.
+                    handle.send(Control::Stop(crate::clock::now()));
+                    linger_deadline.get_or_insert(tokio::time::Instant::now() + state.config.ws_write_timeout);
+                }
+            }
             _ = &mut writer, if !writer_done => {
                 writer_done = true;
-                linger_deadline = Some(tokio::time::Instant::now() + state.config.ws_write_timeout);
+                linger_deadline.get_or_insert(tokio::time::Instant::now() + state.config.ws_write_timeout);
             }
             () = linger => break,
         }
@@ -641,11 +711,55 @@ fn on_text(
     false
 }
 
-fn close_for_error(e: &tokio_tungstenite::tungstenite::Error) -> CloseReason {
+/// Why a read failed: the close it calls for and a fixed description for the log line. Never
+/// the error's own text: tungstenite's UTF-8 errors can carry the peer's bytes.
+///
+/// tungstenite reports a protocol violation without sending anything itself (the connection
+/// stays open for writing), so the one close frame is the writer's, with this reason.
+fn read_error(e: &tokio_tungstenite::tungstenite::Error) -> (CloseReason, &'static str) {
     use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::ProtocolError as P;
     match e {
-        Error::Capacity(_) => CloseReason::TooBig,
-        _ => CloseReason::Completed,
+        Error::Capacity(_) => (CloseReason::TooBig, "message too big"),
+        Error::Utf8(_) => (CloseReason::InvalidUtf8, "text that is not UTF-8"),
+        Error::Protocol(P::ResetWithoutClosingHandshake) => (
+            CloseReason::Completed,
+            "connection closed without a close frame",
+        ),
+        Error::Protocol(p) => (
+            CloseReason::ProtocolError,
+            match p {
+                P::NonZeroReservedBits => "reserved bits set",
+                P::UnmaskedFrameFromClient => "unmasked client frame",
+                P::UnknownDataFrameType(_)
+                | P::UnknownControlFrameType(_)
+                | P::InvalidOpcode(_) => "unknown opcode",
+                P::FragmentedControlFrame | P::ControlFrameTooBig => "invalid control frame",
+                P::UnexpectedContinueFrame | P::ExpectedFragment(_) => "invalid fragmentation",
+                P::InvalidCloseSequence => "invalid close frame",
+                P::ReceivedAfterClosing => "frame after close",
+                _ => "protocol violation",
+            },
+        ),
+        Error::AttackAttempt => (CloseReason::ProtocolError, "protocol violation"),
+        Error::Io(_) => (CloseReason::Completed, "connection error"),
+        _ => (CloseReason::Completed, "read failed"),
+    }
+}
+
+/// The one log line of a failed read (`call_sid` once the call is known).
+fn log_read_error(id: u64, call_sid: Option<&str>, reason: CloseReason, what: &'static str) {
+    match reason {
+        CloseReason::ProtocolError | CloseReason::InvalidUtf8 | CloseReason::TooBig => {
+            tracing::warn!(
+                id,
+                call_sid,
+                error = what,
+                reason = reason.label(),
+                "WS protocol error: closing"
+            );
+        }
+        _ => tracing::info!(id, call_sid, error = what, "WS read ended"),
     }
 }
 
@@ -692,6 +806,8 @@ struct WriterCall {
     recorded: tokio::task::JoinHandle<()>,
     /// The remote agent's shared state (the transfer it asked for), if a remote agent runs.
     control: Option<Arc<crate::agent::remote::Shared>>,
+    /// Tells the reader that the writer closes the stream itself, so it stops the call.
+    closing: tokio::sync::oneshot::Sender<()>,
 }
 
 /// A stream refused after its `start`: the call it belongs to and why.
@@ -776,6 +892,8 @@ struct WriterState {
     id: u64,
     trace_dir: Option<std::path::PathBuf>,
     close_reason: Option<CloseReason>,
+    /// The engine's final counters arrived (and were logged as `WS stop`).
+    ended: bool,
     frames_total: u64,
     frames_window: u64,
 }
@@ -798,7 +916,8 @@ impl WriterState {
             }
             Outbound::Hangup(reason) => {
                 tracing::info!(id, call_sid = %info.call_sid, ?reason, "HANGUP");
-                self.close_reason = Some(match reason {
+                // A reason already decided (the peer stalled, the caller's `stop`) stands.
+                self.close_reason.get_or_insert(match reason {
                     HangupReason::AgentFailed => CloseReason::AgentFailed,
                     HangupReason::Completed => CloseReason::AgentHangup,
                     HangupReason::Transfer => CloseReason::Transfer,
@@ -813,6 +932,7 @@ impl WriterState {
                 return Step::Skip;
             }
             Outbound::Ended(stats) => {
+                self.ended = true;
                 tracing::info!(
                     id,
                     call_sid = %info.call_sid,
@@ -835,6 +955,17 @@ impl WriterState {
         // The writer only emits ASCII JSON.
         Utf8Bytes::try_from(bytes).map_or(Step::Skip, Step::Send)
     }
+
+    /// Takes one engine message once the stream is closing: what would go on the wire is
+    /// dropped, the rest (events, the timeline, the final counters) is handled as usual.
+    fn settle(&mut self, msg: Outbound) {
+        match msg {
+            Outbound::Media(_) | Outbound::Mark(_) | Outbound::Clear => {}
+            other => {
+                let _ = self.step(other);
+            }
+        }
+    }
 }
 
 /// Moves engine output onto the socket until the call ends or a close is asked for.
@@ -843,9 +974,24 @@ impl WriterState {
 /// over what one service produced at the same instant (a frame and its progress mark, the
 /// four frames that start a playback), so they go out in one socket write and one flush. No
 /// message waits for another: a batch is only what is already there.
+///
+/// **A peer that stops reading.** Every message carries the instant the engine queued it.
+/// Everything before a batch is on the socket already, so the batch's first message is the
+/// oldest one waiting; the batch must be taken by the socket before that message has waited
+/// [`Config::ws_write_timeout`](crate::config::Config::ws_write_timeout), or the stream is
+/// closed as [`CloseReason::Stalled`]. This side's kernel share is bounded
+/// ([`MEDIA_SEND_BUFFER_BYTES`], about 4 s of audio), so a peer that stops reading shows
+/// after those seconds of audio, what its own kernel took in, and the timeout — not the
+/// minutes an autotuned send buffer absorbed. (The peer's receive buffer is the peer's: a
+/// Linux receiver that is not read can keep growing it, and only an application-level sign,
+/// such as Twilio's mark echoes drying up, could see through that.) A peer that keeps up
+/// with real time never waits, whatever its round trip, and a pause in its reading is
+/// forgiven up to the timeout on top of what the kernels hold. The deadline costs one clock
+/// read per message on the engine thread and one timer per batch here, which tokio registers
+/// only when the write has to wait (`timeout_at` polls the write first).
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WsStream, Message>,
-    mut out: mpsc::Receiver<Outbound>,
+    mut out: mpsc::Receiver<Queued>,
     mut close: mpsc::Receiver<CloseReason>,
     call: WriterCall,
     state: Arc<AppState>,
@@ -856,6 +1002,7 @@ async fn write_loop(
         trace_dir,
         recorded,
         control,
+        closing,
     } = call;
     let write_timeout = state.config.ws_write_timeout;
     let metrics = &state.metrics;
@@ -865,6 +1012,7 @@ async fn write_loop(
         id,
         trace_dir,
         close_reason: None,
+        ended: false,
         frames_total: 0,
         frames_window: 0,
     };
@@ -875,11 +1023,12 @@ async fn write_loop(
     loop {
         tokio::select! {
             msg = out.recv() => {
-                let Some(msg) = msg else { break };
+                let Some((queued_at, msg)) = msg else { break };
+                let deadline = tokio::time::Instant::from_std(queued_at) + write_timeout;
                 let mut stop = false;
                 let mut fed = 0;
                 let mut next = Some(msg);
-                let wrote = tokio::time::timeout(write_timeout, async {
+                let wrote = tokio::time::timeout_at(deadline, async {
                     while let Some(msg) = next.take() {
                         match ws.step(msg) {
                             Step::Send(text) => {
@@ -893,7 +1042,7 @@ async fn write_loop(
                             }
                         }
                         if fed < WRITE_BATCH {
-                            next = out.try_recv().ok();
+                            next = out.try_recv().ok().map(|(_, msg)| msg);
                         }
                     }
                     if fed > 0 {
@@ -910,7 +1059,7 @@ async fn write_loop(
                     }
                     Ok(Err(_)) => break,
                     Err(_) => {
-                        tracing::warn!(id, call_sid = %ws.info.call_sid, "WS peer stopped reading: closing");
+                        tracing::warn!(id, call_sid = %ws.info.call_sid, waited_ms = write_timeout.as_millis() as u64, "WS peer stopped reading: closing");
                         ws.close_reason = Some(CloseReason::Stalled);
                         break;
                     }
@@ -932,6 +1081,25 @@ async fn write_loop(
                 }
             }
         }
+    }
+    if !ws.ended {
+        // The writer ends the stream itself (a hang-up, a stalled peer, a failed write): make
+        // room in the queue, have the reader stop the call, and take the engine's final
+        // counters, so every call logs its `WS stop` line (and a traced call its timeline).
+        while !ws.ended {
+            let Ok((_, msg)) = out.try_recv() else { break };
+            ws.settle(msg);
+        }
+        let _ = closing.send(());
+        let _ = tokio::time::timeout(ENDED_WAIT, async {
+            while !ws.ended {
+                let Some((_, msg)) = out.recv().await else {
+                    break;
+                };
+                ws.settle(msg);
+            }
+        })
+        .await;
     }
     let WriterState {
         info,
@@ -965,9 +1133,15 @@ async fn write_loop(
         id,
     )
     .await;
+    // One bound for the close frame and the flush behind it (a stalled peer takes neither).
+    // When the peer closed first, tungstenite has queued its reply and refuses ours: the
+    // flush in `close` is what sends the reply.
     let frame = reason.frame();
-    let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
-    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+    let _ = tokio::time::timeout(write_timeout, async {
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        sink.close().await
+    })
+    .await;
 }
 
 /// Writes a call's timeline as `<dir>/<CallSid>.json` (Chrome trace format).
@@ -1084,6 +1258,60 @@ mod tests {
         for bad in ["", "p", "x1", "p-1", "a99999999999999999999", "p1 ", "a1.5"] {
             assert_eq!(parse_mark_name(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn read_errors_map_to_specific_closes() {
+        use tokio_tungstenite::tungstenite::Error;
+        use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError as P};
+        let cases = [
+            (
+                Error::Protocol(P::NonZeroReservedBits),
+                CloseReason::ProtocolError,
+            ),
+            (
+                Error::Protocol(P::UnmaskedFrameFromClient),
+                CloseReason::ProtocolError,
+            ),
+            (
+                Error::Protocol(P::UnknownDataFrameType(3)),
+                CloseReason::ProtocolError,
+            ),
+            (
+                Error::Protocol(P::UnknownControlFrameType(11)),
+                CloseReason::ProtocolError,
+            ),
+            (
+                Error::Protocol(P::UnexpectedContinueFrame),
+                CloseReason::ProtocolError,
+            ),
+            (
+                Error::Utf8("invalid utf-8 sequence".into()),
+                CloseReason::InvalidUtf8,
+            ),
+            (
+                Error::Capacity(CapacityError::MessageTooLong {
+                    size: 70_000,
+                    max_size: 65_536,
+                }),
+                CloseReason::TooBig,
+            ),
+            (
+                Error::Protocol(P::ResetWithoutClosingHandshake),
+                CloseReason::Completed,
+            ),
+            (
+                Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+                CloseReason::Completed,
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(read_error(&error).0, want, "{error:?}");
+        }
+        let code = |r: CloseReason| u16::from(r.frame().code);
+        assert_eq!(code(CloseReason::ProtocolError), 1002);
+        assert_eq!(code(CloseReason::InvalidUtf8), 1007);
+        assert_eq!(code(CloseReason::Stalled), 1011);
     }
 
     #[test]

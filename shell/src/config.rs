@@ -235,8 +235,10 @@ pub struct Config {
     /// `WS_IDLE_TIMEOUT` in seconds (1–3600, default 60): a media stream with no message at all
     /// for this long is closed with 1001.
     pub ws_idle_timeout: Duration,
-    /// `WS_WRITE_TIMEOUT` in seconds (1–600, default 5): longest a single media stream write
-    /// may take before the peer counts as stalled (closed with 1008).
+    /// `WS_WRITE_TIMEOUT` in seconds (1–600, default 5): longest a message for a media stream
+    /// may wait, from when the engine queued it, to be taken by the socket; past it the peer
+    /// counts as stalled (closed with 1011). Also how long a stream the server closes is still
+    /// read for the peer's close reply, and the bound on writing the close frame.
     pub ws_write_timeout: Duration,
     /// `WS_START_TIMEOUT` in seconds (1–600, default 10): time allowed between the upgrade and
     /// a valid `start` (otherwise closed with 1008).

@@ -301,6 +301,18 @@ mod tests {
                 Ending::Fallback("the stream was refused or failed"),
             ),
             (
+                Some(ended("protocol_error")),
+                Some("in-progress"),
+                0,
+                Ending::Fallback("the stream was refused or failed"),
+            ),
+            (
+                Some(ended("stalled")),
+                Some("in-progress"),
+                0,
+                Ending::Fallback("the stream was refused or failed"),
+            ),
+            (
                 Some(ended("draining")),
                 None,
                 0,

@@ -135,7 +135,7 @@ const WS_ERROR_KINDS: [&str; 8] = [
 ];
 
 /// Every [`CloseReason`], in label order.
-const CLOSE_REASONS: [CloseReason; 16] = [
+const CLOSE_REASONS: [CloseReason; 18] = [
     CloseReason::AgentHangup,
     CloseReason::AgentFailed,
     CloseReason::Completed,
@@ -152,6 +152,8 @@ const CLOSE_REASONS: [CloseReason; 16] = [
     CloseReason::TooBig,
     CloseReason::UnsupportedFormat,
     CloseReason::StoreUnavailable,
+    CloseReason::ProtocolError,
+    CloseReason::InvalidUtf8,
 ];
 
 /// Lowest and highest status code counted per route; others count as 599.
