@@ -9,6 +9,9 @@
 //! - a caller whose socket stops reading is closed, logged and counted as `stalled` within
 //!   `WS_WRITE_TIMEOUT` plus the few seconds of audio the server's kernel may hold (and what
 //!   the caller's own receive buffer takes) — not the minutes an autotuned send buffer absorbed;
+//! - a caller that echoed marks (as Twilio does) and then stops reading, on a socket whose
+//!   kernel buffers are left to autotune, is closed as `stalled` once its echoes have stopped
+//!   for `WS_WRITE_TIMEOUT` + 5 s, by that sign (`sign="mark echoes stopped"`);
 //! - a caller that reads slowly, with pauses longer than what the kernel holds but shorter
 //!   than `WS_WRITE_TIMEOUT`, is never cut.
 //!
@@ -474,5 +477,95 @@ async fn a_caller_that_reads_slowly_but_keeps_up_is_never_cut() {
         metric(&server, "handset_calls_ended_total{reason=\"stalled\"}").await,
         0.0
     );
+    server.stop().await;
+}
+
+/// A caller that plays the agent's audio and echoes its marks, as Twilio does, and then stops
+/// reading, on a socket left to the kernel's defaults (its receive buffer autotuned while it
+/// read fast): no write of the server's waits yet, since that buffer takes megabytes, but
+/// the mark echoes stop, and the server closes the stream as stalled within
+/// `WS_WRITE_TIMEOUT` plus the mark-echo grace (5 s), logged, counted and released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_whose_mark_echoes_stop_is_closed_whatever_its_buffers_hold() {
+    let logs = Logs::capture();
+    let agent = talkative_agent().await;
+    let server =
+        TestServer::start(&[("AGENT_URL", agent.as_str()), ("WS_WRITE_TIMEOUT", "2")]).await;
+    let n = 400;
+    let ws = open_call(&server, n).await;
+    let (sink, mut stream) = ws.split();
+    let sid = stream_sid(n);
+    // Read everything and echo each mark for 3 s, then stop reading (the socket stays open).
+    let echoer = tokio::spawn(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let echo_sid = sid.clone();
+        let mut sink = sink;
+        let sender = tokio::spawn(async move {
+            let payload = silence_payload();
+            let mut interval = tokio::time::interval(Duration::from_millis(20));
+            let mut chunk = 0u64;
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {
+                        if sink.send(media(&echo_sid, chunk, &payload)).await.is_err() {
+                            return;
+                        }
+                        chunk += 1;
+                    }
+                    Some(name) = rx.recv() => {
+                        let echo = serde_json::json!({"event": "mark", "streamSid": echo_sid,
+                            "mark": {"name": name}});
+                        if sink.send(Message::text(echo.to_string())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut echoed = 0u64;
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, stream.next()).await {
+            if let Message::Text(text) = msg {
+                let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if value["event"] == "mark" {
+                    tx.send(value["mark"]["name"].as_str().unwrap().to_owned())
+                        .unwrap();
+                    echoed += 1;
+                }
+            }
+        }
+        // Keep the unread stream (and the talking sender) alive: the socket stays open.
+        (echoed, stream, sender, tx)
+    });
+    let (echoed, unread, _sender, _tx) = echoer.await.unwrap();
+    let stopped_reading = Instant::now();
+    assert!(
+        echoed > 5,
+        "the caller echoed marks while it read ({echoed})"
+    );
+
+    let stall = logs
+        .wait_for("WS peer stopped reading: closing", &call_sid(n), PATIENCE)
+        .await;
+    assert_eq!(stall.len(), 1, "the stall is noticed and logged once");
+    assert_eq!(stall[0]["sign"], "mark echoes stopped", "{}", stall[0]);
+    eprintln!(
+        "a caller whose mark echoes stopped was noticed {:.1} s after it stopped reading \
+         (WS_WRITE_TIMEOUT 2 s + 5 s grace)",
+        stopped_reading.elapsed().as_secs_f64()
+    );
+    assert!(
+        !logs
+            .wait_for("WS stop", &call_sid(n), PATIENCE)
+            .await
+            .is_empty(),
+        "the call's WS stop line"
+    );
+    assert_eq!(server.wait_idle(PATIENCE).await, 0, "the call is released");
+    assert_eq!(
+        metric(&server, "handset_calls_ended_total{reason=\"stalled\"}").await,
+        1.0
+    );
+    drop(unread);
     server.stop().await;
 }

@@ -24,6 +24,7 @@
 //! (see [`CloseReason`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -89,6 +90,11 @@ const WRITE_BATCH: usize = 16;
 /// Socket bytes a writer gathers before tungstenite writes them; a batch is flushed at once
 /// anyway, so this only lets the messages of one batch share a write.
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+/// How much longer than `WS_WRITE_TIMEOUT` a peer that echoes marks may leave the marks sent
+/// to it unechoed before it counts as stalled (Twilio echoes a mark when the audio before it
+/// has played, and Handset sends audio in real time, so a healthy echo takes a round trip
+/// plus Twilio's ~100 ms of buffered audio).
+const MARK_ECHO_GRACE: Duration = Duration::from_secs(5);
 /// How often the writer logs a `MEDIA_TX` summary while sending.
 const MEDIA_TX_EVERY: Duration = Duration::from_secs(5);
 
@@ -515,6 +521,8 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     // What this stream's counters have added to the shell's metrics so far.
     let mut published = StreamCounters::default();
     let stop_reason = control.clone();
+    // Mark echoes the reader has seen: the writer's sign that the peer still reads.
+    let echoes = Arc::new(AtomicU64::new(0));
     let mut writer = tokio::spawn(write_loop(
         sink,
         out_rx,
@@ -526,6 +534,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
             recorded,
             control,
             closing: closing_tx,
+            echoes: Arc::clone(&echoes),
         },
         Arc::clone(&state),
     ));
@@ -564,7 +573,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
                         if (counters.messages + counters.binary) % PUBLISH_EVERY_MESSAGES == 0 {
                             state.metrics.publish_stream(&counters, &mut published);
                         }
-                        if on_text(&text, now, &meta.stream_sid, &mut handle, &mut counters) {
+                        if on_text(&text, now, &meta.stream_sid, &mut handle, &mut counters, &echoes) {
                             // Twilio's `stop`: the call ended, or moved on (our handover).
                             reason = Some(if handing_over {
                                 CloseReason::GoingAway
@@ -655,6 +664,7 @@ fn on_text(
     stream_sid: &str,
     handle: &mut CallHandle,
     counters: &mut StreamCounters,
+    echoes: &AtomicU64,
 ) -> bool {
     match media_stream::parse(text) {
         Ok(Inbound::Media {
@@ -674,6 +684,7 @@ fn on_text(
             if sid != stream_sid {
                 counters.wrong_stream += 1;
             } else if let Some(mark) = parse_mark_name(&name) {
+                echoes.fetch_add(1, Ordering::Relaxed);
                 handle.send(Control::MarkEcho(now, mark));
             } else {
                 counters.unknown_marks += 1;
@@ -808,6 +819,49 @@ struct WriterCall {
     control: Option<Arc<crate::agent::remote::Shared>>,
     /// Tells the reader that the writer closes the stream itself, so it stops the call.
     closing: tokio::sync::oneshot::Sender<()>,
+    /// Mark echoes the reader has seen.
+    echoes: Arc<AtomicU64>,
+}
+
+/// The writer's view of the peer's mark echoes: whether marks it wrote have gone unechoed
+/// for too long, from a peer that has shown it echoes them.
+///
+/// A peer that stops reading is seen by the server's socket only once every kernel buffer
+/// between the two is full, and the peer's receive buffer is the peer's: a Linux receiver
+/// that was reading fast has autotuned it to megabytes, minutes of audio. Twilio echoes every
+/// mark once the audio before it has played, and the engine sends one every 100 ms of
+/// playback, so echoes that stop while marks go out say the peer stopped reading, whatever
+/// the buffers hold. A peer that never echoed a mark (a client that ignores marks) is judged
+/// by the write deadline alone.
+#[derive(Debug, Default)]
+struct MarkWatch {
+    /// Marks written.
+    written: u64,
+    /// Echoes seen, as of the last check.
+    echoed: u64,
+    /// Since when a written mark has waited with no echo arriving.
+    since: Option<Instant>,
+}
+
+impl MarkWatch {
+    /// A mark was written at `at`.
+    fn wrote(&mut self, at: Instant) {
+        if self.written <= self.echoed {
+            self.since = Some(at);
+        }
+        self.written += 1;
+    }
+
+    /// Takes the reader's echo count at `now`; returns how long marks have waited unechoed
+    /// when that is over `limit` from a peer that echoes marks.
+    fn overdue(&mut self, echoed: u64, now: Instant, limit: Duration) -> Option<Duration> {
+        if echoed != self.echoed {
+            self.echoed = echoed;
+            self.since = (self.written > echoed).then_some(now);
+        }
+        let waited = now.saturating_duration_since(self.since?);
+        (self.echoed > 0 && waited > limit).then_some(waited)
+    }
 }
 
 /// A stream refused after its `start`: the call it belongs to and why.
@@ -896,6 +950,10 @@ struct WriterState {
     ended: bool,
     frames_total: u64,
     frames_window: u64,
+    /// Marks written and echoed.
+    marks: MarkWatch,
+    /// When the message that started the current batch was queued.
+    batch_at: Instant,
 }
 
 impl WriterState {
@@ -908,7 +966,10 @@ impl WriterState {
                 self.frames_window += 1;
                 self.writer.media(&frame)
             }
-            Outbound::Mark(mark) => self.writer.mark(&mark_name(mark)),
+            Outbound::Mark(mark) => {
+                self.marks.wrote(self.batch_at);
+                self.writer.mark(&mark_name(mark))
+            }
             Outbound::Clear => self.writer.clear(),
             Outbound::Event(event) => {
                 log_event(id, info, &event);
@@ -983,8 +1044,8 @@ impl WriterState {
 /// ([`MEDIA_SEND_BUFFER_BYTES`], about 4 s of audio), so a peer that stops reading shows
 /// after those seconds of audio, what its own kernel took in, and the timeout — not the
 /// minutes an autotuned send buffer absorbed. (The peer's receive buffer is the peer's: a
-/// Linux receiver that is not read can keep growing it, and only an application-level sign,
-/// such as Twilio's mark echoes drying up, could see through that.) A peer that keeps up
+/// Linux receiver that is not read can keep growing it; [`MarkWatch`] sees through that for a
+/// peer that echoes marks.) A peer that keeps up
 /// with real time never waits, whatever its round trip, and a pause in its reading is
 /// forgiven up to the timeout on top of what the kernels hold. The deadline costs one clock
 /// read per message on the engine thread and one timer per batch here, which tokio registers
@@ -1003,6 +1064,7 @@ async fn write_loop(
         recorded,
         control,
         closing,
+        echoes,
     } = call;
     let write_timeout = state.config.ws_write_timeout;
     let metrics = &state.metrics;
@@ -1015,7 +1077,10 @@ async fn write_loop(
         ended: false,
         frames_total: 0,
         frames_window: 0,
+        marks: MarkWatch::default(),
+        batch_at: crate::clock::now(),
     };
+    let echo_limit = write_timeout + MARK_ECHO_GRACE;
     let mut summary = tokio::time::interval(MEDIA_TX_EVERY);
     summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     summary.tick().await;
@@ -1024,6 +1089,12 @@ async fn write_loop(
         tokio::select! {
             msg = out.recv() => {
                 let Some((queued_at, msg)) = msg else { break };
+                if let Some(waited) = ws.marks.overdue(echoes.load(Ordering::Relaxed), queued_at, echo_limit) {
+                    tracing::warn!(id, call_sid = %ws.info.call_sid, waited_ms = waited.as_millis() as u64, unechoed = ws.marks.written - ws.marks.echoed, sign = "mark echoes stopped", "WS peer stopped reading: closing");
+                    ws.close_reason = Some(CloseReason::Stalled);
+                    break;
+                }
+                ws.batch_at = queued_at;
                 let deadline = tokio::time::Instant::from_std(queued_at) + write_timeout;
                 let mut stop = false;
                 let mut fed = 0;
@@ -1059,7 +1130,7 @@ async fn write_loop(
                     }
                     Ok(Err(_)) => break,
                     Err(_) => {
-                        tracing::warn!(id, call_sid = %ws.info.call_sid, waited_ms = write_timeout.as_millis() as u64, "WS peer stopped reading: closing");
+                        tracing::warn!(id, call_sid = %ws.info.call_sid, waited_ms = write_timeout.as_millis() as u64, sign = "write deadline", "WS peer stopped reading: closing");
                         ws.close_reason = Some(CloseReason::Stalled);
                         break;
                     }
@@ -1244,6 +1315,40 @@ pub type Draining = watch::Sender<bool>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Marks unechoed past the limit are overdue only from a peer that has echoed before; an
+    /// echo, or every mark echoed, resets the wait.
+    #[test]
+    fn mark_echoes_that_stop_make_the_peer_overdue() {
+        let t0 = crate::clock::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let limit = Duration::from_secs(7);
+        // A peer that never echoes is never judged by marks.
+        let mut silent = MarkWatch::default();
+        for i in 0..200 {
+            silent.wrote(at(i * 100));
+        }
+        assert_eq!(silent.overdue(0, at(60_000), limit), None);
+        // A peer that echoes: fine while echoes come, overdue once they stop.
+        let mut watch = MarkWatch::default();
+        watch.wrote(at(0));
+        watch.wrote(at(100));
+        assert_eq!(watch.overdue(1, at(150), limit), None);
+        assert_eq!(watch.overdue(2, at(250), limit), None);
+        // Nothing outstanding: no wait, however long the silence.
+        assert_eq!(watch.overdue(2, at(60_000), limit), None);
+        watch.wrote(at(60_000));
+        watch.wrote(at(60_100));
+        assert_eq!(watch.overdue(2, at(67_000), limit), None);
+        assert_eq!(
+            watch.overdue(2, at(67_001), limit),
+            Some(Duration::from_millis(7_001))
+        );
+        // A late echo restarts the wait from when it was seen.
+        assert_eq!(watch.overdue(3, at(67_100), limit), None);
+        assert_eq!(watch.overdue(3, at(74_000), limit), None);
+        assert!(watch.overdue(3, at(74_101), limit).is_some());
+    }
 
     #[test]
     fn mark_names_round_trip() {
