@@ -595,6 +595,26 @@ fn signed_voice(url: &str, key: &str) -> (String, String) {
     (body, sig)
 }
 
+/// The voice webhook POST of `params`, signed over `url` with the server's key, as raw bytes.
+fn signed_voice_post(
+    server: &TestServer,
+    url: &str,
+    params: Vec<(&'static str, String)>,
+) -> Vec<u8> {
+    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().copied())
+        .finish();
+    let sig = twilio_sign(TOKEN, url, &pairs);
+    raw_post(
+        server,
+        "/webhook/incoming_call",
+        "application/x-www-form-urlencoded",
+        body.as_bytes(),
+        &sig,
+    )
+}
+
 async fn http(server: &TestServer, request: &[u8]) -> Observed {
     let raw = raw_exchange(server.addr, request, PATIENCE).await;
     Observed {
@@ -1031,19 +1051,7 @@ async fn run_case(server: &TestServer, input: Input, n: u32) -> Observed {
             finish_continuing(ws, n).await
         }
         Input::ReplayedVoiceWebhook => {
-            let params = support::voice_params(n);
-            let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let body = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(pairs.iter().copied())
-                .finish();
-            let sig = twilio_sign(TOKEN, &voice, &pairs);
-            let req = raw_post(
-                server,
-                "/webhook/incoming_call",
-                "application/x-www-form-urlencoded",
-                body.as_bytes(),
-                &sig,
-            );
+            let req = signed_voice_post(server, &voice, support::voice_params(n));
             let genuine = http(server, &req).await;
             assert_eq!(genuine.status, 200, "the genuine webhook is answered");
             http(server, &req).await
@@ -1055,19 +1063,7 @@ async fn run_case(server: &TestServer, input: Input, n: u32) -> Observed {
                     v.push_str("\n1999-01-01T00:00:00Z  INFO forged");
                 }
             }
-            let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let body = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(pairs.iter().copied())
-                .finish();
-            let sig = twilio_sign(TOKEN, &voice, &pairs);
-            let req = raw_post(
-                server,
-                "/webhook/incoming_call",
-                "application/x-www-form-urlencoded",
-                body.as_bytes(),
-                &sig,
-            );
-            http(server, &req).await
+            http(server, &signed_voice_post(server, &voice, params)).await
         }
         Input::StartCallSidNotTwilios => {
             let target = stream_target(server, n).await;

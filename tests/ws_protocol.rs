@@ -314,6 +314,31 @@ async fn talkative_agent() -> String {
     url
 }
 
+/// Waits for call `n` to be closed as stalled: logged once (the line is returned), its `WS
+/// stop` line written, released, and counted in `calls_ended` and `ws_closes`.
+async fn closed_as_stalled(logs: &Logs, server: &TestServer, n: u32) -> serde_json::Value {
+    let stall = logs
+        .wait_for("WS peer stopped reading: closing", &call_sid(n), PATIENCE)
+        .await;
+    assert_eq!(stall.len(), 1, "the stall is noticed and logged once");
+    assert!(
+        !logs
+            .wait_for("WS stop", &call_sid(n), PATIENCE)
+            .await
+            .is_empty(),
+        "the call's WS stop line"
+    );
+    assert_eq!(server.wait_idle(PATIENCE).await, 0, "the call is released");
+    for counter in ["handset_calls_ended_total", "handset_ws_closes_total"] {
+        assert_eq!(
+            metric(server, &format!("{counter}{{reason=\"stalled\"}}")).await,
+            1.0,
+            "{counter}"
+        );
+    }
+    stall[0].clone()
+}
+
 /// Sends `media` silence for `sid` in real time until told to stop (or the socket fails).
 fn caller_talks(
     mut sink: futures_util::stream::SplitSink<Ws, Message>,
@@ -369,30 +394,12 @@ async fn a_caller_that_stops_reading_is_closed_logged_and_counted() {
     let (sink, unread) = ws.split();
     let _talking = caller_talks(sink, stream_sid(n));
 
-    let stall = logs
-        .wait_for("WS peer stopped reading: closing", &call_sid(n), PATIENCE)
-        .await;
-    assert_eq!(stall.len(), 1, "the stall is noticed and logged once");
+    let stall = closed_as_stalled(&logs, &server, n).await;
     eprintln!(
         "stalled reader noticed {:.1} s after it stopped reading (WS_WRITE_TIMEOUT 2 s)",
         stopped_reading.elapsed().as_secs_f64()
     );
-    assert!(
-        !logs
-            .wait_for("WS stop", &call_sid(n), PATIENCE)
-            .await
-            .is_empty(),
-        "the call's WS stop line"
-    );
-    assert_eq!(server.wait_idle(PATIENCE).await, 0, "the call is released");
-    assert_eq!(
-        metric(&server, "handset_calls_ended_total{reason=\"stalled\"}").await,
-        1.0
-    );
-    assert_eq!(
-        metric(&server, "handset_ws_closes_total{reason=\"stalled\"}").await,
-        1.0
-    );
+    assert_eq!(stall["sign"], "write deadline", "{stall}");
     // The server lets go of the connection: reading now finds its end.
     let mut unread = unread;
     let ended = tokio::time::timeout(PATIENCE, async {
@@ -544,28 +551,13 @@ async fn a_caller_whose_mark_echoes_stop_is_closed_whatever_its_buffers_hold() {
         "the caller echoed marks while it read ({echoed})"
     );
 
-    let stall = logs
-        .wait_for("WS peer stopped reading: closing", &call_sid(n), PATIENCE)
-        .await;
-    assert_eq!(stall.len(), 1, "the stall is noticed and logged once");
-    assert_eq!(stall[0]["sign"], "mark echoes stopped", "{}", stall[0]);
+    let stall = closed_as_stalled(&logs, &server, n).await;
     eprintln!(
         "a caller whose mark echoes stopped was noticed {:.1} s after it stopped reading \
          (WS_WRITE_TIMEOUT 2 s + 5 s grace)",
         stopped_reading.elapsed().as_secs_f64()
     );
-    assert!(
-        !logs
-            .wait_for("WS stop", &call_sid(n), PATIENCE)
-            .await
-            .is_empty(),
-        "the call's WS stop line"
-    );
-    assert_eq!(server.wait_idle(PATIENCE).await, 0, "the call is released");
-    assert_eq!(
-        metric(&server, "handset_calls_ended_total{reason=\"stalled\"}").await,
-        1.0
-    );
+    assert_eq!(stall["sign"], "mark echoes stopped", "{stall}");
     drop(unread);
     server.stop().await;
 }

@@ -93,6 +93,33 @@ fn server_answers_healthz_and_stops_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Polls the log file at `path` until it contains `needle`; panics past `deadline`.
+#[cfg(unix)]
+// A test of the whole process: it polls the log file with a wall-clock bound.
+#[allow(clippy::disallowed_methods)]
+fn wait_for_log(path: &std::path::Path, needle: &str, deadline: std::time::Instant) {
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never logged {needle:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGTERM and expects a clean exit.
+fn stop_with_sigterm(child: &mut std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+}
+
 /// Runs the server with its stderr going to a file, as `handset serve 2>file` does, until it
 /// has logged that it listens; stops it with SIGTERM and returns the whole log.
 #[cfg(unix)]
@@ -115,22 +142,8 @@ fn text_log_into_a_file(log_color: Option<&str>) -> Vec<u8> {
     }
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .contains("handset listening")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the server never logged that it listens"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success());
+    wait_for_log(&log_path, "handset listening", deadline);
+    stop_with_sigterm(&mut child);
     let bytes = std::fs::read(&log_path).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     bytes
@@ -260,22 +273,8 @@ fn network_input_cannot_forge_a_log_line() {
     drop(ws);
 
     // Both refusals are logged before SIGTERM is sent.
-    while !std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .contains("WS start refused")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the refused start was never logged"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success());
+    wait_for_log(&log_path, "WS start refused", deadline);
+    stop_with_sigterm(&mut child);
     let log = std::fs::read_to_string(&log_path).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
