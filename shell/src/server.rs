@@ -3,7 +3,18 @@
 //! [`serve`] takes a bound listener, the shared [`AppState`] and a shutdown future. Each accepted
 //! TCP connection gets a task running hyper's HTTP/1.1 server with upgrades enabled (the Media
 //! Streams WebSocket is an upgrade) and a header read timeout (`HEADER_READ_TIMEOUT`: a client
-//! that dribbles its request line and headers is disconnected without an answer).
+//! that dribbles its request line and headers is disconnected without an answer). The task
+//! waits for the connection's first byte before it builds hyper's connection, so an idle
+//! connection holds a few hundred bytes rather than hyper's buffers (16 KiB).
+//!
+//! At most `MAX_CONNECTIONS` ([`Config::max_connections`](crate::config::Config::max_connections))
+//! are open at once, counted from accept until the socket closes (an upgraded media stream
+//! counts until it ends). Beyond that a new connection is accepted, sent a bare 503 with one
+//! non-blocking write, and closed: the listener's backlog keeps moving, so a healthy client
+//! is refused at once instead of waiting behind a flood, and the refusal costs one descriptor
+//! for a moment. Refusals and accept errors are counted in `/metrics` and logged at most once
+//! every [`LOG_EVERY`]; an accept error (out of descriptors) pauses the loop for
+//! [`ACCEPT_BACKOFF`] instead of spinning.
 //!
 //! Shutdown is a drain, for rolling deploys: when the shutdown future completes the server
 //! keeps accepting and answering HTTP, but `/readyz` answers 503 (the load balancer stops
@@ -15,14 +26,19 @@
 //! finish its in-flight request; `serve` returns when they have (or after a short grace).
 
 use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use handset_engine::driver::{Engine, EngineConfig, StartError, SystemClock};
@@ -219,6 +235,10 @@ pub async fn serve(
         .header_read_timeout(state.config.header_read_timeout)
         .keep_alive(true);
     let builder = Arc::new(builder);
+    let max_connections = state.config.max_connections as u64;
+    let refusal = refusal(&state.config.instance_id);
+    let mut refusals = Throttle::default();
+    let mut accept_errors = Throttle::default();
     tokio::pin!(shutdown);
 
     // Until `shutdown`: serve. Then drain: keep serving HTTP (`/readyz` answers 503, Twilio's
@@ -231,10 +251,32 @@ pub async fn serve(
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if state.metrics.open_connections() >= max_connections => {
+                    refuse(stream, &refusal);
+                    state.metrics.connection_refused();
+                    if let Some(more) = refusals.note() {
+                        tracing::warn!(
+                            max_connections,
+                            refused_since_last_line = more,
+                            "refusing connections: MAX_CONNECTIONS are open (answered 503)"
+                        );
+                    }
+                    continue;
+                }
                 Ok(pair) => pair,
+                // The peer gave up before its connection was accepted: nothing to do.
+                Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    state.metrics.accept_error();
+                    if let Some(more) = accept_errors.note() {
+                        tracing::warn!(
+                            error = %e,
+                            failed_since_last_line = more,
+                            open_connections = state.metrics.open_connections(),
+                            "accept failed; pausing the accept loop"
+                        );
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
@@ -267,33 +309,16 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        let stream = CountedStream {
+            stream,
+            _guard: ConnectionGuard::new(state.metrics.clone()),
+        };
         let state = state.clone();
         let builder = builder.clone();
-        let mut notify = notify_rx.clone();
+        let notify = notify_rx.clone();
         let done = done_tx.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        crate::routes::handle(&state, req, peer).await,
-                    )
-                }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = notify.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            connection(state, &builder, stream, peer, notify).await;
             drop(done);
         });
     }
@@ -311,6 +336,188 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// Serves one connection: waits (at most `HEADER_READ_TIMEOUT`) for its first byte, then runs
+/// hyper on it with what is left of that timeout for the rest of the request head.
+async fn connection(
+    state: Arc<AppState>,
+    builder: &http1::Builder,
+    stream: CountedStream,
+    peer: SocketAddr,
+    mut notify: watch::Receiver<bool>,
+) {
+    let timeout = state.config.header_read_timeout;
+    let started = tokio::time::Instant::now();
+    tokio::select! {
+        ready = tokio::time::timeout(timeout, stream.stream.readable()) => {
+            if !matches!(ready, Ok(Ok(()))) {
+                // Nothing within the header timeout (or a socket error): closed without an
+                // answer, as hyper closes a slow request head.
+                return;
+            }
+        }
+        _ = notify.changed() => return,
+    }
+    let mut builder = builder.clone();
+    builder.header_read_timeout(
+        timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1)),
+    );
+    // Boxed: while the task waits above, it holds only this pointer's worth of hyper.
+    Box::pin(serve_http(state, &builder, stream, peer, notify)).await;
+}
+
+/// Runs hyper's HTTP/1.1 server (with upgrades) on one connection until it ends or, once the
+/// drain is over, its in-flight request is answered.
+async fn serve_http(
+    state: Arc<AppState>,
+    builder: &http1::Builder,
+    stream: CountedStream,
+    peer: SocketAddr,
+    mut notify: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(crate::routes::handle(&state, req, peer).await) }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = notify.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Counts one open connection in [`ShellMetrics`] until dropped.
+#[derive(Debug)]
+struct ConnectionGuard(Arc<ShellMetrics>);
+
+impl ConnectionGuard {
+    fn new(metrics: Arc<ShellMetrics>) -> Self {
+        metrics.connection_opened();
+        Self(metrics)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
+}
+
+/// A client's TCP stream with its [`ConnectionGuard`]. hyper owns it while it serves HTTP and
+/// hands it to the media stream on an upgrade, so the connection is counted exactly as long as
+/// its socket is open, whichever task ends it.
+#[derive(Debug)]
+struct CountedStream {
+    stream: TcpStream,
+    _guard: ConnectionGuard,
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The answer to a connection beyond `MAX_CONNECTIONS`, built once.
+fn refusal(instance_id: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\nretry-after: 1\r\nx-handset-instance: {instance_id}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Refuses a connection: one non-blocking write of `answer` (a fresh socket's send buffer
+/// takes it whole; if not, the peer gets less), then close. Never waits on the peer, and reads
+/// nothing: a request already sent makes the close a reset.
+fn refuse(stream: TcpStream, answer: &[u8]) {
+    // Out of the reactor, still non-blocking: a write straight to the socket.
+    if let Ok(stream) = stream.into_std() {
+        let _ = (&stream).write(answer);
+    }
+}
+
+/// Accept errors that concern one connection that is already gone, not the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted
+    )
+}
+
+/// Rate-limits one kind of log line: the first event logs, then at most one line per
+/// [`LOG_EVERY`], saying how many events it stands for.
+#[derive(Debug, Default)]
+struct Throttle {
+    next: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+impl Throttle {
+    /// Notes an event; `Some(n)` when a line should be logged now (`n` events since the last
+    /// line, this one included).
+    fn note(&mut self) -> Option<u64> {
+        self.since += 1;
+        let now = tokio::time::Instant::now();
+        if self.next.is_some_and(|next| now < next) {
+            return None;
+        }
+        self.next = Some(now + LOG_EVERY);
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
+/// Refusals and accept errors are logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How long the accept loop pauses after an accept error (out of descriptors), so it neither
+/// spins nor floods the log while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How often a draining server checks whether its last call has ended.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
