@@ -368,8 +368,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     let listen = config.listen;
     let (state, startup) = AppState::new(config).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = handset_shell::server::listen(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     let config = &state.config;

@@ -14,7 +14,13 @@
 //! is refused at once instead of waiting behind a flood, and the refusal costs one descriptor
 //! for a moment. Refusals and accept errors are counted in `/metrics` and logged at most once
 //! every [`LOG_EVERY`]; an accept error (out of descriptors) pauses the loop for
-//! [`ACCEPT_BACKOFF`] instead of spinning.
+//! [`ACCEPT_BACKOFF`] instead of spinning. [`listen`] asks for a backlog of
+//! [`LISTEN_BACKLOG`], so a burst waits in the kernel rather than having its SYNs dropped.
+//!
+//! After a flood, glibc's malloc would keep the freed buffers of thousands of connections
+//! (RSS stayed near its peak). Every [`MEMORY_CHECK`] the accept loop looks whether
+//! [`RELEASE_AFTER_CLOSED`] connections have closed since the high-water mark, and if so has
+//! `malloc_trim` hand the free memory back.
 //!
 //! Shutdown is a drain, for rolling deploys: when the shutdown future completes the server
 //! keeps accepting and answering HTTP, but `/readyz` answers 503 (the load balancer stops
@@ -218,6 +224,23 @@ impl AppState {
     }
 }
 
+/// Binds `addr` with a listen backlog of [`LISTEN_BACKLOG`] (tokio's `TcpListener::bind` uses
+/// 128), so a burst of new connections waits in the kernel's queue for the accept loop instead
+/// of having its SYNs dropped and retried a second or more later.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As tokio's bind does: a restarted server can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The listen backlog [`listen`] asks for (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Serves HTTP on `listener` until `shutdown` completes, then drains open connections.
 ///
 /// Accept errors (e.g. too many open files) are logged and retried after a short pause; they
@@ -248,6 +271,9 @@ pub async fn serve(
     // Made once, so a steady stream of new connections cannot keep resetting it.
     let mut drain_poll = tokio::time::interval(DRAIN_POLL);
     drain_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut memory_check = tokio::time::interval(MEMORY_CHECK);
+    memory_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut after_flood = AfterFlood::default();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -307,7 +333,20 @@ pub async fn serve(
                 }
                 continue;
             }
+            _ = memory_check.tick() => {
+                let open = state.metrics.open_connections();
+                if let Some(high_water) = after_flood.closed_enough(open) {
+                    tracing::info!(
+                        from = high_water,
+                        to = open,
+                        "open connections fell: returning freed memory to the system"
+                    );
+                    tokio::task::spawn_blocking(release_freed_memory);
+                }
+                continue;
+            }
         };
+        after_flood.admitted(state.metrics.open_connections() + 1);
         let _ = stream.set_nodelay(true);
         let stream = CountedStream {
             stream,
@@ -348,11 +387,14 @@ async fn connection(
 ) {
     let timeout = state.config.header_read_timeout;
     let started = tokio::time::Instant::now();
+    // `peek`, not `readable`: a freshly accepted stream reports itself readable once before
+    // anything has arrived, and `peek` goes back to waiting when the socket says it is empty.
+    let mut first = [0u8; 1];
     tokio::select! {
-        ready = tokio::time::timeout(timeout, stream.stream.readable()) => {
-            if !matches!(ready, Ok(Ok(()))) {
-                // Nothing within the header timeout (or a socket error): closed without an
-                // answer, as hyper closes a slow request head.
+        peeked = tokio::time::timeout(timeout, stream.stream.peek(&mut first)) => {
+            if !matches!(peeked, Ok(Ok(1..))) {
+                // Nothing within the header timeout, the client closed, or a socket error:
+                // closed without an answer, as hyper closes a slow request head.
                 return;
             }
         }
@@ -379,7 +421,11 @@ async fn serve_http(
 ) {
     let service = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(crate::routes::handle(&state, req, peer).await) }
+        // Boxed: hyper keeps the handler's future inside the connection, so unboxed its size
+        // (several KiB) would be held by every open connection, even between requests.
+        Box::pin(async move {
+            Ok::<_, std::convert::Infallible>(crate::routes::handle(&state, req, peer).await)
+        })
     });
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
@@ -512,6 +558,50 @@ impl Throttle {
     }
 }
 
+/// The high-water mark of open connections since memory was last released.
+#[derive(Debug, Default)]
+struct AfterFlood {
+    high_water: u64,
+}
+
+impl AfterFlood {
+    /// Notes that `open` connections are open after an accept.
+    fn admitted(&mut self, open: u64) {
+        self.high_water = self.high_water.max(open);
+    }
+
+    /// `Some(high-water mark)` when at least [`RELEASE_AFTER_CLOSED`] connections have closed
+    /// since it was reached (the mark then starts again from `open`).
+    fn closed_enough(&mut self, open: u64) -> Option<u64> {
+        let high_water = self.high_water;
+        if high_water.saturating_sub(open) < RELEASE_AFTER_CLOSED {
+            return None;
+        }
+        self.high_water = open;
+        Some(high_water)
+    }
+}
+
+/// Hands memory that is free but still held by the allocator back to the system. glibc's malloc
+/// keeps freed memory inside its heaps (only the top of a heap is trimmed by itself), so after
+/// thousands of connections closed, the process would stay at its flood size. Elsewhere a
+/// no-op.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heaps under their locks and madvises free
+    // pages; it takes no pointer and touches no memory that is in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// How often the accept loop checks whether connections have fallen enough to release memory.
+const MEMORY_CHECK: Duration = Duration::from_secs(10);
+
+/// Connections that must have closed since the high-water mark before freed memory is released:
+/// an HTTP connection holds about 15 KiB, so this is some 15 MiB.
+const RELEASE_AFTER_CLOSED: u64 = 1_000;
+
 /// Refusals and accept errors are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -524,3 +614,24 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// How long open HTTP connections get to finish their request once the drain is over.
 const CONNECTION_GRACE: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_released_once_enough_connections_closed_since_the_high_water_mark() {
+        let mut flood = AfterFlood::default();
+        assert_eq!(flood.closed_enough(0), None);
+        for open in 1..=1_500 {
+            flood.admitted(open);
+        }
+        assert_eq!(flood.closed_enough(1_000), None, "only 500 closed");
+        assert_eq!(flood.closed_enough(400), Some(1_500), "1,100 closed");
+        // The mark starts again from what is open: a slow decline counts from there.
+        assert_eq!(flood.closed_enough(0), None);
+        flood.admitted(1_200);
+        assert_eq!(flood.closed_enough(200), Some(1_200));
+        assert_eq!(flood.closed_enough(200), None);
+    }
+}
