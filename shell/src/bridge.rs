@@ -262,15 +262,17 @@ pub fn upgrade(
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                // The server serves plain TCP (`server::serve`); the socket itself is needed to
-                // bound its send buffer. Bytes hyper read past the handshake go first.
-                let Ok(parts) = upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() else {
-                    tracing::error!(id, "WS upgrade: the connection is not a TCP stream");
+                // The server serves plain TCP, each connection counted (`server::serve`); the
+                // socket itself is needed to bound its send buffer. The counted stream moves
+                // into the WebSocket, so the connection stays counted until its socket closes.
+                // Bytes hyper read past the handshake go first.
+                let Ok(parts) = upgraded.downcast::<TokioIo<crate::server::CountedStream>>() else {
+                    tracing::error!(id, "WS upgrade: the connection is not a counted TCP stream");
                     return;
                 };
                 let tcp = parts.io.into_inner();
                 if let Err(e) =
-                    socket2::SockRef::from(&tcp).set_send_buffer_size(MEDIA_SEND_BUFFER_BYTES)
+                    socket2::SockRef::from(tcp.tcp()).set_send_buffer_size(MEDIA_SEND_BUFFER_BYTES)
                 {
                     tracing::warn!(id, error = %e, "WS send buffer not bounded");
                 }
@@ -384,7 +386,7 @@ pub fn parse_mark_name(name: &str) -> Option<MarkId> {
     }
 }
 
-type WsStream = WebSocketStream<tokio::net::TcpStream>;
+type WsStream = WebSocketStream<crate::server::CountedStream>;
 
 /// Runs one media stream to its end.
 async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {

@@ -212,6 +212,10 @@ pub struct Config {
     pub max_calls: usize,
     /// `BUSY_PROMPT`: spoken when `MAX_CALLS` is reached.
     pub busy_prompt: String,
+    /// `MAX_CONNECTIONS` (1–1000000): most open client connections (HTTP, and the media
+    /// streams upgraded from them). Beyond it a new connection gets a bare 503 and is closed.
+    /// Unset: derived from the open-files limit ([`derived_max_connections`]).
+    pub max_connections: usize,
     /// `TRACE_DIR`: where per-call timelines are written (`<CallSid>.json`, Chrome trace format;
     /// render with `handset trace FILE`). Unset: tracing off.
     pub trace_dir: Option<PathBuf>,
@@ -400,6 +404,7 @@ impl Default for Config {
             max_calls: 0,
             busy_prompt: "Sorry, all our lines are busy. Please call again in a few minutes."
                 .to_owned(),
+            max_connections: MAX_CONNECTIONS_CEILING,
             trace_dir: None,
             trace_sample: 0.0,
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
@@ -607,6 +612,111 @@ pub enum ConfigError {
         "CONTROL_TOKEN is set but empty: unset it to turn POST /calls off, or set the bearer token callers send"
     )]
     EmptyControlToken,
+    /// `MAX_CONNECTIONS` leaves no room beside `MAX_CALLS` media streams.
+    #[error(
+        "MAX_CONNECTIONS ({max_connections}) must be at least MAX_CALLS + {CONNECTIONS_BESIDE_CALLS} ({needed}): every call holds a connection for its media stream, and webhooks, health checks and scrapes need more"
+    )]
+    ConnectionsBelowCalls {
+        /// `MAX_CONNECTIONS`.
+        max_connections: usize,
+        /// What `MAX_CALLS` needs.
+        needed: usize,
+    },
+    /// `MAX_CONNECTIONS` needs more open files than the process may have.
+    #[error(
+        "MAX_CONNECTIONS ({max_connections}) needs about {needed} open files (connections, agent sockets, the store, logs) but the open-files limit (RLIMIT_NOFILE) is {limit}: raise it (ulimit -n, systemd LimitNOFILE, the container's nofile ulimit) or lower MAX_CONNECTIONS"
+    )]
+    ConnectionsOverFileLimit {
+        /// `MAX_CONNECTIONS`.
+        max_connections: usize,
+        /// Open files needed.
+        needed: u64,
+        /// The soft `RLIMIT_NOFILE`.
+        limit: u64,
+    },
+    /// The open-files limit leaves too few connections (for `MAX_CALLS`, or at all).
+    #[error(
+        "the open-files limit (RLIMIT_NOFILE) is {limit}, which leaves {available} connections: at least {needed} are needed (MAX_CALLS + {CONNECTIONS_BESIDE_CALLS}); raise it (ulimit -n, systemd LimitNOFILE, the container's nofile ulimit) or lower MAX_CALLS"
+    )]
+    FileLimitTooLow {
+        /// The soft `RLIMIT_NOFILE`.
+        limit: u64,
+        /// Connections it leaves.
+        available: usize,
+        /// Connections needed.
+        needed: usize,
+    },
+}
+
+/// Connections kept beside `MAX_CALLS` media streams for webhooks, health checks and
+/// scrapes: `MAX_CONNECTIONS` is at least `MAX_CALLS` plus this.
+pub const CONNECTIONS_BESIDE_CALLS: usize = 32;
+
+/// Open files kept aside from connections: standard streams, the runtime's epoll and event
+/// descriptors, the listener, the REST client's pool, recording downloads (up to four at once,
+/// each a socket and a file), trace files being written, DNS lookups.
+pub const RESERVED_FILES: u64 = 64;
+
+/// Open files per store connection: an SQLite connection holds the database, its WAL and its
+/// shared-memory file (a PostgreSQL connection is one socket).
+pub const FILES_PER_STORE_CONNECTION: u64 = 3;
+
+/// The most connections the derived default allows, however high the open-files limit: what
+/// an instance needs is about one connection per call plus a few for webhooks, and every open
+/// connection costs memory.
+pub const MAX_CONNECTIONS_CEILING: usize = 10_000;
+
+/// The soft open-files limit of this process (`RLIMIT_NOFILE`); `None` when unlimited or
+/// unknown.
+pub fn open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rlimit::Resource::NOFILE
+            .get()
+            .ok()
+            .map(|(soft, _hard)| soft)
+            .filter(|&soft| soft != rlimit::INFINITY)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The default `MAX_CONNECTIONS` for an open-files `limit`: what is left after
+/// [`RESERVED_FILES`], the store's files and, with a remote agent, one upstream socket per
+/// call (`MAX_CALLS` of them, or one per connection when calls are not limited), at most
+/// [`MAX_CONNECTIONS_CEILING`] (or `MAX_CALLS` + [`CONNECTIONS_BESIDE_CALLS`] when that is more).
+pub fn derived_max_connections(config: &Config, limit: Option<u64>) -> usize {
+    let ceiling = MAX_CONNECTIONS_CEILING.max(config.max_calls + CONNECTIONS_BESIDE_CALLS);
+    let Some(limit) = limit else {
+        return ceiling;
+    };
+    let budget = limit.saturating_sub(fixed_files(config));
+    let connections = match (config.agent.is_some(), config.max_calls as u64) {
+        (false, _) => budget,
+        (true, 0) => budget / 2,
+        (true, calls) => budget.saturating_sub(calls),
+    };
+    usize::try_from(connections)
+        .unwrap_or(usize::MAX)
+        .min(ceiling)
+}
+
+/// Open files needed besides client connections and upstream agent sockets.
+fn fixed_files(config: &Config) -> u64 {
+    RESERVED_FILES + FILES_PER_STORE_CONNECTION * u64::from(config.database_max_connections)
+}
+
+/// Open files `max_connections` client connections need at most: the connections, one
+/// upstream socket per call with a remote agent, and the fixed share.
+fn files_needed(config: &Config, max_connections: usize) -> u64 {
+    let upstream = match (config.agent.is_some(), config.max_calls) {
+        (false, _) => 0,
+        (true, 0) => max_connections,
+        (true, calls) => calls.min(max_connections),
+    };
+    fixed_files(config) + max_connections as u64 + upstream as u64
 }
 
 /// Default `DRAIN_TIMEOUT`: 15 minutes, longer than most calls, so a rolling deploy lets
@@ -625,7 +735,20 @@ fn default_instance_id() -> String {
 impl Config {
     /// Builds and validates a configuration from `(name, value)` pairs. Later pairs override
     /// earlier ones with the same name; unknown names are ignored.
+    ///
+    /// The default `MAX_CONNECTIONS` is derived from this process's open-files limit as it is
+    /// now (`main` raises it to the hard limit first).
     pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        Self::from_vars_limited(vars, open_files_limit())
+    }
+
+    /// [`Self::from_vars`] for a given open-files limit (`None`: unlimited).
+    fn from_vars_limited<I, K, V>(vars: I, file_limit: Option<u64>) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<str>,
@@ -818,6 +941,8 @@ impl Config {
             Some(v) => Some(Secret::new(v.trim())),
             None => None,
         };
+        config.max_connections =
+            max_connections(&config, non_empty("MAX_CONNECTIONS"), file_limit)?;
         if config.control_token.is_some() {
             if config.public_url.is_none() {
                 return Err(ConfigError::Requires {
@@ -859,6 +984,45 @@ impl Config {
     pub fn signature_checks(&self) -> bool {
         self.auth_token.is_some()
     }
+}
+
+/// `MAX_CONNECTIONS` as given (checked against `MAX_CALLS` and the open-files limit), or
+/// derived from the limit.
+fn max_connections(
+    config: &Config,
+    value: Option<&str>,
+    file_limit: Option<u64>,
+) -> Result<usize, ConfigError> {
+    let needed = config.max_calls + CONNECTIONS_BESIDE_CALLS;
+    let Some(value) = value else {
+        let available = derived_max_connections(config, file_limit);
+        if available < needed {
+            return Err(ConfigError::FileLimitTooLow {
+                limit: file_limit.unwrap_or(u64::MAX),
+                available,
+                needed,
+            });
+        }
+        return Ok(available);
+    };
+    let max_connections = int_in("MAX_CONNECTIONS", value, 1, 1_000_000)? as usize;
+    if config.max_calls > 0 && max_connections < needed {
+        return Err(ConfigError::ConnectionsBelowCalls {
+            max_connections,
+            needed,
+        });
+    }
+    if let Some(limit) = file_limit {
+        let needed = files_needed(config, max_connections);
+        if needed > limit {
+            return Err(ConfigError::ConnectionsOverFileLimit {
+                max_connections,
+                needed,
+                limit,
+            });
+        }
+    }
+    Ok(max_connections)
 }
 
 /// Reads the `TWILIO_*` REST variables.
@@ -1582,6 +1746,104 @@ mod tests {
             from(&[("CONTROL_TOKEN", "")]).unwrap_err(),
             ConfigError::EmptyControlToken
         );
+    }
+
+    fn limited(pairs: &[(&str, &str)], files: Option<u64>) -> Result<Config, ConfigError> {
+        Config::from_vars_limited(pairs.iter().copied(), files)
+    }
+
+    #[test]
+    fn max_connections_default_is_what_the_open_files_limit_leaves() {
+        // 1024 − 64 reserved − 3 × 8 store connections.
+        assert_eq!(limited(&[], Some(1024)).unwrap().max_connections, 936);
+        let store = [("DATABASE_MAX_CONNECTIONS", "20")];
+        assert_eq!(limited(&store, Some(1024)).unwrap().max_connections, 900);
+        // A remote agent: one upstream socket per call, so half when calls are not limited,
+        // and MAX_CALLS fewer when they are.
+        let agent = [("AGENT_URL", "ws://127.0.0.1:9")];
+        assert_eq!(limited(&agent, Some(1024)).unwrap().max_connections, 468);
+        let agent_calls = [("AGENT_URL", "ws://127.0.0.1:9"), ("MAX_CALLS", "100")];
+        assert_eq!(
+            limited(&agent_calls, Some(1024)).unwrap().max_connections,
+            836
+        );
+        // However many files: at most the ceiling, or what MAX_CALLS needs when that is more.
+        for files in [None, Some(1_048_576)] {
+            assert_eq!(
+                limited(&[], files).unwrap().max_connections,
+                MAX_CONNECTIONS_CEILING
+            );
+        }
+        assert_eq!(
+            limited(&[("MAX_CALLS", "20000")], None)
+                .unwrap()
+                .max_connections,
+            20_032
+        );
+    }
+
+    #[test]
+    fn max_connections_is_checked_against_max_calls_and_the_open_files_limit() {
+        let c = limited(&[("MAX_CONNECTIONS", " 8 ")], Some(1024)).unwrap();
+        assert_eq!(c.max_connections, 8);
+        let c = limited(
+            &[("MAX_CALLS", "100"), ("MAX_CONNECTIONS", "132")],
+            Some(1024),
+        );
+        assert_eq!(c.unwrap().max_connections, 132);
+        for bad in ["0", "1000001", "many", "-1"] {
+            assert_eq!(
+                limited(&[("MAX_CONNECTIONS", bad)], Some(1024))
+                    .unwrap_err()
+                    .to_string(),
+                format!("MAX_CONNECTIONS must be an integer from 1 to 1000000: got {bad:?}")
+            );
+        }
+        assert_eq!(
+            limited(
+                &[("MAX_CALLS", "100"), ("MAX_CONNECTIONS", "100")],
+                Some(1024)
+            )
+            .unwrap_err()
+            .to_string(),
+            "MAX_CONNECTIONS (100) must be at least MAX_CALLS + 32 (132): every call holds a connection for its media stream, and webhooks, health checks and scrapes need more"
+        );
+        assert_eq!(
+            limited(&[("MAX_CONNECTIONS", "5000")], Some(1024))
+                .unwrap_err()
+                .to_string(),
+            "MAX_CONNECTIONS (5000) needs about 5088 open files (connections, agent sockets, the store, logs) but the open-files limit (RLIMIT_NOFILE) is 1024: raise it (ulimit -n, systemd LimitNOFILE, the container's nofile ulimit) or lower MAX_CONNECTIONS"
+        );
+        // With a remote agent each call may hold an upstream socket too.
+        let agent = [("AGENT_URL", "ws://h"), ("MAX_CONNECTIONS", "500")];
+        assert!(matches!(
+            limited(&agent, Some(1024)),
+            Err(ConfigError::ConnectionsOverFileLimit { needed: 1088, .. })
+        ));
+        assert_eq!(
+            limited(&[("MAX_CONNECTIONS", "5000")], None)
+                .unwrap()
+                .max_connections,
+            5000
+        );
+    }
+
+    #[test]
+    fn an_open_files_limit_too_low_for_max_calls_is_an_error() {
+        assert_eq!(
+            limited(&[("MAX_CALLS", "1000")], Some(1024))
+                .unwrap_err()
+                .to_string(),
+            "the open-files limit (RLIMIT_NOFILE) is 1024, which leaves 936 connections: at least 1032 are needed (MAX_CALLS + 32); raise it (ulimit -n, systemd LimitNOFILE, the container's nofile ulimit) or lower MAX_CALLS"
+        );
+        assert!(matches!(
+            limited(&[], Some(100)),
+            Err(ConfigError::FileLimitTooLow {
+                limit: 100,
+                available: 12,
+                needed: 32
+            })
+        ));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | `Config::from_vars` (environment + flags, validated once), `Secret` |
-//! | [`server`] | `serve(listener, state, shutdown)`, shared `AppState`, `ActiveCalls` |
+//! | [`server`] | `listen(addr)`, `serve(listener, state, shutdown)` (the accept loop, `MAX_CONNECTIONS`), shared `AppState`, `ActiveCalls` |
 //! | [`metrics`] | `/metrics`: the shell's atomic counters and a collector reading them with the engine's |
 //! | [`routes`] | one `match (method, path)`, webhook handlers, error → status mapping |
 //! | [`signature`] | HMAC-SHA1/SHA256 webhook and WebSocket-upgrade signature verification |

@@ -6,6 +6,9 @@
 //! environment with flags layered on top, initialises `tracing` (text or JSON), binds, and runs
 //! [`handset_shell::serve`] until SIGTERM or Ctrl-C. A configuration error prints one clear line
 //! to stderr and exits with status 2. `anyhow` is used here only.
+//!
+//! Before anything else the soft open-files limit is raised to the hard limit (every connection
+//! is a descriptor; the default `MAX_CONNECTIONS` is derived from the limit after this).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -130,6 +133,8 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
+    let files_before = handset_shell::config::open_files_limit();
+    let files_raised = rlimit::increase_nofile_limit(u64::MAX);
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
@@ -147,6 +152,19 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format, config.log_color);
+    match files_raised {
+        Ok(now) if Some(now) != files_before => tracing::info!(
+            from = files_before,
+            to = now,
+            "raised the open-files limit to the hard limit"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(
+            error = %err,
+            limit = files_before,
+            "cannot raise the open-files limit"
+        ),
+    }
     let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -351,8 +369,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     let listen = config.listen;
     let (state, startup) = AppState::new(config).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = handset_shell::server::listen(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     let config = &state.config;
@@ -366,6 +383,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         recordings_stored = startup.counts.recordings,
         recordings_pending = startup.counts.recordings_pending,
         call_statuses_stored = startup.counts.call_statuses,
+        max_connections = config.max_connections,
+        open_files_limit = handset_shell::config::open_files_limit(),
         version = env!("CARGO_PKG_VERSION"),
         "handset listening"
     );

@@ -8,7 +8,8 @@
 //!   histograms, worker wake-ups);
 //! - the shell's own [`ShellMetrics`], written by the HTTP handlers and the WebSocket tasks
 //!   (requests by route and status, signature failures, WebSocket messages, closes and bad
-//!   input, calls started and ended).
+//!   input, calls started and ended), and the accept loop (open connections, connections refused
+//!   at `MAX_CONNECTIONS`, accept errors).
 //!
 //! At scrape time a `prometheus-client` [`Collector`] reads both and encodes them with the
 //! crate's text encoder (never hand-formatted). Every label set is a fixed, small enumeration
@@ -182,6 +183,12 @@ pub struct ShellMetrics {
     calls_started: AtomicU64,
     /// Media calls ended, by [`CLOSE_REASONS`].
     calls_ended: [AtomicU64; CLOSE_REASONS.len()],
+    /// Client connections open now (HTTP and upgraded media streams).
+    connections_open: AtomicU64,
+    /// Connections refused at `MAX_CONNECTIONS`.
+    connections_refused: AtomicU64,
+    /// Failed `accept` calls (e.g. out of file descriptors).
+    accept_errors: AtomicU64,
 }
 
 impl Default for ShellMetrics {
@@ -198,6 +205,9 @@ impl Default for ShellMetrics {
             inbound_ring_full: AtomicU64::new(0),
             calls_started: AtomicU64::new(0),
             calls_ended: Default::default(),
+            connections_open: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
         }
     }
 }
@@ -246,6 +256,31 @@ impl ShellMetrics {
     /// Counts one media call ended, by the reason its stream was closed.
     pub fn call_ended(&self, reason: CloseReason) {
         add(&self.calls_ended[close_index(reason)], 1);
+    }
+
+    /// Counts one client connection opened (the accept loop admits it).
+    pub fn connection_opened(&self) {
+        add(&self.connections_open, 1);
+    }
+
+    /// Counts one client connection closed.
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> u64 {
+        load(&self.connections_open)
+    }
+
+    /// Counts one connection refused at `MAX_CONNECTIONS`.
+    pub fn connection_refused(&self) {
+        add(&self.connections_refused, 1);
+    }
+
+    /// Counts one failed `accept`.
+    pub fn accept_error(&self) {
+        add(&self.accept_errors, 1);
     }
 
     /// Adds what a stream counted since `published`, then records it as published. Called
@@ -407,6 +442,27 @@ impl Collector for HandsetCollector {
             MetricType::Gauge,
         )?
         .encode_gauge(&active)?;
+        enc.encode_descriptor(
+            "handset_open_connections",
+            "Client connections open now (HTTP, and media streams upgraded from them).",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&load(&s.connections_open))?;
+        counter(
+            enc,
+            "handset_connections_refused",
+            "Connections refused because MAX_CONNECTIONS were open (answered 503 and closed).",
+            None,
+            load(&s.connections_refused),
+        )?;
+        counter(
+            enc,
+            "handset_accept_errors",
+            "Failed accepts of new connections (e.g. out of file descriptors).",
+            None,
+            load(&s.accept_errors),
+        )?;
         counter(
             enc,
             "handset_calls_started",
