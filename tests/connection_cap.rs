@@ -198,3 +198,42 @@ async fn every_way_a_connection_ends_releases_its_slot() {
     assert_eq!(open_connections_reach(&server, 0).await, 0);
     server.stop().await;
 }
+
+/// The health listener (`HEALTH_PORT`) answers probes while the main port is held at its cap,
+/// and only probes: a webhook sent to it is 404, so it is no way around `MAX_CONNECTIONS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_listener_answers_probes_while_the_main_port_is_at_its_cap() {
+    let server =
+        TestServer::start(&[("MAX_CONNECTIONS", "8"), ("HEADER_READ_TIMEOUT", "300")]).await;
+    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let health_addr = health.local_addr().unwrap();
+    tokio::spawn(handset_shell::server::serve_health(
+        health,
+        server.state.clone(),
+    ));
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    assert_eq!(open_connections_reach(&server, 8).await, 8);
+    let mut refused = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(status_of(&read_raw(&mut refused, LIMIT).await), 503);
+
+    let get = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {health_addr}\r\nConnection: close\r\n\r\n")
+    };
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/metrics", 200),
+        ("/webhook/incoming_call", 404),
+        ("/ws/twilio-media", 404),
+    ] {
+        let raw = support::raw_exchange(health_addr, get(path).as_bytes(), LIMIT).await;
+        assert_eq!(status_of(&raw), status, "{path}: {raw:?}");
+    }
+    // The probes were not counted against the main port's cap.
+    assert_eq!(server.state.metrics.open_connections(), 8);
+    drop(idle);
+    server.stop().await;
+}

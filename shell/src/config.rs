@@ -165,6 +165,10 @@ pub struct Greeting {
 pub struct Config {
     /// Listen address. `BIND` (default `0.0.0.0`) and `PORT` (default 3000).
     pub listen: SocketAddr,
+    /// `HEALTH_PORT` (1–65535, not `PORT`): a second listener on `BIND` that answers only
+    /// `/healthz`, `/readyz`, `/metrics` and `/version`, outside `MAX_CONNECTIONS`, so probes
+    /// still reach a server whose main port is flooded. Unset: no second listener.
+    pub health_port: Option<u16>,
     /// `TWILIO_AUTH_TOKEN`: webhook signing secret. `None` turns signature checks off.
     pub auth_token: Option<Secret>,
     /// `PUBLIC_URL`: public origin used for TwiML URLs and signature checks. `None` rebuilds it
@@ -405,6 +409,7 @@ impl Default for Config {
             busy_prompt: "Sorry, all our lines are busy. Please call again in a few minutes."
                 .to_owned(),
             max_connections: MAX_CONNECTIONS_CEILING,
+            health_port: None,
             trace_dir: None,
             trace_sample: 0.0,
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
@@ -775,6 +780,19 @@ impl Config {
             None => DEFAULT_PORT,
         };
         config.listen = SocketAddr::new(ip, port);
+        config.health_port = match non_empty("HEALTH_PORT") {
+            Some(v) => {
+                let health = int_in("HEALTH_PORT", v, 1, u64::from(u16::MAX))? as u16;
+                if health == port {
+                    return Err(ConfigError::Conflict {
+                        first: "HEALTH_PORT",
+                        second: "the same PORT",
+                    });
+                }
+                Some(health)
+            }
+            None => None,
+        };
 
         config.auth_token = match get("TWILIO_AUTH_TOKEN") {
             Some(v) if v.trim().is_empty() => return Err(ConfigError::EmptyAuthToken),
@@ -1564,6 +1582,21 @@ mod tests {
         assert!(from(&[("RECORD_MAX_LENGTH", "1")]).is_err());
         assert!(from(&[("RECORD_MAX_LENGTH", "abc")]).is_err());
         assert!(from(&[("STREAM_TOKEN_TTL", "5")]).is_err());
+    }
+
+    #[test]
+    fn health_port_is_a_port_other_than_port() {
+        assert_eq!(from(&[]).unwrap().health_port, None);
+        let c = from(&[("PORT", "3000"), ("HEALTH_PORT", "9090")]).unwrap();
+        assert_eq!(c.health_port, Some(9090));
+        assert!(
+            from(&[("PORT", "3000"), ("HEALTH_PORT", "3000")])
+                .unwrap_err()
+                .to_string()
+                .contains("HEALTH_PORT")
+        );
+        assert!(from(&[("HEALTH_PORT", "0")]).is_err());
+        assert!(from(&[("HEALTH_PORT", "65536")]).is_err());
     }
 
     #[test]

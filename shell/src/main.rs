@@ -438,6 +438,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         state.config.instance_id.clone(),
     ));
 
+    if let Some(port) = state.config.health_port {
+        let addr = std::net::SocketAddr::new(listen.ip(), port);
+        let health = handset_shell::server::listen(addr)
+            .with_context(|| format!("cannot listen on {addr} (HEALTH_PORT)"))?;
+        tracing::info!(listen = %health.local_addr()?, "health listener: /healthz, /readyz, /metrics, /version");
+        tokio::spawn(handset_shell::server::serve_health(health, state.clone()));
+    }
     handset_shell::serve(listener, state.clone(), shutdown).await?;
     tracing::info!("stopped");
     Ok(())

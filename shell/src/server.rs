@@ -360,6 +360,60 @@ pub async fn serve(
     Ok(())
 }
 
+/// Most connections the health listener ([`serve_health`]) holds open at once.
+pub const HEALTH_MAX_CONNECTIONS: usize = 32;
+
+/// Serves the health listener (`HEALTH_PORT`) for the life of the process: `/healthz`,
+/// `/readyz`, `/metrics` and `/version` only (404 for anything else), with its own small cap
+/// ([`HEALTH_MAX_CONNECTIONS`], the same bare 503 beyond it) and outside `MAX_CONNECTIONS`. An
+/// orchestrator's probes on this port keep reaching a server whose main port is held at its
+/// cap by a flood, so a flood takes the instance out of rotation (readiness) without getting
+/// it restarted (liveness), live calls and all. Keep the port private to the pod or host.
+pub async fn serve_health(listener: TcpListener, state: Arc<AppState>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let refusal = refusal(&state.config.instance_id);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(_) => {
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        if open.load(Ordering::Relaxed) >= HEALTH_MAX_CONNECTIONS {
+            refuse(stream, &refusal);
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let (state, open, builder) = (state.clone(), open.clone(), builder.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                async move {
+                    let response = match req.uri().path() {
+                        "/healthz" | "/readyz" | "/metrics" | "/version" => {
+                            crate::routes::handle(&state, req, peer).await
+                        }
+                        _ => crate::routes::HttpError::NotFound.into_response(),
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
 /// Serves one connection: waits (at most `HEADER_READ_TIMEOUT`) for its first byte, then runs
 /// hyper on it with what is left of that timeout for the rest of the request head.
 async fn connection(
