@@ -236,12 +236,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (notify_tx, notify_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
-        .keep_alive(true);
-    let builder = Arc::new(builder);
+    let builder = http_builder(&state.config);
     let max_connections = state.config.max_connections as u64;
     let refusal = refusal(&state.config.instance_id);
     let mut refusals = Throttle::default();
@@ -360,6 +355,17 @@ pub async fn serve(
     Ok(())
 }
 
+/// hyper's HTTP/1.1 server settings for both listeners: keep-alive, and the request head
+/// within `HEADER_READ_TIMEOUT`.
+fn http_builder(config: &Config) -> Arc<http1::Builder> {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true);
+    Arc::new(builder)
+}
+
 /// Most connections the health listener ([`serve_health`]) holds open at once.
 pub const HEALTH_MAX_CONNECTIONS: usize = 32;
 
@@ -372,12 +378,7 @@ pub const HEALTH_MAX_CONNECTIONS: usize = 32;
 pub async fn serve_health(listener: TcpListener, state: Arc<AppState>) {
     let open = Arc::new(AtomicUsize::new(0));
     let refusal = refusal(&state.config.instance_id);
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
-        .keep_alive(true);
-    let builder = Arc::new(builder);
+    let builder = http_builder(&state.config);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
