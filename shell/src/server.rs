@@ -13,13 +13,13 @@
 //! non-blocking write, and closed: the listener's backlog keeps moving, so a healthy client
 //! is refused at once instead of waiting behind a flood, and the refusal costs one descriptor
 //! for a moment. Refusals and accept errors are counted in `/metrics` and logged at most once
-//! every [`LOG_EVERY`]; an accept error (out of descriptors) pauses the loop for
-//! [`ACCEPT_BACKOFF`] instead of spinning. [`listen`] asks for a backlog of
+//! every 10 s; an accept error (out of descriptors) pauses the loop for 100 ms instead of
+//! spinning. [`listen`] asks for a backlog of
 //! [`LISTEN_BACKLOG`], so a burst waits in the kernel rather than having its SYNs dropped.
 //!
 //! After a flood, glibc's malloc would keep the freed buffers of thousands of connections
-//! (RSS stayed near its peak). Every [`MEMORY_CHECK`] the accept loop looks whether
-//! [`RELEASE_AFTER_CLOSED`] connections have closed since the high-water mark, and if so has
+//! (RSS stayed near its peak). Every 10 s the accept loop looks whether 1,000 connections have
+//! closed since the high-water mark, and if so has
 //! `malloc_trim` hand the free memory back.
 //!
 //! Shutdown is a drain, for rolling deploys: when the shutdown future completes the server
