@@ -579,20 +579,19 @@ fn raw_post(
     req
 }
 
-fn voice_form() -> (String, Vec<(&'static str, String)>) {
-    let params = support::voice_params(99);
-    let body = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
-        .finish();
-    (body, params)
-}
-
-/// The voice webhook's form body and its signature over `url` with `key`.
-fn signed_voice(url: &str, key: &str) -> (String, String) {
-    let (body, params) = voice_form();
+/// `params` as a form body, and its signature over `url` with `key`.
+fn signed_form(params: &[(&'static str, String)], url: &str, key: &str) -> (String, String) {
     let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().copied())
+        .finish();
     let sig = twilio_sign(key, url, &pairs);
     (body, sig)
+}
+
+/// The voice webhook's form body (call 99) and its signature over `url` with `key`.
+fn signed_voice(url: &str, key: &str) -> (String, String) {
+    signed_form(&support::voice_params(99), url, key)
 }
 
 /// The voice webhook POST of `params`, signed over `url` with the server's key, as raw bytes.
@@ -601,11 +600,7 @@ fn signed_voice_post(
     url: &str,
     params: Vec<(&'static str, String)>,
 ) -> Vec<u8> {
-    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let body = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs.iter().copied())
-        .finish();
-    let sig = twilio_sign(TOKEN, url, &pairs);
+    let (body, sig) = signed_form(&params, url, TOKEN);
     raw_post(
         server,
         "/webhook/incoming_call",
@@ -896,7 +891,7 @@ async fn run_case(server: &TestServer, input: Input, n: u32) -> Observed {
             http(server, req.as_bytes()).await
         }
         Input::MissingSignature => {
-            let (body, _) = voice_form();
+            let (body, _) = signed_voice(&voice, TOKEN);
             let req = format!(
                 "POST /webhook/incoming_call HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 server.addr,
