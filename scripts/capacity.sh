@@ -3,6 +3,10 @@
 # `handset sim --scenario capacity` against it and prints the summary. The server and the
 # simulator both run under `chrt -f 10` (SCHED_FIFO; needs root or CAP_SYS_NICE) when
 # available, as in benches/README.md; set CHRT= to run them under the default scheduler.
+# The server's engine threads are raised above that (ENGINE_REALTIME_PRIORITY=20), so socket
+# work at priority 10 never holds a frame; set ENGINE_RT=0 to leave them at the server's.
+# SERVER_CPUS and SIM_CPUS pin each process to a CPU list (taskset); pinned to one CPU, the
+# server runs one engine worker and one tokio worker (both follow the CPUs it may use).
 #
 # Usage: scripts/capacity.sh [extra `handset sim` flags...]
 # Environment (all optional):
@@ -11,6 +15,8 @@
 #   CARGO_TARGET_DIR                                    where the release binary is built
 #   CHRT="chrt -f 10"                                   priority wrapper for both processes
 #   SERVER_ENV="ENGINE_WORKERS=2"                       extra environment for the server
+#   SERVER_CPUS=0 SIM_CPUS=1                            pin the server / simulator (taskset -c)
+#   ENGINE_RT=20                                        engine SCHED_FIFO priority (0 = off)
 #   NO_BUILD=1                                          skip the release build
 # The load average is printed before and after, since the machine may be shared.
 set -euo pipefail
@@ -27,6 +33,11 @@ TARGET_DIR=${CARGO_TARGET_DIR:-target}
 if [ -z "${CHRT+x}" ]; then
     if chrt -f 10 true 2>/dev/null; then CHRT="chrt -f 10"; else CHRT=""; fi
 fi
+ENGINE_RT=${ENGINE_RT:-20}
+SERVER_PIN=""
+SIM_PIN=""
+[ -z "${SERVER_CPUS:-}" ] || SERVER_PIN="taskset -c $SERVER_CPUS"
+[ -z "${SIM_CPUS:-}" ] || SIM_PIN="taskset -c $SIM_CPUS"
 
 # NO_BUILD=1 uses the binary already built.
 [ -n "${NO_BUILD:-}" ] || cargo build --release --locked -p handset-shell
@@ -37,9 +48,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)')"
 echo "before: $(uptime)"
+echo "server: cpus ${SERVER_CPUS:-any}, engine SCHED_FIFO ${ENGINE_RT}; simulator: cpus ${SIM_CPUS:-any}; ${CHRT:-default scheduler}"
 # shellcheck disable=SC2086
 env PUBLIC_URL="http://127.0.0.1:$PORT" TWILIO_AUTH_TOKEN=simtoken DATA_DIR="$DATA" RUST_LOG=warn \
-    ${SERVER_ENV:-} $CHRT "$BIN" serve --port "$PORT" --bind 127.0.0.1 >"$DATA/server.log" 2>&1 &
+    ENGINE_REALTIME_PRIORITY="$ENGINE_RT" ${SERVER_ENV:-} $SERVER_PIN $CHRT "$BIN" serve --port "$PORT" --bind 127.0.0.1 >"$DATA/server.log" 2>&1 &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do
@@ -48,9 +60,15 @@ for _ in $(seq 50); do
 done
 
 # shellcheck disable=SC2086
-TWILIO_AUTH_TOKEN=simtoken $CHRT "$BIN" sim \
+TWILIO_AUTH_TOKEN=simtoken $SIM_PIN $CHRT "$BIN" sim \
     --target "handset=http://127.0.0.1:$PORT/webhook/incoming_call" --server-pid "$SERVER" \
     --scenario capacity --capacity-start "$START" --capacity-step "$STEP" --capacity-max "$MAX" \
     --capacity-hold "$HOLD" --ramp-rate "$RAMP_RATE" --out "$OUT" "$@"
 echo "after: $(uptime)"
+# Where a late frame lost its time, over the whole run (cumulative buckets, seconds): the
+# engine's release after the pacer deadline, then the bytes handed to the kernel.
+if command -v curl >/dev/null 2>&1; then
+    curl -fsS "http://127.0.0.1:$PORT/metrics" |
+        grep -E '^handset_outbound_(write_)?lateness_seconds_(bucket|count)' || true
+fi
 echo "report: $OUT/report.md, server log: $DATA/server.log"

@@ -182,6 +182,24 @@ async fn a_scrape_after_real_calls_shows_what_happened() {
         frames_out
     );
     assert!(m.must("handset_outbound_lateness_seconds_sum") >= 0.0);
+    // Every frame that reached the socket was timed again when its write returned (a frame
+    // still queued when the call closed is dropped, never written).
+    let written = m.must("handset_outbound_write_lateness_seconds_count");
+    assert!(
+        written > 50.0 && written <= frames_out,
+        "{written} of {frames_out}"
+    );
+    assert_eq!(
+        m.must("handset_outbound_write_lateness_seconds_bucket{le=\"+Inf\"}"),
+        written
+    );
+    if written == frames_out {
+        // The same frames, each timed later than at its release.
+        assert!(
+            m.must("handset_outbound_write_lateness_seconds_sum")
+                >= m.must("handset_outbound_lateness_seconds_sum")
+        );
+    }
 
     // The caller's speech was detected and cut the greeting: one barge-in, timed.
     assert!(m.must("handset_vad_transitions_total{transition=\"speech_started\"}") >= 1.0);

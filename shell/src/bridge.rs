@@ -348,18 +348,16 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
 /// for the socket.
 type Queued = (Instant, Outbound);
 
-/// The engine's handle on the socket writer's queue. Each message is stamped as it is queued
-/// (a monotonic clock read: no lock, no allocation).
+/// The engine's handle on the socket writer's queue. Each message is stamped with the instant
+/// the engine emitted it (the worker's own time: no clock read, lock or allocation here).
 struct ChannelSink(mpsc::Sender<Queued>);
 
 impl OutboundSink for ChannelSink {
-    fn try_send(&mut self, msg: Outbound) -> Result<(), SinkError> {
-        self.0
-            .try_send((crate::clock::now(), msg))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SinkError::Full,
-                mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
-            })
+    fn try_send(&mut self, now: Instant, msg: Outbound) -> Result<(), SinkError> {
+        self.0.try_send((now, msg)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SinkError::Full,
+            mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
+        })
     }
 }
 
@@ -956,6 +954,10 @@ struct WriterState {
     marks: MarkWatch,
     /// When the message that started the current batch was queued.
     batch_at: Instant,
+    /// Pacer deadlines of the batch's media frames (the first `batch_media`), measured against
+    /// the instant the batch's write returns.
+    batch_dues: [Instant; WRITE_BATCH],
+    batch_media: usize,
 }
 
 impl WriterState {
@@ -963,9 +965,13 @@ impl WriterState {
     fn step(&mut self, msg: Outbound) -> Step {
         let (id, info) = (self.id, &self.info);
         let bytes = match msg {
-            Outbound::Media(frame) => {
+            Outbound::Media { frame, due } => {
                 self.frames_total += 1;
                 self.frames_window += 1;
+                if let Some(slot) = self.batch_dues.get_mut(self.batch_media) {
+                    *slot = due;
+                    self.batch_media += 1;
+                }
                 self.writer.media(&frame)
             }
             Outbound::Mark(mark) => {
@@ -1023,7 +1029,7 @@ impl WriterState {
     /// dropped, the rest (events, the timeline, the final counters) is handled as usual.
     fn settle(&mut self, msg: Outbound) {
         match msg {
-            Outbound::Media(_) | Outbound::Mark(_) | Outbound::Clear => {}
+            Outbound::Media { .. } | Outbound::Mark(_) | Outbound::Clear => {}
             other => {
                 let _ = self.step(other);
             }
@@ -1049,9 +1055,14 @@ impl WriterState {
 /// Linux receiver that is not read can keep growing it; [`MarkWatch`] sees through that for a
 /// peer that echoes marks.) A peer that keeps up
 /// with real time never waits, whatever its round trip, and a pause in its reading is
-/// forgiven up to the timeout on top of what the kernels hold. The deadline costs one clock
-/// read per message on the engine thread and one timer per batch here, which tokio registers
-/// only when the write has to wait (`timeout_at` polls the write first).
+/// forgiven up to the timeout on top of what the kernels hold. The deadline costs one timer per
+/// batch here, which tokio registers only when the write has to wait (`timeout_at` polls the
+/// write first); the stamp is the engine's own time.
+///
+/// **Wire lateness.** When a batch's flush returns, its bytes are with the kernel: one clock
+/// read then gives each of its media frames' lateness against their pacer deadlines
+/// (`handset_outbound_write_lateness`), the engine's release lateness plus the hand-off through
+/// this task and the write.
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WsStream, Message>,
     mut out: mpsc::Receiver<Queued>,
@@ -1081,6 +1092,8 @@ async fn write_loop(
         frames_window: 0,
         marks: MarkWatch::default(),
         batch_at: crate::clock::now(),
+        batch_dues: [crate::clock::now(); WRITE_BATCH],
+        batch_media: 0,
     };
     let echo_limit = write_timeout + MARK_ECHO_GRACE;
     let mut summary = tokio::time::interval(MEDIA_TX_EVERY);
@@ -1097,6 +1110,7 @@ async fn write_loop(
                     break;
                 }
                 ws.batch_at = queued_at;
+                ws.batch_media = 0;
                 let deadline = tokio::time::Instant::from_std(queued_at) + write_timeout;
                 let mut stop = false;
                 let mut fed = 0;
@@ -1128,6 +1142,13 @@ async fn write_loop(
                     Ok(Ok(())) => {
                         for _ in 0..fed {
                             metrics.ws_message_out();
+                        }
+                        // The flush returned: the batch's bytes are with the kernel.
+                        if ws.batch_media > 0 {
+                            let written = crate::clock::now();
+                            for due in &ws.batch_dues[..ws.batch_media] {
+                                metrics.outbound_written(written.saturating_duration_since(*due));
+                            }
                         }
                     }
                     Ok(Err(_)) => break,

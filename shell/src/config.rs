@@ -210,6 +210,11 @@ pub struct Config {
     pub stream_token_ttl: Duration,
     /// `ENGINE_WORKERS` (0–256, default 0 = one per core): engine media threads.
     pub engine_workers: usize,
+    /// `ENGINE_REALTIME_PRIORITY` (0–99, default 0 = off): run the engine media threads under
+    /// `SCHED_FIFO` at this priority, ahead of socket work, so frames leave on their deadlines
+    /// when the core is busy. Needs `CAP_SYS_NICE` or `RLIMIT_RTPRIO`; when refused the server
+    /// logs a warning and runs them at normal priority.
+    pub engine_realtime_priority: Option<u8>,
     /// `MAX_CALLS` (0–1000000, default 0 = no limit): most concurrent media calls. Beyond it the
     /// voice webhook answers with `BUSY_PROMPT` and hangs up, and a media stream is closed with
     /// 1013 (try again later).
@@ -405,6 +410,7 @@ impl Default for Config {
             recording_lease: Duration::from_secs(120),
             stream_token_ttl: Duration::from_secs(600),
             engine_workers: 0,
+            engine_realtime_priority: None,
             max_calls: 0,
             busy_prompt: "Sorry, all our lines are busy. Please call again in a few minutes."
                 .to_owned(),
@@ -889,6 +895,10 @@ impl Config {
         }
         if let Some(v) = non_empty("ENGINE_WORKERS") {
             config.engine_workers = int_in("ENGINE_WORKERS", v, 0, 256)? as usize;
+        }
+        if let Some(v) = non_empty("ENGINE_REALTIME_PRIORITY") {
+            let priority = int_in("ENGINE_REALTIME_PRIORITY", v, 0, 99)? as u8;
+            config.engine_realtime_priority = (priority > 0).then_some(priority);
         }
         if let Some(v) = non_empty("MAX_CALLS") {
             config.max_calls = int_in("MAX_CALLS", v, 0, 1_000_000)? as usize;
@@ -1582,6 +1592,21 @@ mod tests {
         assert!(from(&[("RECORD_MAX_LENGTH", "1")]).is_err());
         assert!(from(&[("RECORD_MAX_LENGTH", "abc")]).is_err());
         assert!(from(&[("STREAM_TOKEN_TTL", "5")]).is_err());
+        assert_eq!(
+            from(&[("ENGINE_REALTIME_PRIORITY", "100")])
+                .unwrap_err()
+                .to_string(),
+            "ENGINE_REALTIME_PRIORITY must be an integer from 0 to 99: got \"100\""
+        );
+    }
+
+    #[test]
+    fn engine_realtime_priority_is_off_by_default_and_at_zero() {
+        assert_eq!(from(&[]).unwrap().engine_realtime_priority, None);
+        let zero = from(&[("ENGINE_REALTIME_PRIORITY", "0")]).unwrap();
+        assert_eq!(zero.engine_realtime_priority, None);
+        let on = from(&[("ENGINE_REALTIME_PRIORITY", "20")]).unwrap();
+        assert_eq!(on.engine_realtime_priority, Some(20));
     }
 
     #[test]

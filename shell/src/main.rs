@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use handset_engine::driver::Scheduling;
 use handset_shell::{AppState, Config, LogFormat};
 
 /// Realtime voice media engine for Twilio Media Streams.
@@ -411,6 +412,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
+    match state.engine.scheduling() {
+        Scheduling::Normal => {}
+        Scheduling::Realtime(priority) => tracing::info!(
+            priority,
+            workers = state.engine.workers(),
+            "engine media threads run under SCHED_FIFO"
+        ),
+        Scheduling::Refused(priority, reason) => tracing::warn!(
+            priority,
+            reason = %reason,
+            "ENGINE_REALTIME_PRIORITY refused by the OS: engine media threads run at normal priority. Grant CAP_SYS_NICE (docker --cap-add SYS_NICE; Kubernetes securityContext.capabilities.add: [SYS_NICE]) or an RLIMIT_RTPRIO of at least this priority (ulimit -r), or unset ENGINE_REALTIME_PRIORITY"
+        ),
+    }
     if state.twilio.is_some() && config.public_url.is_some() {
         tracing::info!(
             "drain: calls still live at DRAIN_TIMEOUT are handed over through the Twilio REST API"

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use handset_engine::driver::{EngineCounters, HistogramSnapshot};
+use handset_engine::driver::{
+    AtomicHistogram, EngineCounters, HistogramSnapshot, OUTBOUND_LATENESS_BOUNDS,
+};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -189,6 +191,8 @@ pub struct ShellMetrics {
     connections_refused: AtomicU64,
     /// Failed `accept` calls (e.g. out of file descriptors).
     accept_errors: AtomicU64,
+    /// How late each outbound frame's bytes reached the kernel after their pacer deadline.
+    outbound_write_lateness: AtomicHistogram,
 }
 
 impl Default for ShellMetrics {
@@ -208,6 +212,7 @@ impl Default for ShellMetrics {
             connections_open: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            outbound_write_lateness: AtomicHistogram::new(&OUTBOUND_LATENESS_BOUNDS),
         }
     }
 }
@@ -241,6 +246,12 @@ impl ShellMetrics {
     /// Counts one WebSocket message written to Twilio.
     pub fn ws_message_out(&self) {
         add(&self.ws_messages_out, 1);
+    }
+
+    /// Records how late an outbound frame's bytes were handed to the kernel (the socket write
+    /// that carried them returned) after the frame's pacer deadline.
+    pub fn outbound_written(&self, late: Duration) {
+        self.outbound_write_lateness.record(late);
     }
 
     /// Counts one close frame sent, by reason.
@@ -541,6 +552,12 @@ impl Collector for HandsetCollector {
             "handset_outbound_lateness",
             "How late each outbound frame was released after its pacer deadline.",
             &e.outbound_lateness.snapshot(),
+        )?;
+        histogram(
+            enc,
+            "handset_outbound_write_lateness",
+            "How late each outbound frame's bytes were handed to the kernel (the socket write returned) after its pacer deadline: the release above plus the hand-off to the socket writer and the write.",
+            &s.outbound_write_lateness.snapshot(),
         )?;
         histogram(
             enc,

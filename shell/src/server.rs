@@ -178,6 +178,7 @@ impl AppState {
         let engine = Engine::start(
             EngineConfig {
                 workers: config.engine_workers,
+                realtime_priority: config.engine_realtime_priority,
                 ..EngineConfig::default()
             },
             Arc::new(SystemClock::new()),

@@ -79,6 +79,12 @@ pub struct EngineConfig {
     /// exactly. Must divide 20 ms (so a call's frame deadlines keep one offset from the grid)
     /// and be at most `max_idle`.
     pub wake_grid: Duration,
+    /// Run the worker threads under `SCHED_FIFO` at this priority (1–99), above every thread
+    /// of the default scheduler, so a worker wakes on its deadline even when socket work keeps
+    /// the core busy. `None` (the default) leaves them on the default scheduler. The OS may
+    /// refuse (it needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` this high); the engine then runs
+    /// at normal priority and says so in [`Engine::scheduling`].
+    pub realtime_priority: Option<u8>,
 }
 
 impl Default for EngineConfig {
@@ -91,8 +97,21 @@ impl Default for EngineConfig {
             playback_low_water: Duration::from_millis(200),
             playback_chunk: Duration::from_millis(200),
             wake_grid: Duration::from_millis(1),
+            realtime_priority: None,
         }
     }
+}
+
+/// How the worker threads are scheduled, as [`Engine::start`] left them.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Scheduling {
+    /// The default scheduler ([`EngineConfig::realtime_priority`] was `None`).
+    Normal,
+    /// Every worker runs under `SCHED_FIFO` at this priority.
+    Realtime(u8),
+    /// `SCHED_FIFO` at this priority was asked for and the OS refused it (the workers run on
+    /// the default scheduler); the OS's reason.
+    Refused(u8, String),
 }
 
 /// Why the engine or a call could not start.
@@ -133,8 +152,14 @@ pub enum Outbound {
     Hangup(HangupReason),
     /// Send Twilio a `mark`.
     Mark(MarkId),
-    /// Send Twilio this 20 ms µ-law frame.
-    Media(MulawFrame),
+    /// Send Twilio this 20 ms µ-law frame, due on the wire at `due` (its pacer deadline), so
+    /// the writer can measure how late its bytes reached the socket.
+    Media {
+        /// The frame.
+        frame: MulawFrame,
+        /// The frame's deadline on the pacer's schedule.
+        due: Instant,
+    },
     /// The call's timeline, sent once just before `Ended` when tracing was on.
     Trace(Box<crate::call::Trace>),
 }
@@ -150,8 +175,8 @@ pub enum SinkError {
 
 /// Where a call's outbound messages go. Implementations must never block.
 pub trait OutboundSink: Send {
-    /// Queues `msg` or refuses at once.
-    fn try_send(&mut self, msg: Outbound) -> Result<(), SinkError>;
+    /// Queues `msg`, emitted by the worker at `now`, or refuses at once.
+    fn try_send(&mut self, now: Instant, msg: Outbound) -> Result<(), SinkError>;
 }
 
 /// Control messages from the shell to a call.
@@ -337,6 +362,7 @@ pub struct Engine {
     config: EngineConfig,
     workers: Vec<WorkerHandle>,
     counters: Arc<EngineCounters>,
+    scheduling: Scheduling,
     shutting_down: AtomicBool,
 }
 
@@ -363,6 +389,12 @@ impl Engine {
                 "wake_grid must divide 20 ms and be at most max_idle",
             ));
         }
+        if config
+            .realtime_priority
+            .is_some_and(|p| !(1..=99).contains(&p))
+        {
+            return Err(StartError::Config("realtime_priority must be 1 to 99"));
+        }
         let count = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, usize::from)
         } else {
@@ -370,6 +402,7 @@ impl Engine {
         };
         let counters = Arc::new(EngineCounters::default());
         let mut workers = Vec::with_capacity(count);
+        let (priority_tx, priority_rx) = crossbeam_channel::bounded(count);
         for index in 0..count {
             let (tx, rx) = crossbeam_channel::unbounded();
             let load = Arc::new(AtomicUsize::new(0));
@@ -380,21 +413,43 @@ impl Engine {
                 Arc::clone(&counters),
                 Arc::clone(&load),
             );
+            let priority = config.realtime_priority;
+            let priority_tx = priority_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("handset-engine-{index}"))
-                .spawn(move || worker.run())?;
+                .spawn(move || {
+                    let _ = priority_tx.send(priority.map(realtime));
+                    drop(priority_tx);
+                    worker.run()
+                })?;
             workers.push(WorkerHandle {
                 tx,
                 thread: Some(thread),
                 load,
             });
         }
+        drop(priority_tx);
+        // Every worker reports before it serves anything; a refusal on one is a refusal.
+        let mut scheduling = config
+            .realtime_priority
+            .map_or(Scheduling::Normal, Scheduling::Realtime);
+        for outcome in priority_rx.iter().flatten() {
+            if let Err(reason) = outcome {
+                scheduling = Scheduling::Refused(config.realtime_priority.unwrap_or(0), reason);
+            }
+        }
         Ok(Self {
             config,
             workers,
             counters,
+            scheduling,
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// How the worker threads are scheduled.
+    pub fn scheduling(&self) -> &Scheduling {
+        &self.scheduling
     }
 
     /// Starts a call on the least-loaded worker and returns the shell's handle to it.
@@ -454,6 +509,23 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Puts the calling thread under `SCHED_FIFO` at `priority`; the OS's reason when it refuses.
+fn realtime(priority: u8) -> Result<(), String> {
+    use thread_priority::{
+        RealtimeThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+    };
+    let value = ThreadPriorityValue::try_from(priority)?;
+    thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        ThreadPriority::Crossplatform(value),
+        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+    )
+    .map_err(|e| match e {
+        thread_priority::Error::OS(errno) => std::io::Error::from_raw_os_error(errno).to_string(),
+        other => other.to_string(),
+    })
 }
 
 #[cfg(test)]

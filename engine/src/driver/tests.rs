@@ -13,8 +13,8 @@ use crate::call::PROGRESS_MARK_BASE;
 struct Collect(Arc<Mutex<Vec<(Instant, Outbound)>>>);
 
 impl OutboundSink for Collect {
-    fn try_send(&mut self, msg: Outbound) -> Result<(), SinkError> {
-        self.0.lock().unwrap().push((Instant::now(), msg));
+    fn try_send(&mut self, now: Instant, msg: Outbound) -> Result<(), SinkError> {
+        self.0.lock().unwrap().push((now, msg));
         Ok(())
     }
 }
@@ -35,7 +35,7 @@ impl Collect {
 struct Full;
 
 impl OutboundSink for Full {
-    fn try_send(&mut self, _msg: Outbound) -> Result<(), SinkError> {
+    fn try_send(&mut self, _now: Instant, _msg: Outbound) -> Result<(), SinkError> {
         Err(SinkError::Full)
     }
 }
@@ -77,19 +77,19 @@ fn echo_call_plays_the_whole_greeting_in_order_then_ends_cleanly() {
         assert!(matches!(msgs[0].1, Outbound::Mark(m) if m.0 == PROGRESS_MARK_BASE));
         let media = msgs
             .iter()
-            .filter(|(_, o)| matches!(o, Outbound::Media(_)))
+            .filter(|(_, o)| matches!(o, Outbound::Media { .. }))
             .count();
         assert_eq!(media, frames, "every greeting frame, nothing else");
         // Frames come one per 20 ms after the lead: the greeting takes about its own length.
         let first = msgs
             .iter()
-            .find(|(_, o)| matches!(o, Outbound::Media(_)))
+            .find(|(_, o)| matches!(o, Outbound::Media { .. }))
             .unwrap()
             .0;
         let last = msgs
             .iter()
             .rev()
-            .find(|(_, o)| matches!(o, Outbound::Media(_)))
+            .find(|(_, o)| matches!(o, Outbound::Media { .. }))
             .unwrap()
             .0;
         let lead = CallConfig::default().pacer.lead_frames;
@@ -98,7 +98,7 @@ fn echo_call_plays_the_whole_greeting_in_order_then_ends_cleanly() {
             last - first + Duration::from_millis(2) >= FRAME_MS * (frames as u32 - 1 - lead),
             "paced, not bursted: {:?}",
             msgs.iter()
-                .filter(|(_, o)| matches!(o, Outbound::Media(_)))
+                .filter(|(_, o)| matches!(o, Outbound::Media { .. }))
                 .map(|(t, _)| (*t - first).as_millis())
                 .collect::<Vec<_>>()
         );
@@ -165,7 +165,7 @@ fn a_full_socket_queue_is_counted_and_never_blocks_other_calls() {
     let frames = GREETING.len().div_ceil(160);
     assert!(healthy.wait_for(Duration::from_secs(5), |m| {
         m.iter()
-            .filter(|(_, o)| matches!(o, Outbound::Media(_)))
+            .filter(|(_, o)| matches!(o, Outbound::Media { .. }))
             .count()
             == frames
     }));
@@ -242,7 +242,7 @@ fn engine_counters_mirror_the_calls_counters_and_time_every_released_frame() {
     let frames = GREETING.len().div_ceil(160);
     assert!(sink.wait_for(Duration::from_secs(5), |m| {
         m.iter()
-            .filter(|(_, o)| matches!(o, Outbound::Media(_)))
+            .filter(|(_, o)| matches!(o, Outbound::Media { .. }))
             .count()
             == frames
     }));
@@ -333,8 +333,8 @@ struct VirtualSink {
 }
 
 impl OutboundSink for VirtualSink {
-    fn try_send(&mut self, msg: Outbound) -> Result<(), SinkError> {
-        let now = self.clock.now();
+    fn try_send(&mut self, now: Instant, msg: Outbound) -> Result<(), SinkError> {
+        assert_eq!(now, self.clock.now(), "the worker passes its own time");
         self.log.lock().unwrap().push((now, msg));
         Ok(())
     }
@@ -403,7 +403,7 @@ fn run_virtual(
             log.lock()
                 .unwrap()
                 .iter()
-                .filter(|(_, o)| matches!(o, Outbound::Media(_)))
+                .filter(|(_, o)| matches!(o, Outbound::Media { .. }))
                 .map(|(t, _)| *t)
                 .collect()
         })
@@ -527,4 +527,65 @@ fn a_full_inbound_ring_refuses_the_newest_frames_and_counts_them() {
         std::iter::from_fn(|| consumer.try_pop().map(|(_, m)| m.chunk)).collect();
     let expected: Vec<u64> = (2..=capacity as u64).chain([burst + 1]).collect();
     assert_eq!(chunks, expected);
+}
+
+#[test]
+fn realtime_priority_is_applied_or_refused_with_the_os_reason() {
+    use thread_priority::{RealtimeThreadSchedulePolicy, ThreadSchedulePolicy};
+    // On a fresh thread, so the test runner's threads keep their scheduling.
+    let (outcome, policy) = std::thread::spawn(|| {
+        let outcome = realtime(7);
+        let policy =
+            thread_priority::thread_schedule_policy_param(thread_priority::thread_native_id())
+                .unwrap();
+        (outcome, policy)
+    })
+    .join()
+    .unwrap();
+    match outcome {
+        Ok(()) => {
+            assert_eq!(
+                policy.0,
+                ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo)
+            );
+            assert_eq!(policy.1.sched_priority, 7);
+        }
+        Err(reason) => {
+            // Refused (no CAP_SYS_NICE here): the thread kept its scheduler, and the reason
+            // is the OS's.
+            assert!(!matches!(policy.0, ThreadSchedulePolicy::Realtime(_)));
+            assert!(reason.contains("os error"), "{reason}");
+        }
+    }
+}
+
+#[test]
+fn realtime_priority_out_of_range_is_refused_at_start() {
+    for priority in [0, 100] {
+        let config = EngineConfig {
+            workers: 1,
+            realtime_priority: Some(priority),
+            ..EngineConfig::default()
+        };
+        let err = Engine::start(config, Arc::new(SystemClock::new())).unwrap_err();
+        assert!(matches!(err, StartError::Config(_)), "{err}");
+    }
+}
+
+#[test]
+fn the_engine_reports_how_its_workers_are_scheduled() {
+    assert_eq!(*engine(1).scheduling(), Scheduling::Normal);
+    let config = EngineConfig {
+        workers: 2,
+        realtime_priority: Some(3),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(config, Arc::new(SystemClock::new())).unwrap();
+    // Same answer as asking the OS directly from a thread of our own.
+    let direct = std::thread::spawn(|| realtime(3)).join().unwrap();
+    match (engine.scheduling(), direct) {
+        (Scheduling::Realtime(3), Ok(())) => {}
+        (Scheduling::Refused(3, reason), Err(direct)) => assert_eq!(*reason, direct),
+        (got, direct) => panic!("engine says {got:?}, the OS says {direct:?}"),
+    }
 }

@@ -152,7 +152,7 @@ impl Slot {
         }
         self.drain_inbound(now, counters);
         if self.call.is_stopped() {
-            self.end(counters);
+            self.end(now, counters);
             return false;
         }
         if self.call.poll_timeout().is_some_and(|t| t <= now) {
@@ -186,13 +186,13 @@ impl Slot {
     }
 
     /// Hands the timeline (if traced) and the final counters to the socket writer.
-    fn end(&mut self, counters: &EngineCounters) {
+    fn end(&mut self, now: Instant, counters: &EngineCounters) {
         if let Some(trace) = self.call.take_trace() {
-            let _ = self.sink.try_send(Outbound::Trace(Box::new(trace)));
+            let _ = self.sink.try_send(now, Outbound::Trace(Box::new(trace)));
         }
         let stats = self.call.stats();
         self.publish(&stats, counters);
-        let _ = self.sink.try_send(Outbound::Ended(Box::new(stats)));
+        let _ = self.sink.try_send(now, Outbound::Ended(Box::new(stats)));
     }
 
     /// Adds what the call counted since the last publish to the engine-wide counters.
@@ -250,23 +250,25 @@ impl Slot {
                 Output::CallerAudio(at, frame) => {
                     self.agent.on_caller_audio(at, &frame, &mut self.out)
                 }
-                Output::Clear => self.send(Outbound::Clear, counters),
+                Output::Clear => self.send(now, Outbound::Clear, counters),
                 Output::Event(event) => {
                     self.count_event(now, &event, counters);
                     self.agent.on_event(now, &event, &mut self.out);
                     if !matches!(event, CallEvent::Stopped) {
-                        self.send(Outbound::Event(event), counters);
+                        self.send(now, Outbound::Event(event), counters);
                     }
                 }
-                Output::Mark(mark) => self.send(Outbound::Mark(mark), counters),
+                Output::Mark(mark) => self.send(now, Outbound::Mark(mark), counters),
                 Output::Transmit(frame) => {
                     counters.frames_out.fetch_add(1, Ordering::Relaxed);
-                    if let Some(due) = self.call.last_transmit_due() {
+                    let due = self.call.last_transmit_due();
+                    if let Some(due) = due {
                         counters
                             .outbound_lateness
                             .record(now.saturating_duration_since(due));
                     }
-                    self.send(Outbound::Media(frame), counters);
+                    let due = due.unwrap_or(now);
+                    self.send(now, Outbound::Media { frame, due }, counters);
                 }
             }
         }
@@ -294,8 +296,8 @@ impl Slot {
         }
     }
 
-    fn send(&mut self, msg: Outbound, counters: &EngineCounters) {
-        match self.sink.try_send(msg) {
+    fn send(&mut self, now: Instant, msg: Outbound, counters: &EngineCounters) {
+        match self.sink.try_send(now, msg) {
             Ok(()) => {}
             Err(SinkError::Full) => {
                 counters.sink_full.fetch_add(1, Ordering::Relaxed);
@@ -322,7 +324,7 @@ impl Slot {
                         let _ = self.call.handle_input(Input::AgentClear(now));
                     }
                     AgentCommand::Hangup(reason) => {
-                        self.send(Outbound::Hangup(reason), counters);
+                        self.send(now, Outbound::Hangup(reason), counters);
                         continue;
                     }
                     AgentCommand::Mark(mark) => {
@@ -483,7 +485,7 @@ impl Worker {
         for slot in self.slots.iter_mut() {
             if let Some(mut s) = slot.take() {
                 s.input(now, Input::Stop(now), &self.counters);
-                s.end(&self.counters);
+                s.end(now, &self.counters);
                 self.counters.active_calls.fetch_sub(1, Ordering::Relaxed);
                 self.load.fetch_sub(1, Ordering::Relaxed);
             }
