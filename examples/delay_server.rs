@@ -347,7 +347,15 @@ fn check(log_path: &str, report_path: &str) -> anyhow::Result<()> {
             );
             if worst_us > TOLERANCE_US {
                 failures.push(format!(
-                    "call {sid}: a wire interval error differs from the injected delay by {worst_us:.1} µs"
+                    "call {sid}: a wire interval error differs from the injected delay by {worst_us:.1} µs{}",
+                    if server_jitter_us > TOLERANCE_US {
+                        format!(
+                            " (the server's own write starts strayed by up to {server_jitter_us:.1} µs: \
+                             the server did not keep its schedule; run fewer calls or on a quieter machine)"
+                        )
+                    } else {
+                        String::new()
+                    }
                 ));
             }
             // 3. The simulator's own figures are visibly worse.
