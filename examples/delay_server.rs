@@ -11,7 +11,9 @@
 //!
 //! `check` reads that log and `handset sim`'s `report.json` (run with `--wire-capture`) and
 //! checks, per call: the wire saw every frame, and each frame's wire time lies inside its write
-//! window; every wire interval error equals the injected delay difference; and the simulator's
+//! window; every wire interval error equals the injected delay difference wherever the server
+//! kept its schedule (intervals next to a write that started late or took unusually long are
+//! listed as excused; more than 5 % excused fails as too busy a machine); and the simulator's
 //! own figures (read after its process was stopped and resumed) are visibly worse. The checker
 //! lives here because the server owns the delay schedule.
 //!
@@ -322,17 +324,37 @@ fn check(log_path: &str, report_path: &str) -> anyhow::Result<()> {
                     frames.len()
                 ));
             }
+            // Compared where the server kept its word: both writes started on schedule and
+            // took a usual time. Where a write was slow (the kernel may have sent the frame
+            // anywhere inside it) or started late, the injected delay is not what went out;
+            // those intervals are excused and listed (check 1 already bounds their wire times).
+            let mut took: Vec<u64> = frames.iter().map(|s| s.after - s.before).collect();
+            took.sort_unstable();
+            let usual_ns = took[took.len() / 2];
+            let slow = |s: &Sent| s.after - s.before > usual_ns + (TOLERANCE_US * 1e3) as u64;
             let mut worst_us: f64 = 0.0;
-            let mut server_jitter_us: f64 = 0.0;
+            let mut compared = 0;
+            let mut excused = Vec::new();
             for (k, error_ms) in &intervals {
                 let k = *k as usize;
                 let injected_ms = frames[k].delay_us.abs_diff(frames[k - 1].delay_us) as f64 / 1e3;
                 let off = (error_ms - injected_ms).abs() * 1e3;
-                worst_us = worst_us.max(off);
                 let wrote_ms = (frames[k].before - frames[k - 1].before) as f64 / 1e6;
                 let planned_ms =
                     20.0 + (frames[k].delay_us as f64 - frames[k - 1].delay_us as f64) / 1e3;
-                server_jitter_us = server_jitter_us.max((wrote_ms - planned_ms).abs() * 1e3);
+                let late_us = (wrote_ms - planned_ms).abs() * 1e3;
+                let kept = late_us <= TOLERANCE_US && !slow(&frames[k]) && !slow(&frames[k - 1]);
+                if kept {
+                    compared += 1;
+                    worst_us = worst_us.max(off);
+                } else if off > TOLERANCE_US {
+                    excused.push(format!(
+                        "frame {k}: off by {off:.0} µs; writes took {:.0} and {:.0} µs (usual {:.0}), start {late_us:.0} µs off schedule",
+                        (frames[k - 1].after - frames[k - 1].before) as f64 / 1e3,
+                        (frames[k].after - frames[k].before) as f64 / 1e3,
+                        usual_ns as f64 / 1e3
+                    ));
+                }
                 if injected_ms > 0.0 || off > TOLERANCE_US {
                     println!(
                         "  frame {k:>3}: injected {injected_ms:>6.3} ms, wire {error_ms:>6.3} ms, app {}",
@@ -342,20 +364,22 @@ fn check(log_path: &str, report_path: &str) -> anyhow::Result<()> {
                 }
             }
             println!(
-                "  wire interval error vs injected: worst difference {worst_us:.1} µs over {} intervals (the server's own write start strayed up to {server_jitter_us:.1} µs)",
-                intervals.len()
+                "  wire interval error vs injected: worst difference {worst_us:.1} µs over {compared} of {} intervals; {} excused:",
+                intervals.len(),
+                excused.len()
             );
+            for e in &excused {
+                println!("    {e}");
+            }
             if worst_us > TOLERANCE_US {
                 failures.push(format!(
-                    "call {sid}: a wire interval error differs from the injected delay by {worst_us:.1} µs{}",
-                    if server_jitter_us > TOLERANCE_US {
-                        format!(
-                            " (the server's own write starts strayed by up to {server_jitter_us:.1} µs: \
-                             the server did not keep its schedule; run fewer calls or on a quieter machine)"
-                        )
-                    } else {
-                        String::new()
-                    }
+                    "call {sid}: a wire interval error differs from the injected delay by {worst_us:.1} µs"
+                ));
+            }
+            if excused.len() * 20 > intervals.len() {
+                failures.push(format!(
+                    "call {sid}: the server missed its schedule on {} intervals; the machine is too busy to calibrate",
+                    excused.len()
                 ));
             }
             // 3. The simulator's own figures are visibly worse.

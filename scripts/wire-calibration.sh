@@ -6,7 +6,8 @@
 # injected delay (within 0.1 ms), and that the simulator's own figures are visibly worse.
 #
 # Needs tcpdump and root (or CAP_NET_RAW for tcpdump); as root it installs tcpdump with apt-get
-# when missing. The server (and the simulator) run under `chrt -f 10` when that works.
+# when missing. When `chrt` works, the simulator runs under SCHED_FIFO 10, the stop/continue
+# loop under 20 and the server under 30.
 #
 # Usage: scripts/wire-calibration.sh
 # Environment (all optional):
@@ -57,8 +58,11 @@ mkdir -p "$OUT"
 
 echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)')"
 echo "before: $(uptime)"
+# The server above the stopper below (which is above the simulator): its schedule is the truth.
+SERVER_CHRT=""
+[ -z "$CHRT" ] || SERVER_CHRT="chrt -f 30"
 # shellcheck disable=SC2086
-$CHRT "$SERVER_BIN" serve --port "$PORT" --log "$OUT/server.log" 2>"$OUT/server.err" &
+$SERVER_CHRT "$SERVER_BIN" serve --port "$PORT" --log "$OUT/server.log" 2>"$OUT/server.err" &
 SERVER=$!
 STOPPER=""
 cleanup() {
