@@ -363,27 +363,17 @@ impl Inbox {
 
     /// Checks one server message is exactly a documented shape and applies it.
     fn handle(&mut self, text: &str, now: Instant, outcome: &mut CallOutcome) {
-        let Ok(msg) = serde_json::from_str::<ServerMessage<'_>>(text) else {
-            self.malformed(outcome, "not a documented shape", text);
-            return;
+        let event = match check_server_message(text, &self.stream_sid, &mut self.decoded) {
+            Ok(event) => event,
+            Err(what) => {
+                self.malformed(outcome, what, text);
+                return;
+            }
         };
-        if msg.stream_sid.as_deref() != Some(self.stream_sid.as_str()) {
-            self.malformed(outcome, "wrong streamSid", text);
-            return;
-        }
         let at = now - self.t0;
         let std_now = now.into_std();
-        match (msg.event.as_ref(), msg.media, msg.mark) {
-            ("media", Some(media), None) => {
-                self.decoded.clear();
-                if STANDARD
-                    .decode_vec(media.payload.as_bytes(), &mut self.decoded)
-                    .is_err()
-                    || self.decoded.is_empty()
-                {
-                    self.malformed(outcome, "bad media payload", text);
-                    return;
-                }
+        match event {
+            ServerEvent::Media => {
                 self.observer.on_media(std_now, &self.decoded);
                 if self.keep_log {
                     outcome.received.push(Received {
@@ -392,18 +382,18 @@ impl Inbox {
                     });
                 }
             }
-            ("mark", None, Some(mark)) => {
+            ServerEvent::Mark(name) => {
                 self.observer.on_mark(std_now);
                 if self.keep_log {
-                    outcome.mark_names.push(mark.name.to_string());
+                    outcome.mark_names.push(name.to_string());
                     outcome.received.push(Received {
                         at,
                         kind: ReceivedKind::Mark(outcome.mark_names.len() - 1),
                     });
                 }
-                self.pending_marks.push_back(mark.name.into_owned());
+                self.pending_marks.push_back(name.into_owned());
             }
-            ("clear", None, None) => {
+            ServerEvent::Clear => {
                 self.observer.on_clear(std_now);
                 if self.keep_log {
                     outcome.received.push(Received {
@@ -412,9 +402,58 @@ impl Inbox {
                     });
                 }
             }
-            _ => self.malformed(outcome, "unknown message", text),
         }
     }
+}
+
+/// A server message that is exactly one of the documented shapes.
+#[derive(Debug, Eq, PartialEq)]
+pub(crate) enum ServerEvent<'a> {
+    /// `media`; its payload is in the `decoded` buffer given to [`check_server_message`].
+    Media,
+    /// `mark` with its name.
+    Mark(Cow<'a, str>),
+    /// `clear`.
+    Clear,
+}
+
+/// Checks that `text` is exactly one of the documented server messages for `stream_sid`; a
+/// `media` payload is decoded into `decoded`. The error says what is wrong. The simulator's
+/// reader and the wire capture ([`super::wire`]) both judge messages with this.
+pub(crate) fn check_server_message<'a>(
+    text: &'a str,
+    stream_sid: &str,
+    decoded: &mut Vec<u8>,
+) -> Result<ServerEvent<'a>, &'static str> {
+    let msg =
+        serde_json::from_str::<ServerMessage<'_>>(text).map_err(|_| "not a documented shape")?;
+    if msg.stream_sid.as_deref() != Some(stream_sid) {
+        return Err("wrong streamSid");
+    }
+    match (msg.event.as_ref(), msg.media, msg.mark) {
+        ("media", Some(media), None) => {
+            decoded.clear();
+            if STANDARD
+                .decode_vec(media.payload.as_bytes(), decoded)
+                .is_err()
+                || decoded.is_empty()
+            {
+                return Err("bad media payload");
+            }
+            Ok(ServerEvent::Media)
+        }
+        ("mark", None, Some(mark)) => Ok(ServerEvent::Mark(mark.name)),
+        ("clear", None, None) => Ok(ServerEvent::Clear),
+        _ => Err("unknown message"),
+    }
+}
+
+/// The `streamSid` of a server message, if it parses as one of the documented shapes.
+pub(crate) fn stream_sid_of(text: &str) -> Option<String> {
+    serde_json::from_str::<ServerMessage<'_>>(text)
+        .ok()?
+        .stream_sid
+        .map(Cow::into_owned)
 }
 
 /// Appends `s` to `out` as the inside of a JSON string.
@@ -439,6 +478,8 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
         .map_err(|e| SimError::Twiml(format!("bad stream url {:?}: {e}", target.url)))?;
     let tcp = connect(plan.connect_to, &uri).await?;
     let _ = tcp.set_nodelay(true);
+    // The wire capture finds this call's TCP stream by the client's port.
+    let local_port = tcp.local_addr().ok().map(|a| a.port());
     // The handshake goes to the same host and path; the scheme on the wire is plain ws here
     // (TLS, when used, is terminated in front of the server).
     let ws_url = format!(
@@ -524,6 +565,9 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
         malformed: 0,
         keep_log: plan.keep_log,
     };
+    if plan.keep_timeline {
+        inbox.observer.keep_intervals();
+    }
     let mut schedule = SendSchedule::new(&plan.impair);
     let total_frames = (plan.duration.as_millis() / 20) as u64;
     let mut frame_index: u64 = 0;
@@ -671,6 +715,8 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
         .collect();
     let mut metrics = observer.finish(&plan.utterances, &dtmf_times, plan.keep_timeline);
     metrics.call_sid.clone_from(&plan.call_sid);
+    metrics.local_port = local_port;
+    metrics.stream_sid = stream_sid;
     metrics.frames_sent = outcome.frames_sent;
     metrics.frames_skipped = skipped;
     metrics.send_errors = send_errors;

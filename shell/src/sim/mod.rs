@@ -10,6 +10,7 @@
 //! | [`procfs`] | CPU and memory of a process from `/proc` |
 //! | [`report`] | aggregation, the text table and the JSON report |
 //! | [`svg`] | the picture: latency histograms and per-call timelines |
+//! | [`wire`] | `--wire-capture`: tcpdump, pcap reassembly, pacing measured at the wire |
 //! | [`runner`] | scenarios, concurrent calls with a ramp, capacity mode, the command line |
 
 pub mod client;
@@ -20,6 +21,7 @@ pub mod runner;
 pub mod script;
 pub mod stats;
 pub mod svg;
+pub mod wire;
 
 pub use client::{
     CallOutcome, CallPlan, Impairments, Received, ReceivedKind, SimError, StreamTarget,

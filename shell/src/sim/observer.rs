@@ -15,7 +15,8 @@
 //! - **Outbound frame interval error**: for consecutive `media` messages `i − 1`, `i` of the
 //!   same burst, after the lead, `|(arrival_i − arrival_{i−1}) − duration(payload_{i−1})|`,
 //!   where a payload's duration is its byte count at 8 kHz (160 bytes = 20 ms). Arrival is
-//!   when the simulator read the message off the socket.
+//!   when the simulator read the message off the socket; the wire capture ([`super::wire`])
+//!   feeds a second observer with the instants the messages crossed the wire instead.
 //! - **Buffer depth**: the audio queued in Twilio's buffer when a `media` message arrives
 //!   (before adding it).
 //! - **Response latency**: for each caller utterance, from the end of the speech as sent to
@@ -114,6 +115,17 @@ pub struct CallMetrics {
     pub lead_messages: u64,
     /// Outbound frame interval error.
     pub interval_error: Summary,
+    /// Every interval-error sample as (index of the later `media` in the call, from 0; error
+    /// in ms), kept for the timeline calls only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<(u64, f64)>,
+    /// The client's port of the call's WebSocket connection (joins the wire capture).
+    pub local_port: Option<u16>,
+    /// The call's `streamSid`.
+    pub stream_sid: String,
+    /// The same call measured at the wire (with `--wire-capture`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire: Option<super::wire::WireCallMetrics>,
     /// Buffer depth when `media` arrives.
     pub depth: Summary,
     /// Times playback starved inside a burst.
@@ -179,6 +191,10 @@ pub struct CallObserver {
     mark_echoes: Vec<f64>,
     next_mark: u64,
     keep_marks: bool,
+    /// `media` messages so far.
+    media_count: u64,
+    /// Interval-error samples with the index of their `media`, when kept.
+    interval_log: Option<Vec<(u64, Duration)>>,
 }
 
 impl CallObserver {
@@ -203,7 +219,15 @@ impl CallObserver {
             mark_echoes: Vec::new(),
             next_mark: 0,
             keep_marks,
+            media_count: 0,
+            interval_log: None,
         }
+    }
+
+    /// Keeps every interval-error sample with the index of its `media` (for the timeline calls
+    /// and the wire calibration; a long call keeps a few thousand).
+    pub fn keep_intervals(&mut self) {
+        self.interval_log.get_or_insert_with(Vec::new);
     }
 
     /// The playback model.
@@ -237,12 +261,17 @@ impl CallObserver {
                 self.lead_messages += 1;
             } else {
                 self.in_lead = false;
-                self.interval.record(gap.abs_diff(last_duration));
+                let error = gap.abs_diff(last_duration);
+                self.interval.record(error);
+                if let Some(log) = &mut self.interval_log {
+                    log.push((self.media_count, error));
+                }
             }
         }
         self.depth.record(buffered);
         self.last_media = Some((at, duration));
         self.clear_since_media = false;
+        self.media_count += 1;
 
         let start = at.max(self.model.buffer_end().unwrap_or(at));
         let span = Span {
@@ -395,6 +424,12 @@ impl CallObserver {
             bursts: self.bursts,
             lead_messages: self.lead_messages,
             interval_error: self.interval.summary(),
+            intervals: self
+                .interval_log
+                .iter()
+                .flatten()
+                .map(|(i, e)| (*i, ms(*e)))
+                .collect(),
             depth: self.depth.summary(),
             underruns: self.underruns,
             underrun_ms: ms(self.underrun_time),

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::observer::CallMetrics;
 use super::stats::{Histogram, Summary};
+use super::wire::WireGroup;
 
 /// Process figures over a group of calls.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -90,6 +91,9 @@ pub struct GroupReport {
     pub server: Usage,
     /// The simulator process.
     pub simulator: Usage,
+    /// The same calls measured at the wire (with `--wire-capture`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire: Option<WireGroup>,
     /// Every call.
     pub per_call: Vec<CallMetrics>,
     /// Merged interval-error histogram, for the picture.
@@ -155,6 +159,7 @@ impl GroupReport {
             sim_send_lateness: lateness.summary(),
             server: Usage::default(),
             simulator: Usage::default(),
+            wire: None,
             per_call: calls,
             interval_hist: interval,
         }
@@ -197,20 +202,57 @@ fn duo(s: &Summary) -> String {
     }
 }
 
-/// The groups as Markdown tables: quality first, then cost.
+/// The wire columns' cells: interval error and underruns at the wire, and how complete the
+/// capture was.
+fn wire_cells(wire: Option<&WireGroup>) -> String {
+    wire.map_or_else(
+        || " – | – | – |".to_owned(),
+        |w| {
+            let mut note = format!("{}/{}", w.calls_found, w.calls_found + w.calls_missing);
+            if w.media_mismatches > 0 {
+                let _ = write!(note, ", {} count mismatches", w.media_mismatches);
+            }
+            if let Some(d) = w.capture.dropped.filter(|d| *d > 0) {
+                let _ = write!(note, ", {d} dropped");
+            }
+            format!(" {} | {} | {note} |", trio(&w.interval_error), w.underruns)
+        },
+    )
+}
+
+const WIRE_HEAD: &str =
+    " wire interval error p50 / p99 / max (ms) | wire underruns | calls at wire |";
+const WIRE_RULE: &str = "---|---:|---|";
+
+/// The groups as Markdown tables: quality first, then cost. With a wire capture, the wire
+/// figures stand next to the simulator's.
 pub fn table(groups: &[GroupReport]) -> String {
+    let has_wire = groups.iter().any(|g| g.wire.is_some());
     let mut out = String::new();
-    out.push_str("| scenario | server | calls | failed | interval error p50 / p99 / max (ms) | underruns | depth p50 (ms) | first audio p50 (ms) | response p50 / p99 (ms) | barge-in p50 / p99 (ms) (n) | stale p50 (ms) | false barge-ins | unprompted | DTMF→clear p50 (ms) | malformed |\n");
-    out.push_str("|---|---|---:|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|\n");
+    out.push_str("| scenario | server | calls | failed | interval error p50 / p99 / max (ms) |");
+    if has_wire {
+        out.push_str(WIRE_HEAD);
+    }
+    out.push_str(" underruns | depth p50 (ms) | first audio p50 (ms) | response p50 / p99 (ms) | barge-in p50 / p99 (ms) (n) | stale p50 (ms) | false barge-ins | unprompted | DTMF→clear p50 (ms) | malformed |\n");
+    out.push_str("|---|---|---:|---:|---|");
+    if has_wire {
+        out.push_str(WIRE_RULE);
+    }
+    out.push_str("---:|---:|---:|---|---|---:|---:|---:|---:|---:|\n");
     for g in groups {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}{}) | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |{} {} | {} | {} | {} | {} ({}{}) | {} | {} | {} | {} | {} |",
             g.scenario,
             g.target,
             g.calls,
             g.failed,
             trio(&g.interval_error),
+            if has_wire {
+                wire_cells(g.wire.as_ref())
+            } else {
+                String::new()
+            },
             g.underruns,
             if g.depth.count == 0 {
                 "–".to_owned()
@@ -291,6 +333,8 @@ pub struct CapacityReport {
     pub target: String,
     /// Pacing limit: interval error p99, ms.
     pub pacing_limit_ms: f64,
+    /// Where the limit was read: `"app"` (when the simulator read the messages) or `"wire"`.
+    pub paced_by: &'static str,
     /// Highest concurrency with no limit broken (0 if the first step broke).
     pub highest_clean: usize,
     /// `highest_clean` / CPU cores of this machine.
@@ -305,19 +349,35 @@ pub struct CapacityReport {
 
 /// Capacity steps as a Markdown table.
 pub fn capacity_table(reports: &[CapacityReport]) -> String {
+    let has_wire = reports
+        .iter()
+        .any(|r| r.steps.iter().any(|s| s.group.wire.is_some()));
     let mut out = String::new();
-    out.push_str("| server | calls | clean | interval error p50 / p99 / max (ms) | underruns | failed | server CPU (%) | server KiB per call | sim CPU (%) | sim send lateness p99 (ms) | broke |\n");
-    out.push_str("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|\n");
+    out.push_str("| server | calls | clean | interval error p50 / p99 / max (ms) |");
+    if has_wire {
+        out.push_str(WIRE_HEAD);
+    }
+    out.push_str(" underruns | failed | server CPU (%) | server KiB per call | sim CPU (%) | sim send lateness p99 (ms) | broke |\n");
+    out.push_str("|---|---:|---|---|");
+    if has_wire {
+        out.push_str(WIRE_RULE);
+    }
+    out.push_str("---:|---:|---:|---:|---:|---:|---|\n");
     for r in reports {
         for s in &r.steps {
             let g = &s.group;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                "| {} | {} | {} | {} |{} {} | {} | {} | {} | {} | {:.2} | {} |",
                 r.target,
                 s.calls,
                 if s.clean { "yes" } else { "no" },
                 trio(&g.interval_error),
+                if has_wire {
+                    wire_cells(g.wire.as_ref())
+                } else {
+                    String::new()
+                },
                 g.underruns,
                 g.failed,
                 opt(g.server.cpu_percent, 1),
@@ -331,11 +391,16 @@ pub fn capacity_table(reports: &[CapacityReport]) -> String {
     for r in reports {
         let _ = writeln!(
             out,
-            "\n**{}**: highest clean concurrency {} on {} cores = {:.0} calls per core; server {} KiB per call at that step.",
+            "\n**{}**: highest clean concurrency {} on {} cores = {:.0} calls per core (pacing read at the {}); server {} KiB per call at that step.",
             r.target,
             r.highest_clean,
             r.cores,
             r.calls_per_core,
+            if r.paced_by == "wire" {
+                "wire"
+            } else {
+                "simulator"
+            },
             opt(r.server_kib_per_call, 1)
         );
     }

@@ -29,6 +29,7 @@ use super::procfs::{self, Sampler};
 use super::report::{self, CapacityReport, CapacityStep, GroupReport, Usage};
 use super::script::{self, Impairments, Script};
 use super::svg;
+use super::wire::{self, Capture, WireError};
 
 /// The built-in caller speech: "hello world", 8 kHz µ-law (see `tests/data/NOTICE`).
 const DEFAULT_SPEECH: &[u8] = include_bytes!("../../../tests/data/hello-world.ulaw");
@@ -59,6 +60,15 @@ pub enum Scenario {
     Long,
     /// Steps of concurrency until pacing p99 exceeds the limit or any underrun.
     Capacity,
+}
+
+/// Where capacity mode reads its pacing limit.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, clap::ValueEnum)]
+pub enum PaceBy {
+    /// When the simulator read each message.
+    App,
+    /// When each message crossed the wire (needs `--wire-capture`).
+    Wire,
 }
 
 impl Scenario {
@@ -150,6 +160,18 @@ pub struct SimArgs {
     /// Simulator threads [default: one per core].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also measure outbound pacing at the wire: run tcpdump on this interface (`lo` for a
+    /// server on this machine) while each group or capacity step runs, capturing the server's
+    /// segments from the target's webhook port. Needs tcpdump and root or CAP_NET_RAW.
+    #[arg(long, value_name = "IFACE")]
+    pub wire_capture: Option<String>,
+    /// Keep the wire captures (`<out>/wire-*.pcap`) instead of deleting each once it is read.
+    #[arg(long)]
+    pub wire_keep: bool,
+    /// Capacity: read interval error p99 and underruns from the simulator (`app`) or from the
+    /// wire capture (`wire`) [default: wire with --wire-capture, else app].
+    #[arg(long, value_enum)]
+    pub pace_by: Option<PaceBy>,
 }
 
 impl SimArgs {
@@ -184,6 +206,31 @@ pub enum RunError {
     /// The runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// The wire capture failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// `--wire-capture` settings for a run.
+#[derive(Clone, Debug)]
+pub struct WireRun {
+    /// The interface tcpdump listens on.
+    pub iface: String,
+    /// Where the pcap files go.
+    pub dir: PathBuf,
+    /// Keep the pcap files.
+    pub keep: bool,
+}
+
+/// The TCP port of a target's webhook URL (the stream is expected on the same port).
+fn webhook_port(url: &str) -> Result<u16, RunError> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| RunError::Args(format!("bad webhook url {url:?}: {e}")))?;
+    Ok(uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    }))
 }
 
 /// A server under test.
@@ -317,8 +364,27 @@ pub async fn run_group(
     impair: &Impairments,
     timeline_calls: usize,
     baseline: Option<procfs::ProcSample>,
-) -> GroupReport {
+    wire: Option<&WireRun>,
+) -> Result<GroupReport, RunError> {
     let frames = Arc::new(script.frames());
+    let port = webhook_port(&target.webhook_url)?;
+    let capture = match wire {
+        Some(w) => {
+            let name: String = format!("wire-{scenario}-{}-{calls}.pcap", target.name)
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let path = w.dir.join(name);
+            Some((Capture::start(&w.iface, &[port], &path).await?, path))
+        }
+        None => None,
+    };
     let idle = baseline.or_else(|| target.pid.and_then(procfs::sample));
     let server = target
         .pid
@@ -368,7 +434,7 @@ pub async fn run_group(
         });
     }
     let wall = start.elapsed().as_secs_f64();
-    let metrics = metrics
+    let mut metrics: Vec<CallMetrics> = metrics
         .into_iter()
         .map(|m| {
             m.unwrap_or_else(|| CallMetrics {
@@ -377,7 +443,26 @@ pub async fn run_group(
             })
         })
         .collect();
+    let wire_group = match capture {
+        Some((capture, path)) => {
+            let stats = capture.stop().await?;
+            let contents = wire::read_pcap_file(&path, &[port])?;
+            let group = wire::join(&mut metrics, &contents, stats, |i| i < timeline_calls);
+            if !wire.is_some_and(|w| w.keep) {
+                let _ = std::fs::remove_file(&path);
+            }
+            for problem in group.problems() {
+                eprintln!(
+                    "handset sim: wire capture of {scenario} against {}: {problem}",
+                    target.name
+                );
+            }
+            Some(group)
+        }
+        None => None,
+    };
     let mut group = GroupReport::aggregate(scenario, &target.name, metrics, wall);
+    group.wire = wire_group;
     if let Some((pid, sampler)) = server {
         let series = sampler.snapshot(pid);
         let end = sampler.now();
@@ -399,7 +484,7 @@ pub async fn run_group(
         rss_peak_kib: series.peak_rss_kib(0.0, end),
         kib_per_call: None,
     };
-    group
+    Ok(group)
 }
 
 /// Capacity mode against one server.
@@ -408,7 +493,9 @@ pub async fn capacity(
     speech: &[i16],
     args: &SimArgs,
     impair: &Impairments,
-) -> CapacityReport {
+    wire: Option<&WireRun>,
+) -> Result<CapacityReport, RunError> {
+    let by_wire = wire.is_some() && args.pace_by != Some(PaceBy::App);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut steps = Vec::new();
     let mut calls = args.capacity_start.max(1);
@@ -429,27 +516,40 @@ pub async fn capacity(
             impair,
             0,
             baseline,
+            wire,
         )
-        .await;
+        .await?;
         group.per_call.clear();
         let mut broke = Vec::new();
         if group.failed > 0 {
             broke.push(format!("{} calls failed", group.failed));
         }
-        if group.underruns > 0 {
-            broke.push(format!("{} underruns", group.underruns));
+        // The pacing figures: at the wire when it is captured (and chosen), else as read.
+        let (p99, underruns, at) = match (&group.wire, by_wire) {
+            (Some(w), true) => {
+                if !w.complete() {
+                    broke.push(format!(
+                        "wire capture incomplete: {}",
+                        w.problems().join(", ")
+                    ));
+                }
+                (w.interval_error.p99_ms, w.underruns, "wire ")
+            }
+            _ => (group.interval_error.p99_ms, group.underruns, ""),
+        };
+        if underruns > 0 {
+            broke.push(format!("{underruns} {at}underruns"));
         }
-        if group.interval_error.p99_ms > args.pacing_limit_ms {
+        if p99 > args.pacing_limit_ms {
             broke.push(format!(
-                "interval error p99 {:.2} ms > {} ms",
-                group.interval_error.p99_ms, args.pacing_limit_ms
+                "{at}interval error p99 {p99:.2} ms > {} ms",
+                args.pacing_limit_ms
             ));
         }
         let clean = broke.is_empty();
         eprintln!(
-            "handset sim:   p99 {:.2} ms, underruns {}, failed {}, server CPU {:?} %: {}",
+            "handset sim:   {at}p99 {p99:.2} ms (as read {:.2} ms), {at}underruns {underruns}, failed {}, server CPU {:?} %: {}",
             group.interval_error.p99_ms,
-            group.underruns,
             group.failed,
             group.server.cpu_percent.map(|c| c.round()),
             if clean {
@@ -472,15 +572,16 @@ pub async fn capacity(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let best = steps.iter().rev().find(|s| s.clean);
-    CapacityReport {
+    Ok(CapacityReport {
         target: target.name.clone(),
         pacing_limit_ms: args.pacing_limit_ms,
+        paced_by: if by_wire { "wire" } else { "app" },
         highest_clean: best.map_or(0, |s| s.calls),
         calls_per_core: best.map_or(0.0, |s| s.calls as f64 / cores as f64),
         cores,
         server_kib_per_call: best.and_then(|s| s.group.server.kib_per_call),
         steps,
-    }
+    })
 }
 
 /// Everything a run produced.
@@ -523,6 +624,17 @@ pub async fn run(args: SimArgs) -> Result<RunReport, RunError> {
         path: args.out.display().to_string(),
         source,
     })?;
+    if args.pace_by == Some(PaceBy::Wire) && args.wire_capture.is_none() {
+        return Err(RunError::Args(
+            "--pace-by wire needs --wire-capture IFACE".to_owned(),
+        ));
+    }
+    let wire = args.wire_capture.as_ref().map(|iface| WireRun {
+        iface: iface.clone(),
+        dir: args.out.clone(),
+        keep: args.wire_keep,
+    });
+    let wire = wire.as_ref();
     let secs = |default: f64| Duration::from_secs_f64(args.duration.unwrap_or(default));
     let ramp = Duration::from_secs_f64(args.ramp.max(0.0));
     let mut groups = Vec::new();
@@ -542,7 +654,7 @@ pub async fn run(args: SimArgs) -> Result<RunReport, RunError> {
             Scenario::Long => (conversation(&speech, secs(300.0)), args.calls_each),
             Scenario::Capacity => {
                 for target in &targets {
-                    capacity_reports.push(capacity(target, &speech, &args, &impair).await);
+                    capacity_reports.push(capacity(target, &speech, &args, &impair, wire).await?);
                 }
                 write(
                     &args.out.join("capacity.svg"),
@@ -571,8 +683,9 @@ pub async fn run(args: SimArgs) -> Result<RunReport, RunError> {
                     &impair,
                     args.timeline_calls,
                     None,
+                    wire,
                 )
-                .await,
+                .await?,
             );
         }
         let refs: Vec<&GroupReport> = these.iter().collect();
