@@ -468,7 +468,7 @@ impl Engine {
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
             .ok_or(StartError::Config("no workers"))?;
         worker.load.fetch_add(1, Ordering::Relaxed);
-        let slot = worker::Slot::new(call, spec, consumer, control_rx);
+        let slot = worker::Slot::new(call, spec, consumer, control_rx, now);
         worker
             .tx
             .send(WorkerMsg::Open(Box::new(slot)))

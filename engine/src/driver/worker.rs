@@ -5,12 +5,11 @@
 //! 50 times per second per call, and each wake-up costs far more (a context switch and a timer)
 //! than serving a call. The worker therefore rounds its sleep target *up* to a fixed grid
 //! ([`EngineConfig::wake_grid`], 1 ms by default) counted from its epoch, and serves every call
-//! that is due when it wakes. A pacer anchors at the instant it is served, which is a grid tick
-//! plus the wake-up's lateness, and 20 ms is a whole number of ticks, so all of a call's later
-//! frame deadlines fall the same distance after a tick and round up to the same tick offset:
-//! a call's frames keep exact 20 ms spacing (plus only the wake-up jitter), each is released
-//! at most one tick after its deadline and never before it, and a worker wakes at most once
-//! per tick however many calls it runs.
+//! that is due when it wakes, at that grid tick's time ([`Worker::run`]). A pacer anchors when
+//! it is served, so on a tick, and 20 ms is a whole number of ticks, so all of a call's later
+//! frame deadlines are ticks too: a call's frames keep exact 20 ms spacing (plus only the
+//! wake-up jitter), each is released by the wake-up for its own tick, and a worker wakes at
+//! most once per tick however many calls it runs.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -63,6 +62,9 @@ pub(super) struct Slot {
     published: Published,
     /// When to publish the call's media counters next (`None`: at the first service).
     next_publish: Option<Instant>,
+    /// The clock's reading for the current service (the worker's wake-up), which the
+    /// measurements use; the call itself runs on the grid tick ([`Worker::run`]).
+    woke: Instant,
 }
 
 /// The part of a call's counters mirrored into [`EngineCounters`], as last published.
@@ -84,6 +86,7 @@ impl Slot {
         spec: CallSpec,
         inbound: ringbuf::HeapCons<InboundItem>,
         control: Receiver<Control>,
+        now: Instant,
     ) -> Self {
         Self {
             call,
@@ -99,18 +102,22 @@ impl Slot {
             generation: 0,
             published: Published::default(),
             next_publish: None,
+            woke: now,
         }
     }
 
-    /// Serves the call at `now` with the worker's audio buffer lent to the agent output (see
-    /// [`Slot::out`]). Returns false once the call ended.
+    /// Serves the call at `now` (the grid tick; `woke` is the clock's reading) with the
+    /// worker's audio buffer lent to the agent output (see [`Slot::out`]). Returns false once
+    /// the call ended.
     pub(super) fn service(
         &mut self,
         now: Instant,
+        woke: Instant,
         config: &EngineConfig,
         counters: &EngineCounters,
         spare_audio: &mut Vec<i16>,
     ) -> bool {
+        self.woke = woke;
         self.out.borrow_audio(spare_audio);
         let alive = self.serve(now, config, counters);
         self.out.return_audio(spare_audio);
@@ -252,7 +259,7 @@ impl Slot {
                 }
                 Output::Clear => self.send(now, Outbound::Clear, counters),
                 Output::Event(event) => {
-                    self.count_event(now, &event, counters);
+                    self.count_event(&event, counters);
                     self.agent.on_event(now, &event, &mut self.out);
                     if !matches!(event, CallEvent::Stopped) {
                         self.send(now, Outbound::Event(event), counters);
@@ -265,7 +272,7 @@ impl Slot {
                     if let Some(due) = due {
                         counters
                             .outbound_lateness
-                            .record(now.saturating_duration_since(due));
+                            .record(self.woke.saturating_duration_since(due));
                     }
                     let due = due.unwrap_or(now);
                     self.send(now, Outbound::Media { frame, due }, counters);
@@ -275,8 +282,8 @@ impl Slot {
     }
 
     /// Counts VAD transitions and barge-ins. A barge-in's `clear` was handed to the sink just
-    /// before its event, in this same drain, so `now` is when the `clear` left.
-    fn count_event(&self, now: Instant, event: &CallEvent, counters: &EngineCounters) {
+    /// before its event, in this same drain, so the service's wake-up is when the `clear` left.
+    fn count_event(&self, event: &CallEvent, counters: &EngineCounters) {
         match event {
             CallEvent::SpeechStarted { .. } => {
                 counters.speech_started.fetch_add(1, Ordering::Relaxed);
@@ -289,7 +296,7 @@ impl Slot {
                 if let Some(arrived) = self.call.onset_arrival() {
                     counters
                         .barge_in_latency
-                        .record(now.saturating_duration_since(arrived));
+                        .record(self.woke.saturating_duration_since(arrived));
                 }
             }
             _ => {}
@@ -402,14 +409,38 @@ impl Worker {
         self.epoch + Duration::from_nanos(nanos)
     }
 
+    /// `t` rounded down to the wake-up grid (unchanged when the grid is zero or `t` precedes
+    /// the epoch).
+    fn grid_floor(&self, t: Instant) -> Instant {
+        let grid = self.config.wake_grid.as_nanos();
+        let Some(offset) = t.checked_duration_since(self.epoch) else {
+            return t;
+        };
+        if grid == 0 {
+            return t;
+        }
+        let ticks = offset.as_nanos() / grid;
+        let nanos = u64::try_from(ticks * grid).unwrap_or(u64::MAX);
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    /// The worker's loop. **Its calls run on the grid:** a wake-up serves them at the grid tick
+    /// it woke for (the clock's reading rounded down to the grid), not at the clock's reading.
+    /// A pacer anchors on a tick, so every frame deadline is a tick and is released by that
+    /// tick's wake-up: a call's frames keep exact 20 ms spacing whatever each wake-up's
+    /// lateness. (Served at the clock's reading, a pacer anchored at `tick + lateness` has its
+    /// deadlines just after a tick; a later wake-up for that tick finds them due, an earlier
+    /// one does not, and the frame flips between two ticks: 1 ms interval errors.) The
+    /// measurements (release lateness, barge-in latency) use the clock's reading.
     pub(super) fn run(mut self) {
+        let mut woke = self.clock.now();
         loop {
-            let now = self.clock.now();
+            let now = self.grid_floor(woke);
             if !self.accept(now) {
                 self.stop_all();
                 return;
             }
-            self.serve_due(now);
+            self.serve_due(now, woke);
             let earliest = self
                 .heap
                 .peek()
@@ -418,7 +449,7 @@ impl Worker {
             // Everything due by the next tick is served by that one wake-up.
             let next = self.on_grid(earliest);
             self.clock.sleep_until(next);
-            let woke = self.clock.now();
+            woke = self.clock.now();
             self.counters.wakeups.fetch_add(1, Ordering::Relaxed);
             let late = woke.saturating_duration_since(next);
             if late > LATE {
@@ -454,7 +485,7 @@ impl Worker {
         }
     }
 
-    fn serve_due(&mut self, now: Instant) {
+    fn serve_due(&mut self, now: Instant, woke: Instant) {
         while let Some(&Reverse((deadline, index, generation))) = self.heap.peek() {
             if deadline > now {
                 return;
@@ -466,7 +497,13 @@ impl Worker {
             if slot.generation != generation {
                 continue;
             }
-            if slot.service(now, &self.config, &self.counters, &mut self.spare_audio) {
+            if slot.service(
+                now,
+                woke,
+                &self.config,
+                &self.counters,
+                &mut self.spare_audio,
+            ) {
                 slot.generation += 1;
                 let next = slot.next_deadline(now, self.config.max_idle);
                 self.heap
