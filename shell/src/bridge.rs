@@ -1063,10 +1063,15 @@ impl WriterState {
 /// read then gives each of its media frames' lateness against their pacer deadlines
 /// (`handset_outbound_write_lateness`), the engine's release lateness plus the hand-off through
 /// this task and the write.
+///
+/// **Where it runs.** The part that moves messages ([`pump`]) runs on the egress runtime
+/// ([`crate::egress`]), a thread of its own that socket reads never occupy, so a burst of
+/// inbound work cannot hold a frame; what follows the call's end (its store record, the close
+/// frame) runs here, on the main runtime, beside the store's connections.
 async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WsStream, Message>,
-    mut out: mpsc::Receiver<Queued>,
-    mut close: mpsc::Receiver<CloseReason>,
+    sink: futures_util::stream::SplitSink<WsStream, Message>,
+    out: mpsc::Receiver<Queued>,
+    close: mpsc::Receiver<CloseReason>,
     call: WriterCall,
     state: Arc<AppState>,
 ) {
@@ -1080,7 +1085,109 @@ async fn write_loop(
         echoes,
     } = call;
     let write_timeout = state.config.ws_write_timeout;
+    let pumped = state.egress.spawn(pump(
+        sink,
+        out,
+        close,
+        PumpCall {
+            info,
+            id,
+            trace_dir,
+            closing,
+            echoes,
+            write_timeout,
+            metrics: Arc::clone(&state.metrics),
+        },
+    ));
+    let Ok(Pumped {
+        mut sink,
+        mut close,
+        ws,
+    }) = pumped.await
+    else {
+        // The egress runtime is shutting down (the process is ending).
+        return;
+    };
     let metrics = &state.metrics;
+    let WriterState {
+        info,
+        mut close_reason,
+        frames_total,
+        frames_window,
+        ..
+    } = ws;
+    if frames_window > 0 {
+        tracing::info!(id, call_sid = %info.call_sid, frames = frames_window, total = frames_total, "MEDIA_TX");
+    }
+    if close_reason.is_none() {
+        close_reason = close.try_recv().ok();
+    }
+    let reason = close_reason.unwrap_or(CloseReason::Completed);
+    metrics.ws_close(reason);
+    metrics.call_ended(reason);
+    // The end reason is stored before the close frame goes out: Twilio requests the
+    // `<Connect action>` (on any instance) only after the stream has closed.
+    let _ = tokio::time::timeout(STORE_WRITE_TIMEOUT, recorded).await;
+    let transfer = match reason {
+        CloseReason::Transfer => control.as_ref().and_then(|c| c.take_transfer()),
+        _ => None,
+    };
+    record_end(
+        &state,
+        &info.call_sid,
+        &info.stream_sid,
+        reason,
+        transfer.as_ref(),
+        id,
+    )
+    .await;
+    // One bound for the close frame and the flush behind it (a stalled peer takes neither).
+    // When the peer closed first, tungstenite has queued its reply and refuses ours: the
+    // flush in `close` is what sends the reply.
+    let frame = reason.frame();
+    let _ = tokio::time::timeout(write_timeout, async {
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        sink.close().await
+    })
+    .await;
+}
+
+/// What the write pump needs besides the socket and its queues.
+struct PumpCall {
+    info: CallInfo,
+    id: u64,
+    trace_dir: Option<std::path::PathBuf>,
+    closing: tokio::sync::oneshot::Sender<()>,
+    echoes: Arc<AtomicU64>,
+    write_timeout: Duration,
+    metrics: Arc<crate::metrics::ShellMetrics>,
+}
+
+/// What the write pump hands back when the stream is to close.
+struct Pumped {
+    sink: futures_util::stream::SplitSink<WsStream, Message>,
+    close: mpsc::Receiver<CloseReason>,
+    ws: WriterState,
+}
+
+/// Moves engine output onto the socket until the call ends or a close is asked for (see
+/// [`write_loop`]), then takes the engine's final counters.
+async fn pump(
+    mut sink: futures_util::stream::SplitSink<WsStream, Message>,
+    mut out: mpsc::Receiver<Queued>,
+    mut close: mpsc::Receiver<CloseReason>,
+    call: PumpCall,
+) -> Pumped {
+    let PumpCall {
+        info,
+        id,
+        trace_dir,
+        closing,
+        echoes,
+        write_timeout,
+        metrics,
+    } = call;
+    let metrics = &*metrics;
     let mut ws = WriterState {
         writer: Writer::new(&info.stream_sid),
         info,
@@ -1195,47 +1302,7 @@ async fn write_loop(
         })
         .await;
     }
-    let WriterState {
-        info,
-        mut close_reason,
-        frames_total,
-        frames_window,
-        ..
-    } = ws;
-    if frames_window > 0 {
-        tracing::info!(id, call_sid = %info.call_sid, frames = frames_window, total = frames_total, "MEDIA_TX");
-    }
-    if close_reason.is_none() {
-        close_reason = close.try_recv().ok();
-    }
-    let reason = close_reason.unwrap_or(CloseReason::Completed);
-    metrics.ws_close(reason);
-    metrics.call_ended(reason);
-    // The end reason is stored before the close frame goes out: Twilio requests the
-    // `<Connect action>` (on any instance) only after the stream has closed.
-    let _ = tokio::time::timeout(STORE_WRITE_TIMEOUT, recorded).await;
-    let transfer = match reason {
-        CloseReason::Transfer => control.as_ref().and_then(|c| c.take_transfer()),
-        _ => None,
-    };
-    record_end(
-        &state,
-        &info.call_sid,
-        &info.stream_sid,
-        reason,
-        transfer.as_ref(),
-        id,
-    )
-    .await;
-    // One bound for the close frame and the flush behind it (a stalled peer takes neither).
-    // When the peer closed first, tungstenite has queued its reply and refuses ours: the
-    // flush in `close` is what sends the reply.
-    let frame = reason.frame();
-    let _ = tokio::time::timeout(write_timeout, async {
-        let _ = sink.send(Message::Close(Some(frame))).await;
-        sink.close().await
-    })
-    .await;
+    Pumped { sink, close, ws }
 }
 
 /// Writes a call's timeline as `<dir>/<CallSid>.json` (Chrome trace format).

@@ -22,6 +22,7 @@
 //! | [`store`] | append-only JSON-lines logs under `DATA_DIR` |
 //! | [`form`] | strict form decoding |
 //! | [`bridge`] | the Media Streams WebSocket: upgrade checks and the socket ↔ engine bridge |
+//! | [`egress`] | the thread whose runtime writes engine output to the media sockets |
 //! | `session` | stream admission after `start`: drain, token, capacity, agent choice, tracing |
 //! | [`media_stream`] | pure parsing and writing of Twilio's Media Streams JSON |
 //! | [`trace_svg`] | `handset trace FILE`: a call's Chrome trace JSON as an SVG timeline |
@@ -44,6 +45,7 @@
 pub mod agent;
 pub mod bridge;
 pub mod config;
+pub mod egress;
 pub mod ending;
 pub mod form;
 pub mod log_line;

@@ -417,6 +417,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Scheduling::Realtime(priority) => tracing::info!(
             priority,
             workers = state.engine.workers(),
+            egress = ?state.egress.scheduling(),
             "engine media threads run under SCHED_FIFO"
         ),
         Scheduling::Refused(priority, reason) => tracing::warn!(

@@ -47,7 +47,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use handset_engine::driver::{Engine, EngineConfig, StartError, SystemClock};
+use handset_engine::driver::{Engine, EngineConfig, Scheduling, StartError, SystemClock};
 
 use crate::config::Config;
 use crate::metrics::ShellMetrics;
@@ -103,6 +103,8 @@ pub struct AppState {
     pub recording_stored: Arc<tokio::sync::Notify>,
     /// The media engine's worker threads.
     pub engine: Engine,
+    /// The thread that writes engine output to the media sockets.
+    pub egress: crate::egress::Egress,
     /// Set to true when the server starts draining: media streams finish within
     /// `config.drain_timeout`, then close with 1001.
     pub draining: watch::Sender<bool>,
@@ -161,6 +163,9 @@ pub enum StateError {
     /// The Twilio REST client could not be built.
     #[error("cannot build the twilio rest client: {0}")]
     Twilio(#[from] TwilioError),
+    /// The egress thread could not start.
+    #[error("cannot start the egress thread: {0}")]
+    Egress(std::io::Error),
 }
 
 impl AppState {
@@ -183,6 +188,13 @@ impl AppState {
             },
             Arc::new(SystemClock::new()),
         )?;
+        // The socket writers run just below the engine's priority (and on the default
+        // scheduler when the engine does).
+        let egress = crate::egress::Egress::start(match engine.scheduling() {
+            Scheduling::Realtime(p) => Some(p.saturating_sub(1).max(1)),
+            Scheduling::Normal | Scheduling::Refused(..) => None,
+        })
+        .map_err(StateError::Egress)?;
         let active_calls = ActiveCalls::default();
         let metrics = Arc::new(ShellMetrics::default());
         let metrics_registry = crate::metrics::registry(
@@ -198,6 +210,7 @@ impl AppState {
             active_calls,
             recording_stored: Arc::default(),
             engine,
+            egress,
             draining: watch::channel(false).0,
             metrics,
             metrics_registry,

@@ -511,8 +511,9 @@ impl Drop for Engine {
     }
 }
 
-/// Puts the calling thread under `SCHED_FIFO` at `priority`; the OS's reason when it refuses.
-fn realtime(priority: u8) -> Result<(), String> {
+/// Puts the calling thread under `SCHED_FIFO` at `priority` (1–99), as the engine does its
+/// workers; the OS's reason when it refuses. For the shell's own media threads.
+pub fn realtime(priority: u8) -> Result<(), String> {
     use thread_priority::{
         RealtimeThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
     };

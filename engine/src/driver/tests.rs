@@ -341,6 +341,9 @@ impl OutboundSink for VirtualSink {
     }
 }
 
+/// Per call, each media frame's (release time, pacer deadline).
+type Released = Vec<Vec<(Instant, Instant)>>;
+
 /// Runs `calls` echo calls starting 0.37 ms apart (phases spread over the 20 ms cycle) on one
 /// worker for `run` of virtual time; returns the sleep targets and, per call, each media
 /// frame's (release time, pacer deadline).
@@ -348,11 +351,7 @@ fn run_virtual(
     calls: usize,
     run: Duration,
     wake_grid: Duration,
-) -> (
-    Vec<Instant>,
-    Vec<Vec<(Instant, Instant)>>,
-    Arc<EngineCounters>,
-) {
+) -> (Vec<Instant>, Released, Arc<EngineCounters>) {
     let t0 = Instant::now();
     let config = EngineConfig {
         workers: 1,
@@ -423,7 +422,7 @@ fn run_virtual(
 /// Checks every call's greeting frames against the pacer's schedule: frame `n` is due at
 /// `first + (n − lead)·20 ms`, as the frame itself says, and must never leave before that, nor
 /// more than `slack` after.
-fn assert_paced(media: &[Vec<(Instant, Instant)>], slack: Duration) {
+fn assert_paced(media: &Released, slack: Duration) {
     let lead = CallConfig::default().pacer.lead_frames as usize;
     for (call, times) in media.iter().enumerate() {
         assert!(
