@@ -3,8 +3,12 @@
 # `handset sim --scenario capacity` against it and prints the summary. The server and the
 # simulator both run under `chrt -f 10` (SCHED_FIFO; needs root or CAP_SYS_NICE) when
 # available, as in benches/README.md; set CHRT= to run them under the default scheduler.
-# The server's engine threads are raised above that (ENGINE_REALTIME_PRIORITY=20), so socket
-# work at priority 10 never holds a frame; set ENGINE_RT=0 to leave them at the server's.
+# The server runs differently: its engine threads under SCHED_FIFO 20 and its socket writer at
+# 19 (ENGINE_REALTIME_PRIORITY=20), the rest (socket reads, HTTP, the store) on the default
+# scheduler, as in production. Running the whole server real-time instead lets a busy second
+# (a ramp of new calls) spend the kernel's real-time budget (95 % of each second), after which
+# every real-time thread on that core is stopped for the rest of the second: a 50 ms hole in
+# every call's audio. Set ENGINE_RT=0 to run the whole server under CHRT instead.
 # SERVER_CPUS and SIM_CPUS pin each process to a CPU list (taskset); pinned to one CPU, the
 # server runs one engine worker and one tokio worker (both follow the CPUs it may use).
 #
@@ -16,7 +20,8 @@
 #   CHRT="chrt -f 10"                                   priority wrapper for both processes
 #   SERVER_ENV="ENGINE_WORKERS=2"                       extra environment for the server
 #   SERVER_CPUS=0 SIM_CPUS=1                            pin the server / simulator (taskset -c)
-#   ENGINE_RT=20                                        engine SCHED_FIFO priority (0 = off)
+#   ENGINE_RT=20                                        engine SCHED_FIFO priority (0 = off:
+#                                                         the whole server under CHRT)
 #   NO_BUILD=1                                          skip the release build
 # The load average is printed before and after, since the machine may be shared.
 set -euo pipefail
@@ -38,6 +43,7 @@ SERVER_PIN=""
 SIM_PIN=""
 [ -z "${SERVER_CPUS:-}" ] || SERVER_PIN="taskset -c $SERVER_CPUS"
 [ -z "${SIM_CPUS:-}" ] || SIM_PIN="taskset -c $SIM_CPUS"
+if [ "$ENGINE_RT" -gt 0 ]; then SERVER_CHRT=""; else SERVER_CHRT=$CHRT; fi
 
 # NO_BUILD=1 uses the binary already built.
 [ -n "${NO_BUILD:-}" ] || cargo build --release --locked -p handset-shell
@@ -48,10 +54,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)')"
 echo "before: $(uptime)"
-echo "server: cpus ${SERVER_CPUS:-any}, engine SCHED_FIFO ${ENGINE_RT}; simulator: cpus ${SIM_CPUS:-any}; ${CHRT:-default scheduler}"
+echo "server: cpus ${SERVER_CPUS:-any}, engine SCHED_FIFO ${ENGINE_RT}, rest ${SERVER_CHRT:-default scheduler}; simulator: cpus ${SIM_CPUS:-any}, ${CHRT:-default scheduler}"
 # shellcheck disable=SC2086
 env PUBLIC_URL="http://127.0.0.1:$PORT" TWILIO_AUTH_TOKEN=simtoken DATA_DIR="$DATA" RUST_LOG=warn \
-    ENGINE_REALTIME_PRIORITY="$ENGINE_RT" ${SERVER_ENV:-} $SERVER_PIN $CHRT "$BIN" serve --port "$PORT" --bind 127.0.0.1 >"$DATA/server.log" 2>&1 &
+    ENGINE_REALTIME_PRIORITY="$ENGINE_RT" ${SERVER_ENV:-} $SERVER_PIN $SERVER_CHRT "$BIN" serve --port "$PORT" --bind 127.0.0.1 >"$DATA/server.log" 2>&1 &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do
@@ -66,9 +72,10 @@ TWILIO_AUTH_TOKEN=simtoken $SIM_PIN $CHRT "$BIN" sim \
     --capacity-hold "$HOLD" --ramp-rate "$RAMP_RATE" --out "$OUT" "$@"
 echo "after: $(uptime)"
 # Where a late frame lost its time, over the whole run (cumulative buckets, seconds): the
-# engine's release after the pacer deadline, then the bytes handed to the kernel.
+# engine's release after the pacer deadline, then the bytes handed to the kernel; and how long
+# each engine wake-up worked.
 if command -v curl >/dev/null 2>&1; then
     curl -fsS "http://127.0.0.1:$PORT/metrics" |
-        grep -E '^handset_outbound_(write_)?lateness_seconds_(bucket|count)' || true
+        grep -E '^handset_(outbound_(write_)?lateness|engine_wakeup_busy)_seconds_(bucket|count)' || true
 fi
 echo "report: $OUT/report.md, server log: $DATA/server.log"

@@ -201,6 +201,13 @@ async fn a_scrape_after_real_calls_shows_what_happened() {
         );
     }
 
+    // Every wake-up's work was timed.
+    assert!(m.must("handset_engine_wakeup_busy_seconds_count") >= 1.0);
+    assert!(
+        m.must("handset_engine_wakeup_busy_seconds_count")
+            <= m.must("handset_engine_wakeups_total") + 1.0
+    );
+
     // The caller's speech was detected and cut the greeting: one barge-in, timed.
     assert!(m.must("handset_vad_transitions_total{transition=\"speech_started\"}") >= 1.0);
     let barge_ins = m.must("handset_barge_ins_total");

@@ -682,6 +682,12 @@ impl Collector for HandsetCollector {
             "Total lateness of engine worker wake-ups.",
             Duration::from_micros(load(&e.lateness_us)),
         )?;
+        histogram(
+            enc,
+            "handset_engine_wakeup_busy",
+            "How long each engine worker wake-up's work took, from waking to sleeping again.",
+            &e.wake_busy.snapshot(),
+        )?;
         Ok(())
     }
 }

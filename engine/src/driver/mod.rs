@@ -230,6 +230,10 @@ pub struct EngineCounters {
     pub late_wakeups: AtomicU64,
     /// Total lateness of wake-ups, in microseconds.
     pub lateness_us: AtomicU64,
+    /// How long each wake-up's work took, from waking to sleeping again: what delays every
+    /// frame due later in the same wake-up, and the next wake-up if it runs past it. Buckets
+    /// [`OUTBOUND_LATENESS_BOUNDS`].
+    pub wake_busy: AtomicHistogram,
     /// Caller frames accepted by the calls' jitter buffers.
     pub frames_in: AtomicU64,
     /// Caller playout slots concealed (no frame in time: faded repeat or silence).
@@ -289,6 +293,7 @@ impl Default for EngineCounters {
             speech_ended: AtomicU64::new(0),
             barge_ins: AtomicU64::new(0),
             outbound_lateness: AtomicHistogram::new(&OUTBOUND_LATENESS_BOUNDS),
+            wake_busy: AtomicHistogram::new(&OUTBOUND_LATENESS_BOUNDS),
             barge_in_latency: AtomicHistogram::new(&BARGE_IN_LATENCY_BOUNDS),
         }
     }

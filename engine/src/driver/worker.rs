@@ -448,6 +448,9 @@ impl Worker {
                 .min(now + self.config.max_idle);
             // Everything due by the next tick is served by that one wake-up.
             let next = self.on_grid(earliest);
+            self.counters
+                .wake_busy
+                .record(self.clock.now().saturating_duration_since(woke));
             self.clock.sleep_until(next);
             woke = self.clock.now();
             self.counters.wakeups.fetch_add(1, Ordering::Relaxed);
