@@ -8,7 +8,9 @@
 # scheduler, as in production. Running the whole server real-time instead lets a busy second
 # (a ramp of new calls) spend the kernel's real-time budget (95 % of each second), after which
 # every real-time thread on that core is stopped for the rest of the second: a 50 ms hole in
-# every call's audio. Set ENGINE_RT=0 to run the whole server under CHRT instead.
+# every call's audio. Set ENGINE_RT=0 to run the whole server under CHRT instead. The server
+# also holds the CPUs out of deep idle (ENGINE_CPU_LATENCY_US=0): on this kind of virtual
+# machine a halted vCPU takes up to several milliseconds to wake (cyclictest shows it).
 # SERVER_CPUS and SIM_CPUS pin each process to a CPU list (taskset); pinned to one CPU, the
 # server runs one engine worker and one tokio worker (both follow the CPUs it may use).
 #
@@ -20,6 +22,8 @@
 #   CHRT="chrt -f 10"                                   priority wrapper for both processes
 #   SERVER_ENV="ENGINE_WORKERS=2"                       extra environment for the server
 #   SERVER_CPUS=0 SIM_CPUS=1                            pin the server / simulator (taskset -c)
+#   CPU_LATENCY_US=0                                    the server's ENGINE_CPU_LATENCY_US
+#                                                         (CPU_LATENCY_US= for the kernel's idle)
 #   ENGINE_RT=20                                        engine SCHED_FIFO priority (0 = off:
 #                                                         the whole server under CHRT)
 #   NO_BUILD=1                                          skip the release build
@@ -39,6 +43,7 @@ if [ -z "${CHRT+x}" ]; then
     if chrt -f 10 true 2>/dev/null; then CHRT="chrt -f 10"; else CHRT=""; fi
 fi
 ENGINE_RT=${ENGINE_RT:-20}
+CPU_LATENCY_US=${CPU_LATENCY_US-0}
 SERVER_PIN=""
 SIM_PIN=""
 [ -z "${SERVER_CPUS:-}" ] || SERVER_PIN="taskset -c $SERVER_CPUS"
@@ -54,10 +59,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)')"
 echo "before: $(uptime)"
-echo "server: cpus ${SERVER_CPUS:-any}, engine SCHED_FIFO ${ENGINE_RT}, rest ${SERVER_CHRT:-default scheduler}; simulator: cpus ${SIM_CPUS:-any}, ${CHRT:-default scheduler}"
+echo "server: cpus ${SERVER_CPUS:-any}, engine SCHED_FIFO ${ENGINE_RT}, rest ${SERVER_CHRT:-default scheduler}, CPU wake-up latency ${CPU_LATENCY_US:-kernel default} us; simulator: cpus ${SIM_CPUS:-any}, ${CHRT:-default scheduler}"
 # shellcheck disable=SC2086
 env PUBLIC_URL="http://127.0.0.1:$PORT" TWILIO_AUTH_TOKEN=simtoken DATA_DIR="$DATA" RUST_LOG=warn \
-    ENGINE_REALTIME_PRIORITY="$ENGINE_RT" ${SERVER_ENV:-} $SERVER_PIN $SERVER_CHRT "$BIN" serve --port "$PORT" --bind 127.0.0.1 >"$DATA/server.log" 2>&1 &
+    ENGINE_REALTIME_PRIORITY="$ENGINE_RT" ENGINE_CPU_LATENCY_US="$CPU_LATENCY_US" ${SERVER_ENV:-} $SERVER_PIN $SERVER_CHRT "$BIN" serve --port "$PORT" --bind 127.0.0.1 >"$DATA/server.log" 2>&1 &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

@@ -215,6 +215,10 @@ pub struct Config {
     /// when the core is busy. Needs `CAP_SYS_NICE` or `RLIMIT_RTPRIO`; when refused the server
     /// logs a warning and runs them at normal priority.
     pub engine_realtime_priority: Option<u8>,
+    /// `ENGINE_CPU_LATENCY_US` (0–100000, unset = off): hold the CPUs to this wake-up latency
+    /// while the server runs (PM QoS, `/dev/cpu_dma_latency`, root only); `0` keeps idle CPUs
+    /// polling. When refused the server logs a warning and goes on.
+    pub engine_cpu_latency: Option<Duration>,
     /// `MAX_CALLS` (0–1000000, default 0 = no limit): most concurrent media calls. Beyond it the
     /// voice webhook answers with `BUSY_PROMPT` and hangs up, and a media stream is closed with
     /// 1013 (try again later).
@@ -411,6 +415,7 @@ impl Default for Config {
             stream_token_ttl: Duration::from_secs(600),
             engine_workers: 0,
             engine_realtime_priority: None,
+            engine_cpu_latency: None,
             max_calls: 0,
             busy_prompt: "Sorry, all our lines are busy. Please call again in a few minutes."
                 .to_owned(),
@@ -899,6 +904,14 @@ impl Config {
         if let Some(v) = non_empty("ENGINE_REALTIME_PRIORITY") {
             let priority = int_in("ENGINE_REALTIME_PRIORITY", v, 0, 99)? as u8;
             config.engine_realtime_priority = (priority > 0).then_some(priority);
+        }
+        if let Some(v) = non_empty("ENGINE_CPU_LATENCY_US") {
+            config.engine_cpu_latency = Some(Duration::from_micros(int_in(
+                "ENGINE_CPU_LATENCY_US",
+                v,
+                0,
+                100_000,
+            )?));
         }
         if let Some(v) = non_empty("MAX_CALLS") {
             config.max_calls = int_in("MAX_CALLS", v, 0, 1_000_000)? as usize;
@@ -1607,6 +1620,14 @@ mod tests {
         assert_eq!(zero.engine_realtime_priority, None);
         let on = from(&[("ENGINE_REALTIME_PRIORITY", "20")]).unwrap();
         assert_eq!(on.engine_realtime_priority, Some(20));
+    }
+
+    #[test]
+    fn engine_cpu_latency_is_off_unless_set() {
+        assert_eq!(from(&[]).unwrap().engine_cpu_latency, None);
+        let zero = from(&[("ENGINE_CPU_LATENCY_US", "0")]).unwrap();
+        assert_eq!(zero.engine_cpu_latency, Some(Duration::ZERO));
+        assert!(from(&[("ENGINE_CPU_LATENCY_US", "100001")]).is_err());
     }
 
     #[test]

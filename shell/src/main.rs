@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use handset_engine::driver::Scheduling;
+use handset_engine::driver::{CpuLatency, Scheduling};
 use handset_shell::{AppState, Config, LogFormat};
 
 /// Realtime voice media engine for Twilio Media Streams.
@@ -424,6 +424,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
             priority,
             reason = %reason,
             "ENGINE_REALTIME_PRIORITY refused by the OS: engine media threads run at normal priority. Grant CAP_SYS_NICE (docker --cap-add SYS_NICE; Kubernetes securityContext.capabilities.add: [SYS_NICE]) or an RLIMIT_RTPRIO of at least this priority (ulimit -r), or unset ENGINE_REALTIME_PRIORITY"
+        ),
+    }
+    match state.engine.cpu_latency() {
+        CpuLatency::Default => {}
+        CpuLatency::Held(latency) => tracing::info!(
+            latency_us = latency.as_micros() as u64,
+            "CPU wake-up latency held (PM QoS) while the server runs"
+        ),
+        CpuLatency::Refused(latency, reason) => tracing::warn!(
+            latency_us = latency.as_micros() as u64,
+            reason = %reason,
+            "ENGINE_CPU_LATENCY_US refused by the OS (the device is root's): CPUs may take milliseconds to wake from idle; run as root or unset ENGINE_CPU_LATENCY_US"
         ),
     }
     if state.twilio.is_some() && config.public_url.is_some() {

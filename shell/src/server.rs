@@ -184,6 +184,7 @@ impl AppState {
             EngineConfig {
                 workers: config.engine_workers,
                 realtime_priority: config.engine_realtime_priority,
+                cpu_wake_latency: config.engine_cpu_latency,
                 ..EngineConfig::default()
             },
             Arc::new(SystemClock::new()),

@@ -85,6 +85,13 @@ pub struct EngineConfig {
     /// refuse (it needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` this high); the engine then runs
     /// at normal priority and says so in [`Engine::scheduling`].
     pub realtime_priority: Option<u8>,
+    /// Ask the kernel to keep every CPU out of idle states that take longer than this to wake
+    /// from (a PM QoS request through `/dev/cpu_dma_latency`, held while the engine runs).
+    /// Waking from a deep idle state, or on a virtual machine from a halted vCPU, can take
+    /// milliseconds, and every frame due meanwhile leaves that much late; `Some(ZERO)` keeps
+    /// idle CPUs polling instead, at the cost of power. `None` (the default) leaves the
+    /// kernel's choice. The device is root's; a refusal is reported in [`Engine::cpu_latency`].
+    pub cpu_wake_latency: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -98,8 +105,37 @@ impl Default for EngineConfig {
             playback_chunk: Duration::from_millis(200),
             wake_grid: Duration::from_millis(1),
             realtime_priority: None,
+            cpu_wake_latency: None,
         }
     }
+}
+
+/// The engine's request on CPU wake-up latency, as [`Engine::start`] left it.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum CpuLatency {
+    /// None was asked for ([`EngineConfig::cpu_wake_latency`] was `None`).
+    Default,
+    /// The kernel holds CPUs to this wake-up latency while the engine runs.
+    Held(Duration),
+    /// This was asked for and refused; the OS's reason.
+    Refused(Duration, String),
+}
+
+/// Where Linux takes PM QoS CPU latency requests: a 32-bit microsecond value written to the
+/// open device, in force until the file is closed.
+const CPU_DMA_LATENCY: &str = "/dev/cpu_dma_latency";
+
+/// Opens a CPU latency request of `latency`; it lasts as long as the returned file is open.
+fn hold_cpu_latency(latency: Duration) -> Result<std::fs::File, String> {
+    use std::io::Write as _;
+    let us = i32::try_from(latency.as_micros()).map_err(|_| "latency too large".to_owned())?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(CPU_DMA_LATENCY)
+        .map_err(|e| format!("{CPU_DMA_LATENCY}: {e}"))?;
+    file.write_all(&us.to_ne_bytes())
+        .map_err(|e| format!("{CPU_DMA_LATENCY}: {e}"))?;
+    Ok(file)
 }
 
 /// How the worker threads are scheduled, as [`Engine::start`] left them.
@@ -368,6 +404,9 @@ pub struct Engine {
     workers: Vec<WorkerHandle>,
     counters: Arc<EngineCounters>,
     scheduling: Scheduling,
+    cpu_latency: CpuLatency,
+    /// The open PM QoS request, while the engine runs.
+    _cpu_latency_request: Option<std::fs::File>,
     shutting_down: AtomicBool,
 }
 
@@ -443,11 +482,20 @@ impl Engine {
                 scheduling = Scheduling::Refused(config.realtime_priority.unwrap_or(0), reason);
             }
         }
+        let (cpu_latency, cpu_latency_request) = match config.cpu_wake_latency {
+            None => (CpuLatency::Default, None),
+            Some(latency) => match hold_cpu_latency(latency) {
+                Ok(file) => (CpuLatency::Held(latency), Some(file)),
+                Err(reason) => (CpuLatency::Refused(latency, reason), None),
+            },
+        };
         Ok(Self {
             config,
             workers,
             counters,
             scheduling,
+            cpu_latency,
+            _cpu_latency_request: cpu_latency_request,
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -455,6 +503,11 @@ impl Engine {
     /// How the worker threads are scheduled.
     pub fn scheduling(&self) -> &Scheduling {
         &self.scheduling
+    }
+
+    /// The engine's CPU wake-up latency request.
+    pub fn cpu_latency(&self) -> &CpuLatency {
+        &self.cpu_latency
     }
 
     /// Starts a call on the least-loaded worker and returns the shell's handle to it.

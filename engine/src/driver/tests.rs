@@ -602,3 +602,32 @@ fn the_engine_reports_how_its_workers_are_scheduled() {
         (got, direct) => panic!("engine says {got:?}, the OS says {direct:?}"),
     }
 }
+
+#[test]
+fn a_cpu_latency_request_is_held_while_the_engine_runs_or_refused_with_the_reason() {
+    assert_eq!(*engine(1).cpu_latency(), CpuLatency::Default);
+    let config = EngineConfig {
+        workers: 1,
+        cpu_wake_latency: Some(Duration::from_micros(50)),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(config, Arc::new(SystemClock::new())).unwrap();
+    match engine.cpu_latency() {
+        CpuLatency::Held(latency) => {
+            assert_eq!(*latency, Duration::from_micros(50));
+            // The kernel counts the request; it is the strictest one here unless another
+            // process holds a stricter one.
+            let value = std::fs::read_to_string("/sys/kernel/debug/pm_qos/cpu_dma_latency")
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if let Some(value) = value {
+                assert!(value <= 50, "{value}");
+            }
+        }
+        CpuLatency::Refused(latency, reason) => {
+            assert_eq!(*latency, Duration::from_micros(50));
+            assert!(reason.contains(CPU_DMA_LATENCY), "{reason}");
+        }
+        CpuLatency::Default => panic!("a request was asked for"),
+    }
+}
