@@ -17,7 +17,9 @@
 //! number of calls. Every call
 //! is served at least every [`EngineConfig::max_idle`], which is when its rings and control
 //! messages are read if it has no deadline of its own. Inbound frames carry the instant the
-//! shell read them, so serving them a few milliseconds later changes no decision.
+//! shell read them, so serving them a few milliseconds later changes no decision (one read
+//! after the tick a service runs at counts as read at that tick: a call never sees input from
+//! its future). A call is served at most once per wake-up.
 //!
 //! Nothing on a worker blocks: the rings and channels are non-blocking, and a full socket queue
 //! is counted, never waited on, so one slow socket cannot stall other calls.

@@ -631,3 +631,55 @@ fn a_cpu_latency_request_is_held_while_the_engine_runs_or_refused_with_the_reaso
         CpuLatency::Default => panic!("a request was asked for"),
     }
 }
+
+/// An agent whose timer is always due and never consumed (a component bug): it counts how
+/// often it was asked.
+struct AlwaysDue(Arc<std::sync::atomic::AtomicU64>);
+
+impl Agent for AlwaysDue {
+    fn poll_timeout(&self) -> Option<Instant> {
+        Some(Instant::now() - Duration::from_secs(1))
+    }
+
+    fn on_timeout(&mut self, _now: Instant, _out: &mut crate::agent::AgentOutput) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_call_that_stays_due_is_served_once_per_wake_up_and_cannot_spin_the_worker() {
+    let engine = engine(1);
+    let timeouts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sink = Collect::default();
+    let mut handle = engine
+        .open_call(
+            spec(
+                Box::new(AlwaysDue(Arc::clone(&timeouts))),
+                Box::new(sink.clone()),
+            ),
+            Instant::now(),
+        )
+        .unwrap();
+    // A second call on the same worker still gets its greeting paced out.
+    let greeted = Collect::default();
+    let _other = engine
+        .open_call(
+            spec(Box::new(EchoAgent::default()), Box::new(greeted.clone())),
+            Instant::now(),
+        )
+        .unwrap();
+    assert!(greeted.wait_for(Duration::from_secs(5), |log| {
+        log.iter()
+            .filter(|(_, o)| matches!(o, Outbound::Media { .. }))
+            .count()
+            >= 20
+    }));
+    handle.send(Control::Stop(Instant::now()));
+    // Each wake-up served the call at most once (plus its first service on arrival).
+    let wakeups = engine.counters().wakeups.load(Ordering::Relaxed);
+    let served = timeouts.load(Ordering::Relaxed);
+    assert!(
+        served <= wakeups + 2,
+        "{served} timeouts in {wakeups} wake-ups"
+    );
+}

@@ -139,10 +139,10 @@ impl Slot {
                         self.drain_inbound(now, counters);
                     }
                     let input = match control {
-                        Control::Dtmf(t, digit) => Input::Dtmf(t, digit),
-                        Control::MarkEcho(t, mark) => Input::MarkEcho(t, mark),
-                        Control::MediaRejected(t, error) => Input::MediaRejected(t, error),
-                        Control::Stop(t) => Input::Stop(t),
+                        Control::Dtmf(t, digit) => Input::Dtmf(t.min(now), digit),
+                        Control::MarkEcho(t, mark) => Input::MarkEcho(t.min(now), mark),
+                        Control::MediaRejected(t, error) => Input::MediaRejected(t.min(now), error),
+                        Control::Stop(t) => Input::Stop(t.min(now)),
                     };
                     self.input(now, input, counters);
                 }
@@ -188,7 +188,8 @@ impl Slot {
             let Some((at, media)) = self.inbound.try_pop() else {
                 break;
             };
-            self.input(now, Input::Media(at, media), counters);
+            // Read off the socket after the tick this service runs at: it arrived "now".
+            self.input(now, Input::Media(at.min(now), media), counters);
         }
     }
 
@@ -508,9 +509,13 @@ impl Worker {
                 &mut self.spare_audio,
             ) {
                 slot.generation += 1;
-                let next = slot.next_deadline(now, self.config.max_idle);
-                self.heap
-                    .push(Reverse((next.max(now), index, slot.generation)));
+                // Never again in this wake-up: a call that still says it is due (a timer its
+                // own service did not consume) is served at the next tick instead of spinning
+                // the worker, and every other call, until real time catches up.
+                let next = slot
+                    .next_deadline(now, self.config.max_idle)
+                    .max(now + Duration::from_nanos(1));
+                self.heap.push(Reverse((next, index, slot.generation)));
             } else {
                 self.slots[index] = None;
                 self.free.push(index);
