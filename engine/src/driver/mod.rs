@@ -6,7 +6,7 @@
 //!  shell task (per socket)                    engine worker thread (one per core)
 //!  ───────────────────────                    ──────────────────────────────────
 //!  media JSON → base64 → InboundMedia ──SPSC ring (ringbuf, lock-free)──▶ Call::handle_input
-//!  mark / dtmf / stop ─────────crossbeam bounded channel──────────────▶        │
+//!  mark / dtmf / stop ────────SPSC ring (ringbuf, lock-free)──────────▶        │
 //!                                                                       Agent ◀─┤ caller audio,
 //!  socket writer ◀──OutboundSink::try_send (never blocks)── Outbound ◀──────────┘ events
 //! ```
@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use ringbuf::HeapRb;
 use ringbuf::traits::{Producer, Split};
 
@@ -64,7 +63,7 @@ pub struct EngineConfig {
     /// ([`CallHandle::inbound_dropped`]), and playout resumes with the next frame.
     /// 32 × 192 bytes = 6 KiB per call.
     pub inbound_ring_frames: usize,
-    /// Control messages a call's channel holds (default 64): mark echoes (a progress mark per
+    /// Control messages a call's ring holds (default 64): mark echoes (a progress mark per
     /// 5 frames, so at most ~10 for the 1 s the pacer holds, plus agent marks), DTMF, stop.
     pub control_capacity: usize,
     /// Longest a call goes unserved (default 10 ms): bounds how late its rings are read when
@@ -340,7 +339,7 @@ impl Default for EngineCounters {
 /// The shell's end of one call: push media, send control.
 pub struct CallHandle {
     inbound: ringbuf::HeapProd<InboundItem>,
-    control: Sender<Control>,
+    control: ringbuf::HeapProd<Control>,
     /// Frames refused because the ring was full.
     inbound_dropped: u64,
     /// Control messages refused because the channel was full.
@@ -360,13 +359,11 @@ impl CallHandle {
 
     /// Sends a control message; false (and counted) when the channel is full or the call ended.
     pub fn send(&mut self, control: Control) -> bool {
-        match self.control.try_send(control) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.control_dropped += 1;
-                false
-            }
+        if self.control.try_push(control).is_err() {
+            self.control_dropped += 1;
+            return false;
         }
+        true
     }
 
     /// Frames refused because the ring was full.
@@ -382,8 +379,8 @@ impl CallHandle {
 
 impl Drop for CallHandle {
     fn drop(&mut self) {
-        // The worker also ends a call whose control channel disconnects; this makes it prompt.
-        let _ = self.control.try_send(Control::Stop(Instant::now()));
+        // The worker also ends a call whose control ring lost its producer; this makes it prompt.
+        let _ = self.control.try_push(Control::Stop(Instant::now()));
     }
 }
 
@@ -392,9 +389,39 @@ enum WorkerMsg {
     Shutdown,
 }
 
+/// A worker's inbox: new calls and the shutdown, from the shell's threads.
+///
+/// The worker only ever `try_lock`s it, once per wake-up: a sender holding the lock costs a
+/// new call one wake-up's delay, never the worker a wait. A lock-free channel would not do:
+/// its receiver waits for a send in progress (crossbeam's `try_recv` yields in a loop until
+/// the sender has written the slot), and a real-time worker that yields to a sender of lower
+/// priority, preempted on the same core, yields to nobody: it spun until the kernel's
+/// real-time throttle stopped it, almost a second with no frame on any of its calls.
+#[derive(Default)]
+struct Inbox(parking_lot::Mutex<std::collections::VecDeque<WorkerMsg>>);
+
+impl Inbox {
+    fn send(&self, msg: WorkerMsg) {
+        self.0.lock().push_back(msg);
+    }
+
+    /// Moves what is waiting into `into`, unless a sender holds the lock right now.
+    fn take(&self, into: &mut std::collections::VecDeque<WorkerMsg>) {
+        if let Some(mut queue) = self.0.try_lock() {
+            into.extend(queue.drain(..));
+        }
+    }
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inbox")
+    }
+}
+
 #[derive(Debug)]
 struct WorkerHandle {
-    tx: Sender<WorkerMsg>,
+    inbox: Arc<Inbox>,
     thread: Option<JoinHandle<()>>,
     load: Arc<AtomicUsize>,
 }
@@ -450,10 +477,10 @@ impl Engine {
         let mut workers = Vec::with_capacity(count);
         let (priority_tx, priority_rx) = crossbeam_channel::bounded(count);
         for index in 0..count {
-            let (tx, rx) = crossbeam_channel::unbounded();
+            let inbox = Arc::new(Inbox::default());
             let load = Arc::new(AtomicUsize::new(0));
             let worker = worker::Worker::new(
-                rx,
+                Arc::clone(&inbox),
                 config.clone(),
                 Arc::clone(&clock),
                 Arc::clone(&counters),
@@ -469,7 +496,7 @@ impl Engine {
                     worker.run()
                 })?;
             workers.push(WorkerHandle {
-                tx,
+                inbox,
                 thread: Some(thread),
                 load,
             });
@@ -520,8 +547,7 @@ impl Engine {
         let call = crate::call::Call::new(&spec.config, now)?;
         let (producer, consumer) =
             HeapRb::<InboundItem>::new(self.config.inbound_ring_frames).split();
-        let (control_tx, control_rx): (Sender<Control>, Receiver<Control>) =
-            crossbeam_channel::bounded(self.config.control_capacity);
+        let (control_tx, control_rx) = HeapRb::<Control>::new(self.config.control_capacity).split();
         let worker = self
             .workers
             .iter()
@@ -529,10 +555,7 @@ impl Engine {
             .ok_or(StartError::Config("no workers"))?;
         worker.load.fetch_add(1, Ordering::Relaxed);
         let slot = worker::Slot::new(call, spec, consumer, control_rx, now);
-        worker
-            .tx
-            .send(WorkerMsg::Open(Box::new(slot)))
-            .map_err(|_| StartError::ShuttingDown)?;
+        worker.inbox.send(WorkerMsg::Open(Box::new(slot)));
         Ok(CallHandle {
             inbound: producer,
             control: control_tx,
@@ -555,7 +578,7 @@ impl Engine {
     pub fn shutdown(&mut self) {
         self.shutting_down.store(true, Ordering::Relaxed);
         for w in &self.workers {
-            let _ = w.tx.send(WorkerMsg::Shutdown);
+            w.inbox.send(WorkerMsg::Shutdown);
         }
         for w in &mut self.workers {
             if let Some(t) = w.thread.take() {

@@ -292,7 +292,7 @@ struct VirtualState {
     sleeps: Vec<Instant>,
     /// Calls still to open, latest first, with when they open.
     pending: Vec<(Instant, Box<worker::Slot>)>,
-    tx: Option<Sender<WorkerMsg>>,
+    tx: Option<Arc<Inbox>>,
 }
 
 impl Clock for VirtualClock {
@@ -316,12 +316,12 @@ impl Clock for VirtualClock {
         let now = s.now;
         while s.pending.last().is_some_and(|(at, _)| *at <= now) {
             let (_, slot) = s.pending.pop().unwrap();
-            s.tx.as_ref().unwrap().send(WorkerMsg::Open(slot)).unwrap();
+            s.tx.as_ref().unwrap().send(WorkerMsg::Open(slot));
         }
         if now >= s.end
             && let Some(tx) = s.tx.take()
         {
-            tx.send(WorkerMsg::Shutdown).unwrap();
+            tx.send(WorkerMsg::Shutdown);
         }
     }
 }
@@ -358,7 +358,8 @@ fn run_virtual(
         wake_grid,
         ..EngineConfig::default()
     };
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let tx = Arc::new(Inbox::default());
+    let rx = Arc::clone(&tx);
     let clock = Arc::new(VirtualClock {
         state: Mutex::new(VirtualState {
             now: t0,
@@ -384,7 +385,7 @@ fn run_virtual(
         let at = t0 + Duration::from_micros(370 * i as u64 + 1);
         let call = crate::call::Call::new(&CallConfig::default(), at).unwrap();
         let (_producer, consumer) = HeapRb::<InboundItem>::new(4).split();
-        let (control_tx, control_rx) = crossbeam_channel::bounded(4);
+        let (control_tx, control_rx) = HeapRb::<Control>::new(4).split();
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = VirtualSink {
             clock: Arc::clone(&clock),
@@ -513,7 +514,7 @@ fn a_full_inbound_ring_refuses_the_newest_frames_and_counts_them() {
     use ringbuf::traits::Consumer as _;
     let capacity = EngineConfig::default().inbound_ring_frames;
     let (producer, mut consumer) = HeapRb::<InboundItem>::new(capacity).split();
-    let (control, _control_rx) = crossbeam_channel::bounded(4);
+    let (control, _control_rx) = HeapRb::<Control>::new(4).split();
     let mut handle = CallHandle {
         inbound: producer,
         control,
@@ -634,7 +635,7 @@ fn a_cpu_latency_request_is_held_while_the_engine_runs_or_refused_with_the_reaso
 
 /// An agent whose timer is always due and never consumed (a component bug): it counts how
 /// often it was asked.
-struct AlwaysDue(Arc<std::sync::atomic::AtomicU64>);
+struct AlwaysDue(Arc<AtomicU64>);
 
 impl Agent for AlwaysDue {
     fn poll_timeout(&self) -> Option<Instant> {
@@ -649,7 +650,7 @@ impl Agent for AlwaysDue {
 #[test]
 fn a_call_that_stays_due_is_served_once_per_wake_up_and_cannot_spin_the_worker() {
     let engine = engine(1);
-    let timeouts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let timeouts = Arc::new(AtomicU64::new(0));
     let sink = Collect::default();
     let mut handle = engine
         .open_call(

@@ -17,12 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError};
-use ringbuf::traits::Consumer;
+use ringbuf::traits::{Consumer, Observer};
 
 use super::{
-    CallSpec, Clock, Control, EngineConfig, EngineCounters, InboundItem, Outbound, OutboundSink,
-    SinkError, WorkerMsg,
+    CallSpec, Clock, Control, EngineConfig, EngineCounters, InboundItem, Inbox, Outbound,
+    OutboundSink, SinkError, WorkerMsg,
 };
 use crate::agent::{Agent, AgentCommand, AgentOutput, CallInfo};
 use crate::call::{Call, CallEvent, CallStats, Input, Output};
@@ -41,7 +40,7 @@ pub(super) struct Slot {
     agent: Box<dyn Agent>,
     sink: Box<dyn OutboundSink>,
     inbound: ringbuf::HeapCons<InboundItem>,
-    control: Receiver<Control>,
+    control: ringbuf::HeapCons<Control>,
     /// Commands the agent is writing now, and the ones being applied (swapped, never
     /// reallocated). Agents write audio in `poll_audio`, which gets `out` while nothing is being
     /// applied; after each round the buffers are swapped back, so `out` keeps the one audio
@@ -85,7 +84,7 @@ impl Slot {
         call: Call,
         spec: CallSpec,
         inbound: ringbuf::HeapCons<InboundItem>,
-        control: Receiver<Control>,
+        control: ringbuf::HeapCons<Control>,
         now: Instant,
     ) -> Self {
         Self {
@@ -132,8 +131,10 @@ impl Slot {
             self.apply_agent(now, counters);
         }
         loop {
-            match self.control.try_recv() {
-                Ok(control) => {
+            // The shell's handle dropped: nothing more can come once the ring is empty.
+            let closed = !self.control.write_is_held();
+            match self.control.try_pop() {
+                Some(control) => {
                     if matches!(control, Control::Stop(_)) {
                         // Media read off the socket before the stop still counts.
                         self.drain_inbound(now, counters);
@@ -146,8 +147,8 @@ impl Slot {
                     };
                     self.input(now, input, counters);
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
+                None if !closed => break,
+                None => {
                     self.drain_inbound(now, counters);
                     self.input(now, Input::Stop(now), counters);
                     break;
@@ -352,7 +353,9 @@ impl Slot {
 
 /// The thread's state.
 pub(super) struct Worker {
-    rx: Receiver<WorkerMsg>,
+    inbox: Arc<Inbox>,
+    /// Messages taken from the inbox, not yet handled (kept to reuse its buffer).
+    pending: std::collections::VecDeque<WorkerMsg>,
     config: EngineConfig,
     clock: Arc<dyn Clock>,
     counters: Arc<EngineCounters>,
@@ -372,7 +375,7 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn new(
-        rx: Receiver<WorkerMsg>,
+        inbox: Arc<Inbox>,
         config: EngineConfig,
         clock: Arc<dyn Clock>,
         counters: Arc<EngineCounters>,
@@ -381,7 +384,8 @@ impl Worker {
         let epoch = clock.now();
         let spare_audio = Vec::with_capacity(super::agent_audio_capacity(config.playback_chunk));
         Self {
-            rx,
+            inbox,
+            pending: std::collections::VecDeque::new(),
             config,
             clock,
             counters,
@@ -465,11 +469,13 @@ impl Worker {
         }
     }
 
-    /// Takes new calls; false on shutdown.
+    /// Takes new calls; false on shutdown. Never waits: when a sender holds the inbox, its
+    /// call is taken at the next wake-up ([`Inbox`]).
     fn accept(&mut self, now: Instant) -> bool {
-        loop {
-            match self.rx.try_recv() {
-                Ok(WorkerMsg::Open(slot)) => {
+        self.inbox.take(&mut self.pending);
+        while let Some(msg) = self.pending.pop_front() {
+            match msg {
+                WorkerMsg::Open(slot) => {
                     let index = match self.free.pop() {
                         Some(i) => i,
                         None => {
@@ -483,10 +489,10 @@ impl Worker {
                     self.counters.calls_started.fetch_add(1, Ordering::Relaxed);
                     self.heap.push(Reverse((now, index, generation)));
                 }
-                Ok(WorkerMsg::Shutdown) | Err(TryRecvError::Disconnected) => return false,
-                Err(TryRecvError::Empty) => return true,
+                WorkerMsg::Shutdown => return false,
             }
         }
+        true
     }
 
     fn serve_due(&mut self, now: Instant, woke: Instant) {
