@@ -2,8 +2,11 @@
 # Calibrates `handset sim --wire-capture`: a server that delays chosen frames by known amounts
 # (examples/delay_server.rs) is measured by the simulator while the simulator is stopped for
 # 30 ms of every 100 ms (SIGSTOP/SIGCONT), and the checker then requires that every frame's
-# wire time lies inside the server's write window, that every wire interval error equals the
-# injected delay (within 0.1 ms), and that the simulator's own figures are visibly worse.
+# wire time lies inside the server's write window (the exact check), that every wire interval
+# error equals the injected delay up to where inside their writes the two packets were stamped
+# (plus 0.1 ms of the server's own schedule error), and that the simulator's own figures are
+# visibly worse. A measurement, not a test: it needs the server to keep its 20 ms schedule
+# (more than 5 % of intervals off schedule fails as too busy a machine).
 #
 # Needs tcpdump and root (or CAP_NET_RAW for tcpdump); as root it installs tcpdump with apt-get
 # when missing. When `chrt` works, the simulator runs under SCHED_FIFO 10, the stop/continue
@@ -12,7 +15,7 @@
 # Usage: scripts/wire-calibration.sh
 # Environment (all optional):
 #   PORT=3190 OUT=wire-calibration     server port, output directory
-#   PROFILE=dev                         cargo profile for the two binaries (dev or release)
+#   PROFILE=release                     cargo profile for the two binaries (release or dev)
 #   STOP_MS=30 PERIOD_MS=100            how long the simulator is stopped, and how often
 #   CALLS=1                             concurrent calls
 #   CHRT="chrt -f 10"                   priority wrapper
@@ -22,7 +25,7 @@ cd "$(dirname "$0")/.."
 
 PORT=${PORT:-3190}
 OUT=${OUT:-wire-calibration}
-PROFILE=${PROFILE:-dev}
+PROFILE=${PROFILE:-release}
 STOP_MS=${STOP_MS:-30}
 PERIOD_MS=${PERIOD_MS:-100}
 CALLS=${CALLS:-1}
