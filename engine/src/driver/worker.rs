@@ -401,22 +401,17 @@ impl Worker {
     /// `deadline` rounded up to the wake-up grid (unchanged when the grid is zero or the
     /// deadline precedes the epoch, which then means "now").
     fn on_grid(&self, deadline: Instant) -> Instant {
-        let grid = self.config.wake_grid.as_nanos();
-        let Some(offset) = deadline.checked_duration_since(self.epoch) else {
-            return deadline;
-        };
-        if grid == 0 {
-            return deadline;
-        }
-        let ticks = offset.as_nanos().div_ceil(grid);
-        // Saturates only beyond ~584 years of uptime.
-        let nanos = u64::try_from(ticks * grid).unwrap_or(u64::MAX);
-        self.epoch + Duration::from_nanos(nanos)
+        self.snap(deadline, u128::div_ceil)
     }
 
     /// `t` rounded down to the wake-up grid (unchanged when the grid is zero or `t` precedes
     /// the epoch).
     fn grid_floor(&self, t: Instant) -> Instant {
+        self.snap(t, |offset, grid| offset / grid)
+    }
+
+    /// `t` on the grid, its whole ticks since the epoch counted by `ticks(offset, grid)`.
+    fn snap(&self, t: Instant, ticks: fn(u128, u128) -> u128) -> Instant {
         let grid = self.config.wake_grid.as_nanos();
         let Some(offset) = t.checked_duration_since(self.epoch) else {
             return t;
@@ -424,8 +419,8 @@ impl Worker {
         if grid == 0 {
             return t;
         }
-        let ticks = offset.as_nanos() / grid;
-        let nanos = u64::try_from(ticks * grid).unwrap_or(u64::MAX);
+        // Saturates only beyond ~584 years of uptime.
+        let nanos = u64::try_from(ticks(offset.as_nanos(), grid) * grid).unwrap_or(u64::MAX);
         self.epoch + Duration::from_nanos(nanos)
     }
 
