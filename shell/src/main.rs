@@ -152,7 +152,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log_format, config.log_color);
+    // Held to the end of `main`: dropping it writes out what the log thread still holds.
+    let _log_flush = init_tracing(config.log_format, config.log_color);
     match files_raised {
         Ok(now) if Some(now) != files_before => tracing::info!(
             from = files_before,
@@ -341,20 +342,32 @@ fn trace(args: &TraceArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn init_tracing(format: LogFormat, color: handset_shell::config::LogColor) {
+/// Logs go to stderr from a thread of their own (`tracing-appender`): a thread that logs (the
+/// socket writers on the egress thread, among others) hands the line over and goes on, so a
+/// slow reader of stderr (a full pipe to a log collector) cannot hold a media thread. When the
+/// log thread falls 128,000 lines behind, new lines are dropped rather than waited for.
+fn init_tracing(
+    format: LogFormat,
+    color: handset_shell::config::LogColor,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal as _;
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = color.is_on(std::io::stderr().is_terminal());
+    let (stderr, flush) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("handset-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(handset_shell::log_line::OneLine::new(std::io::stderr, ansi));
+        .with_writer(handset_shell::log_line::OneLine::new(stderr, ansi));
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    flush
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
