@@ -274,6 +274,25 @@ async fn binary_frames_before_start_count_toward_the_cap() {
     server.stop().await;
 }
 
+/// A server whose calls are answered by [`talkative_agent`], with this `WS_WRITE_TIMEOUT` (s).
+async fn talkative_server(write_timeout: &str) -> TestServer {
+    let agent = talkative_agent().await;
+    TestServer::start(&[
+        ("AGENT_URL", agent.as_str()),
+        ("WS_WRITE_TIMEOUT", write_timeout),
+    ])
+    .await
+}
+
+/// Opens call `n` from a socket whose receive buffer is fixed at 4 KiB (as on a peer that sets
+/// `SO_RCVBUF`), so what the server's writes meet is what Handset controls.
+async fn open_call_with_small_window(server: &TestServer, n: u32) -> Ws {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    open_call_over(server, n, tcp).await
+}
+
 /// A remote agent that, once its call starts, sends 8 kHz audio as fast as Handset takes it
 /// (reading and ignoring whatever Handset sends), so the call always has audio to play.
 async fn talkative_agent() -> String {
@@ -376,9 +395,7 @@ fn caller_talks(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_stops_reading_is_closed_logged_and_counted() {
     let logs = Logs::capture();
-    let agent = talkative_agent().await;
-    let server =
-        TestServer::start(&[("AGENT_URL", agent.as_str()), ("WS_WRITE_TIMEOUT", "2")]).await;
+    let server = talkative_server("2").await;
     let n = 200;
     // The caller's receive buffer is fixed (as on a peer that sets SO_RCVBUF), so what is
     // measured is what Handset controls: its own queue and its socket's send buffer. Left to
@@ -386,10 +403,7 @@ async fn a_caller_that_stops_reading_is_closed_logged_and_counted() {
     // maximum (here a default loopback client held 465 KB, everything sent, after 25 s, and
     // its window was still open); no server setting can bound the peer's kernel. Before the
     // server bounded its own send buffer, this caller was noticed only after minutes.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(server.addr).await.unwrap();
-    let ws = open_call_over(&server, n, tcp).await;
+    let ws = open_call_with_small_window(&server, n).await;
     let stopped_reading = Instant::now();
     let (sink, unread) = ws.split();
     let _talking = caller_talks(sink, stream_sid(n));
@@ -418,16 +432,11 @@ async fn a_caller_that_stops_reading_is_closed_logged_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_reads_slowly_but_keeps_up_is_never_cut() {
     let logs = Logs::capture();
-    let agent = talkative_agent().await;
-    let server =
-        TestServer::start(&[("AGENT_URL", agent.as_str()), ("WS_WRITE_TIMEOUT", "10")]).await;
+    let server = talkative_server("10").await;
     let n = 300;
     // A small receive buffer, so the pauses below outlast what the two kernels hold (the
     // server's send buffer is ~4 s of audio) and the server's writes really wait.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(server.addr).await.unwrap();
-    let ws = open_call_over(&server, n, tcp).await;
+    let ws = open_call_with_small_window(&server, n).await;
     let (sink, mut stream) = ws.split();
     let talking = caller_talks(sink, stream_sid(n));
 
@@ -495,9 +504,7 @@ async fn a_caller_that_reads_slowly_but_keeps_up_is_never_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_whose_mark_echoes_stop_is_closed_whatever_its_buffers_hold() {
     let logs = Logs::capture();
-    let agent = talkative_agent().await;
-    let server =
-        TestServer::start(&[("AGENT_URL", agent.as_str()), ("WS_WRITE_TIMEOUT", "2")]).await;
+    let server = talkative_server("2").await;
     let n = 400;
     let ws = open_call(&server, n).await;
     let (sink, mut stream) = ws.split();
