@@ -565,14 +565,33 @@ impl Fleet {
 
     /// For each copy of a callback received (a `message` line with these `fields`), the
     /// instance that received it and whether its copy was the one stored (the `new` field).
-    fn copies(&self, message: &str, fields: &[(&str, &str)]) -> Vec<(&'static str, bool)> {
-        IDS.into_iter()
-            .flat_map(|id| {
-                self.logged(id, message, fields)
-                    .into_iter()
-                    .map(move |v| (id, v["new"].as_bool().expect("a `new` field")))
-            })
-            .collect()
+    ///
+    /// Logs leave each instance from a thread of their own, so a line may reach the file a
+    /// moment after the reply it describes: this waits (up to 10 s) for `expected` copies and
+    /// returns what was logged by then.
+    async fn copies(
+        &self,
+        message: &str,
+        fields: &[(&str, &str)],
+        expected: usize,
+    ) -> Vec<(&'static str, bool)> {
+        let read = || -> Vec<(&'static str, bool)> {
+            IDS.into_iter()
+                .flat_map(|id| {
+                    self.logged(id, message, fields)
+                        .into_iter()
+                        .map(move |v| (id, v["new"].as_bool().expect("a `new` field")))
+                })
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let copies = read();
+            if copies.len() >= expected || Instant::now() >= deadline {
+                return copies;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Whether instance `id` saved recording `sid` in its `DATA_DIR`.
@@ -867,10 +886,13 @@ async fn calls_across_instances_and_callbacks_stored_once() {
             ("CallDuration", "8".to_owned()),
         ];
         let deliveries = fleet.deliver_to_both("/webhook/call_status", &params).await;
-        let copies = fleet.copies(
-            "call status",
-            &[("call_sid", &call_sid), ("call_status", status)],
-        );
+        let copies = fleet
+            .copies(
+                "call status",
+                &[("call_sid", &call_sid), ("call_status", status)],
+                deliveries.len(),
+            )
+            .await;
         assert_copies_stored_once(&copies, deliveries.len());
     }
     let statuses = fleet.store.call_statuses(&call_sid).await.unwrap();
@@ -888,10 +910,13 @@ async fn calls_across_instances_and_callbacks_stored_once() {
         let deliveries = fleet
             .deliver_to_both("/webhook/stream_status", &params)
             .await;
-        let copies = fleet.copies(
-            "stream status",
-            &[("call_sid", &call_sid), ("event", event)],
-        );
+        let copies = fleet
+            .copies(
+                "stream status",
+                &[("call_sid", &call_sid), ("event", event)],
+                deliveries.len(),
+            )
+            .await;
         assert_copies_stored_once(&copies, deliveries.len());
     }
     assert_eq!(
@@ -986,7 +1011,9 @@ async fn a_recording_is_done_once_and_survives_the_kill_of_its_worker() {
         assert_eq!(reply.status, 200, "{id}: {}", reply.body);
         assert_eq!(instance_of(reply), id);
     }
-    let copies = fleet.copies("recording stored", &[("recording_sid", &sid)]);
+    let copies = fleet
+        .copies("recording stored", &[("recording_sid", &sid)], 2)
+        .await;
     assert_copies_stored_once(&copies, 2);
     let job = fleet
         .wait_job(&sid, JobState::Transcribed, Duration::from_secs(30))
