@@ -16,6 +16,9 @@
 #
 # Usage: scripts/capacity.sh [extra `handset sim` flags...]
 # Environment (all optional):
+#   SCENARIO=capacity                                   another scenario runs against the same
+#                                                         server set-up, e.g. SCENARIO=barge-in
+#                                                         with --calls-each 400
 #   START=200 STEP=200 MAX=1400 HOLD=8 RAMP_RATE=100   the capacity steps
 #   PORT=3117 OUT=cap-report                            server port, report directory
 #   CARGO_TARGET_DIR                                    where the release binary is built
@@ -73,7 +76,7 @@ done
 # shellcheck disable=SC2086
 TWILIO_AUTH_TOKEN=simtoken $SIM_PIN $CHRT "$BIN" sim \
     --target "handset=http://127.0.0.1:$PORT/webhook/incoming_call" --server-pid "$SERVER" \
-    --scenario capacity --capacity-start "$START" --capacity-step "$STEP" --capacity-max "$MAX" \
+    --scenario "${SCENARIO:-capacity}" --capacity-start "$START" --capacity-step "$STEP" --capacity-max "$MAX" \
     --capacity-hold "$HOLD" --ramp-rate "$RAMP_RATE" --out "$OUT" "$@"
 echo "after: $(uptime)"
 # Where a late frame lost its time, over the whole run (cumulative buckets, seconds): the

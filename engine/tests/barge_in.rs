@@ -1,5 +1,6 @@
 //! Barge-in through the whole call: caller speech over agent playback flushes the queue, sends
-//! `clear` within the VAD attack window, and reports exactly how much the caller heard.
+//! `clear` within the VAD attack window of the onset's arrival (not after the jitter buffer's
+//! delay), and reports exactly how much the caller heard.
 
 mod common;
 
@@ -21,7 +22,11 @@ fn barge_in(sim: &Sim) -> Vec<(Duration, Interruption)> {
 
 /// Agent talks for 10 s from t = 1 s; the caller talks over it at t = 3 s.
 fn talk_over(seed: u64, link_delay: Duration, impair: Impair) -> Sim {
-    let mut sim = Sim::new(roomy(10), seed);
+    talk_over_with(roomy(10), seed, link_delay, impair)
+}
+
+fn talk_over_with(config: CallConfig, seed: u64, link_delay: Duration, impair: Impair) -> Sim {
+    let mut sim = Sim::new(config, seed);
     sim.link_delay = link_delay;
     sim.impair = impair;
     sim.script = CallerScript {
@@ -50,12 +55,11 @@ fn caller_speech_over_playback_flushes_and_clears_within_the_attack_window() {
             && onset_time <= Duration::from_secs(3) + ms(20),
         "onset at {onset_time:?}"
     );
-    // Decided within the attack window after the onset frame was played out of the jitter
-    // buffer (whose delay is bounded by its configured maximum).
+    // Decided within the attack window after the onset frame arrived (one link delay after
+    // it was complete), without waiting for the jitter buffer's delay.
     let attack = common::FRAME * config.vad.attack_frames;
-    let jitter = config.jitter.max_delay;
     assert!(
-        at <= Duration::from_secs(3) + attack + jitter + ms(20),
+        at <= Duration::from_secs(3) + attack + ms(20) + ms(20),
         "barge-in decided at {at:?}"
     );
     assert_eq!(sim.clears.len(), 1, "exactly one clear");
@@ -103,13 +107,39 @@ fn onset_arrival_is_when_the_onset_frame_arrived_and_precedes_the_clear() {
         arrival >= onset + ms(20) && arrival < onset + ms(40),
         "onset {onset:?}, arrival {arrival:?}"
     );
-    // Barge-in latency (onset arrival to clear) is positive and within the attack, the onset
-    // lookback and the jitter buffer's delay.
+    // Barge-in latency (onset arrival to clear) is within the attack and the onset lookback;
+    // the jitter buffer's delay is not part of it (zero: decided on the onset frame itself).
     let config = CallConfig::default();
-    let bound = common::FRAME * (config.vad.attack_frames + 25) + config.jitter.max_delay;
+    let bound = common::FRAME * (config.vad.attack_frames + 25);
     let latency = sim.clears[0] - sim.start - arrival;
-    assert!(latency > Duration::ZERO && latency <= bound, "{latency:?}");
+    assert!(latency <= bound, "{latency:?}");
     assert_eq!(sim.clears[0] - sim.start, at);
+}
+
+#[test]
+fn the_decision_does_not_wait_for_the_jitter_buffer_delay() {
+    // The same call with the jitter buffer held at 20 ms and at 200 ms of delay: the caller's
+    // onset plays out to the agent 180 ms later in the second, the barge-in does not.
+    let held = |delay: Duration| {
+        let mut config = roomy(10);
+        config.jitter.min_delay = delay;
+        config.jitter.initial_delay = delay;
+        config.jitter.max_delay = delay;
+        let sim = talk_over_with(config, seed(17), ms(20), Impair::default());
+        let barges = barge_in(&sim);
+        assert_eq!(barges.len(), 1, "{delay:?}: {:?}", sim.events);
+        let onset = barges[0].1.onset.expect("caller onset");
+        (barges[0].0, onset)
+    };
+    let (short_at, short_onset) = held(ms(20));
+    let (long_at, long_onset) = held(ms(200));
+    assert_eq!(long_at, short_at, "decided at the same time");
+    // The onset is reported where it plays on the caller timeline: the same stream time.
+    assert!(
+        short_onset.as_duration().abs_diff(Duration::from_secs(3)) <= ms(20)
+            && long_onset.as_duration().abs_diff(Duration::from_secs(3)) <= ms(20),
+        "onsets {short_onset:?}, {long_onset:?}"
+    );
 }
 
 #[test]

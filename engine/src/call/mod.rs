@@ -27,16 +27,19 @@
 //! ## Barge-in
 //! Caller speech onset (the VAD's `SpeechStarted`) while agent audio is queued locally or not yet
 //! confirmed played at Twilio → the pacer is flushed, [`Output::Clear`] is emitted and
-//! [`CallEvent::BargeIn`] reports the heard time. The decision is made on the frame that
-//! completes the VAD attack, so it lands within `attack_frames` frames of the onset (plus the
-//! jitter buffer's delay).
+//! [`CallEvent::BargeIn`] reports the heard time. The VAD reads each caller frame as soon as
+//! it is queued in order in the jitter buffer ([`JitterBuffer::read_ahead`]), not when it plays
+//! out to the agent, so the decision lands within `attack_frames` frames of the onset's
+//! arrival, whatever the jitter buffer's delay. Slots the jitter buffer conceals reach the VAD
+//! only when it has read nothing beyond them (a stall, an idle stream), so the VAD hears the
+//! caller's audio in order, without the fill-ins of a late stream.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::codec;
 use crate::frame::{InboundMedia, MarkId, MediaError, MulawFrame, PcmFrame, WidebandFrame};
-use crate::jitter::{Admission, JitterBuffer, JitterConfig, JitterStats};
+use crate::jitter::{Admission, JitterBuffer, JitterConfig, JitterStats, Playout};
 use crate::pacer::{Pacer, PacerConfig, PacerStats, Transmit};
 use crate::resample::Resampler;
 use crate::time::{FRAME, FRAME_SAMPLES, SampleRate, SampleTime, WIDEBAND_FRAME_SAMPLES};
@@ -70,10 +73,10 @@ const OUTPUT_CAPACITY: usize = 32;
 /// (and again, two frames at a time, until none is overdue).
 const CALLER_RING: usize = 4;
 
-/// Caller slots whose arrival instants are remembered, to date a speech onset by when its audio
-/// arrived. The VAD dates an onset at most 50 frames back (its largest attack; the lookback is
-/// 25), so 64 always reach it.
-const ARRIVAL_RING: usize = 64;
+/// Frames the VAD read whose caller-timeline slot and arrival are remembered, to place a
+/// speech onset on the caller timeline and date it by when its audio arrived. The VAD dates an
+/// onset at most 50 frames back (its largest attack; the lookback is 25), so 64 always reach it.
+const VAD_RING: usize = 64;
 
 /// Configuration of one call. Plain data, validated once by [`Call::new`].
 #[derive(Clone, Debug)]
@@ -262,7 +265,10 @@ pub enum CallEvent {
         /// Audio played in this playback.
         played: Duration,
     },
-    /// The caller started speaking; `at` is the onset on the caller timeline.
+    /// The caller started speaking; `at` is the onset on the caller timeline. Decided as the
+    /// audio arrives, ahead of the jitter buffer's playout, so `at` can lie ahead of the
+    /// [`Output::CallerAudio`] emitted so far; it is the slot the onset frame was planned for,
+    /// which a later jitter adjustment can still move by a frame.
     SpeechStarted {
         /// Onset.
         at: SampleTime,
@@ -375,8 +381,14 @@ pub struct Call {
     phase: Phase,
     /// Inbound jitter buffer (caller → agent).
     jitter: JitterBuffer,
-    /// Caller speech detector on the jitter buffer's playout.
+    /// Caller speech detector on the jitter buffer's read-ahead.
     vad: Vad,
+    /// For each of the last [`VAD_RING`] frames the VAD read, indexed by its frame count modulo
+    /// the ring size: the caller-timeline slot it plays in (planned, when read ahead), and when
+    /// it arrived (`None`: concealed).
+    vad_frames: [(SampleTime, Option<Instant>); VAD_RING],
+    /// Frames the VAD has read.
+    vad_read: u64,
     /// Caller 8 kHz → 16 kHz for the agent feed.
     upsampler: Resampler,
     /// 16 kHz samples gathered toward the next agent-feed frame.
@@ -408,9 +420,6 @@ pub struct Call {
     caller: VecDeque<(SampleTime, WidebandFrame)>,
     /// The call's timeline, when tracing.
     trace: Option<Trace>,
-    /// When each of the last [`ARRIVAL_RING`] caller slots arrived (`None`: concealed), indexed
-    /// by slot number modulo the ring size.
-    arrivals: [Option<Instant>; ARRIVAL_RING],
     /// When the audio of the latest speech onset arrived: see [`Call::onset_arrival`].
     onset_arrival: Option<Instant>,
     /// Counters.
@@ -435,6 +444,8 @@ impl Call {
             phase: Phase::Running,
             jitter,
             vad,
+            vad_frames: [(SampleTime(0), None); VAD_RING],
+            vad_read: 0,
             upsampler,
             feed: [0; WIDEBAND_FRAME_SAMPLES],
             feed_len: 0,
@@ -450,7 +461,6 @@ impl Call {
             outputs: VecDeque::with_capacity(OUTPUT_CAPACITY),
             caller: VecDeque::with_capacity(if config.agent_feed { CALLER_RING } else { 0 }),
             trace: (config.trace_events > 0).then(|| Trace::new(now, config.trace_events)),
-            arrivals: [None; ARRIVAL_RING],
             onset_arrival: None,
             stats: CallStats::default(),
         })
@@ -676,6 +686,9 @@ impl Call {
                 },
             );
         }
+        while let Some(ahead) = self.jitter.read_ahead() {
+            self.detect(now, &ahead);
+        }
         match admission {
             Admission::Queued | Admission::Overflow => self.stats.media_in += 1,
             Admission::Duplicate => self.stats.media_duplicate += 1,
@@ -700,7 +713,6 @@ impl Call {
             let Some(playout) = self.jitter.pop(now) else {
                 break;
             };
-            self.arrivals[ring_index(playout.at)] = playout.arrived;
             self.stats.caller_frames += 1;
             if let Some(trace) = self.trace.as_mut() {
                 trace.record(
@@ -711,14 +723,35 @@ impl Call {
                     },
                 );
             }
-            let pcm = codec::decode_frame(&playout.frame);
-            if let Some(transition) = self.vad.push(&pcm) {
-                self.vad_transition(now, transition);
+            if !playout.read_ahead {
+                self.detect(now, &playout);
             }
             if self.config.agent_feed {
-                self.feed_agent(&pcm);
+                self.feed_agent(&codec::decode_frame(&playout.frame));
             }
         }
+    }
+
+    /// One caller frame through the VAD (read ahead, or a concealed slot at playout).
+    fn detect(&mut self, now: Instant, frame: &Playout) {
+        self.vad_frames[self.vad_read as usize % VAD_RING] = (frame.at, frame.arrived);
+        self.vad_read += 1;
+        if let Some(transition) = self.vad.push(&codec::decode_frame(&frame.frame)) {
+            self.vad_transition(now, transition);
+        }
+    }
+
+    /// Where the start of the VAD's frame `at` (on the VAD's own count) lies on the caller
+    /// timeline: the slot it was read for when the ring still holds it, else counted back
+    /// from the newest frame read.
+    fn caller_time(&self, at: SampleTime) -> SampleTime {
+        let frame = at.0 / FRAME_SAMPLES as u64;
+        if frame < self.vad_read && self.vad_read - frame <= VAD_RING as u64 {
+            return self.vad_frames[frame as usize % VAD_RING].0;
+        }
+        let newest = self.vad_frames[(self.vad_read.max(1) - 1) as usize % VAD_RING].0;
+        let back = (self.vad_read.saturating_sub(frame)).saturating_sub(1);
+        SampleTime(newest.0.saturating_sub(back * FRAME_SAMPLES as u64))
     }
 
     fn vad_transition(&mut self, now: Instant, transition: VadTransition) {
@@ -726,6 +759,7 @@ impl Call {
             VadTransition::SpeechStarted { at } => {
                 self.stats.speech_started += 1;
                 self.onset_arrival = self.arrival_since(at);
+                let at = self.caller_time(at);
                 if let Some(trace) = self.trace.as_mut() {
                     trace.record(now, TraceKind::SpeechStarted(at));
                 }
@@ -736,6 +770,9 @@ impl Call {
             }
             VadTransition::SpeechEnded { at } => {
                 self.stats.speech_ended += 1;
+                // `at` ends the last speech frame: place that frame, then its end.
+                let last = SampleTime(at.0.saturating_sub(FRAME_SAMPLES as u64));
+                let at = SampleTime(self.caller_time(last).0 + FRAME_SAMPLES as u64);
                 if let Some(trace) = self.trace.as_mut() {
                     trace.record(now, TraceKind::SpeechEnded(at));
                 }
@@ -744,16 +781,14 @@ impl Call {
         }
     }
 
-    /// The arrival of the first received slot from `onset` to the latest played slot, if the
-    /// ring still holds `onset`.
+    /// The arrival of the first received frame the VAD read from its frame `onset` (on the
+    /// VAD's own count) to the newest, if the ring still holds `onset`.
     fn arrival_since(&self, onset: SampleTime) -> Option<Instant> {
-        let onset_slot = onset.0 / FRAME_SAMPLES as u64;
-        // `caller_frames` slots have been played; the latest is `caller_frames - 1`.
-        let played = self.stats.caller_frames;
-        if onset_slot >= played || played - onset_slot > ARRIVAL_RING as u64 {
+        let first = onset.0 / FRAME_SAMPLES as u64;
+        if first >= self.vad_read || self.vad_read - first > VAD_RING as u64 {
             return None;
         }
-        (onset_slot..played).find_map(|slot| self.arrivals[slot as usize % ARRIVAL_RING])
+        (first..self.vad_read).find_map(|frame| self.vad_frames[frame as usize % VAD_RING].1)
     }
 
     /// 8 kHz caller frame → 16 kHz agent feed frames. The upsampler's output is time-aligned
@@ -980,11 +1015,6 @@ impl Call {
             self.emit(Output::Event(CallEvent::PlaybackCleared(interruption)));
         }
     }
-}
-
-/// The [`Call::arrivals`] index of the slot starting at `at`.
-fn ring_index(at: SampleTime) -> usize {
-    (at.0 / FRAME_SAMPLES as u64) as usize % ARRIVAL_RING
 }
 
 /// 20 ms in the units the ledger uses.

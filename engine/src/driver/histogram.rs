@@ -35,19 +35,22 @@ pub const OUTBOUND_LATENESS_BOUNDS: [Duration; 9] = [
 ];
 
 /// Bucket upper bounds of [`EngineCounters::barge_in_latency`](super::EngineCounters): caller
-/// speech onset arrival to `clear`, 50 ms to 3 s.
-pub const BARGE_IN_LATENCY_BOUNDS: [Duration; 13] = [
+/// speech onset arrival to `clear`, 5 ms to 3 s. The VAD reads ahead of the jitter buffer, so
+/// most barge-ins land within a few frames of the onset's arrival: the low end is fine-grained.
+pub const BARGE_IN_LATENCY_BOUNDS: [Duration; 15] = [
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(20),
+    Duration::from_millis(30),
     Duration::from_millis(50),
+    Duration::from_millis(75),
     Duration::from_millis(100),
     Duration::from_millis(150),
     Duration::from_millis(200),
-    Duration::from_millis(250),
     Duration::from_millis(300),
-    Duration::from_millis(400),
     Duration::from_millis(500),
     Duration::from_millis(750),
     Duration::from_secs(1),
-    Duration::from_millis(1_500),
     Duration::from_secs(2),
     Duration::from_secs(3),
 ];

@@ -55,6 +55,11 @@
 //!   (µ-law codes near 0xFF/0x7F), or if the excess lasted five times as long. `D` therefore
 //!   settles in `[target, target + 20 ms)`.
 //!
+//! * **Read-ahead.** [`JitterBuffer::read_ahead`] hands out each buffered frame once, in order,
+//!   as soon as it is queued, with the slot it is planned for, for a reader that must not wait
+//!   for the playout delay (the call's speech detector: a barge-in is decided on arrival, not
+//!   `target` later). [`Playout::read_ahead`] tells that reader which popped slots it is past.
+//!
 //! Assumptions: one buffer per stream; instants come from one monotonic clock (an instant earlier
 //! than the first arrival counts as the first arrival).
 //!
@@ -138,6 +143,10 @@ pub struct Playout {
     /// For a received frame, when it was read off the socket (the instant given to
     /// [`JitterBuffer::insert`]); `None` for a concealed slot.
     pub arrived: Option<Instant>,
+    /// Whether [`JitterBuffer::read_ahead`] is already past this slot: it handed out this
+    /// frame, or (a concealed slot) a frame planned after it. A reader of the read-ahead skips
+    /// such a slot.
+    pub read_ahead: bool,
 }
 
 /// Jitter buffer counters and gauges. Counts are frames since construction unless stated.
@@ -410,18 +419,20 @@ impl JitterBuffer {
             self.above_target_run = 0;
         }
 
-        let (frame, kind, arrived) = match self.queue.front() {
-            Some(head) if head.slot <= n => {
-                // Slots only ever move in step with `next_slot`, so `head.slot < n` cannot
-                // happen; playing it now is the safe answer if it ever did.
-                let (frame, arrived) = (head.frame, head.arrived);
-                self.queue.pop_front();
-                self.last_frame = frame;
+        // Slots only ever move in step with `next_slot`, so `head.slot < n` cannot happen;
+        // playing it now is the safe answer if it ever did.
+        let due = self.queue.front().is_some_and(|head| head.slot <= n);
+        let (frame, kind, arrived, read_ahead) = match due.then(|| self.queue.pop_front()) {
+            Some(Some((head, read))) => {
+                self.last_frame = head.frame;
                 self.concealed_run = 0;
                 self.stats.played_received += 1;
-                (frame, PlayoutKind::Received, arrived)
+                (head.frame, PlayoutKind::Received, head.arrived, read)
             }
-            _ => (self.conceal(), PlayoutKind::Concealed, None),
+            _ => {
+                let read = self.queue.any_read();
+                (self.conceal(), PlayoutKind::Concealed, None, read)
+            }
         };
         self.next_slot += 1;
         self.stats.played += 1;
@@ -430,6 +441,25 @@ impl JitterBuffer {
             frame,
             kind,
             arrived,
+            read_ahead,
+        })
+    }
+
+    /// The oldest buffered frame not handed out yet, as the [`Playout`] it is planned to be:
+    /// `at` is the slot it is due in now. For a reader that needs the caller's audio as soon
+    /// as it is in order rather than when it plays (speech detection): each received frame is
+    /// handed out once, in order, before it plays. A later deceleration, stall expansion or
+    /// acceleration can still move the frame's slot, and concealed slots are never handed out
+    /// (a reader that is not past them meets them in [`JitterBuffer::pop`], where
+    /// [`Playout::read_ahead`] is false).
+    pub fn read_ahead(&mut self) -> Option<Playout> {
+        let entry = self.queue.read_next()?;
+        Some(Playout {
+            at: SampleTime::from_frames(entry.slot),
+            frame: entry.frame,
+            kind: PlayoutKind::Received,
+            arrived: entry.arrived,
+            read_ahead: true,
         })
     }
 
@@ -898,6 +928,53 @@ mod tests {
     }
 
     #[test]
+    fn read_ahead_hands_out_each_frame_on_arrival_before_it_plays() {
+        // Frame 3 is missing (Twilio skipped it); the stream ends after frame 6.
+        let start = epoch();
+        let mut jb = JitterBuffer::new(&JitterConfig::default()).unwrap();
+        let mut read = Vec::new();
+        let mut popped = Vec::new();
+        for k in [1u64, 2, 4, 5, 6] {
+            let t = start + ms(20 * (k - 1));
+            while let Some(p) = jb.pop(t) {
+                popped.push(p);
+            }
+            assert_eq!(jb.insert(t, &media(k)), Admission::Queued);
+            let a = jb.read_ahead().expect("the frame just queued");
+            assert!(jb.read_ahead().is_none(), "each frame once");
+            assert_eq!((marker(&a.frame), a.arrived), (k, Some(t)));
+            read.push((k, a.at));
+        }
+        // Each is planned for the slot its numbers point to (frame 3's slot stays empty).
+        let planned: Vec<u64> = read
+            .iter()
+            .map(|(_, at)| at.0 / FRAME_SAMPLES as u64)
+            .collect();
+        assert_eq!(planned, [0, 1, 3, 4, 5]);
+        while let Some(p) = jb.pop(start + ms(2_000)) {
+            popped.push(p);
+        }
+        for (k, at) in &read {
+            let slot = popped
+                .iter()
+                .find(|p| p.kind == PlayoutKind::Received && marker(&p.frame) == *k)
+                .expect("played");
+            assert_eq!(slot.at, *at, "frame {k} played where it was planned");
+            assert!(slot.read_ahead);
+        }
+        // The skipped slot is concealed after frame 4 was read: the reader is past it. Once the
+        // stream is idle, concealed slots are new to the reader.
+        let concealed: Vec<(u64, bool)> = popped
+            .iter()
+            .filter(|p| p.kind == PlayoutKind::Concealed)
+            .map(|p| (p.at.0 / FRAME_SAMPLES as u64, p.read_ahead))
+            .collect();
+        assert_eq!(concealed[0], (2, true), "{concealed:?}");
+        assert!(concealed[1..].iter().all(|(slot, read)| *slot > 5 && !read));
+        assert!(concealed.len() > 10);
+    }
+
+    #[test]
     fn one_second_timestamp_jump_conceals_fifty_slots_then_reports_idle() {
         // Twilio omitted 1 s of silence: chunks stay contiguous, timestamp and arrival jump.
         let arrivals: Vec<_> = (1..=300u64)
@@ -1310,6 +1387,7 @@ mod tests {
             let mut next_at = 0;
             let mut last_marker = 0;
             let mut received = 0;
+            let mut last_read = 0;
             let mut i = 0;
             let mut lateness = ms(0);
             let end = last + ms(500);
@@ -1330,6 +1408,14 @@ mod tests {
                     lateness = ms(arrivals[i].2);
                     i += 1;
                 }
+                // Read ahead after every insert, as the call does: each frame once, in order,
+                // planned for a slot not yet played.
+                while let Some(a) = jb.read_ahead() {
+                    let m = marker(&a.frame);
+                    prop_assert!(m > last_read, "read {} after {}", m, last_read);
+                    last_read = m;
+                    prop_assert!(a.at.0 >= next_at, "read {:?}, next due {}", a.at, next_at);
+                }
                 while let Some(p) = jb.pop(now) {
                     prop_assert_eq!(p.at, SampleTime(next_at));
                     next_at += FRAME_SAMPLES as u64;
@@ -1340,6 +1426,7 @@ mod tests {
                         received += 1;
                         let m = marker(&p.frame);
                         prop_assert!(m > last_marker, "frame {} after {}", m, last_marker);
+                        prop_assert!(p.read_ahead && m <= last_read, "played {} unread", m);
                         last_marker = m;
                     }
                 }

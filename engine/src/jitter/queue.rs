@@ -41,6 +41,8 @@ pub(super) struct FrameQueue {
     head: usize,
     /// Number of live entries.
     len: usize,
+    /// Live entries, from the oldest, already handed out by [`FrameQueue::read_next`].
+    read: usize,
 }
 
 impl FrameQueue {
@@ -50,6 +52,7 @@ impl FrameQueue {
             entries: vec![Entry::EMPTY; capacity.max(1)].into_boxed_slice(),
             head: 0,
             len: 0,
+            read: 0,
         }
     }
 
@@ -86,12 +89,28 @@ impl FrameQueue {
         true
     }
 
-    /// Removes and returns the oldest entry.
-    pub(super) fn pop_front(&mut self) -> Option<Entry> {
+    /// Removes and returns the oldest entry, and whether [`FrameQueue::read_next`] had
+    /// handed it out.
+    pub(super) fn pop_front(&mut self) -> Option<(Entry, bool)> {
         let entry = *self.front()?;
         self.head = (self.head + 1) % self.entries.len();
         self.len -= 1;
+        let read = self.read > 0;
+        self.read = self.read.saturating_sub(1);
+        Some((entry, read))
+    }
+
+    /// The oldest entry not handed out yet, now marked as handed out. Entries are handed out
+    /// in queue order, each once.
+    pub(super) fn read_next(&mut self) -> Option<Entry> {
+        let entry = *self.get(self.read)?;
+        self.read += 1;
         Some(entry)
+    }
+
+    /// Whether some live entry was handed out by [`FrameQueue::read_next`].
+    pub(super) fn any_read(&self) -> bool {
+        self.read > 0
     }
 
     /// Moves every buffered frame one slot later (the delay grows by one frame).
@@ -135,14 +154,48 @@ mod tests {
             assert!(!q.push_back(entry(99)));
             assert_eq!(q.len(), 3);
             for i in 0..3 {
-                assert_eq!(q.pop_front().map(|e| e.slot), Some(round * 10 + i));
+                assert_eq!(q.pop_front().map(|(e, _)| e.slot), Some(round * 10 + i));
             }
             assert!(q.is_empty());
             assert!(q.pop_front().is_none());
             // Leave one behind so the head moves around the ring.
             assert!(q.push_back(entry(7)));
-            assert_eq!(q.pop_front().map(|e| e.slot), Some(7));
+            assert_eq!(q.pop_front().map(|(e, _)| e.slot), Some(7));
         }
+    }
+
+    #[test]
+    fn entries_are_read_ahead_once_in_order_and_popped_with_their_mark() {
+        let mut q = FrameQueue::new(4);
+        for s in [1, 2, 3] {
+            assert!(q.push_back(entry(s)));
+        }
+        assert!(!q.any_read());
+        assert_eq!(q.read_next().map(|e| e.slot), Some(1));
+        assert_eq!(q.read_next().map(|e| e.slot), Some(2));
+        assert!(q.any_read());
+        assert_eq!(
+            q.pop_front().map(|(e, read)| (e.slot, read)),
+            Some((1, true))
+        );
+        // The next unread entry is still 3; 2 stays read.
+        assert_eq!(q.read_next().map(|e| e.slot), Some(3));
+        assert!(q.read_next().is_none());
+        assert!(q.push_back(entry(4)));
+        assert_eq!(
+            q.pop_front().map(|(e, read)| (e.slot, read)),
+            Some((2, true))
+        );
+        assert_eq!(
+            q.pop_front().map(|(e, read)| (e.slot, read)),
+            Some((3, true))
+        );
+        assert!(!q.any_read());
+        assert_eq!(
+            q.pop_front().map(|(e, read)| (e.slot, read)),
+            Some((4, false))
+        );
+        assert!(q.read_next().is_none() && q.pop_front().is_none());
     }
 
     #[test]
