@@ -62,6 +62,7 @@ pub mod tokens;
 pub mod trace_svg;
 pub mod twilio;
 pub mod twiml;
+pub mod wav;
 
 mod clock;
 

@@ -43,6 +43,7 @@ use crate::agent::protocol::{self, FromAgent};
 use crate::config::{Config, Secret};
 use crate::store::{JobState, JobUpdate, RecordingEvent, RecordingJob, Store, StoreError};
 use crate::twilio::{TwilioClient, TwilioError};
+use crate::wav::Pcm16;
 
 /// Most jobs one worker works at once.
 pub const CONCURRENCY: usize = 4;
@@ -452,8 +453,8 @@ async fn fetch_with_retries(
         };
         match result {
             Ok(bytes) => match parse_wav(&bytes) {
-                Some(_) => return Ok((bytes.to_vec(), n)),
-                None => return Err((RecordingError::Wav, n)),
+                Ok(_) => return Ok((bytes.to_vec(), n)),
+                Err(e) => return Err((e, n)),
             },
             Err(e) if e.retryable() && n < attempts => {
                 tracing::info!(call_sid = %rec.call_sid, recording_sid = %rec.recording_sid, attempt = n, error = %e, "recording download retried");
@@ -464,36 +465,12 @@ async fn fetch_with_retries(
     }
 }
 
-/// The PCM of a 16-bit mono WAV: `(sample_rate, data bytes)`.
-pub fn parse_wav(bytes: &[u8]) -> Option<(u32, &[u8])> {
-    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-        return None;
+/// The samples of a 16-bit PCM mono WAV, as Twilio serves recordings.
+pub fn parse_wav(bytes: &[u8]) -> Result<Pcm16, RecordingError> {
+    match Pcm16::read(bytes) {
+        Ok(pcm) if pcm.channels == 1 => Ok(pcm),
+        _ => Err(RecordingError::Wav),
     }
-    let mut rest = &bytes[12..];
-    let mut rate = None;
-    while rest.len() >= 8 {
-        let id = &rest[..4];
-        let len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
-        let body = &rest[8..];
-        let chunk = &body[..len.min(body.len())];
-        match id {
-            b"fmt " if chunk.len() >= 16 => {
-                let format = u16::from_le_bytes([chunk[0], chunk[1]]);
-                let channels = u16::from_le_bytes([chunk[2], chunk[3]]);
-                let hz = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
-                let bits = u16::from_le_bytes([chunk[14], chunk[15]]);
-                if format != 1 || channels != 1 || bits != 16 {
-                    return None;
-                }
-                rate = Some(hz);
-            }
-            b"data" => return rate.map(|r| (r, chunk)),
-            _ => {}
-        }
-        let skip = len.saturating_add(len & 1);
-        rest = body.get(skip..).unwrap_or(&[]);
-    }
-    None
 }
 
 /// Offers the recording to the agent; returns the final transcript.
@@ -504,7 +481,7 @@ async fn transcribe(
     wav: &[u8],
 ) -> Result<String, RecordingError> {
     let err = |e: String| RecordingError::Transcribe(e);
-    let (rate, pcm) = parse_wav(wav).ok_or(RecordingError::Wav)?;
+    let Pcm16 { rate, samples, .. } = parse_wav(wav)?;
     let mut request = url.into_client_request().map_err(|e| err(e.to_string()))?;
     if let Some((name, value)) = auth {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| err("bad header".into()))?;
@@ -516,15 +493,15 @@ async fn transcribe(
     let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let duration_s = (pcm.len() as u64 / 2) / u64::from(rate.max(1));
+    let duration_s = samples.len() as u64 / u64::from(rate.max(1));
     let start = protocol::recording(&rec.call_sid, &rec.recording_sid, duration_s, rate);
     ws.send(Message::text(start))
         .await
         .map_err(|e| err(e.to_string()))?;
-    // One second of audio per message.
-    let chunk = (rate as usize * 2).max(2);
-    for part in pcm.chunks(chunk) {
-        ws.send(Message::binary(part.to_vec()))
+    // One second of audio per message, 16-bit little-endian.
+    for part in samples.chunks((rate as usize).max(1)) {
+        let bytes: Vec<u8> = part.iter().flat_map(|s| s.to_le_bytes()).collect();
+        ws.send(Message::binary(bytes))
             .await
             .map_err(|e| err(e.to_string()))?;
     }
@@ -553,34 +530,23 @@ async fn transcribe(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn wav(rate: u32, samples: &[i16]) -> Vec<u8> {
-        let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-        let mut v = b"RIFF".to_vec();
-        v.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-        v.extend_from_slice(b"WAVEfmt ");
-        v.extend_from_slice(&16u32.to_le_bytes());
-        v.extend_from_slice(&1u16.to_le_bytes());
-        v.extend_from_slice(&1u16.to_le_bytes());
-        v.extend_from_slice(&rate.to_le_bytes());
-        v.extend_from_slice(&(rate * 2).to_le_bytes());
-        v.extend_from_slice(&2u16.to_le_bytes());
-        v.extend_from_slice(&16u16.to_le_bytes());
-        v.extend_from_slice(b"data");
-        v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        v.extend_from_slice(&data);
-        v
-    }
+    use crate::wav::tests::wav;
 
     #[test]
-    fn wav_pcm_is_found_and_other_formats_refused() {
-        let w = wav(8_000, &[1, -2, 3]);
-        assert_eq!(parse_wav(&w), Some((8_000, &w[44..])));
-        let mut stereo = w.clone();
-        stereo[22] = 2;
-        assert_eq!(parse_wav(&stereo), None);
-        assert_eq!(parse_wav(b"RIFF"), None);
-        assert_eq!(parse_wav(&w[..30]), None);
+    fn only_16_bit_mono_pcm_is_taken() {
+        let w = wav(8_000, 1, 16, &[1, -2, 3]);
+        let pcm = parse_wav(&w).unwrap();
+        assert_eq!((pcm.rate, pcm.samples), (8_000, vec![1, -2, 3]));
+        assert!(matches!(
+            parse_wav(&wav(8_000, 2, 16, &[1, 2])),
+            Err(RecordingError::Wav)
+        ));
+        assert!(matches!(
+            parse_wav(&wav(8_000, 1, 8, &[1])),
+            Err(RecordingError::Wav)
+        ));
+        assert!(matches!(parse_wav(b"RIFF"), Err(RecordingError::Wav)));
+        assert!(matches!(parse_wav(&w[..30]), Err(RecordingError::Wav)));
     }
 
     #[test]

@@ -15,23 +15,19 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// A 16-bit mono 8 kHz WAV of `samples` samples (a sawtooth), as Twilio serves recordings.
 pub fn wav(samples: usize) -> Vec<u8> {
-    let data: Vec<u8> = (0..samples)
-        .flat_map(|i| ((i % 200) as i16 * 50).to_le_bytes())
-        .collect();
-    let mut v = b"RIFF".to_vec();
-    v.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-    v.extend_from_slice(b"WAVEfmt ");
-    v.extend_from_slice(&16u32.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&8_000u32.to_le_bytes());
-    v.extend_from_slice(&16_000u32.to_le_bytes());
-    v.extend_from_slice(&2u16.to_le_bytes());
-    v.extend_from_slice(&16u16.to_le_bytes());
-    v.extend_from_slice(b"data");
-    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    v.extend_from_slice(&data);
-    v
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut writer = hound::WavWriter::new(&mut out, spec).unwrap();
+    for i in 0..samples {
+        writer.write_sample((i % 200) as i16 * 50).unwrap();
+    }
+    writer.finalize().unwrap();
+    out.into_inner()
 }
 
 /// Milliseconds since the Unix epoch (the clock the store's lease times use).

@@ -22,6 +22,8 @@ use handset_engine::codec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::wav::Pcm16;
+
 /// Samples per 20 ms frame at 8 kHz.
 const FRAME: usize = 160;
 /// A frame's duration.
@@ -268,53 +270,20 @@ pub fn decode_mulaw(bytes: &[u8]) -> Vec<i16> {
     pcm
 }
 
-/// Parses a RIFF/WAVE file holding 16-bit PCM at 8 kHz; returns the first channel.
+/// Reads a WAV file of 16-bit PCM at 8 kHz; returns the first channel.
 pub fn parse_wav(bytes: &[u8]) -> Result<Vec<i16>, String> {
-    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-        return Err("not a RIFF/WAVE file".to_owned());
+    let pcm = Pcm16::read(bytes)?;
+    if pcm.rate != 8_000 {
+        return Err(format!("sample rate {} Hz; need 8000 Hz", pcm.rate));
     }
-    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
-    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let mut pos = 12;
-    let mut format: Option<(u16, u16, u32, u16)> = None;
-    while pos + 8 <= bytes.len() {
-        let id = &bytes[pos..pos + 4];
-        let len = u32_at(bytes, pos + 4) as usize;
-        let body_start = pos + 8;
-        let body_end = body_start.saturating_add(len).min(bytes.len());
-        let body = &bytes[body_start..body_end];
-        if id == b"fmt " {
-            if body.len() < 16 {
-                return Err(format!("fmt chunk of {} bytes", body.len()));
-            }
-            format = Some((
-                u16_at(body, 0),
-                u16_at(body, 2),
-                u32_at(body, 4),
-                u16_at(body, 14),
-            ));
-        } else if id == b"data" {
-            let (tag, channels, rate, bits) = format.ok_or("data chunk before fmt")?;
-            if !(tag == 1 || tag == 0xFFFE) || bits != 16 {
-                return Err(format!("format {tag} with {bits} bits; need 16-bit PCM"));
-            }
-            if rate != 8_000 {
-                return Err(format!("sample rate {rate} Hz; need 8000 Hz"));
-            }
-            let step = 2 * usize::from(channels.max(1));
-            return Ok(body
-                .chunks_exact(step)
-                .map(|f| i16::from_le_bytes([f[0], f[1]]))
-                .collect());
-        }
-        pos = body_start.saturating_add(len + (len & 1));
-    }
-    Err("no data chunk".to_owned())
+    let channels = usize::from(pcm.channels.max(1));
+    Ok(pcm.samples.into_iter().step_by(channels).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wav::tests::wav;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -407,33 +376,21 @@ mod tests {
     }
 
     #[test]
-    fn wav_reader_takes_16_bit_8_khz_and_refuses_others() {
-        let wav = |rate: u32, bits: u16, samples: &[i16]| {
-            let mut b = Vec::new();
-            b.extend_from_slice(b"RIFF");
-            b.extend_from_slice(&(36 + 2 * samples.len() as u32).to_le_bytes());
-            b.extend_from_slice(b"WAVEfmt ");
-            b.extend_from_slice(&16u32.to_le_bytes());
-            b.extend_from_slice(&1u16.to_le_bytes());
-            b.extend_from_slice(&1u16.to_le_bytes());
-            b.extend_from_slice(&rate.to_le_bytes());
-            b.extend_from_slice(&(rate * 2).to_le_bytes());
-            b.extend_from_slice(&2u16.to_le_bytes());
-            b.extend_from_slice(&bits.to_le_bytes());
-            b.extend_from_slice(b"data");
-            b.extend_from_slice(&(2 * samples.len() as u32).to_le_bytes());
-            for s in samples {
-                b.extend_from_slice(&s.to_le_bytes());
-            }
-            b
-        };
-        assert_eq!(parse_wav(&wav(8_000, 16, &[1, -2, 3])).unwrap(), [1, -2, 3]);
+    fn wav_reader_takes_16_bit_8_khz_first_channel_and_refuses_others() {
+        assert_eq!(
+            parse_wav(&wav(8_000, 1, 16, &[1, -2, 3])).unwrap(),
+            [1, -2, 3]
+        );
+        assert_eq!(
+            parse_wav(&wav(8_000, 2, 16, &[1, 9, -2, 9])).unwrap(),
+            [1, -2]
+        );
         assert!(
-            parse_wav(&wav(16_000, 16, &[1]))
+            parse_wav(&wav(16_000, 1, 16, &[1]))
                 .unwrap_err()
                 .contains("16000")
         );
-        assert!(parse_wav(&wav(8_000, 8, &[1])).is_err());
+        assert!(parse_wav(&wav(8_000, 1, 8, &[1])).is_err());
         assert!(parse_wav(b"not a wav").is_err());
     }
 }
