@@ -5,7 +5,8 @@
 //! with different numbers of samples compare; then a timeline per call for the first calls of
 //! each server: caller speech (blue, upper half), agent audio played by the playback model
 //! (green, lower half), `clear` (red line), mark echoes (grey ticks) and DTMF keys (purple).
-//! Capacity mode gets a chart of interval error p99 and server CPU against concurrency.
+//! Capacity mode gets a chart of interval error p99 (at the wire when captured) and server CPU
+//! against concurrency.
 //! Hand-written: a few primitives and no dependencies.
 
 use std::fmt::Write as _;
@@ -56,6 +57,23 @@ impl Svg {
         );
     }
 
+    /// A thin dashed polyline through `points`.
+    pub fn dashed_polyline(&mut self, points: &[(f64, f64)], stroke: &str) {
+        self.polyline_styled(points, stroke, r#"stroke-width="1" stroke-dasharray="4 3""#);
+    }
+
+    fn polyline_styled(&mut self, points: &[(f64, f64)], stroke: &str, style: &str) {
+        let pts: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{x:.1},{y:.1}"))
+            .collect();
+        let _ = writeln!(
+            self.body,
+            r#"<polyline points="{}" fill="none" stroke="{stroke}" {style}/>"#,
+            pts.join(" ")
+        );
+    }
+
     /// A dashed line.
     pub fn dashed(&mut self, x1: f64, y1: f64, x2: f64, y2: f64, stroke: &str) {
         let _ = writeln!(
@@ -64,17 +82,9 @@ impl Svg {
         );
     }
 
-    /// A polyline through `points`.
+    /// A polyline through `points`, its points marked.
     pub fn polyline(&mut self, points: &[(f64, f64)], stroke: &str) {
-        let pts: Vec<String> = points
-            .iter()
-            .map(|(x, y)| format!("{x:.1},{y:.1}"))
-            .collect();
-        let _ = writeln!(
-            self.body,
-            r#"<polyline points="{}" fill="none" stroke="{stroke}" stroke-width="2"/>"#,
-            pts.join(" ")
-        );
+        self.polyline_styled(points, stroke, "stroke-width=\"2\"");
         for (x, y) in points {
             let _ = writeln!(
                 self.body,
@@ -395,7 +405,22 @@ pub fn scenario_picture(groups: &[&GroupReport], rows: usize) -> String {
     svg.finish()
 }
 
+/// Interval error p99 of a capacity step as the simulator read the messages, ms.
+fn app_p99(step: &CapacityStep) -> f64 {
+    step.group.interval_error.p99_ms
+}
+
+/// Interval error p99 of a capacity step at the wire when captured, else as read, ms.
+fn wire_p99(step: &CapacityStep) -> f64 {
+    step.group
+        .wire
+        .as_ref()
+        .map_or_else(|| app_p99(step), |w| w.interval_error.p99_ms)
+}
+
 /// Capacity mode: interval error p99 and server CPU against concurrency, one line per server.
+/// With a wire capture, the interval error is plotted at the wire (solid; the limit is judged
+/// there) and as the simulator read it (dashed).
 pub fn capacity_picture(reports: &[CapacityReport]) -> String {
     let mut svg = Svg::new(WIDTH, 420.0);
     svg.text(
@@ -410,8 +435,16 @@ pub fn capacity_picture(reports: &[CapacityReport]) -> String {
         .flat_map(|r| r.steps.iter().map(|s| s.calls))
         .max()
         .unwrap_or(1) as f64;
+    let has_wire = reports
+        .iter()
+        .any(|r| r.steps.iter().any(|s| s.group.wire.is_some()));
+    let interval_title = if has_wire {
+        "Interval error p99 (ms): at the wire, dashed as read"
+    } else {
+        "Interval error p99 (ms)"
+    };
     let panels: [(&str, StepValue); 2] = [
-        ("Interval error p99 (ms)", |s| s.group.interval_error.p99_ms),
+        (interval_title, wire_p99),
         ("Server CPU (% of one core)", |s| {
             s.group.server.cpu_percent.unwrap_or(0.0)
         }),
@@ -428,12 +461,23 @@ pub fn capacity_picture(reports: &[CapacityReport]) -> String {
             .fold(0.0f64, f64::max);
         if pi == 0 {
             ymax = ymax.max(reports.first().map_or(2.0, |r| r.pacing_limit_ms) * 1.3);
+            if has_wire {
+                ymax = reports
+                    .iter()
+                    .flat_map(|r| r.steps.iter().map(app_p99))
+                    .fold(ymax, f64::max);
+            }
         }
         let ymax = ymax.max(1e-3) * 1.05;
         let to_xy = |calls: usize, v: f64| (px + calls as f64 / xmax * w, py + h - v / ymax * h);
         for (ri, r) in reports.iter().enumerate() {
             let pts: Vec<(f64, f64)> = r.steps.iter().map(|s| to_xy(s.calls, value(s))).collect();
             svg.polyline(&pts, PALETTE[ri % PALETTE.len()]);
+            if pi == 0 && has_wire {
+                let read: Vec<(f64, f64)> =
+                    r.steps.iter().map(|s| to_xy(s.calls, app_p99(s))).collect();
+                svg.dashed_polyline(&read, PALETTE[ri % PALETTE.len()]);
+            }
             svg.rect(
                 px + w - 150.0,
                 py + 6.0 + ri as f64 * 14.0,
@@ -491,10 +535,58 @@ mod tests {
     use crate::sim::observer::{CallMetrics, Span};
     use crate::sim::script::Utterance;
     use crate::sim::stats::Histogram;
+    use crate::sim::wire::WireGroup;
 
     #[test]
     fn text_is_escaped() {
         assert_eq!(escape(r#"a<b & "c">"#), "a&lt;b &amp; &quot;c&quot;&gt;");
+    }
+
+    #[test]
+    fn capacity_with_a_wire_capture_plots_the_wire_and_what_was_read() {
+        let step = |calls: usize, read: f64, wire: Option<f64>| {
+            let mut group = GroupReport::default();
+            group.interval_error.p99_ms = read;
+            group.wire = wire.map(|p99| {
+                let mut w = WireGroup::default();
+                w.interval_error.p99_ms = p99;
+                w
+            });
+            CapacityStep {
+                calls,
+                clean: true,
+                broke: None,
+                group,
+            }
+        };
+        let report = |steps: Vec<CapacityStep>| CapacityReport {
+            target: "handset".to_owned(),
+            pacing_limit_ms: 1.0,
+            paced_by: "wire",
+            highest_clean: 200,
+            calls_per_core: 100.0,
+            cores: 2,
+            server_kib_per_call: None,
+            steps,
+        };
+        let wired = capacity_picture(&[report(vec![
+            step(100, 2.0, Some(0.5)),
+            step(200, 3.0, Some(0.8)),
+        ])]);
+        assert!(wired.contains("at the wire, dashed as read"), "{wired}");
+        assert_eq!(
+            wired.matches("stroke-dasharray=\"4 3\"/>").count(),
+            2,
+            "{wired}"
+        );
+        assert_eq!(
+            wired.matches("<polyline").count(),
+            3,
+            "two solid, one dashed: {wired}"
+        );
+        let read = capacity_picture(&[report(vec![step(100, 2.0, None)])]);
+        assert!(!read.contains("at the wire"), "{read}");
+        assert_eq!(read.matches("<polyline").count(), 2, "{read}");
     }
 
     #[test]
