@@ -279,3 +279,85 @@ fn a_traced_call_records_the_barge_in_timeline() {
     }
     assert_eq!(trace.dropped(), 0);
 }
+
+/// 1.4 s of real telephone speech, looped to `seconds`: the agent's voice.
+fn agent_speech(seconds: usize) -> Vec<i16> {
+    let bytes = include_bytes!("../../tests/data/hello-world.ulaw");
+    let mut clip = vec![0i16; bytes.len()];
+    handset_engine::codec::decode_into(bytes, &mut clip);
+    clip.iter().copied().cycle().take(8_000 * seconds).collect()
+}
+
+/// The agent speaks for 6 s from t = 1 s; the caller's line returns it 250 ms later at a
+/// quarter of its level (a speakerphone), and the caller talks over it when `talks` says.
+fn speakerphone(config: CallConfig, talks: Option<Duration>, impair: Impair) -> Sim {
+    let mut sim = Sim::new(config, seed(18));
+    sim.link_delay = ms(20);
+    sim.impair = impair;
+    sim.echo = Some((ms(250), 0.25));
+    if let Some(at) = talks {
+        sim.script = CallerScript {
+            speech: vec![(at, Duration::from_secs(2))],
+        };
+    }
+    sim.run_for(Duration::from_secs(1));
+    sim.agent_says(&agent_speech(6), SampleRate::NARROWBAND);
+    sim.run_for(Duration::from_secs(7));
+    sim
+}
+
+#[test]
+fn the_agents_own_voice_coming_back_is_not_a_barge_in() {
+    // Without the check, the echo barges in: the test's premise.
+    let mut unchecked = roomy(10);
+    unchecked.echo.enabled = false;
+    let sim = speakerphone(unchecked, None, Impair::default());
+    assert!(!barge_in(&sim).is_empty(), "the echo reaches the VAD");
+
+    let sim = speakerphone(roomy(10), None, Impair::default());
+    assert!(barge_in(&sim).is_empty(), "{:?}", barge_in(&sim));
+    assert!(sim.clears.is_empty());
+    let stats = sim.call.stats();
+    assert!(stats.echo_onsets >= 1, "{stats:?}");
+    assert_eq!(stats.echo_breakthroughs, 0, "{stats:?}");
+    // Held as echo, the utterance is no speech to the agent either.
+    assert!(
+        sim.events_matching(|e| matches!(e, CallEvent::SpeechStarted { .. }))
+            .is_empty()
+    );
+    // Everything the agent said played.
+    assert_eq!(sim.twilio.stats().bytes_cleared, 0);
+}
+
+#[test]
+fn a_caller_talking_over_the_echo_still_barges_in() {
+    let onset = Duration::from_secs(3);
+    let sim = speakerphone(roomy(10), Some(onset), Impair::default());
+    let barges = barge_in(&sim);
+    assert_eq!(barges.len(), 1, "{barges:?}");
+    // Decided within a few frames of the onset's arrival (one frame to complete it).
+    assert!(
+        barges[0].0 <= onset + ms(20) + ms(20) * 6,
+        "decided at {:?}",
+        barges[0].0
+    );
+    let at = barges[0].1.onset.expect("caller onset").as_duration();
+    assert!(at.abs_diff(onset) <= ms(140), "onset at {at:?}");
+}
+
+#[test]
+fn the_echo_is_held_through_bursty_arrivals_and_jitter_buffer_changes() {
+    // Frames in bursts of 4 with up to 15 ms of jitter: the jitter buffer grows and shrinks
+    // its delay, which moves playout slots but not the frames' places on Twilio's clock.
+    let impair = Impair {
+        burst: 4,
+        jitter: ms(15),
+        ..Impair::default()
+    };
+    let sim = speakerphone(roomy(10), None, impair.clone());
+    assert!(barge_in(&sim).is_empty(), "{:?}", barge_in(&sim));
+    let stats = sim.call.stats();
+    assert!(stats.echo_onsets >= 1, "{stats:?}");
+    let sim = speakerphone(roomy(10), Some(Duration::from_secs(3)), impair);
+    assert_eq!(barge_in(&sim).len(), 1);
+}

@@ -472,9 +472,13 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         traced,
     } = admitted;
     let spec = CallSpec {
-        config: CallConfig {
-            trace_events: if traced { TRACE_EVENTS } else { 0 },
-            ..CallConfig::default()
+        config: {
+            let mut config = CallConfig {
+                trace_events: if traced { TRACE_EVENTS } else { 0 },
+                ..CallConfig::default()
+            };
+            config.echo.enabled = state.config.echo_check;
+            config
         },
         info: info.clone(),
         agent,
@@ -1013,6 +1017,8 @@ impl WriterState {
                     late = stats.jitter.late,
                     duplicate = stats.media_duplicate,
                     barge_ins = stats.barge_ins,
+                    echo_onsets = stats.echo_onsets,
+                    echo_breakthroughs = stats.echo_breakthroughs,
                     marks_played = stats.marks_played,
                     underruns = stats.pacer.underruns,
                     late_wakeups = stats.pacer.late_wakeups,

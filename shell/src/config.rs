@@ -235,6 +235,10 @@ pub struct Config {
     /// `TRACE_SAMPLE` (0–1, default 0): the share of calls traced when `TRACE_DIR` is set. A
     /// call is also traced when its voice webhook URL carries `trace=1` (per-call opt-in).
     pub trace_sample: f64,
+    /// `ECHO_CHECK` (default `on`; `off` disables): a caller speech onset during agent playback
+    /// that is the agent's own audio coming back (a speakerphone) is held, not taken for a
+    /// barge-in (`handset_engine::call::EchoConfig`).
+    pub echo_check: bool,
     /// `DRAIN_TIMEOUT` in seconds (0–86400, default 900): after SIGTERM, how long active calls
     /// may go on (while `/readyz` answers 503 and new streams are refused) before their
     /// streams are closed with 1001 and the calls are redirected to another instance.
@@ -423,6 +427,7 @@ impl Default for Config {
             health_port: None,
             trace_dir: None,
             trace_sample: 0.0,
+            echo_check: true,
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
             header_read_timeout: Duration::from_secs(10),
             agent: None,
@@ -920,6 +925,7 @@ impl Config {
             config.busy_prompt = v.to_owned();
         }
         config.trace_dir = non_empty("TRACE_DIR").map(PathBuf::from);
+        config.echo_check = switch(&non_empty, "ECHO_CHECK")?;
         if let Some(v) = non_empty("TRACE_SAMPLE") {
             config.trace_sample = v
                 .parse::<f64>()
@@ -1388,6 +1394,16 @@ mod tests {
 
     fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_vars(pairs.iter().copied())
+    }
+
+    #[test]
+    fn the_echo_check_is_on_unless_switched_off() {
+        assert!(from(&[]).unwrap().echo_check);
+        assert!(!from(&[("ECHO_CHECK", "off")]).unwrap().echo_check);
+        assert_eq!(
+            from(&[("ECHO_CHECK", "no")]).unwrap_err().to_string(),
+            "ECHO_CHECK must be on or off: got \"no\""
+        );
     }
 
     #[test]

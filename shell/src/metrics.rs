@@ -572,6 +572,13 @@ impl Collector for HandsetCollector {
             None,
             load(&e.barge_ins),
         )?;
+        counter(
+            enc,
+            "handset_echo_onsets",
+            "Caller speech onsets during agent playback held as the agent's own echo: no barge-in.",
+            None,
+            load(&e.echo_onsets),
+        )?;
         labelled_counter(
             enc,
             "handset_vad_transitions",

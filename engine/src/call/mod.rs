@@ -45,9 +45,12 @@ use crate::resample::Resampler;
 use crate::time::{FRAME, FRAME_SAMPLES, SampleRate, SampleTime, WIDEBAND_FRAME_SAMPLES};
 use crate::vad::{Vad, VadConfig, VadTransition};
 
+mod echo;
 mod marks;
 mod trace;
 
+use echo::{EchoCheck, Track};
+pub use echo::{EchoConfig, EchoConfigError};
 use marks::MarkLedger;
 pub use trace::{Trace, TraceKind};
 
@@ -92,6 +95,9 @@ pub struct CallConfig {
     pub mark_interval_frames: u32,
     /// Whether caller speech during agent playback interrupts it (default true).
     pub barge_in: bool,
+    /// The echo-reference check on speech onsets during playback (on by default): the agent's
+    /// own audio coming back is not a barge-in. See [`EchoConfig`].
+    pub echo: EchoConfig,
     /// Whether to produce 16 kHz caller audio for the agent (default true).
     pub agent_feed: bool,
     /// Record a per-call timeline of up to this many events ([`Trace`]); 0 (default) is off.
@@ -132,6 +138,7 @@ impl Default for CallConfig {
             },
             mark_interval_frames: 5,
             barge_in: true,
+            echo: EchoConfig::default(),
             agent_feed: true,
             trace_events: 0,
         }
@@ -153,6 +160,9 @@ pub enum ConfigError {
     /// `mark_interval_frames` is zero.
     #[error("mark interval must be at least 1 frame, got 0")]
     MarkInterval,
+    /// The echo-reference check's configuration is invalid.
+    #[error("{0}")]
+    Echo(String),
 }
 
 /// Runtime errors: every one is also counted in [`CallStats`] and leaves the call usable.
@@ -329,6 +339,13 @@ pub struct CallStats {
     pub speech_ended: u64,
     /// Barge-ins decided.
     pub barge_ins: u64,
+    /// Speech onsets during playback held as the agent's own echo (no barge-in, no
+    /// `SpeechStarted`).
+    pub echo_onsets: u64,
+    /// Onsets held as echo that turned out to be the caller talking over it: each became a
+    /// `SpeechStarted` (and a barge-in if the agent was still playing) on the first frame the
+    /// echo no longer explained.
+    pub echo_breakthroughs: u64,
     /// Agent clears carried out.
     pub agent_clears: u64,
     /// Agent audio frames accepted for playback.
@@ -389,6 +406,10 @@ pub struct Call {
     vad_frames: [(SampleTime, Option<Instant>); VAD_RING],
     /// Frames the VAD has read.
     vad_read: u64,
+    /// The echo-reference check, when on.
+    echo: Option<EchoCheck>,
+    /// The VAD's current utterance started during playback and is held as the agent's echo.
+    echo_held: bool,
     /// Caller 8 kHz → 16 kHz for the agent feed.
     upsampler: Resampler,
     /// 16 kHz samples gathered toward the next agent-feed frame.
@@ -436,6 +457,10 @@ impl Call {
             JitterBuffer::new(&config.jitter).map_err(|e| ConfigError::Jitter(e.to_string()))?;
         let pacer = Pacer::new(&config.pacer).map_err(|e| ConfigError::Pacer(e.to_string()))?;
         let vad = Vad::new(&config.vad).map_err(|e| ConfigError::Vad(e.to_string()))?;
+        config
+            .echo
+            .validate()
+            .map_err(|e| ConfigError::Echo(e.to_string()))?;
         let upsampler =
             Resampler::with_fifo(SampleRate::NARROWBAND, SampleRate::WIDEBAND, RESAMPLER_FIFO)
                 .expect("8 kHz to 16 kHz is always supported");
@@ -446,6 +471,9 @@ impl Call {
             vad,
             vad_frames: [(SampleTime(0), None); VAD_RING],
             vad_read: 0,
+            echo: (config.echo.enabled && config.barge_in)
+                .then(|| EchoCheck::new(&config.echo, now)),
+            echo_held: false,
             upsampler,
             feed: [0; WIDEBAND_FRAME_SAMPLES],
             feed_len: 0,
@@ -560,6 +588,9 @@ impl Call {
                     trace.record(self.now, TraceKind::Transmit);
                 }
                 self.ledger.sent_frame();
+                if let Some(echo) = self.echo.as_mut() {
+                    echo.sent(self.now, &frame);
+                }
                 if self.pacer.queued_frames() == 0 && self.outgoing_len == 0 {
                     self.trailing_mark_at = Some(self.now + FRAME);
                 }
@@ -736,8 +767,28 @@ impl Call {
     fn detect(&mut self, now: Instant, frame: &Playout) {
         self.vad_frames[self.vad_read as usize % VAD_RING] = (frame.at, frame.arrived);
         self.vad_read += 1;
-        if let Some(transition) = self.vad.push(&codec::decode_frame(&frame.frame)) {
+        let pcm = codec::decode_frame(&frame.frame);
+        if let (Some(echo), Some(slot), Some(arrived)) =
+            (self.echo.as_mut(), frame.sender_slot, frame.arrived)
+        {
+            echo.heard(slot, arrived, &pcm);
+        }
+        let held = self.echo_held;
+        if let Some(transition) = self.vad.push(&pcm) {
             self.vad_transition(now, transition);
+        }
+        // An utterance held as echo since an earlier frame: does the echo still explain it?
+        if held && self.echo_held && self.vad.frame_is_speech() {
+            let caller = self
+                .echo
+                .as_mut()
+                .is_some_and(|echo| echo.track() == Track::Caller);
+            if caller {
+                self.echo_held = false;
+                self.stats.echo_breakthroughs += 1;
+                self.onset_arrival = frame.arrived;
+                self.speech_started(now, frame.at);
+            }
         }
     }
 
@@ -757,17 +808,17 @@ impl Call {
     fn vad_transition(&mut self, now: Instant, transition: VadTransition) {
         match transition {
             VadTransition::SpeechStarted { at } => {
-                self.stats.speech_started += 1;
+                let playing = self.config.barge_in && self.agent_playing();
+                if playing && self.echo.as_mut().is_some_and(EchoCheck::onset_is_echo) {
+                    self.echo_held = true;
+                    self.stats.echo_onsets += 1;
+                    return;
+                }
                 self.onset_arrival = self.arrival_since(at);
                 let at = self.caller_time(at);
-                if let Some(trace) = self.trace.as_mut() {
-                    trace.record(now, TraceKind::SpeechStarted(at));
-                }
-                self.emit(Output::Event(CallEvent::SpeechStarted { at }));
-                if self.config.barge_in && self.agent_playing() {
-                    self.interrupt(now, Some(at));
-                }
+                self.speech_started(now, at);
             }
+            VadTransition::SpeechEnded { .. } if self.echo_held => self.echo_held = false,
             VadTransition::SpeechEnded { at } => {
                 self.stats.speech_ended += 1;
                 // `at` ends the last speech frame: place that frame, then its end.
@@ -778,6 +829,19 @@ impl Call {
                 }
                 self.emit(Output::Event(CallEvent::SpeechEnded { at }));
             }
+        }
+    }
+
+    /// The caller started speaking at `at` (caller timeline): the event, and a barge-in if the
+    /// agent is playing. [`Call::onset_arrival`] is set by the caller.
+    fn speech_started(&mut self, now: Instant, at: SampleTime) {
+        self.stats.speech_started += 1;
+        if let Some(trace) = self.trace.as_mut() {
+            trace.record(now, TraceKind::SpeechStarted(at));
+        }
+        self.emit(Output::Event(CallEvent::SpeechStarted { at }));
+        if self.config.barge_in && self.agent_playing() {
+            self.interrupt(now, Some(at));
         }
     }
 
@@ -972,6 +1036,9 @@ impl Call {
         self.trailing_mark_at = None;
         self.frames_since_mark = 0;
         self.emit(Output::Clear);
+        if let Some(echo) = self.echo.as_mut() {
+            echo.cleared(now);
+        }
         // Agent marks still queued here never reach Twilio: report them as cleared.
         let outputs = &mut self.outputs;
         let stats = &mut self.stats;

@@ -249,7 +249,7 @@ pub(crate) type InboundItem = (Instant, InboundMedia);
 /// Everything here is written by the workers with relaxed atomic adds (no lock, no allocation)
 /// and read by the shell at scrape time. Per-frame measurements (`frames_out`, the two
 /// histograms, VAD transitions) are recorded as they happen; the per-call media counters
-/// (`frames_in` through `media_rejected`) are published from each call's own counters at most
+/// (`frames_in` through `echo_onsets`) are published from each call's own counters at most
 /// every [`COUNTERS_PUBLISH_EVERY`] and when the call ends, so they may trail by that much.
 #[derive(Debug)]
 pub struct EngineCounters {
@@ -289,6 +289,8 @@ pub struct EngineCounters {
     pub playback_dropped: AtomicU64,
     /// `media` messages the shell could not turn into a frame (bad base64, length or numbers).
     pub media_rejected: AtomicU64,
+    /// Caller speech onsets during agent playback held as the agent's own echo (no barge-in).
+    pub echo_onsets: AtomicU64,
     /// Caller speech-started transitions of the VAD.
     pub speech_started: AtomicU64,
     /// Caller speech-ended transitions of the VAD.
@@ -326,6 +328,7 @@ impl Default for EngineCounters {
             jitter_overflow: AtomicU64::new(0),
             playback_dropped: AtomicU64::new(0),
             media_rejected: AtomicU64::new(0),
+            echo_onsets: AtomicU64::new(0),
             speech_started: AtomicU64::new(0),
             speech_ended: AtomicU64::new(0),
             barge_ins: AtomicU64::new(0),

@@ -77,6 +77,7 @@ struct Published {
     overflow: u64,
     playback_dropped: u64,
     rejected: u64,
+    echo_onsets: u64,
 }
 
 impl Slot {
@@ -215,6 +216,7 @@ impl Slot {
             overflow: stats.jitter.overflow,
             playback_dropped: stats.agent_frames_dropped,
             rejected: stats.media_bad_length + stats.media_bad_encoding + stats.media_bad_number,
+            echo_onsets: stats.echo_onsets,
         };
         let before = std::mem::replace(&mut self.published, now);
         let add = |counter: &std::sync::atomic::AtomicU64, now: u64, before: u64| {
@@ -234,6 +236,7 @@ impl Slot {
             before.playback_dropped,
         );
         add(&counters.media_rejected, now.rejected, before.rejected);
+        add(&counters.echo_onsets, now.echo_onsets, before.echo_onsets);
     }
 
     /// The next instant this call needs serving.

@@ -143,6 +143,10 @@ pub struct Playout {
     /// For a received frame, when it was read off the socket (the instant given to
     /// [`JitterBuffer::insert`]); `None` for a concealed slot.
     pub arrived: Option<Instant>,
+    /// For a received frame, its slot on the sender's timeline (frames since the stream's first
+    /// frame, on Twilio's clock; resyncs aside, it never moves when the playout schedule does);
+    /// `None` for a concealed slot.
+    pub sender_slot: Option<u64>,
     /// Whether [`JitterBuffer::read_ahead`] is already past this slot: it handed out this
     /// frame, or (a concealed slot) a frame planned after it. A reader of the read-ahead skips
     /// such a slot.
@@ -422,18 +426,26 @@ impl JitterBuffer {
         // Slots only ever move in step with `next_slot`, so `head.slot < n` cannot happen;
         // playing it now is the safe answer if it ever did.
         let due = self.queue.front().is_some_and(|head| head.slot <= n);
-        let (frame, kind, arrived, read_ahead) = match due.then(|| self.queue.pop_front()) {
-            Some(Some((head, read))) => {
-                self.last_frame = head.frame;
-                self.concealed_run = 0;
-                self.stats.played_received += 1;
-                (head.frame, PlayoutKind::Received, head.arrived, read)
-            }
-            _ => {
-                let read = self.queue.any_read();
-                (self.conceal(), PlayoutKind::Concealed, None, read)
-            }
-        };
+        let (frame, kind, arrived, sender_slot, read_ahead) =
+            match due.then(|| self.queue.pop_front()) {
+                Some(Some((head, read))) => {
+                    self.last_frame = head.frame;
+                    self.concealed_run = 0;
+                    self.stats.played_received += 1;
+                    let sender = Some(head.sender);
+                    (
+                        head.frame,
+                        PlayoutKind::Received,
+                        head.arrived,
+                        sender,
+                        read,
+                    )
+                }
+                _ => {
+                    let read = self.queue.any_read();
+                    (self.conceal(), PlayoutKind::Concealed, None, None, read)
+                }
+            };
         self.next_slot += 1;
         self.stats.played += 1;
         Some(Playout {
@@ -441,6 +453,7 @@ impl JitterBuffer {
             frame,
             kind,
             arrived,
+            sender_slot,
             read_ahead,
         })
     }
@@ -459,6 +472,7 @@ impl JitterBuffer {
             frame: entry.frame,
             kind: PlayoutKind::Received,
             arrived: entry.arrived,
+            sender_slot: Some(entry.sender),
             read_ahead: true,
         })
     }
@@ -530,6 +544,7 @@ impl JitterBuffer {
         }
         let entry = Entry {
             slot: playout,
+            sender: slot,
             quiet: mulaw::is_quiet(&frame),
             frame,
             arrived: Some(arrived),

@@ -15,6 +15,9 @@ use crate::frame::MulawFrame;
 pub(super) struct Entry {
     /// Playout slot index (slot n is due at `anchor + n·20 ms`).
     pub(super) slot: u64,
+    /// Sender slot: frames since the stream's first frame, on Twilio's clock. Unlike `slot`,
+    /// never moved by the playout schedule.
+    pub(super) sender: u64,
     /// Whether the frame is quiet enough to drop when shrinking the delay.
     pub(super) quiet: bool,
     /// The audio.
@@ -26,6 +29,7 @@ pub(super) struct Entry {
 impl Entry {
     const EMPTY: Self = Self {
         slot: 0,
+        sender: 0,
         quiet: true,
         frame: MulawFrame::SILENCE,
         arrived: None,

@@ -135,6 +135,9 @@ pub struct Sim {
     pub impair: Impair,
     pub lateness: Lateness,
     pub script: CallerScript,
+    /// The caller's line carries what Twilio played back to the engine: `delay` later, times
+    /// `gain` (a speakerphone). `None`: no echo.
+    pub echo: Option<(Duration, f64)>,
     rng: ChaCha8Rng,
     noise: ChaCha8Rng,
     /// Caller frames generated so far (nominal 20 ms clock).
@@ -182,6 +185,7 @@ impl Sim {
             impair: Impair::default(),
             lateness: Lateness::default(),
             script: CallerScript::default(),
+            echo: None,
             rng: ChaCha8Rng::seed_from_u64(seed),
             noise: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed),
             caller_frames: 0,
@@ -257,7 +261,15 @@ impl Sim {
             self.caller_frames += 1;
             let mut pcm = PcmFrame::SILENCE;
             for (i, s) in pcm.0.iter_mut().enumerate() {
-                *s = self.script.sample(index * 160 + i as u64, &mut self.noise);
+                let n = index * 160 + i as u64;
+                *s = self.script.sample(n, &mut self.noise);
+                if let Some((delay, gain)) = self.echo {
+                    let captured = self.start + Duration::from_nanos(n * 125_000);
+                    let back = captured
+                        .checked_sub(delay)
+                        .map_or(0, |t| played_at(&self.twilio, t));
+                    *s = s.saturating_add((f64::from(back) * gain) as i16);
+                }
             }
             let chunk = self.next_chunk;
             self.next_chunk += 1;
@@ -309,7 +321,10 @@ impl Sim {
     /// Advances to the next event (no later than `limit`) and handles it. Returns false when
     /// `limit` was reached. The driver wakes for a deadline late by a seeded random amount.
     pub fn step(&mut self, limit: Instant) -> bool {
-        self.generate_caller(self.now + FRAME * 10);
+        // With an echo, a caller frame needs what Twilio played `delay` before it, which is
+        // known only once it reached Twilio: generate just ahead of time.
+        let ahead = if self.echo.is_some() { 2 } else { 10 };
+        self.generate_caller(self.now + FRAME * ahead);
         let deadline = self.call.poll_timeout();
         let wake = match (deadline, self.pending_wake) {
             (None, _) => {
@@ -407,4 +422,19 @@ impl Sim {
             .map(|(t, e)| (*t - self.start, *e))
             .collect()
     }
+}
+
+/// The sample Twilio's playback model played at `t` (0 when nothing played).
+fn played_at(twilio: &PlaybackModel, t: Instant) -> i16 {
+    let log = twilio.played();
+    let i = log.partition_point(|p| p.start <= t);
+    let Some(segment) = i.checked_sub(1).map(|i| &log[i]) else {
+        return 0;
+    };
+    let k = ((t - segment.start).as_nanos() / 125_000) as usize;
+    segment.bytes.get(k).map_or(0, |b| {
+        let mut pcm = [0i16; 1];
+        codec::decode_into(std::slice::from_ref(b), &mut pcm);
+        pcm[0]
+    })
 }

@@ -302,7 +302,8 @@ pub fn conversation(speech: &[i16], duration: Duration) -> Script {
     script
 }
 
-/// Talks over the greeting (onset 300 ms), over the echo of that, then takes a normal turn.
+/// Talks over the greeting (onset 300 ms), over the echo of that (saying something else), then
+/// takes a normal turn.
 pub fn barge_in_script(speech: &[i16]) -> Script {
     let (first, last) = script::speech_frames(speech).unwrap_or((0, 0));
     let lead = Duration::from_millis(first as u64 * 20);
@@ -311,9 +312,14 @@ pub fn barge_in_script(speech: &[i16]) -> Script {
     // Onset 300 ms into the greeting.
     let onset1 = Duration::from_millis(300);
     script.place(onset1.saturating_sub(lead), speech, true);
-    // The echo starts about 0.6 s after the caller stops; talk 0.4 s into it.
+    // The echo starts about 0.6 s after the caller stops; talk 0.4 s into it, saying something
+    // else (the clip backwards): the clip itself would be the agent's own audio coming back
+    // 0.4 s late, which the echo-reference check rightly holds as echo.
+    let backwards: Vec<i16> = speech.iter().rev().copied().collect();
+    let (back_first, _) = script::speech_frames(&backwards).unwrap_or((0, 0));
+    let back_lead = Duration::from_millis(back_first as u64 * 20);
     let onset2 = onset1 + voiced + Duration::from_millis(1_000);
-    script.place(onset2.saturating_sub(lead), speech, true);
+    script.place(onset2.saturating_sub(back_lead), &backwards, true);
     // A normal turn once that echo has played.
     let onset3 = onset2 + voiced * 3 + Duration::from_millis(3_000);
     script.place(onset3.saturating_sub(lead), speech, true);
