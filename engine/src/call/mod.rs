@@ -589,7 +589,10 @@ impl Call {
                 }
                 self.ledger.sent_frame();
                 if let Some(echo) = self.echo.as_mut() {
-                    echo.sent(self.now, &frame);
+                    // The frame's place on the pacer's schedule, not the (later) wake-up that
+                    // released it: a late wake-up must not move the reference by a tick.
+                    let due = self.pacer.last_release_due().unwrap_or(self.now);
+                    echo.sent(due, &frame);
                 }
                 if self.pacer.queued_frames() == 0 && self.outgoing_len == 0 {
                     self.trailing_mark_at = Some(self.now + FRAME);
@@ -771,7 +774,7 @@ impl Call {
         if let (Some(echo), Some(slot), Some(arrived)) =
             (self.echo.as_mut(), frame.sender_slot, frame.arrived)
         {
-            echo.heard(slot, arrived, &pcm);
+            echo.heard(slot, arrived, &frame.frame);
         }
         let held = self.echo_held;
         if let Some(transition) = self.vad.push(&pcm) {

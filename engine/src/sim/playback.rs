@@ -218,6 +218,16 @@ impl PlaybackModel {
         self.log.as_deref().unwrap_or(&[])
     }
 
+    /// The µ-law byte playing at `at`, if recording and something plays then (what a caller's
+    /// speakerphone would pick up).
+    pub fn played_at(&self, at: Instant) -> Option<u8> {
+        let log = self.played();
+        let i = log.partition_point(|p| p.start <= at).checked_sub(1)?;
+        let segment = &log[i];
+        let k = usize::try_from(duration_bytes(at - segment.start)).ok()?;
+        segment.bytes.get(k).copied()
+    }
+
     /// Bytes played up to `now` (from the recording).
     pub fn played_bytes_until(&self, now: Instant) -> u64 {
         self.played()

@@ -267,7 +267,12 @@ impl Sim {
                     let captured = self.start + Duration::from_nanos(n * 125_000);
                     let back = captured
                         .checked_sub(delay)
-                        .map_or(0, |t| played_at(&self.twilio, t));
+                        .and_then(|t| self.twilio.played_at(t))
+                        .map_or(0, |b| {
+                            let mut pcm = [0i16; 1];
+                            codec::decode_into(&[b], &mut pcm);
+                            pcm[0]
+                        });
                     *s = s.saturating_add((f64::from(back) * gain) as i16);
                 }
             }
@@ -422,19 +427,4 @@ impl Sim {
             .map(|(t, e)| (*t - self.start, *e))
             .collect()
     }
-}
-
-/// The sample Twilio's playback model played at `t` (0 when nothing played).
-fn played_at(twilio: &PlaybackModel, t: Instant) -> i16 {
-    let log = twilio.played();
-    let i = log.partition_point(|p| p.start <= t);
-    let Some(segment) = i.checked_sub(1).map(|i| &log[i]) else {
-        return 0;
-    };
-    let k = ((t - segment.start).as_nanos() / 125_000) as usize;
-    segment.bytes.get(k).map_or(0, |b| {
-        let mut pcm = [0i16; 1];
-        codec::decode_into(std::slice::from_ref(b), &mut pcm);
-        pcm[0]
-    })
 }

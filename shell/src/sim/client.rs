@@ -25,7 +25,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::{SinkExt, StreamExt};
-use handset_engine::sim::PlaybackStats;
+use handset_engine::codec;
+use handset_engine::sim::{PlaybackModel, PlaybackStats};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde::Deserialize;
@@ -38,7 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use super::observer::{CallMetrics, CallObserver};
 pub use super::script::Impairments;
-use super::script::{CallerFrames, SendSchedule, Utterance};
+use super::script::{CallerFrames, LineEcho, SendSchedule, Utterance};
 use crate::signature;
 
 /// The WebSocket read buffer per call. tungstenite zero-fills the free part of its read buffer
@@ -85,6 +86,9 @@ pub struct CallPlan {
     pub frames: Option<Arc<CallerFrames>>,
     /// Caller speech spans in `audio`, for the latency measurements.
     pub utterances: Vec<Utterance>,
+    /// The caller's line returns what it plays (a speakerphone): `audio` is mixed with it and
+    /// encoded frame by frame (so `frames` is not used); playback is recorded.
+    pub echo: Option<LineEcho>,
     /// Replace the `<Parameter>`s from the TwiML (to test refusals); `None` uses them.
     pub override_parameters: Option<Vec<(String, String)>>,
     /// Sign the handshake with this signature instead of the right one (to test refusals).
@@ -111,6 +115,7 @@ impl CallPlan {
             keep_timeline: false,
             frames: None,
             utterances: Vec::new(),
+            echo: None,
             override_parameters: None,
             forge_signature: None,
         }
@@ -557,7 +562,11 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
     seq += 1;
 
     let mut inbox = Inbox {
-        observer: CallObserver::new(t0.into_std(), plan.record_playback, plan.keep_timeline),
+        observer: CallObserver::new(
+            t0.into_std(),
+            plan.record_playback || plan.echo.is_some(),
+            plan.keep_timeline,
+        ),
         t0,
         stream_sid: stream_sid.clone(),
         pending_marks: VecDeque::new(),
@@ -629,13 +638,23 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
                     if frame.skipped {
                         skipped += 1;
                     } else {
+                        let payload = match plan.echo {
+                            None => Cow::Borrowed(frames.payload(frame_index)),
+                            Some(echo) => Cow::Owned(with_echo(
+                                &plan.audio,
+                                frame_index,
+                                t0.into_std(),
+                                echo,
+                                inbox.observer.model(),
+                            )),
+                        };
                         buf.clear();
                         let _ = write!(
                             buf,
                             r#"{{"event":"media","sequenceNumber":"{seq}","media":{{"track":"inbound","chunk":"{}","timestamp":"{}","payload":"{}"}},"streamSid":"{stream_sid}"}}"#,
                             frame_index + 1,
                             frame_index * 20,
-                            frames.payload(frame_index),
+                            payload,
                         );
                         seq += 1;
                         wrote = true;
@@ -730,6 +749,37 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
     }
     outcome.metrics = metrics;
     Ok(outcome)
+}
+
+/// Caller frame `k` of `audio` with the line's echo of what played mixed in, as a base64
+/// µ-law payload. Sample `n` was captured `n / 8000` s after `t0`; its echo is what played
+/// `echo.delay` before that.
+fn with_echo(
+    audio: &[i16],
+    k: u64,
+    t0: std::time::Instant,
+    echo: LineEcho,
+    played: &PlaybackModel,
+) -> String {
+    let mut pcm = [0i16; 160];
+    let first = usize::try_from(k).unwrap_or(usize::MAX).saturating_mul(160);
+    for (i, sample) in pcm.iter_mut().enumerate() {
+        let n = first.saturating_add(i);
+        let own = audio.get(n).copied().unwrap_or(0);
+        let captured = t0 + Duration::from_nanos(n as u64 * 125_000);
+        let back = captured
+            .checked_sub(echo.delay)
+            .and_then(|t| played.played_at(t))
+            .map_or(0, |b| {
+                let mut one = [0i16; 1];
+                codec::decode_into(&[b], &mut one);
+                one[0]
+            });
+        *sample = own.saturating_add((f32::from(back) * echo.gain) as i16);
+    }
+    let mut mulaw = [0u8; 160];
+    codec::encode_into(&pcm, &mut mulaw);
+    STANDARD.encode(mulaw)
 }
 
 fn close_info(frame: Option<CloseFrame>) -> (u16, String) {

@@ -13,6 +13,7 @@
 //! | `barge-in` | talks over the greeting, then over the echo, then waits for one | barge-in latency, stale audio |
 //! | `silence` | says nothing | greeting only; no false barge-in |
 //! | `hold` | plays hold music (not speech) throughout | false barge-ins, unprompted playback |
+//! | `speakerphone` | the `single` conversation on a line that returns what it plays (250 ms, −12 dB) | false barge-ins and unprompted playback from the agent's own voice |
 //! | `dtmf` | speaks, keys `1`, `2`, `3`, `#` during and between playbacks | DTMF handling, DTMF → `clear` |
 //! | `long` | the `single` conversation for `--duration` (default 5 min) | drift, memory |
 //! | `capacity` | steps of `--capacity-step` more calls until a limit breaks | highest clean concurrency |
@@ -27,7 +28,7 @@ use super::client::{CallPlan, run_call};
 use super::observer::CallMetrics;
 use super::procfs::{self, Sampler};
 use super::report::{self, CapacityReport, CapacityStep, GroupReport, Usage};
-use super::script::{self, Impairments, Script};
+use super::script::{self, Impairments, LineEcho, Script};
 use super::svg;
 use super::wire::{self, Capture, WireError};
 
@@ -54,6 +55,8 @@ pub enum Scenario {
     Silence,
     /// Hold music only.
     Hold,
+    /// The single conversation on a speakerphone: the line returns what it plays.
+    Speakerphone,
     /// Conversation with DTMF keys during and between playbacks.
     Dtmf,
     /// The conversation for `--duration` (default 300 s).
@@ -79,6 +82,7 @@ impl Scenario {
             Self::BargeIn => "barge-in",
             Self::Silence => "silence",
             Self::Hold => "hold",
+            Self::Speakerphone => "speakerphone",
             Self::Dtmf => "dtmf",
             Self::Long => "long",
             Self::Capacity => "capacity",
@@ -302,6 +306,17 @@ pub fn conversation(speech: &[i16], duration: Duration) -> Script {
     script
 }
 
+/// The single conversation on a line that returns what it plays 250 ms later at −12 dB, as a
+/// speakerphone does.
+pub fn speakerphone_script(speech: &[i16]) -> Script {
+    let mut script = conversation(speech, Duration::from_secs(12));
+    script.echo = Some(LineEcho {
+        delay: Duration::from_millis(250),
+        gain: 0.25,
+    });
+    script
+}
+
 /// Talks over the greeting (onset 300 ms), over the echo of that (saying something else), then
 /// takes a normal turn.
 pub fn barge_in_script(speech: &[i16]) -> Script {
@@ -373,6 +388,7 @@ pub async fn run_group(
     wire: Option<&WireRun>,
 ) -> Result<GroupReport, RunError> {
     let frames = Arc::new(script.frames());
+    let audio = Arc::new(script.audio.clone());
     let port = webhook_port(&target.webhook_url)?;
     let capture = match wire {
         Some(w) => {
@@ -405,6 +421,10 @@ pub async fn run_group(
         plan.call_sid = format!("CA{run_id:08x}{i:024x}");
         plan.frames = Some(frames.clone());
         plan.utterances.clone_from(&script.utterances);
+        plan.echo = script.echo;
+        if script.echo.is_some() {
+            plan.audio = Arc::clone(&audio);
+        }
         plan.dtmf.clone_from(&script.dtmf);
         plan.duration = script.duration;
         plan.impair = Impairments {
@@ -657,6 +677,7 @@ pub async fn run(args: SimArgs) -> Result<RunReport, RunError> {
                 (hold_script(&music, secs(20.0)), args.calls_each)
             }
             Scenario::Dtmf => (dtmf_script(&speech, secs(12.0)), args.calls_each),
+            Scenario::Speakerphone => (speakerphone_script(&speech), args.calls_each),
             Scenario::Long => (conversation(&speech, secs(300.0)), args.calls_each),
             Scenario::Capacity => {
                 for target in &targets {

@@ -162,6 +162,18 @@ pub struct Script {
     pub dtmf: Vec<(Duration, char)>,
     /// Call length (media is sent until then, then `stop`).
     pub duration: Duration,
+    /// The caller's line also returns what it plays (a speakerphone); `None`: it does not.
+    pub echo: Option<LineEcho>,
+}
+
+/// A caller's line that returns what Twilio plays to it: `delay` later, times `gain`, mixed
+/// into the caller's own audio.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LineEcho {
+    /// From when Twilio plays a sample to when it is in the caller's audio.
+    pub delay: Duration,
+    /// Linear gain (0.25 is −12 dB).
+    pub gain: f32,
 }
 
 impl Script {
