@@ -532,13 +532,17 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         out_rx,
         close_rx,
         WriterCall {
-            info: info.clone(),
-            id,
-            trace_dir,
+            pump: PumpCall {
+                info: info.clone(),
+                id,
+                trace_dir,
+                closing: closing_tx,
+                echoes: Arc::clone(&echoes),
+                write_timeout: state.config.ws_write_timeout,
+                metrics: Arc::clone(&state.metrics),
+            },
             recorded,
             control,
-            closing: closing_tx,
-            echoes: Arc::clone(&echoes),
         },
         Arc::clone(&state),
     ));
@@ -811,20 +815,12 @@ async fn finish_without_call(
 
 /// The call a socket writer serves.
 struct WriterCall {
-    /// Who the call is.
-    info: CallInfo,
-    /// The stream's request id, for the logs.
-    id: u64,
-    /// Where its timeline goes, when traced.
-    trace_dir: Option<std::path::PathBuf>,
+    /// What the write pump needs.
+    pump: PumpCall,
     /// The store write of the call's start; its end is written after it.
     recorded: tokio::task::JoinHandle<()>,
     /// The remote agent's shared state (the transfer it asked for), if a remote agent runs.
     control: Option<Arc<crate::agent::remote::Shared>>,
-    /// Tells the reader that the writer closes the stream itself, so it stops the call.
-    closing: tokio::sync::oneshot::Sender<()>,
-    /// Mark echoes the reader has seen.
-    echoes: Arc<AtomicU64>,
 }
 
 /// The writer's view of the peer's mark echoes: whether marks it wrote have gone unechoed
@@ -1082,29 +1078,12 @@ async fn write_loop(
     state: Arc<AppState>,
 ) {
     let WriterCall {
-        info,
-        id,
-        trace_dir,
+        pump: pump_call,
         recorded,
         control,
-        closing,
-        echoes,
     } = call;
-    let write_timeout = state.config.ws_write_timeout;
-    let pumped = state.egress.spawn(pump(
-        sink,
-        out,
-        close,
-        PumpCall {
-            info,
-            id,
-            trace_dir,
-            closing,
-            echoes,
-            write_timeout,
-            metrics: Arc::clone(&state.metrics),
-        },
-    ));
+    let (id, write_timeout) = (pump_call.id, pump_call.write_timeout);
+    let pumped = state.egress.spawn(pump(sink, out, close, pump_call));
     let Ok(Pumped {
         mut sink,
         mut close,
@@ -1160,12 +1139,19 @@ async fn write_loop(
 
 /// What the write pump needs besides the socket and its queues.
 struct PumpCall {
+    /// Who the call is.
     info: CallInfo,
+    /// The stream's request id, for the logs.
     id: u64,
+    /// Where its timeline goes, when traced.
     trace_dir: Option<std::path::PathBuf>,
+    /// Tells the reader that the writer closes the stream itself, so it stops the call.
     closing: tokio::sync::oneshot::Sender<()>,
+    /// Mark echoes the reader has seen.
     echoes: Arc<AtomicU64>,
+    /// `WS_WRITE_TIMEOUT`.
     write_timeout: Duration,
+    /// The shell's counters.
     metrics: Arc<crate::metrics::ShellMetrics>,
 }
 
