@@ -343,7 +343,7 @@ impl EchoCheck {
                 let slot = (tick % HEARD_FRAMES as u64) as usize;
                 (self.heard_ticks[slot] == tick).then_some(&self.heard[slot])
             });
-            fill(frame, chunk);
+            fill(frame.map(|f| &f.0[..]), chunk);
         }
         dot(out, out) >= SILENT * out.len() as f32
     }
@@ -362,85 +362,81 @@ impl EchoCheck {
                 let slot = (tick % SENT_FRAMES as u64) as usize;
                 (self.sent_ticks[slot] == tick).then_some(&self.sent[slot])
             });
-            match frame {
-                Some(frame) => {
-                    let mut pcm = [0i16; FRAME_SAMPLES];
-                    codec::decode_into(&frame.0[offset..offset + n], &mut pcm[..n]);
-                    for (o, s) in chunk.iter_mut().zip(&pcm) {
-                        *o = f32::from(*s) / 32_768.0;
-                    }
-                }
-                None => chunk.fill(0.0),
-            }
+            fill(frame.map(|f| &f.0[offset..offset + n]), chunk);
             position += n as i128;
             rest = tail;
         }
     }
 }
 
-/// A µ-law frame (or silence) scaled to ±1.
-fn fill(frame: Option<&MulawFrame>, out: &mut [f32]) {
-    match frame {
-        Some(frame) => {
-            let pcm = codec::decode_frame(frame);
-            for (o, s) in out.iter_mut().zip(&pcm.0) {
-                *o = f32::from(*s) / 32_768.0;
+/// µ-law codes (or silence) decoded and scaled to ±1.
+fn fill(codes: Option<&[u8]>, out: &mut [f32]) {
+    match codes {
+        Some(codes) => {
+            for (o, code) in out.iter_mut().zip(codes) {
+                *o = f32::from(codec::decode_sample(*code)) / 32_768.0;
             }
         }
         None => out.fill(0.0),
     }
 }
 
-/// The delay in `from..=to` (samples) at which `y` best matches `x`, where the reference for
-/// delay `d` starts at `y[to − d]`: the highest normalised correlation and its delay.
-fn best_lag(x: &[f32], y: &[f32], from: usize, to: usize) -> Correlation {
+/// Calls `f(d, rho)` for every delay `d` in `from..=to` (samples), where the reference for
+/// delay `d` starts at `y[to − d]`: `rho` is the normalised correlation of `x` with it, `None`
+/// where the reference is silent. Returns false, calling nothing, when `x` is silent.
+fn each_correlation(
+    x: &[f32],
+    y: &[f32],
+    from: usize,
+    to: usize,
+    mut f: impl FnMut(usize, Option<f32>),
+) -> bool {
     let len = x.len();
     let ex = dot(x, x);
     if ex < SILENT * len as f32 {
-        return Correlation::CallerSilent;
+        return false;
     }
     // The reference's energy slides by one sample per step.
-    let mut ey = dot(
-        &y[to - from..to - from + len],
-        &y[to - from..to - from + len],
-    );
-    let mut best = Correlation::AgentSilent;
+    let first = &y[to - from..to - from + len];
+    let mut ey = dot(first, first);
     for lag in from..=to {
         let start = to - lag;
         if lag > from {
             let (entering, leaving) = (y[start], y[start + len]);
             ey = (ey + entering * entering - leaving * leaving).max(0.0);
         }
-        if ey < SILENT * len as f32 {
-            continue;
-        }
-        let rho = dot(x, &y[start..start + len]) / (ex * ey).sqrt();
-        if !matches!(best, Correlation::Best(b, _) if b >= rho) {
-            best = Correlation::Best(rho, lag);
-        }
+        let rho =
+            (ey >= SILENT * len as f32).then(|| dot(x, &y[start..start + len]) / (ex * ey).sqrt());
+        f(lag, rho);
     }
-    best
+    true
 }
 
-/// The normalised correlation of `x` with `y` at every delay `d` in `0..out.len()`, where the
-/// reference for delay `d` starts at `y[out.len() − 1 − d]`; NaN where the reference is silent.
-fn correlations(x: &[f32], y: &[f32], out: &mut [f32]) {
-    let len = x.len();
-    let to = out.len() - 1;
-    let ex = dot(x, x);
-    let mut ey = dot(&y[to..to + len], &y[to..to + len]);
-    for (lag, rho) in out.iter_mut().enumerate() {
-        let start = to - lag;
-        if lag > 0 {
-            let (entering, leaving) = (y[start], y[start + len]);
-            ey = (ey + entering * entering - leaving * leaving).max(0.0);
+/// The delay in `from..=to` at which `y` best matches `x` (as [`each_correlation`] lays
+/// them out): the highest normalised correlation and its delay.
+fn best_lag(x: &[f32], y: &[f32], from: usize, to: usize) -> Correlation {
+    let mut best = Correlation::AgentSilent;
+    let heard = each_correlation(x, y, from, to, |lag, rho| {
+        if let Some(rho) = rho
+            && !matches!(best, Correlation::Best(b, _) if b >= rho)
+        {
+            best = Correlation::Best(rho, lag);
         }
-        *rho = if ey < SILENT * len as f32 {
-            f32::NAN
-        } else {
-            dot(x, &y[start..start + len]) / (ex * ey).sqrt()
-        };
+    });
+    if heard {
+        best
+    } else {
+        Correlation::CallerSilent
     }
+}
+
+/// The normalised correlation of `x` with `y` at every delay `d` in `0..out.len()` (as
+/// [`each_correlation`] lays them out); NaN where the reference is silent.
+fn correlations(x: &[f32], y: &[f32], out: &mut [f32]) {
+    out.fill(f32::NAN);
+    each_correlation(x, y, 0, out.len() - 1, |lag, rho| {
+        out[lag] = rho.unwrap_or(f32::NAN);
+    });
 }
 
 /// The dot product of two equally long slices, in [`LANES`] running sums.

@@ -268,11 +268,7 @@ impl Sim {
                     let back = captured
                         .checked_sub(delay)
                         .and_then(|t| self.twilio.played_at(t))
-                        .map_or(0, |b| {
-                            let mut pcm = [0i16; 1];
-                            codec::decode_into(&[b], &mut pcm);
-                            pcm[0]
-                        });
+                        .map_or(0, codec::decode_sample);
                     *s = s.saturating_add((f64::from(back) * gain) as i16);
                 }
             }

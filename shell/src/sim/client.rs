@@ -770,11 +770,7 @@ fn with_echo(
         let back = captured
             .checked_sub(echo.delay)
             .and_then(|t| played.played_at(t))
-            .map_or(0, |b| {
-                let mut one = [0i16; 1];
-                codec::decode_into(&[b], &mut one);
-                one[0]
-            });
+            .map_or(0, codec::decode_sample);
         *sample = own.saturating_add((f32::from(back) * echo.gain) as i16);
     }
     let mut mulaw = [0u8; 160];
