@@ -4,7 +4,7 @@
 //! strength and pitch continuity), plus the last frames' SNRs so onsets are seen rising.
 //!
 //! The features depend on the input only, never on the classifier's decisions, so the classifier
-//! can be trained offline on features computed once (`benches/vad_eval.rs -- --train`). The noise
+//! can be trained offline on features computed once (`cargo bench --bench vad_eval -- --train`). The noise
 //! floor's mean tracker adapts on frames that a fixed band-SNR test calls quiet, not on the
 //! classifier's output, for the same reason. Everything lives in fixed-size arrays: `push` does
 //! not allocate.

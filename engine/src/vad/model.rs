@@ -2,23 +2,25 @@
 //! vector, each with a logistic output, evaluated with the constants in `weights.rs`.
 //!
 //! - The **speech classifier** ([`speech_probability`]) gives the probability that the current
-//!   frame is speech; it sustains speech and, at a high threshold, starts it.
+//!   frame is speech, from the last [`SPEECH_CONTEXT`] frames' standardised features stacked; it
+//!   sustains speech and, at a high threshold, starts it.
 //! - The **onset classifier** ([`onset_probability`]) is used only to start speech from
 //!   silence: it was trained on the first frames of utterances (after at least 200 ms without
 //!   speech) against non-speech frames only (gaps, noise, music), and sees the last
 //!   [`ONSET_CONTEXT`] frames' standardised features stacked, so it can answer on the first
 //!   frames of a word, before the speech classifier is sure.
 //!
-//! The weights are trained offline on the tuning half of the evaluation corpus by
+//! The weights are trained offline on the evaluation corpus's training sources by
 //! `cargo bench --bench vad_eval -- --train` (seeded, deterministic) and written to `weights.rs`;
 //! the trainer's forward pass is the same arithmetic (up to the order of the additions). No
 //! allocation, no branches on the input except the clamp, so the cost per frame is fixed
-//! (`FEATURES × HIDDEN` multiply-adds, plus `ONSET_CONTEXT × FEATURES × ONSET_HIDDEN` while in
-//! silence). Hidden layers are evaluated input by input over a transposed weight matrix (built
+//! (`SPEECH_CONTEXT × FEATURES × HIDDEN` multiply-adds, plus `ONSET_CONTEXT × FEATURES ×
+//! ONSET_HIDDEN` while in silence). Hidden layers are evaluated input by input over a transposed weight matrix (built
 //! at compile time), so the inner loop runs over the hidden units with no dependency between
 //! them and vectorises.
 
 use super::extract::FEATURES;
+pub(super) use super::weights::SPEECH_CONTEXT;
 use super::weights::{
     B1, B2, FEATURE_MEAN, FEATURE_SCALE, HIDDEN, ONSET_B1, ONSET_B2, ONSET_HIDDEN, ONSET_W1,
     ONSET_W2, W1, W2,
@@ -33,10 +35,31 @@ pub(super) const ONSET_CONTEXT: usize = 3;
 
 /// Inputs of the onset classifier: [`ONSET_CONTEXT`] feature vectors, newest first.
 const ONSET_INPUTS: usize = ONSET_CONTEXT * FEATURES;
+/// Inputs of the speech classifier: [`SPEECH_CONTEXT`] feature vectors, newest first.
+const SPEECH_INPUTS: usize = SPEECH_CONTEXT * FEATURES;
 
-// The generated weights must match the feature extractor.
+// The generated weights must match the feature extractor and the context kept by `Vad`.
 const _: () = assert!(FEATURE_MEAN.len() == FEATURES && W1.len() == HIDDEN);
+const _: () = assert!(W1[0].len() == SPEECH_INPUTS && SPEECH_CONTEXT <= ONSET_CONTEXT);
 const _: () = assert!(ONSET_W1.len() == ONSET_HIDDEN && ONSET_W1[0].len() == ONSET_INPUTS);
+
+/// Whether no weight of an `H × N` matrix is subnormal (the trainer writes them as 0: on x86 a
+/// multiply by a subnormal costs about a hundred normal ones).
+const fn all_normal<const H: usize, const N: usize>(w: &[[f32; N]; H]) -> bool {
+    let mut j = 0;
+    while j < H {
+        let mut i = 0;
+        while i < N {
+            if w[j][i].is_subnormal() {
+                return false;
+            }
+            i += 1;
+        }
+        j += 1;
+    }
+    true
+}
+const _: () = assert!(all_normal(&W1) && all_normal(&ONSET_W1));
 
 /// Transposes an `H × N` weight matrix at compile time: one row of `H` weights per input.
 const fn transpose<const H: usize, const N: usize>(w: &[[f32; N]; H]) -> [[f32; H]; N] {
@@ -54,7 +77,7 @@ const fn transpose<const H: usize, const N: usize>(w: &[[f32; N]; H]) -> [[f32; 
 }
 
 /// `W1` transposed: one row of `HIDDEN` weights per input.
-const W1_T: [[f32; HIDDEN]; FEATURES] = transpose(&W1);
+const W1_T: [[f32; HIDDEN]; SPEECH_INPUTS] = transpose(&W1);
 /// `ONSET_W1` transposed: one row of `ONSET_HIDDEN` weights per input.
 const ONSET_W1_T: [[f32; ONSET_HIDDEN]; ONSET_INPUTS] = transpose(&ONSET_W1);
 
@@ -99,9 +122,16 @@ fn perceptron<const H: usize>(
     1.0 / (1.0 + (-out).exp())
 }
 
-/// Probability (0..=1) that the frame whose standardised features are `z` is speech.
-pub(super) fn speech_probability(z: &[f32; FEATURES]) -> f32 {
-    perceptron(z.iter().copied(), &W1_T, &B1, &W2, B2)
+/// Probability (0..=1) that the newest frame of `context` (standardised features, newest first)
+/// is speech.
+pub(super) fn speech_probability(context: &[[f32; FEATURES]; ONSET_CONTEXT]) -> f32 {
+    perceptron(
+        context[..SPEECH_CONTEXT].iter().flatten().copied(),
+        &W1_T,
+        &B1,
+        &W2,
+        B2,
+    )
 }
 
 /// Probability (0..=1) that a new utterance starts on the newest of `context` (standardised
