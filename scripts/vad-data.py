@@ -116,6 +116,21 @@ def convert_all(data, kind, source, files, limit=None):
     return len(os.listdir(out)), total
 
 
+def synthesize(data, source, texts, tmp, command):
+    """One synthetic voice: each text spoken by `command(text, wav)` and converted; returns the file count."""
+    out = os.path.join(data, "speech", source)
+    os.makedirs(out, exist_ok=True)
+    for i, text in enumerate(texts):
+        dst = os.path.join(out, f"{i:04d}.wav")
+        if os.path.exists(dst):
+            continue
+        raw = os.path.join(tmp, "voice.wav")
+        subprocess.run(command(text, raw), check=True)
+        sox(raw, dst + ".part.wav")
+        os.replace(dst + ".part.wav", dst)
+    return len(os.listdir(out))
+
+
 def main():
     data = sys.argv[1]
     report = []
@@ -132,31 +147,14 @@ def main():
             texts = sentences(lang)
             for tag, variant in ESPEAK_VARIANTS:
                 source = f"espeak-{lang}-{tag}"
-                out = os.path.join(data, "speech", source)
-                os.makedirs(out, exist_ok=True)
-                for i, text in enumerate(texts):
-                    dst = os.path.join(out, f"{i:04d}.wav")
-                    if os.path.exists(dst):
-                        continue
-                    raw = os.path.join(tmp, "e.wav")
-                    subprocess.run(["espeak-ng", "-v", lang + variant, "-w", raw, text], check=True)
-                    sox(raw, dst + ".part.wav")
-                    os.replace(dst + ".part.wav", dst)
-                report.append(("speech", source, len(os.listdir(out)), None))
+                voice = lang + variant
+                n = synthesize(data, source, texts, tmp, lambda text, raw: ["espeak-ng", "-v", voice, "-w", raw, text])
+                report.append(("speech", source, n, None))
         en = sentences("en")
         for voice in FLITE_VOICES:
             source = f"flite-{voice}"
-            out = os.path.join(data, "speech", source)
-            os.makedirs(out, exist_ok=True)
-            for i, text in enumerate(en):
-                dst = os.path.join(out, f"{i:04d}.wav")
-                if os.path.exists(dst):
-                    continue
-                raw = os.path.join(tmp, "f.wav")
-                subprocess.run(["flite", "-voice", voice, "-t", text, "-o", raw], check=True)
-                sox(raw, dst + ".part.wav")
-                os.replace(dst + ".part.wav", dst)
-            report.append(("speech", source, len(os.listdir(out)), None))
+            n = synthesize(data, source, en, tmp, lambda text, raw: ["flite", "-voice", voice, "-t", text, "-o", raw])
+            report.append(("speech", source, n, None))
         for source, pattern in MUSIC:
             files = glob.glob(pattern, recursive=True)
             if not files:
