@@ -125,14 +125,14 @@ pub fn sources(kind: Kind, split: Split) -> anyhow::Result<Vec<Source>> {
 }
 
 pub fn read_wav(path: &Path) -> anyhow::Result<Vec<i16>> {
-    let mut reader = hound::WavReader::open(path)?;
-    let spec = reader.spec();
+    let wav = handset_shell::wav::Pcm16::read(&std::fs::read(path)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     anyhow::ensure!(
-        spec.sample_rate == 8000 && spec.channels == 1 && spec.bits_per_sample == 16,
-        "{} is not 8 kHz mono 16-bit",
+        wav.rate == 8000 && wav.channels == 1,
+        "{} is not 8 kHz mono",
         path.display()
     );
-    Ok(reader.samples::<i16>().collect::<Result<_, _>>()?)
+    Ok(wav.samples)
 }
 
 /// Mean power of a frame in dBFS (full-scale square wave = 0 dBFS).

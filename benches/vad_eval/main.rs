@@ -385,17 +385,17 @@ pub struct Noises {
 }
 
 impl Noises {
+    /// The noises of the side whose speech sources and soundtracks these are.
     pub fn new(
-        split: Split,
+        speech: &[data::Source],
         len: usize,
         music: &[data::Music],
         rng: &mut ChaCha8Rng,
     ) -> anyhow::Result<Self> {
-        let speech = data::sources(Kind::Speech, split)?;
         Ok(Self {
             white: data::white_noise(len, rng),
             pink: data::pink_noise(len, rng),
-            babble: data::babble(&speech, BABBLE_TALKERS, len, rng)?,
+            babble: data::babble(speech, BABBLE_TALKERS, len, rng)?,
             music: music.iter().flat_map(|m| m.tracks.concat()).collect(),
         })
     }
@@ -451,7 +451,7 @@ fn main() -> anyhow::Result<()> {
     let corpus = data::build_corpus(&speech, args.per_source, &mut rng)?;
     let music = data::music(split)?;
     let n = corpus.clean.len();
-    let noises = Noises::new(split, n, &music, &mut data::rng_for(seed, "noise"))?;
+    let noises = Noises::new(&speech, n, &music, &mut data::rng_for(seed, "noise"))?;
     let speech_frames = corpus.labels.iter().filter(|&&l| l).count();
     println!(
         "# VAD evaluation ({split:?} sources): {} utterances from {} sources, {:.1} min, {:.1} % speech frames\n",

@@ -488,7 +488,7 @@ pub fn train(args: &Args) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let noises = Noises::new(Split::Train, n, &music, &mut rng)?;
+    let noises = Noises::new(&speech, n, &music, &mut rng)?;
     let mut set = TrainingSet {
         x: Vec::new(),
         y: Vec::new(),
@@ -624,7 +624,7 @@ pub fn train(args: &Args) -> anyhow::Result<()> {
     let vspeech = data::sources(Kind::Speech, Split::Valid)?;
     let vmusic = data::music(Split::Valid)?;
     let vcorpus = data::build_corpus(&vspeech, VALID_PER_SOURCE, &mut vrng)?;
-    let vnoises = Noises::new(Split::Valid, vcorpus.clean.len(), &vmusic, &mut vrng)?;
+    let vnoises = Noises::new(&vspeech, vcorpus.clean.len(), &vmusic, &mut vrng)?;
     let mut sets = Vec::new();
     let base = VadConfig::default();
     for (name, under) in crate::conditions(&vcorpus, &vnoises) {

@@ -15,15 +15,14 @@
 //! the trainer's forward pass is the same arithmetic (up to the order of the additions). No
 //! allocation, no branches on the input except the clamp, so the cost per frame is fixed
 //! (`SPEECH_CONTEXT × FEATURES × HIDDEN` multiply-adds, plus `ONSET_CONTEXT × FEATURES ×
-//! ONSET_HIDDEN` while in silence). Hidden layers are evaluated input by input over a transposed weight matrix (built
-//! at compile time), so the inner loop runs over the hidden units with no dependency between
-//! them and vectorises.
+//! ONSET_HIDDEN` while in silence). Hidden layers are evaluated input by input over a transposed
+//! weight matrix (built at compile time), so the inner loop runs over the hidden units with no
+//! dependency between them and vectorises.
 
 use super::extract::FEATURES;
-pub(super) use super::weights::SPEECH_CONTEXT;
 use super::weights::{
     B1, B2, FEATURE_MEAN, FEATURE_SCALE, HIDDEN, ONSET_B1, ONSET_B2, ONSET_HIDDEN, ONSET_W1,
-    ONSET_W2, W1, W2,
+    ONSET_W2, SPEECH_CONTEXT, W1, W2,
 };
 
 /// Standardised inputs are clamped to this many standard deviations, so out-of-range input
