@@ -215,6 +215,11 @@ async fn a_scrape_after_real_calls_shows_what_happened() {
     assert_eq!(m.must("handset_barge_in_latency_seconds_count"), barge_ins);
     let latency = m.must("handset_barge_in_latency_seconds_sum") / barge_ins;
     assert!(latency > 0.0 && latency < 3.0, "{latency}");
+    // The onset was held for the second-stage check (on by default) and confirmed by Silero.
+    let checks = |o: &str| m.must(&format!("handset_onset_checks_total{{outcome=\"{o}\"}}"));
+    assert_eq!(checks("confirmed"), barge_ins);
+    assert!(checks("held") >= barge_ins);
+    assert_eq!(checks("unchecked"), 0.0);
 
     // HTTP by route pattern and status.
     let http = |route: &str, status: u16| {

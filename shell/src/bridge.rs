@@ -483,6 +483,10 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         info: info.clone(),
         agent,
         sink: Box::new(ChannelSink(out_tx)),
+        onset_check: state
+            .onset_check
+            .as_ref()
+            .map(|c| Box::new(c.handle()) as Box<dyn handset_engine::call::OnsetCheck>),
     };
     let mut handle = match state.engine.open_call(spec, crate::clock::now()) {
         Ok(handle) => handle,

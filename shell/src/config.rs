@@ -239,6 +239,9 @@ pub struct Config {
     /// that is the agent's own audio coming back (a speakerphone) is held, not taken for a
     /// barge-in (`handset_engine::call::EchoConfig`).
     pub echo_check: bool,
+    /// `ONSET_CHECK` (default `on`; `off` disables): a caller speech onset during agent playback
+    /// barges in only once Silero VAD confirms it is speech (`crate::onset_check`).
+    pub onset_check: bool,
     /// `DRAIN_TIMEOUT` in seconds (0–86400, default 900): after SIGTERM, how long active calls
     /// may go on (while `/readyz` answers 503 and new streams are refused) before their
     /// streams are closed with 1001 and the calls are redirected to another instance.
@@ -428,6 +431,7 @@ impl Default for Config {
             trace_dir: None,
             trace_sample: 0.0,
             echo_check: true,
+            onset_check: true,
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
             header_read_timeout: Duration::from_secs(10),
             agent: None,
@@ -926,6 +930,7 @@ impl Config {
         }
         config.trace_dir = non_empty("TRACE_DIR").map(PathBuf::from);
         config.echo_check = switch(&non_empty, "ECHO_CHECK")?;
+        config.onset_check = switch(&non_empty, "ONSET_CHECK")?;
         if let Some(v) = non_empty("TRACE_SAMPLE") {
             config.trace_sample = v
                 .parse::<f64>()
@@ -1400,6 +1405,8 @@ mod tests {
     fn the_echo_check_is_on_unless_switched_off() {
         assert!(from(&[]).unwrap().echo_check);
         assert!(!from(&[("ECHO_CHECK", "off")]).unwrap().echo_check);
+        assert!(from(&[]).unwrap().onset_check);
+        assert!(!from(&[("ONSET_CHECK", "off")]).unwrap().onset_check);
         assert_eq!(
             from(&[("ECHO_CHECK", "no")]).unwrap_err().to_string(),
             "ECHO_CHECK must be on or off: got \"no\""

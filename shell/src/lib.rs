@@ -51,6 +51,7 @@ pub mod form;
 pub mod log_line;
 pub mod media_stream;
 pub mod metrics;
+pub mod onset_check;
 pub mod recording;
 pub mod routes;
 pub mod server;

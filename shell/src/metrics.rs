@@ -581,6 +581,18 @@ impl Collector for HandsetCollector {
         )?;
         labelled_counter(
             enc,
+            "handset_onset_checks",
+            "Caller speech onsets during agent playback held for the second-stage check (Silero VAD), by outcome: held, confirmed (a barge-in), rejected (the utterance ended unconfirmed: no barge-in), unchecked (the check's queue was full: barged in at once).",
+            "outcome",
+            [
+                ("held", load(&e.onsets_checked)),
+                ("confirmed", load(&e.onsets_confirmed)),
+                ("rejected", load(&e.onsets_rejected)),
+                ("unchecked", load(&e.onsets_unchecked)),
+            ],
+        )?;
+        labelled_counter(
+            enc,
             "handset_vad_transitions",
             "Caller voice activity transitions.",
             "transition",

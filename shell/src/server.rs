@@ -105,6 +105,8 @@ pub struct AppState {
     pub engine: Engine,
     /// The thread that writes engine output to the media sockets.
     pub egress: crate::egress::Egress,
+    /// The second stage on barge-in onsets (`ONSET_CHECK`), when on.
+    pub onset_check: Option<crate::onset_check::Checker>,
     /// Set to true when the server starts draining: media streams finish within
     /// `config.drain_timeout`, then close with 1001.
     pub draining: watch::Sender<bool>,
@@ -166,6 +168,9 @@ pub enum StateError {
     /// The egress thread could not start.
     #[error("cannot start the egress thread: {0}")]
     Egress(std::io::Error),
+    /// The onset check's model could not be loaded or its thread started.
+    #[error("cannot start the onset check: {0}")]
+    OnsetCheck(anyhow::Error),
 }
 
 impl AppState {
@@ -196,6 +201,11 @@ impl AppState {
             Scheduling::Normal | Scheduling::Refused(..) => None,
         })
         .map_err(StateError::Egress)?;
+        let onset_check = if config.onset_check {
+            Some(crate::onset_check::Checker::start().map_err(StateError::OnsetCheck)?)
+        } else {
+            None
+        };
         let active_calls = ActiveCalls::default();
         let metrics = Arc::new(ShellMetrics::default());
         let metrics_registry = crate::metrics::registry(
@@ -212,6 +222,7 @@ impl AppState {
             recording_stored: Arc::default(),
             engine,
             egress,
+            onset_check,
             draining: watch::channel(false).0,
             metrics,
             metrics_registry,

@@ -47,11 +47,14 @@ use crate::vad::{Vad, VadConfig, VadTransition};
 
 mod echo;
 mod marks;
+mod onset;
 mod trace;
 
 use echo::{EchoCheck, Track};
 pub use echo::{EchoConfig, EchoConfigError};
 use marks::MarkLedger;
+use onset::{Held, OnsetGate, Verdict};
+pub use onset::{ONSET_PRE_ROLL, OnsetCheck};
 pub use trace::{Trace, TraceKind};
 
 /// Marks at or above this value are the call's own progress marks; the shell names them
@@ -346,6 +349,15 @@ pub struct CallStats {
     /// `SpeechStarted` (and a barge-in if the agent was still playing) on the first frame the
     /// echo no longer explained.
     pub echo_breakthroughs: u64,
+    /// Speech onsets during playback held for the [`OnsetCheck`].
+    pub onsets_checked: u64,
+    /// Held onsets the check confirmed: each became a `SpeechStarted` and a barge-in.
+    pub onsets_confirmed: u64,
+    /// Held onsets whose utterance ended unconfirmed: no barge-in, no `SpeechStarted`.
+    pub onsets_rejected: u64,
+    /// Onsets during playback that barged in unchecked because the check could not take them
+    /// or one of their frames (its queue was full).
+    pub onsets_unchecked: u64,
     /// Agent clears carried out.
     pub agent_clears: u64,
     /// Agent audio frames accepted for playback.
@@ -410,6 +422,8 @@ pub struct Call {
     echo: Option<EchoCheck>,
     /// The VAD's current utterance started during playback and is held as the agent's echo.
     echo_held: bool,
+    /// The second stage on barge-in onsets, when the driver gave the call one.
+    onset: Option<OnsetGate>,
     /// Caller 8 kHz → 16 kHz for the agent feed.
     upsampler: Resampler,
     /// 16 kHz samples gathered toward the next agent-feed frame.
@@ -474,6 +488,7 @@ impl Call {
             echo: (config.echo.enabled && config.barge_in)
                 .then(|| EchoCheck::new(&config.echo, now)),
             echo_held: false,
+            onset: None,
             upsampler,
             feed: [0; WIDEBAND_FRAME_SAMPLES],
             feed_len: 0,
@@ -492,6 +507,14 @@ impl Call {
             onset_arrival: None,
             stats: CallStats::default(),
         })
+    }
+
+    /// Gives the call a second stage on barge-in onsets (see [`OnsetCheck`]); a call without
+    /// barge-in ignores it. Call before the first input.
+    pub fn set_onset_check(&mut self, check: Box<dyn OnsetCheck>) {
+        if self.config.barge_in {
+            self.onset = Some(OnsetGate::new(check));
+        }
     }
 
     /// Feeds one input. Drain [`Call::poll_output`] until `None` before the next input.
@@ -554,6 +577,9 @@ impl Call {
             }
             Input::Stop(_) => {
                 self.phase = Phase::Stopped;
+                if let Some(gate) = self.onset.as_mut() {
+                    gate.release();
+                }
                 self.pacer.flush(|_| {});
                 self.emit(Output::Event(CallEvent::Stopped));
                 Ok(())
@@ -731,6 +757,9 @@ impl Call {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        if self.onset.as_mut().is_some_and(OnsetGate::poll) {
+            self.onset_confirmed(now);
+        }
         if self.trailing_mark_at.is_some_and(|t| t <= now) {
             self.trailing_mark_at = None;
             if self.pacer.queued_frames() == 0
@@ -777,8 +806,26 @@ impl Call {
             echo.heard(slot, arrived, &frame.frame);
         }
         let held = self.echo_held;
+        let checking = match self.onset.as_mut() {
+            Some(gate) => {
+                gate.record(&frame.frame);
+                gate.holding()
+            }
+            None => false,
+        };
         if let Some(transition) = self.vad.push(&pcm) {
             self.vad_transition(now, transition);
+        }
+        // An onset held for the check since an earlier frame: this frame is the check's too.
+        if checking && let Some(gate) = self.onset.as_mut() {
+            match gate.next() {
+                Verdict::Waiting => {}
+                Verdict::Speech => self.onset_confirmed(now),
+                Verdict::Unchecked => {
+                    self.stats.onsets_unchecked += 1;
+                    self.onset_released(now);
+                }
+            }
         }
         // An utterance held as echo since an earlier frame: does the echo still explain it?
         if held && self.echo_held && self.vad.frame_is_speech() {
@@ -817,11 +864,27 @@ impl Call {
                     self.stats.echo_onsets += 1;
                     return;
                 }
-                self.onset_arrival = self.arrival_since(at);
+                let arrival = self.arrival_since(at);
                 let at = self.caller_time(at);
+                if playing && let Some(gate) = self.onset.as_mut() {
+                    if gate.hold(Held { at, arrival }) {
+                        self.stats.onsets_checked += 1;
+                        return;
+                    }
+                    self.stats.onsets_unchecked += 1;
+                }
+                self.onset_arrival = arrival;
                 self.speech_started(now, at);
             }
             VadTransition::SpeechEnded { .. } if self.echo_held => self.echo_held = false,
+            VadTransition::SpeechEnded { .. }
+                if self.onset.as_ref().is_some_and(OnsetGate::holding) =>
+            {
+                if let Some(gate) = self.onset.as_mut() {
+                    gate.release();
+                }
+                self.stats.onsets_rejected += 1;
+            }
             VadTransition::SpeechEnded { at } => {
                 self.stats.speech_ended += 1;
                 // `at` ends the last speech frame: place that frame, then its end.
@@ -833,6 +896,24 @@ impl Call {
                 self.emit(Output::Event(CallEvent::SpeechEnded { at }));
             }
         }
+    }
+
+    /// The check confirmed the held onset.
+    fn onset_confirmed(&mut self, now: Instant) {
+        if self.onset.as_ref().is_some_and(OnsetGate::holding) {
+            self.stats.onsets_confirmed += 1;
+            self.onset_released(now);
+        }
+    }
+
+    /// The held onset stands: its `SpeechStarted`, and its barge-in if the agent is still
+    /// playing.
+    fn onset_released(&mut self, now: Instant) {
+        let Some(held) = self.onset.as_mut().and_then(OnsetGate::release) else {
+            return;
+        };
+        self.onset_arrival = held.arrival;
+        self.speech_started(now, held.at);
     }
 
     /// The caller started speaking at `at` (caller timeline): the event, and a barge-in if the

@@ -239,6 +239,8 @@ pub struct CallSpec {
     pub agent: Box<dyn Agent>,
     /// Where outbound messages go.
     pub sink: Box<dyn OutboundSink>,
+    /// The second stage on barge-in onsets, if any (see [`crate::call::OnsetCheck`]).
+    pub onset_check: Option<Box<dyn crate::call::OnsetCheck>>,
 }
 
 /// One inbound frame with the instant it was read off the socket.
@@ -249,7 +251,7 @@ pub(crate) type InboundItem = (Instant, InboundMedia);
 /// Everything here is written by the workers with relaxed atomic adds (no lock, no allocation)
 /// and read by the shell at scrape time. Per-frame measurements (`frames_out`, the two
 /// histograms, VAD transitions) are recorded as they happen; the per-call media counters
-/// (`frames_in` through `echo_onsets`) are published from each call's own counters at most
+/// (`frames_in` through `onsets_unchecked`) are published from each call's own counters at most
 /// every [`COUNTERS_PUBLISH_EVERY`] and when the call ends, so they may trail by that much.
 #[derive(Debug)]
 pub struct EngineCounters {
@@ -291,6 +293,14 @@ pub struct EngineCounters {
     pub media_rejected: AtomicU64,
     /// Caller speech onsets during agent playback held as the agent's own echo (no barge-in).
     pub echo_onsets: AtomicU64,
+    /// Caller speech onsets during agent playback held for the second-stage check.
+    pub onsets_checked: AtomicU64,
+    /// Held onsets the check confirmed (each a barge-in).
+    pub onsets_confirmed: AtomicU64,
+    /// Held onsets whose utterance ended unconfirmed (no barge-in).
+    pub onsets_rejected: AtomicU64,
+    /// Onsets during playback that barged in unchecked because the check's queue was full.
+    pub onsets_unchecked: AtomicU64,
     /// Caller speech-started transitions of the VAD.
     pub speech_started: AtomicU64,
     /// Caller speech-ended transitions of the VAD.
@@ -329,6 +339,10 @@ impl Default for EngineCounters {
             playback_dropped: AtomicU64::new(0),
             media_rejected: AtomicU64::new(0),
             echo_onsets: AtomicU64::new(0),
+            onsets_checked: AtomicU64::new(0),
+            onsets_confirmed: AtomicU64::new(0),
+            onsets_rejected: AtomicU64::new(0),
+            onsets_unchecked: AtomicU64::new(0),
             speech_started: AtomicU64::new(0),
             speech_ended: AtomicU64::new(0),
             barge_ins: AtomicU64::new(0),
@@ -543,11 +557,14 @@ impl Engine {
     }
 
     /// Starts a call on the least-loaded worker and returns the shell's handle to it.
-    pub fn open_call(&self, spec: CallSpec, now: Instant) -> Result<CallHandle, StartError> {
+    pub fn open_call(&self, mut spec: CallSpec, now: Instant) -> Result<CallHandle, StartError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(StartError::ShuttingDown);
         }
-        let call = crate::call::Call::new(&spec.config, now)?;
+        let mut call = crate::call::Call::new(&spec.config, now)?;
+        if let Some(check) = spec.onset_check.take() {
+            call.set_onset_check(check);
+        }
         let (producer, consumer) =
             HeapRb::<InboundItem>::new(self.config.inbound_ring_frames).split();
         let (control_tx, control_rx) = HeapRb::<Control>::new(self.config.control_capacity).split();

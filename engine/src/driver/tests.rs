@@ -54,6 +54,7 @@ fn spec(agent: Box<dyn Agent>, sink: Box<dyn OutboundSink>) -> CallSpec {
         info: CallInfo::default(),
         agent,
         sink,
+        onset_check: None,
     }
 }
 

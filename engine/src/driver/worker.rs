@@ -78,6 +78,10 @@ struct Published {
     playback_dropped: u64,
     rejected: u64,
     echo_onsets: u64,
+    onsets_checked: u64,
+    onsets_confirmed: u64,
+    onsets_rejected: u64,
+    onsets_unchecked: u64,
 }
 
 impl Slot {
@@ -217,6 +221,10 @@ impl Slot {
             playback_dropped: stats.agent_frames_dropped,
             rejected: stats.media_bad_length + stats.media_bad_encoding + stats.media_bad_number,
             echo_onsets: stats.echo_onsets,
+            onsets_checked: stats.onsets_checked,
+            onsets_confirmed: stats.onsets_confirmed,
+            onsets_rejected: stats.onsets_rejected,
+            onsets_unchecked: stats.onsets_unchecked,
         };
         let before = std::mem::replace(&mut self.published, now);
         let add = |counter: &std::sync::atomic::AtomicU64, now: u64, before: u64| {
@@ -237,6 +245,26 @@ impl Slot {
         );
         add(&counters.media_rejected, now.rejected, before.rejected);
         add(&counters.echo_onsets, now.echo_onsets, before.echo_onsets);
+        add(
+            &counters.onsets_checked,
+            now.onsets_checked,
+            before.onsets_checked,
+        );
+        add(
+            &counters.onsets_confirmed,
+            now.onsets_confirmed,
+            before.onsets_confirmed,
+        );
+        add(
+            &counters.onsets_rejected,
+            now.onsets_rejected,
+            before.onsets_rejected,
+        );
+        add(
+            &counters.onsets_unchecked,
+            now.onsets_unchecked,
+            before.onsets_unchecked,
+        );
     }
 
     /// The next instant this call needs serving.
