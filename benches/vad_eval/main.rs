@@ -1,6 +1,8 @@
-//! VAD evaluation program: Handset's [`Vad`] against WebRTC VAD mode 3 on 8 kHz speech from
-//! many speakers, voices and languages, clean and under babble, pink noise, white noise and
-//! music, every condition through a µ-law round trip; and the trainer of the VAD's classifiers.
+//! VAD evaluation program: Handset's [`Vad`] against WebRTC VAD mode 3 (and Silero v6 with
+//! `--silero`) on 8 kHz speech from many speakers, voices and languages, clean and under babble,
+//! pink noise, white noise and music, every condition through a µ-law round trip; the call's
+//! barge-in decision with its Silero onset check ([`checked_run`]); and the trainer of the VAD's
+//! classifiers.
 //!
 //! Run with `cargo bench --bench vad_eval` (held-out sources; `-- --quick` for fewer utterances,
 //! `-- --valid` for the validation sources). `-- --train` trains on the training sources, picks
@@ -34,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use data::{Corpus, FRAME, Kind, Split, Under};
 use handset_engine::PcmFrame;
+use handset_engine::call::ONSET_PRE_ROLL;
 use handset_engine::vad::{SpeechGate, Vad, VadConfig, VadTransition};
+use handset_shell::onset_check::{Session, Silero, THRESHOLD};
 use rand_chacha::ChaCha8Rng;
 
 /// Seeds: the report's draw, the validation draw, and the trainer (see `train`).
@@ -269,12 +273,74 @@ fn silero_run(p: &[f32], hangover: u32, elapsed: Duration) -> Run {
     }
 }
 
+/// The call's barge-in decision with its second stage (`handset_shell::onset_check`): the VAD
+/// with the call's hangover; at each speech start a fresh Silero session gets the
+/// [`ONSET_PRE_ROLL`] frames up to the onset, then every frame until the utterance ends; the
+/// utterance counts (a start, and speech from then on) from the frame after the one that
+/// completed a chunk at or above the threshold, when the call sees the checker's verdict.
+/// Times only Silero.
+// The evaluation program times the detectors; it is not engine code.
+#[allow(clippy::disallowed_methods)]
+fn checked_run(pcm: &[i16], config: &VadConfig) -> anyhow::Result<Run> {
+    let frames = to_frames(pcm);
+    let mut config = config.clone();
+    config.hangover_frames = TURN_HANGOVER;
+    let mut vad = Vad::new(&config).expect("config validated");
+    let mut silero = Silero::load()?;
+    let mut decisions = vec![false; frames.len()];
+    let mut starts = 0;
+    let mut elapsed = Duration::ZERO;
+    // The open candidate's session, and whether the checker has confirmed it.
+    let mut open: Option<(Session, bool)> = None;
+    let mut confirmed_at: Option<usize> = None;
+    for (i, frame) in frames.iter().enumerate() {
+        let transition = vad.push(frame);
+        if let Some((_, true)) = open {
+            open = None;
+            confirmed_at = Some(i);
+            starts += 1;
+        }
+        let fed: &[PcmFrame] = match transition {
+            Some(VadTransition::SpeechStarted { .. }) => {
+                open = Some((Session::default(), false));
+                &frames[(i + 1).saturating_sub(ONSET_PRE_ROLL)..=i]
+            }
+            Some(VadTransition::SpeechEnded { .. }) => {
+                open = None;
+                confirmed_at = None;
+                &[]
+            }
+            None => std::slice::from_ref(frame),
+        };
+        if let Some((session, confirmed)) = open.as_mut() {
+            let t = Instant::now();
+            for f in fed {
+                if silero.push(session, f)?.is_some_and(|p| p >= THRESHOLD) {
+                    *confirmed = true;
+                    break;
+                }
+            }
+            elapsed += t.elapsed();
+        }
+        decisions[i] = confirmed_at.is_some() && vad.is_speech();
+    }
+    Ok(Run {
+        decisions,
+        starts,
+        elapsed,
+    })
+}
+
 /// The rows of every detector on one signal: Handset and WebRTC, and Silero with `--silero`.
 fn all_runs(pcm: &[i16], args: &Args) -> anyhow::Result<Vec<(&'static str, Run)>> {
     let mut runs: Vec<(&'static str, Run)> = Detector::ALL
         .iter()
         .map(|&d| (d.name(), run_detector(d, pcm, &args.config)))
         .collect();
+    runs.push((
+        "Handset (hangover 25) + Silero onset check",
+        checked_run(pcm, &args.config)?,
+    ));
     if args.silero {
         let (p, elapsed) = silero_probabilities(pcm)?;
         runs.push(("Silero v6 (0.5 / 0.35)", silero_run(&p, 0, elapsed)));
