@@ -220,6 +220,8 @@ async fn a_scrape_after_real_calls_shows_what_happened() {
     assert_eq!(checks("confirmed"), barge_ins);
     assert!(checks("held") >= barge_ins);
     assert_eq!(checks("unchecked"), 0.0);
+    assert!(m.must("handset_onset_check_model_runs_total") >= 1.0);
+    assert_eq!(m.must("handset_onset_check_errors_total"), 0.0);
 
     // HTTP by route pattern and status.
     let http = |route: &str, status: u16| {

@@ -37,6 +37,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::bridge::{CloseReason, StreamCounters};
 use crate::config::Secret;
+use crate::onset_check::CheckerCounters;
 use crate::server::ActiveCalls;
 use crate::store::{Health, Trouble};
 
@@ -347,6 +348,7 @@ pub fn registry(
     shell: Arc<ShellMetrics>,
     active_calls: ActiveCalls,
     store: Arc<Health>,
+    onset_check: Option<Arc<CheckerCounters>>,
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(HandsetCollector {
@@ -354,6 +356,7 @@ pub fn registry(
         shell,
         active_calls,
         store,
+        onset_check,
     }));
     registry
 }
@@ -373,6 +376,8 @@ struct HandsetCollector {
     shell: Arc<ShellMetrics>,
     active_calls: ActiveCalls,
     store: Arc<Health>,
+    /// The onset check's thread, when `ONSET_CHECK` is on.
+    onset_check: Option<Arc<CheckerCounters>>,
 }
 
 fn load(a: &AtomicU64) -> u64 {
@@ -591,6 +596,22 @@ impl Collector for HandsetCollector {
                 ("unchecked", load(&e.onsets_unchecked)),
             ],
         )?;
+        if let Some(c) = &self.onset_check {
+            counter(
+                enc,
+                "handset_onset_check_model_runs",
+                "Silero VAD runs (32 ms chunks) of the onset check.",
+                None,
+                load(&c.chunks),
+            )?;
+            counter(
+                enc,
+                "handset_onset_check_errors",
+                "Silero VAD runs that failed; each let its onset barge in.",
+                None,
+                load(&c.errors),
+            )?;
+        }
         labelled_counter(
             enc,
             "handset_vad_transitions",
@@ -721,6 +742,7 @@ mod tests {
             Arc::clone(shell),
             ActiveCalls::default(),
             Arc::default(),
+            None,
         ))
     }
 

@@ -34,6 +34,11 @@ const CONTEXT: usize = 32;
 pub const THRESHOLD: f32 = 0.5;
 /// Messages the checker can have queued: about 40 ms of model time at 60 µs a chunk.
 const QUEUE: usize = 1024;
+/// Every this many messages the checker forgets sessions that have had none of the last
+/// [`STALE`] (a call whose `End` found the queue full). An open candidate gets a frame every
+/// 20 ms, so at 1,000 calls holding at once it goes stale only after about a second of silence.
+const PRUNE_EVERY: u64 = 4096;
+const STALE: u64 = 1 << 16;
 
 /// Silero VAD, loaded and optimised for 8 kHz, with one run state (one thread's worth).
 pub struct Silero {
@@ -218,15 +223,26 @@ impl Checker {
 
 /// The checker thread: one session per call with a candidate open.
 fn run(mut silero: Silero, rx: &Receiver<Msg>, counters: &CheckerCounters) {
-    let mut open: HashMap<u64, (u64, Arc<AtomicU64>, Session)> = HashMap::new();
+    let mut open: HashMap<u64, Open> = HashMap::new();
+    let mut received: u64 = 0;
     for msg in rx {
+        received += 1;
+        if received.is_multiple_of(PRUNE_EVERY) {
+            open.retain(|_, o| received - o.last < STALE);
+        }
         match msg {
             Msg::Begin {
                 call,
                 candidate,
                 verdict,
             } => {
-                open.insert(call, (candidate, verdict, Session::default()));
+                let open_candidate = Open {
+                    candidate,
+                    verdict,
+                    session: Session::default(),
+                    last: received,
+                };
+                open.insert(call, open_candidate);
             }
             Msg::End { call } => {
                 open.remove(&call);
@@ -236,13 +252,14 @@ fn run(mut silero: Silero, rx: &Receiver<Msg>, counters: &CheckerCounters) {
                 candidate,
                 frame,
             } => {
-                let Some((open_candidate, verdict, session)) = open.get_mut(&call) else {
+                let Some(o) = open.get_mut(&call) else {
                     continue;
                 };
-                if *open_candidate != candidate {
+                if o.candidate != candidate {
                     continue;
                 }
-                let confirmed = match silero.push(session, &codec::decode_frame(&frame)) {
+                o.last = received;
+                let confirmed = match silero.push(&mut o.session, &codec::decode_frame(&frame)) {
                     Ok(None) => false,
                     Ok(Some(p)) => {
                         counters.chunks.fetch_add(1, Ordering::Relaxed);
@@ -256,12 +273,22 @@ fn run(mut silero: Silero, rx: &Receiver<Msg>, counters: &CheckerCounters) {
                 };
                 if confirmed {
                     counters.confirmed.fetch_add(1, Ordering::Relaxed);
-                    verdict.store(candidate, Ordering::Release);
+                    o.verdict.store(candidate, Ordering::Release);
                     open.remove(&call);
                 }
             }
         }
     }
+}
+
+/// A call's open candidate, on the checker thread.
+struct Open {
+    candidate: u64,
+    /// Where the verdict goes: the call's [`SileroCheck::verdict`].
+    verdict: Arc<AtomicU64>,
+    session: Session,
+    /// The message count when the candidate last had a message.
+    last: u64,
 }
 
 /// One call's way to the checker.

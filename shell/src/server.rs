@@ -213,6 +213,7 @@ impl AppState {
             Arc::clone(&metrics),
             active_calls.clone(),
             Arc::clone(store.health()),
+            onset_check.as_ref().map(|c| Arc::clone(c.counters())),
         );
         let state = Self {
             verifier: config.auth_token.clone().map(Verifier::new),
