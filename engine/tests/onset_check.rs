@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{CallerScript, Sim, ms, roomy, seed, tone};
-use handset_engine::call::{CallEvent, ONSET_PRE_ROLL, OnsetCheck};
+use handset_engine::call::{CallEvent, ONSET_PRE_ROLL, OnsetCheck, TraceKind};
 use handset_engine::{MulawFrame, SampleRate};
 
 /// A check that confirms once it has seen `confirm_after` frames of a candidate (never, if
@@ -55,7 +55,9 @@ struct Run {
 fn run(confirm_after: Option<usize>, refuse: bool, over_playback: bool) -> Run {
     let begun = Arc::new(AtomicUsize::new(0));
     let frames = Arc::new(AtomicUsize::new(0));
-    let mut sim = Sim::new(roomy(10), seed(40));
+    let mut config = roomy(10);
+    config.trace_events = 100_000;
+    let mut sim = Sim::new(config, seed(40));
     sim.call.set_onset_check(Box::new(Scripted {
         confirm_after,
         refuse,
@@ -168,4 +170,46 @@ fn speech_outside_playback_is_not_checked() {
     assert_eq!(r.begun, 0);
     assert_eq!(started(&r.sim).len(), 1, "{:?}", r.sim.events);
     assert_eq!(r.sim.call.stats().onsets_checked, 0);
+}
+
+/// The trace's onset events, in order.
+fn onset_trace(sim: &Sim) -> Vec<TraceKind> {
+    sim.call
+        .trace()
+        .expect("tracing on")
+        .events()
+        .iter()
+        .map(|&(_, k)| k)
+        .filter(|k| {
+            matches!(
+                k,
+                TraceKind::OnsetHeld(_) | TraceKind::OnsetRejected | TraceKind::SpeechStarted(_)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_trace_shows_the_hold_and_its_outcome() {
+    let confirmed = run(Some(ONSET_PRE_ROLL + 3), false, true);
+    let events = onset_trace(&confirmed.sim);
+    let [
+        TraceKind::OnsetHeld(held),
+        TraceKind::SpeechStarted(started),
+    ] = events[..]
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(held, started, "the barge-in keeps the held onset's time");
+    let rejected = run(None, false, true);
+    assert!(
+        matches!(
+            onset_trace(&rejected.sim)[..],
+            [TraceKind::OnsetHeld(_), TraceKind::OnsetRejected]
+        ),
+        "{:?}",
+        onset_trace(&rejected.sim)
+    );
+    let json = rejected.sim.call.trace().unwrap().to_chrome_json("CA1");
+    assert!(json.contains("\"onset held\"") && json.contains("\"onset rejected\""));
 }

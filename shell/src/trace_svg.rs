@@ -175,6 +175,8 @@ pub fn render(json: &str) -> Result<String, TraceError> {
                 "clear" => ("#d62728", "clear"),
                 "speech started" => ("#2ca02c", "start"),
                 "speech ended" => ("#7f7f7f", "end"),
+                "onset held" => ("#bcbd22", "held"),
+                "onset rejected" => ("#7f7f7f", "rejected"),
                 "concealed" => ("#ff7f0e", ""),
                 "agent clear" => ("#d62728", "agent clear"),
                 "dtmf" => ("#1f77b4", "dtmf"),
@@ -201,7 +203,7 @@ pub fn render(json: &str) -> Result<String, TraceError> {
     }
     let _ = write!(
         svg,
-        r##"<text x="{LEFT}" y="{:.1}" fill="#555555">strips: one pixel per {:.1} ms, darker = more frames; orange bars = caller speech; red = clear / barge-in; orange ticks = concealed slots</text>"##,
+        r##"<text x="{LEFT}" y="{:.1}" fill="#555555">strips: one pixel per {:.1} ms, darker = more frames; orange bars = caller speech; red = clear / barge-in; olive = onset held for the second-stage check; orange ticks = concealed slots</text>"##,
         height - 12.0,
         end_us / plot / 1e3
     );
@@ -216,6 +218,8 @@ fn is_marked(name: &str) -> bool {
             | "clear"
             | "speech started"
             | "speech ended"
+            | "onset held"
+            | "onset rejected"
             | "concealed"
             | "agent clear"
             | "dtmf"

@@ -869,6 +869,9 @@ impl Call {
                 if playing && let Some(gate) = self.onset.as_mut() {
                     if gate.hold(Held { at, arrival }) {
                         self.stats.onsets_checked += 1;
+                        if let Some(trace) = self.trace.as_mut() {
+                            trace.record(now, TraceKind::OnsetHeld(at));
+                        }
                         return;
                     }
                     self.stats.onsets_unchecked += 1;
@@ -884,6 +887,9 @@ impl Call {
                     gate.release();
                 }
                 self.stats.onsets_rejected += 1;
+                if let Some(trace) = self.trace.as_mut() {
+                    trace.record(now, TraceKind::OnsetRejected);
+                }
             }
             VadTransition::SpeechEnded { at } => {
                 self.stats.speech_ended += 1;

@@ -57,6 +57,11 @@ pub enum TraceKind {
         /// What the jitter buffer did with it.
         admission: Admission,
     },
+    /// A speech onset during playback held for the second-stage check (onset on the caller
+    /// timeline); a `SpeechStarted` with the same onset follows if the check confirms it.
+    OnsetHeld(SampleTime),
+    /// The held onset's utterance ended unconfirmed: no `SpeechStarted`, no barge-in.
+    OnsetRejected,
     /// Speech ended (end of the last speech frame).
     SpeechEnded(SampleTime),
     /// Speech started (onset).
@@ -185,6 +190,12 @@ impl Trace {
                     "media",
                     format!("{{\"chunk\":{chunk},\"admission\":\"{admission:?}\"}}"),
                 ),
+                TraceKind::OnsetHeld(at) => (
+                    3,
+                    "onset held",
+                    format!("{{\"onset_ms\":{}}}", at.as_millis()),
+                ),
+                TraceKind::OnsetRejected => (3, "onset rejected", "{}".into()),
                 TraceKind::SpeechStarted(at) => {
                     speech_start = Some(t);
                     (
