@@ -5,8 +5,10 @@
 //! 32 ms chunk and is much harder to fool with music, so it runs only where a decision matters:
 //! from a speech onset during agent playback until it confirms speech or the utterance ends.
 //! Each call gets a [`SileroCheck`] handle. Its methods, called on the engine's worker thread,
-//! only queue messages on a bounded channel and read one atomic; the checker thread decodes the
-//! frames, runs the model and publishes the verdict. A full queue refuses the message, and the
+//! only push onto the call's own single-producer ring, wake the checker thread, and read one
+//! atomic: no lock and no wait (a shared channel's send can take a lock or spin behind a receiver
+//! in mid-read, which a real-time worker must never do). The checker thread takes every call's
+//! messages, runs the model and publishes the verdict. A full ring refuses the message, and the
 //! engine then barges in unchecked.
 //!
 //! The model is `silero_vad_op18_ifless.onnx` from the `silero-vad` 6.2.3 wheel (MIT,
@@ -15,13 +17,15 @@
 //! chunks, each preceded by the last 32 samples of the one before, the recurrent state carried
 //! over, both zero when a candidate starts.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
 
 use handset_engine::call::OnsetCheck;
 use handset_engine::{MulawFrame, PcmFrame, codec};
+use parking_lot::Mutex;
+use ringbuf::traits::{Consumer, Observer, Producer, Split};
+use ringbuf::{HeapCons, HeapProd, HeapRb};
 use tract_onnx::prelude::*;
 
 /// The bundled model (2.8 MB).
@@ -32,13 +36,12 @@ const CHUNK: usize = 256;
 const CONTEXT: usize = 32;
 /// Speech probability that confirms an onset (the silero-vad package's default threshold).
 pub const THRESHOLD: f32 = 0.5;
-/// Messages the checker can have queued: about 40 ms of model time at 60 µs a chunk.
-const QUEUE: usize = 1024;
-/// Every this many messages the checker forgets sessions that have had none of the last
-/// [`STALE`] (a call whose `End` found the queue full). An open candidate gets a frame every
-/// 20 ms, so at 1,000 calls holding at once it goes stale only after about a second of silence.
-const PRUNE_EVERY: u64 = 4096;
-const STALE: u64 = 1 << 16;
+/// Messages a call can have queued for the checker (about 6 KB): a candidate's pre-roll and
+/// then 460 ms of frames the checker has not yet taken.
+const CALL_QUEUE: usize = 32;
+/// How long the checker sleeps when nothing wakes it (new calls are picked up at the latest
+/// then, or with the first message of any call).
+const IDLE: Duration = Duration::from_millis(100);
 
 /// Silero VAD, loaded and optimised for 8 kHz, with one run state (one thread's worth).
 pub struct Silero {
@@ -163,55 +166,73 @@ pub struct CheckerCounters {
     pub errors: AtomicU64,
 }
 
+/// A message from a call to the checker.
 #[derive(Debug)]
 enum Msg {
-    Begin {
-        call: u64,
-        candidate: u64,
-        verdict: Arc<AtomicU64>,
-    },
-    Frame {
-        call: u64,
-        candidate: u64,
-        frame: MulawFrame,
-    },
-    End {
-        call: u64,
-    },
+    Begin { candidate: u64 },
+    Frame { candidate: u64, frame: MulawFrame },
+    End,
 }
 
-/// The checker thread and the way to it. Dropping it and every handle ends the thread.
-#[derive(Debug)]
+/// A call as the checker sees it.
+struct Registered {
+    rx: HeapCons<Msg>,
+    /// Where the verdict goes: the call's [`SileroCheck::verdict`].
+    verdict: Arc<AtomicU64>,
+    /// The open candidate and its model state.
+    open: Option<(u64, Session)>,
+}
+
+/// The checker thread and the way to it. Dropping it ends the thread once every call's handle
+/// is gone.
 pub struct Checker {
-    tx: SyncSender<Msg>,
-    next_call: AtomicU64,
+    thread: std::thread::Thread,
+    /// Calls registered since the checker last looked.
+    new_calls: Arc<Mutex<Vec<Registered>>>,
     counters: Arc<CheckerCounters>,
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker")
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Checker {
     /// Loads the model and starts the checker thread.
     pub fn start() -> anyhow::Result<Self> {
         let silero = Silero::load()?;
-        let (tx, rx) = sync_channel(QUEUE);
+        let new_calls = Arc::new(Mutex::new(Vec::new()));
         let counters = Arc::new(CheckerCounters::default());
-        let thread_counters = counters.clone();
-        std::thread::Builder::new()
+        let (thread_calls, thread_counters) = (new_calls.clone(), counters.clone());
+        let thread = std::thread::Builder::new()
             .name("handset-onset-check".into())
-            .spawn(move || run(silero, &rx, &thread_counters))?;
+            .spawn(move || run(silero, &thread_calls, &thread_counters))?
+            .thread()
+            .clone();
         Ok(Self {
-            tx,
-            next_call: AtomicU64::new(0),
+            thread,
+            new_calls,
             counters,
         })
     }
 
-    /// A handle for one call.
+    /// A handle for one call (made on the shell's side, before the call reaches the engine).
     pub fn handle(&self) -> SileroCheck {
+        let (tx, rx) = HeapRb::<Msg>::new(CALL_QUEUE).split();
+        let verdict = Arc::new(AtomicU64::new(0));
+        self.new_calls.lock().push(Registered {
+            rx,
+            verdict: verdict.clone(),
+            open: None,
+        });
         SileroCheck {
-            tx: self.tx.clone(),
-            call: self.next_call.fetch_add(1, Ordering::Relaxed),
+            tx,
+            checker: self.thread.clone(),
             candidate: 0,
-            verdict: Arc::new(AtomicU64::new(0)),
+            verdict,
         }
     }
 
@@ -221,80 +242,70 @@ impl Checker {
     }
 }
 
-/// The checker thread: one session per call with a candidate open.
-fn run(mut silero: Silero, rx: &Receiver<Msg>, counters: &CheckerCounters) {
-    let mut open: HashMap<u64, Open> = HashMap::new();
-    let mut received: u64 = 0;
-    for msg in rx {
-        received += 1;
-        if received.is_multiple_of(PRUNE_EVERY) {
-            open.retain(|_, o| received - o.last < STALE);
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.thread.unpark();
+    }
+}
+
+/// The checker thread: takes every call's messages, runs the model for open candidates, and
+/// sleeps until a call wakes it. It ends when the [`Checker`] and every call are gone.
+fn run(mut silero: Silero, new_calls: &Arc<Mutex<Vec<Registered>>>, counters: &CheckerCounters) {
+    let mut calls: Vec<Registered> = Vec::new();
+    loop {
+        calls.append(&mut new_calls.lock());
+        // A call whose handle is gone and whose messages are all taken is over.
+        calls.retain(|c| c.rx.write_is_held() || !c.rx.is_empty());
+        if calls.is_empty() && Arc::strong_count(new_calls) == 1 {
+            return;
         }
-        match msg {
-            Msg::Begin {
-                call,
-                candidate,
-                verdict,
-            } => {
-                let open_candidate = Open {
-                    candidate,
-                    verdict,
-                    session: Session::default(),
-                    last: received,
-                };
-                open.insert(call, open_candidate);
+        for call in &mut calls {
+            while let Some(msg) = call.rx.try_pop() {
+                take(&mut silero, call, msg, counters);
             }
-            Msg::End { call } => {
-                open.remove(&call);
+        }
+        std::thread::park_timeout(IDLE);
+    }
+}
+
+/// One message of `call`.
+fn take(silero: &mut Silero, call: &mut Registered, msg: Msg, counters: &CheckerCounters) {
+    match msg {
+        Msg::Begin { candidate } => call.open = Some((candidate, Session::default())),
+        Msg::End => call.open = None,
+        Msg::Frame { candidate, frame } => {
+            let Some((open, session)) = call.open.as_mut() else {
+                return;
+            };
+            if *open != candidate {
+                return;
             }
-            Msg::Frame {
-                call,
-                candidate,
-                frame,
-            } => {
-                let Some(o) = open.get_mut(&call) else {
-                    continue;
-                };
-                if o.candidate != candidate {
-                    continue;
+            let confirmed = match silero.push(session, &codec::decode_frame(&frame)) {
+                Ok(None) => false,
+                Ok(Some(p)) => {
+                    counters.chunks.fetch_add(1, Ordering::Relaxed);
+                    p >= THRESHOLD
                 }
-                o.last = received;
-                let confirmed = match silero.push(&mut o.session, &codec::decode_frame(&frame)) {
-                    Ok(None) => false,
-                    Ok(Some(p)) => {
-                        counters.chunks.fetch_add(1, Ordering::Relaxed);
-                        p >= THRESHOLD
-                    }
-                    Err(e) => {
-                        counters.errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "onset check failed; the onset barges in");
-                        true
-                    }
-                };
-                if confirmed {
-                    counters.confirmed.fetch_add(1, Ordering::Relaxed);
-                    o.verdict.store(candidate, Ordering::Release);
-                    open.remove(&call);
+                Err(e) => {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "onset check failed; the onset barges in");
+                    true
                 }
+            };
+            if confirmed {
+                counters.confirmed.fetch_add(1, Ordering::Relaxed);
+                call.verdict.store(candidate, Ordering::Release);
+                call.open = None;
             }
         }
     }
 }
 
-/// A call's open candidate, on the checker thread.
-struct Open {
-    candidate: u64,
-    /// Where the verdict goes: the call's [`SileroCheck::verdict`].
-    verdict: Arc<AtomicU64>,
-    session: Session,
-    /// The message count when the candidate last had a message.
-    last: u64,
-}
-
-/// One call's way to the checker.
+/// One call's way to the checker: a single-producer ring only this call writes, and the
+/// checker's thread handle to wake it. Nothing here locks or waits.
 pub struct SileroCheck {
-    tx: SyncSender<Msg>,
-    call: u64,
+    tx: HeapProd<Msg>,
+    checker: std::thread::Thread,
     /// The current candidate's number (from 1); 0 before the first.
     candidate: u64,
     /// The newest candidate the checker confirmed.
@@ -302,28 +313,26 @@ pub struct SileroCheck {
 }
 
 impl SileroCheck {
-    fn send(&self, msg: Msg) -> bool {
-        match self.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+    fn send(&mut self, msg: Msg) -> bool {
+        let sent = self.tx.try_push(msg).is_ok();
+        if sent {
+            self.checker.unpark();
         }
+        sent
     }
 }
 
 impl OnsetCheck for SileroCheck {
     fn begin(&mut self) -> bool {
         self.candidate += 1;
-        self.send(Msg::Begin {
-            call: self.call,
-            candidate: self.candidate,
-            verdict: self.verdict.clone(),
-        })
+        let candidate = self.candidate;
+        self.send(Msg::Begin { candidate })
     }
 
     fn push(&mut self, frame: &MulawFrame) -> bool {
+        let candidate = self.candidate;
         self.send(Msg::Frame {
-            call: self.call,
-            candidate: self.candidate,
+            candidate,
             frame: *frame,
         })
     }
@@ -333,15 +342,9 @@ impl OnsetCheck for SileroCheck {
     }
 
     fn end(&mut self) {
-        // A lost `End` leaves the session until the call's next candidate replaces it; the
-        // checker ignores frames of a candidate it no longer has open.
-        let _ = self.send(Msg::End { call: self.call });
-    }
-}
-
-impl Drop for SileroCheck {
-    fn drop(&mut self) {
-        let _ = self.send(Msg::End { call: self.call });
+        // A lost `End` (full ring) is harmless: the next `Begin` replaces the session, frames
+        // of an older candidate are ignored, and the session goes with the call.
+        let _ = self.send(Msg::End);
     }
 }
 
@@ -392,14 +395,21 @@ mod tests {
         let mut check = checker.handle();
         assert!(!check.confirmed());
         assert!(check.begin());
+        let step = Duration::from_millis(10);
+        let deadline = Duration::from_secs(30);
         for chunk in HELLO.chunks_exact(160) {
-            assert!(check.push(&MulawFrame(chunk.try_into().unwrap())));
+            // A full ring refuses a frame; the checker takes them as it runs.
+            let frame = MulawFrame(chunk.try_into().unwrap());
+            let mut waited = Duration::ZERO;
+            while !check.push(&frame) && waited < deadline {
+                std::thread::sleep(step);
+                waited += step;
+            }
         }
-        let deadline = std::time::Duration::from_secs(30);
-        let mut waited = std::time::Duration::ZERO;
+        let mut waited = Duration::ZERO;
         while !check.confirmed() && waited < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            waited += std::time::Duration::from_millis(10);
+            std::thread::sleep(Duration::from_millis(10));
+            waited += Duration::from_millis(10);
         }
         assert!(check.confirmed(), "hello-world confirmed");
         check.end();
