@@ -478,6 +478,7 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
                 ..CallConfig::default()
             };
             config.echo.enabled = state.config.echo_check;
+            config.onset_pause = state.config.onset_pause;
             config
         },
         info: info.clone(),

@@ -242,6 +242,10 @@ pub struct Config {
     /// `ONSET_CHECK` (default `on`; `off` disables): a caller speech onset during agent playback
     /// barges in only once Silero VAD confirms it is speech (`crate::onset_check`).
     pub onset_check: bool,
+    /// `ONSET_PAUSE_MS` (0–2000, default 500): with the onset check on, how long agent playback
+    /// may pause while a held onset waits for its verdict (0: no pause; the agent is heard until
+    /// the verdict). See `handset_engine::call::CallConfig::onset_pause`.
+    pub onset_pause: Duration,
     /// `DRAIN_TIMEOUT` in seconds (0–86400, default 900): after SIGTERM, how long active calls
     /// may go on (while `/readyz` answers 503 and new streams are refused) before their
     /// streams are closed with 1001 and the calls are redirected to another instance.
@@ -432,6 +436,7 @@ impl Default for Config {
             trace_sample: 0.0,
             echo_check: true,
             onset_check: true,
+            onset_pause: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
             header_read_timeout: Duration::from_secs(10),
             agent: None,
@@ -931,6 +936,9 @@ impl Config {
         config.trace_dir = non_empty("TRACE_DIR").map(PathBuf::from);
         config.echo_check = switch(&non_empty, "ECHO_CHECK")?;
         config.onset_check = switch(&non_empty, "ONSET_CHECK")?;
+        if let Some(v) = non_empty("ONSET_PAUSE_MS") {
+            config.onset_pause = Duration::from_millis(int_in("ONSET_PAUSE_MS", v, 0, 2_000)?);
+        }
         if let Some(v) = non_empty("TRACE_SAMPLE") {
             config.trace_sample = v
                 .parse::<f64>()
@@ -1407,6 +1415,15 @@ mod tests {
         assert!(!from(&[("ECHO_CHECK", "off")]).unwrap().echo_check);
         assert!(from(&[]).unwrap().onset_check);
         assert!(!from(&[("ONSET_CHECK", "off")]).unwrap().onset_check);
+        assert_eq!(from(&[]).unwrap().onset_pause, Duration::from_millis(500));
+        assert_eq!(
+            from(&[("ONSET_PAUSE_MS", "0")]).unwrap().onset_pause,
+            Duration::ZERO
+        );
+        assert_eq!(
+            from(&[("ONSET_PAUSE_MS", "2001")]).unwrap_err().to_string(),
+            "ONSET_PAUSE_MS must be an integer from 0 to 2000: got \"2001\""
+        );
         assert_eq!(
             from(&[("ECHO_CHECK", "no")]).unwrap_err().to_string(),
             "ECHO_CHECK must be on or off: got \"no\""

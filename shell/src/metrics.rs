@@ -596,6 +596,13 @@ impl Collector for HandsetCollector {
                 ("unchecked", load(&e.onsets_unchecked)),
             ],
         )?;
+        counter(
+            enc,
+            "handset_onset_pauses_expired",
+            "Held onsets whose check was still undecided when the playback pause ran out (ONSET_PAUSE_MS): the agent's audio resumed while the onset stayed held.",
+            None,
+            load(&e.onset_pauses_expired),
+        )?;
         if let Some(c) = &self.onset_check {
             counter(
                 enc,

@@ -177,6 +177,8 @@ pub fn render(json: &str) -> Result<String, TraceError> {
                 "speech ended" => ("#7f7f7f", "end"),
                 "onset held" => ("#bcbd22", "held"),
                 "onset rejected" => ("#7f7f7f", "rejected"),
+                "playback paused" => ("#bcbd22", "paused"),
+                "playback resumed" => ("#2ca02c", "resumed"),
                 "concealed" => ("#ff7f0e", ""),
                 "agent clear" => ("#d62728", "agent clear"),
                 "dtmf" => ("#1f77b4", "dtmf"),
@@ -203,7 +205,7 @@ pub fn render(json: &str) -> Result<String, TraceError> {
     }
     let _ = write!(
         svg,
-        r##"<text x="{LEFT}" y="{:.1}" fill="#555555">strips: one pixel per {:.1} ms, darker = more frames; orange bars = caller speech; red = clear / barge-in; olive = onset held for the second-stage check; orange ticks = concealed slots</text>"##,
+        r##"<text x="{LEFT}" y="{:.1}" fill="#555555">strips: one pixel per {:.1} ms, darker = more frames; orange bars = caller speech; red = clear / barge-in; olive = onset held for the second-stage check (and playback paused for it); orange ticks = concealed slots</text>"##,
         height - 12.0,
         end_us / plot / 1e3
     );
@@ -220,6 +222,8 @@ fn is_marked(name: &str) -> bool {
             | "speech ended"
             | "onset held"
             | "onset rejected"
+            | "playback paused"
+            | "playback resumed"
             | "concealed"
             | "agent clear"
             | "dtmf"

@@ -98,6 +98,13 @@ pub struct CallConfig {
     pub mark_interval_frames: u32,
     /// Whether caller speech during agent playback interrupts it (default true).
     pub barge_in: bool,
+    /// With an [`OnsetCheck`]: how long playback may pause on a held onset (default 500 ms).
+    /// The call stops sending agent audio when it holds an onset, so the caller hears the agent
+    /// stop about when the VAD heard them; a confirmation clears as before, a rejection resumes
+    /// where the audio stopped, and a check still undecided after this long resumes playback
+    /// while the onset stays held. Zero: playback never pauses, and the agent is heard until
+    /// the verdict.
+    pub onset_pause: Duration,
     /// The echo-reference check on speech onsets during playback (on by default): the agent's
     /// own audio coming back is not a barge-in. See [`EchoConfig`].
     pub echo: EchoConfig,
@@ -141,6 +148,9 @@ impl Default for CallConfig {
             },
             mark_interval_frames: 5,
             barge_in: true,
+            // Silero confirms clean speech within 280 ms of the onset in 90 % of cases
+            // (docs/vad-eval.md); a false onset costs the caller at most this much silence.
+            onset_pause: Duration::from_millis(500),
             echo: EchoConfig::default(),
             agent_feed: true,
             trace_events: 0,
@@ -358,6 +368,9 @@ pub struct CallStats {
     /// Onsets during playback that barged in unchecked because the check could not take them
     /// or one of their frames (its queue was full).
     pub onsets_unchecked: u64,
+    /// Held onsets whose check was still undecided when the pause ran out
+    /// ([`CallConfig::onset_pause`]): playback resumed while they stayed held.
+    pub onset_pauses_expired: u64,
     /// Agent clears carried out.
     pub agent_clears: u64,
     /// Agent audio frames accepted for playback.
@@ -424,6 +437,8 @@ pub struct Call {
     echo_held: bool,
     /// The second stage on barge-in onsets, when the driver gave the call one.
     onset: Option<OnsetGate>,
+    /// While a held onset pauses playback: when the pause runs out.
+    pause_until: Option<Instant>,
     /// Caller 8 kHz → 16 kHz for the agent feed.
     upsampler: Resampler,
     /// 16 kHz samples gathered toward the next agent-feed frame.
@@ -489,6 +504,7 @@ impl Call {
                 .then(|| EchoCheck::new(&config.echo, now)),
             echo_held: false,
             onset: None,
+            pause_until: None,
             upsampler,
             feed: [0; WIDEBAND_FRAME_SAMPLES],
             feed_len: 0,
@@ -580,6 +596,7 @@ impl Call {
                 if let Some(gate) = self.onset.as_mut() {
                     gate.release();
                 }
+                self.pause_until = None;
                 self.pacer.flush(|_| {});
                 self.emit(Output::Event(CallEvent::Stopped));
                 Ok(())
@@ -645,6 +662,7 @@ impl Call {
             self.jitter.poll_timeout(),
             self.pacer.poll_timeout(),
             self.trailing_mark_at,
+            self.pause_until,
         ]
         .into_iter()
         .flatten()
@@ -760,6 +778,10 @@ impl Call {
         if self.onset.as_mut().is_some_and(OnsetGate::poll) {
             self.onset_confirmed(now);
         }
+        if self.pause_until.is_some_and(|t| t <= now) {
+            self.stats.onset_pauses_expired += 1;
+            self.resume_playback(now);
+        }
         if self.trailing_mark_at.is_some_and(|t| t <= now) {
             self.trailing_mark_at = None;
             if self.pacer.queued_frames() == 0
@@ -872,6 +894,7 @@ impl Call {
                         if let Some(trace) = self.trace.as_mut() {
                             trace.record(now, TraceKind::OnsetHeld(at));
                         }
+                        self.pause_playback(now);
                         return;
                     }
                     self.stats.onsets_unchecked += 1;
@@ -890,6 +913,7 @@ impl Call {
                 if let Some(trace) = self.trace.as_mut() {
                     trace.record(now, TraceKind::OnsetRejected);
                 }
+                self.resume_playback(now);
             }
             VadTransition::SpeechEnded { at } => {
                 self.stats.speech_ended += 1;
@@ -919,7 +943,43 @@ impl Call {
             return;
         };
         self.onset_arrival = held.arrival;
+        // A barge-in flushes the paused queue; without one (nothing left playing), playback
+        // carries on.
         self.speech_started(now, held.at);
+        self.resume_playback(now);
+    }
+
+    /// A held onset stops the agent's audio where it is (see [`CallConfig::onset_pause`]).
+    fn pause_playback(&mut self, now: Instant) {
+        if self.config.onset_pause.is_zero() {
+            return;
+        }
+        self.pacer.pause(now);
+        self.pause_until = Some(now + self.config.onset_pause);
+        if let Some(trace) = self.trace.as_mut() {
+            trace.record(now, TraceKind::PlaybackPaused);
+        }
+    }
+
+    /// Ends a pause without a barge-in: the held audio continues where it stopped, behind a
+    /// progress mark that pins the caller's playback position again (Twilio may have sat idle).
+    fn resume_playback(&mut self, now: Instant) {
+        self.pause_until = None;
+        if !self.pacer.is_paused() {
+            return;
+        }
+        if self.pacer.queued_frames() > 0
+            && self
+                .pacer
+                .push_mark_next(MarkId(self.next_progress_mark))
+                .is_ok()
+        {
+            self.next_progress_mark += 1;
+        }
+        self.pacer.resume(now);
+        if let Some(trace) = self.trace.as_mut() {
+            trace.record(now, TraceKind::PlaybackResumed);
+        }
     }
 
     /// The caller started speaking at `at` (caller timeline): the event, and a barge-in if the
@@ -1124,6 +1184,7 @@ impl Call {
             resampler.reset();
         }
         self.trailing_mark_at = None;
+        self.pause_until = None;
         self.frames_since_mark = 0;
         self.emit(Output::Clear);
         if let Some(echo) = self.echo.as_mut() {

@@ -62,6 +62,10 @@ pub enum TraceKind {
     OnsetHeld(SampleTime),
     /// The held onset's utterance ended unconfirmed: no `SpeechStarted`, no barge-in.
     OnsetRejected,
+    /// A held onset stopped the agent's audio until its verdict.
+    PlaybackPaused,
+    /// Paused agent audio continues: the held onset was rejected, or the pause ran out.
+    PlaybackResumed,
     /// Speech ended (end of the last speech frame).
     SpeechEnded(SampleTime),
     /// Speech started (onset).
@@ -196,6 +200,8 @@ impl Trace {
                     format!("{{\"onset_ms\":{}}}", at.as_millis()),
                 ),
                 TraceKind::OnsetRejected => (3, "onset rejected", "{}".into()),
+                TraceKind::PlaybackPaused => (5, "playback paused", "{}".into()),
+                TraceKind::PlaybackResumed => (5, "playback resumed", "{}".into()),
                 TraceKind::SpeechStarted(at) => {
                     speech_start = Some(t);
                     (

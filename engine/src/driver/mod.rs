@@ -251,7 +251,7 @@ pub(crate) type InboundItem = (Instant, InboundMedia);
 /// Everything here is written by the workers with relaxed atomic adds (no lock, no allocation)
 /// and read by the shell at scrape time. Per-frame measurements (`frames_out`, the two
 /// histograms, VAD transitions) are recorded as they happen; the per-call media counters
-/// (`frames_in` through `onsets_unchecked`) are published from each call's own counters at most
+/// (`frames_in` through `onset_pauses_expired`) are published from each call's own counters at most
 /// every [`COUNTERS_PUBLISH_EVERY`] and when the call ends, so they may trail by that much.
 #[derive(Debug)]
 pub struct EngineCounters {
@@ -301,6 +301,8 @@ pub struct EngineCounters {
     pub onsets_rejected: AtomicU64,
     /// Onsets during playback that barged in unchecked because the check's queue was full.
     pub onsets_unchecked: AtomicU64,
+    /// Held onsets still undecided when their playback pause ran out (playback resumed).
+    pub onset_pauses_expired: AtomicU64,
     /// Caller speech-started transitions of the VAD.
     pub speech_started: AtomicU64,
     /// Caller speech-ended transitions of the VAD.
@@ -343,6 +345,7 @@ impl Default for EngineCounters {
             onsets_confirmed: AtomicU64::new(0),
             onsets_rejected: AtomicU64::new(0),
             onsets_unchecked: AtomicU64::new(0),
+            onset_pauses_expired: AtomicU64::new(0),
             speech_started: AtomicU64::new(0),
             speech_ended: AtomicU64::new(0),
             barge_ins: AtomicU64::new(0),

@@ -82,6 +82,7 @@ struct Published {
     onsets_confirmed: u64,
     onsets_rejected: u64,
     onsets_unchecked: u64,
+    onset_pauses_expired: u64,
 }
 
 impl Slot {
@@ -225,6 +226,7 @@ impl Slot {
             onsets_confirmed: stats.onsets_confirmed,
             onsets_rejected: stats.onsets_rejected,
             onsets_unchecked: stats.onsets_unchecked,
+            onset_pauses_expired: stats.onset_pauses_expired,
         };
         let before = std::mem::replace(&mut self.published, now);
         let add = |counter: &std::sync::atomic::AtomicU64, now: u64, before: u64| {
@@ -264,6 +266,11 @@ impl Slot {
             &counters.onsets_unchecked,
             now.onsets_unchecked,
             before.onsets_unchecked,
+        );
+        add(
+            &counters.onset_pauses_expired,
+            now.onset_pauses_expired,
+            before.onset_pauses_expired,
         );
     }
 

@@ -33,6 +33,13 @@
 //! schedule: the caller sends Twilio a `clear`, so the estimate of Twilio's buffer becomes empty
 //! and the next audio starts a new anchor.
 //!
+//! [`Pacer::pause`] stops releasing frames (a caller onset awaiting its check): what Twilio
+//! holds plays out and the queue waits, marks behind sent audio still leave, and
+//! [`Pacer::poll_timeout`] asks for no wake-up. [`Pacer::resume`] continues the schedule if our
+//! estimate says Twilio is still playing (the frames due then restore the lead, at most `lead`
+//! of them), and otherwise starts a new one at `now`; either way the wait is neither a late
+//! wake-up nor an underrun. A flush ends a pause.
+//!
 //! # Late wake-up policy (catch-up)
 //!
 //! A wake-up is a call to [`Pacer::handle_timeout`] or [`Pacer::push_frame`] with a given
@@ -314,6 +321,8 @@ pub struct Pacer {
     cap_recorded: bool,
     /// The audio sent so far is complete (`end_audio`), so a drain is not an underrun.
     audio_ended: bool,
+    /// No frame is released until [`Pacer::resume`].
+    paused: bool,
     /// `seq` of the next frame released.
     next_seq: u64,
     /// When the current wake-up re-anchored a broken schedule: that schedule's anchor and the
@@ -382,6 +391,7 @@ impl Pacer {
             burst_recorded: false,
             cap_recorded: false,
             audio_ended: true,
+            paused: false,
             next_seq: 0,
             broken: None,
             last_due: None,
@@ -421,6 +431,57 @@ impl Pacer {
         Ok(())
     }
 
+    /// Queues a mark ahead of every queued frame: it leaves with the next
+    /// [`Pacer::poll_transmit`] and marks the point where the audio sent so far ends (where a
+    /// resumed playback continues).
+    pub fn push_mark_next(&mut self, mark: MarkId) -> Result<(), PacerError> {
+        if self.marks.len() >= self.capacity_marks {
+            return Err(PacerError::MarkQueueFull {
+                capacity: self.capacity_marks,
+            });
+        }
+        // Every queued mark waits for `after ≥ frames_out`, so the front keeps the order.
+        self.marks.push_front(QueuedMark {
+            after: self.frames_out,
+            mark,
+        });
+        Ok(())
+    }
+
+    /// Stops releasing frames at `now` until [`Pacer::resume`]: Twilio plays what it holds, the
+    /// queue waits (pushes still queue), and marks behind audio already sent still leave.
+    pub fn pause(&mut self, now: Instant) {
+        self.begin_wake(now);
+        self.paused = true;
+        self.ready = 0;
+    }
+
+    /// Whether [`Pacer::pause`] holds the frames.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Releases frames again at `now`: the schedule continues if our estimate says Twilio is
+    /// still playing, else a new one starts at `now`. The frames that waited for the pause are
+    /// not late, and a drained buffer is not an underrun. Drain [`Pacer::poll_transmit`]
+    /// afterwards.
+    pub fn resume(&mut self, now: Instant) {
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        let now = self.begin_wake(now);
+        if self.remote_buffered(now).is_zero() {
+            self.anchor = None;
+            self.next_index = 0;
+        }
+        // The head frame waited for the pause, not for a late wake-up: no lateness to record.
+        // With Twilio still playing, at most `lead` frames are due (the buffer is above zero),
+        // so the schedule is not broken either.
+        self.wake_recorded = true;
+        self.advance(now, false);
+    }
+
     /// Declares the audio pushed so far complete (end of an utterance): when Twilio's buffer
     /// drains after it, the next audio starts a new schedule without counting an underrun.
     /// Pushing another frame cancels the declaration.
@@ -447,6 +508,7 @@ impl Pacer {
         self.wake = None;
         self.broken = None;
         self.audio_ended = true;
+        self.paused = false;
         self.stats.flushes += 1;
         self.stats.frames_flushed += flushed.frames as u64;
         self.stats.marks_flushed += flushed.marks as u64;
@@ -454,9 +516,10 @@ impl Pacer {
     }
 
     /// When to call [`Pacer::handle_timeout`] next: the next frame's deadline (in the past if
-    /// released frames are waiting to be polled), or `None` when no frame is queued.
+    /// released frames are waiting to be polled), or `None` when no frame is queued or the
+    /// pacer is paused.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.frames.is_empty() {
+        if self.frames.is_empty() || self.paused {
             return None;
         }
         // Frames are queued, so `push_frame` has set both the wake-up and the anchor.
@@ -558,20 +621,8 @@ impl Pacer {
     /// Grants the frames due at `now` for release. `starved` says the frame queue was empty
     /// before this call (a push), which makes a broken schedule an underrun, not a late wake-up.
     fn advance(&mut self, now: Instant, starved: bool) {
-        let now = match self.wake {
-            Some(wake) if now < wake => wake,
-            _ => now,
-        };
-        if self.wake != Some(now) {
-            self.wake = Some(now);
-            self.polled_at_wake = 0;
-            self.wake_recorded = false;
-            self.wake_late = false;
-            self.burst_recorded = false;
-            self.cap_recorded = false;
-            self.broken = None;
-        }
-        if self.frames.is_empty() {
+        let now = self.begin_wake(now);
+        if self.frames.is_empty() || self.paused {
             return;
         }
         let anchor = match self.anchor {
@@ -614,6 +665,25 @@ impl Pacer {
             self.burst_recorded = true;
             self.stats.catch_up_bursts += 1;
         }
+    }
+
+    /// Makes `now` (or the latest `now` seen, if earlier) the current wake-up and returns it; a
+    /// new wake-up starts with fresh per-wake-up bookkeeping.
+    fn begin_wake(&mut self, now: Instant) -> Instant {
+        let now = match self.wake {
+            Some(wake) if now < wake => wake,
+            _ => now,
+        };
+        if self.wake != Some(now) {
+            self.wake = Some(now);
+            self.polled_at_wake = 0;
+            self.wake_recorded = false;
+            self.wake_late = false;
+            self.burst_recorded = false;
+            self.cap_recorded = false;
+            self.broken = None;
+        }
+        now
     }
 
     /// Frames due at `now` on the schedule anchored at `anchor`, counted from `next_index`.

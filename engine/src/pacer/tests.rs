@@ -654,6 +654,116 @@ fn earlier_now_is_treated_as_the_latest_now() {
     assert_eq!(pacer.poll_timeout(), Some(t0 + ms(20)));
 }
 
+#[test]
+fn a_long_pause_holds_the_queue_then_starts_a_new_schedule_without_counting_anything() {
+    let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+    let t0 = base();
+    let mut out = Vec::new();
+    for id in 0..10 {
+        pacer.push_frame(t0, frame(id)).unwrap();
+    }
+    pacer.push_mark(MarkId(1)).unwrap();
+    drain(&mut pacer, t0, &mut out);
+    assert_eq!(frame_ids(&out), [0, 1, 2, 3]);
+    pacer.pause(t0 + ms(10));
+    assert!(pacer.is_paused());
+    assert_eq!(
+        pacer.poll_timeout(),
+        None,
+        "a paused pacer needs no wake-up"
+    );
+    // Time passes; wake-ups and pushes release nothing.
+    for t in [20, 40, 200, 300] {
+        pacer.handle_timeout(t0 + ms(t));
+        pacer.push_frame(t0 + ms(t), frame(10 + t)).unwrap();
+        assert_eq!(pacer.poll_transmit(), None);
+    }
+    assert!(pacer.remote_buffered(t0 + ms(300)).is_zero());
+    // A mark placed at the resume point leaves first, then a fresh lead at the resume instant.
+    let t1 = t0 + ms(310);
+    pacer.push_mark_next(MarkId(9)).unwrap();
+    pacer.resume(t1);
+    assert!(!pacer.is_paused());
+    let mut resumed = Vec::new();
+    drain(&mut pacer, t1, &mut resumed);
+    assert_eq!(resumed[0].1, Transmit::Mark(MarkId(9)));
+    assert_eq!(frame_ids(&resumed), [4, 5, 6, 7]);
+    assert_eq!(pacer.poll_timeout(), Some(t1 + ms(20)));
+    let stats = pacer.stats();
+    assert_eq!(
+        (
+            stats.anchors,
+            stats.underruns,
+            stats.reanchors,
+            stats.late_wakeups
+        ),
+        (2, 0, 0, 0),
+        "a pause is neither an underrun nor a late wake-up"
+    );
+    // The rest follow in order, mark 1 right after frame 9, then the frames pushed while paused.
+    while let Some(deadline) = pacer.poll_timeout() {
+        pacer.handle_timeout(deadline);
+        drain(&mut pacer, deadline, &mut resumed);
+    }
+    let ids = frame_ids(&resumed);
+    assert_eq!(ids, [4, 5, 6, 7, 8, 9, 30, 50, 210, 310]);
+    let mark_1 = resumed
+        .iter()
+        .position(|(_, t)| *t == Transmit::Mark(MarkId(1)))
+        .unwrap();
+    assert!(matches!(resumed[mark_1 - 1].1, Transmit::Frame { frame, .. } if id_of(&frame) == 9));
+    assert_eq!(pacer.stats().late_wakeups, 0);
+}
+
+#[test]
+fn a_short_pause_keeps_the_schedule_and_only_restores_the_lead() {
+    let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+    let t0 = base();
+    let mut out = Vec::new();
+    for id in 0..10 {
+        pacer.push_frame(t0, frame(id)).unwrap();
+    }
+    drain(&mut pacer, t0, &mut out);
+    pacer.pause(t0 + ms(5));
+    pacer.handle_timeout(t0 + ms(20));
+    assert_eq!(pacer.poll_transmit(), None);
+    // At 50 ms Twilio still holds 30 ms of the 80 ms sent: frames 4 and 5 (due at 20 and
+    // 40 ms) restore the 60 ms lead, on the same anchor.
+    let t1 = t0 + ms(50);
+    pacer.resume(t1);
+    drain(&mut pacer, t1, &mut out);
+    assert_eq!(frame_ids(&out), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(pacer.remote_buffered(t1), ms(70));
+    assert_eq!(pacer.poll_timeout(), Some(t0 + ms(60)), "the same anchor");
+    let stats = pacer.stats();
+    assert_eq!(
+        (stats.anchors, stats.underruns, stats.late_wakeups),
+        (1, 0, 0)
+    );
+}
+
+#[test]
+fn flush_ends_a_pause_and_resume_without_a_pause_changes_nothing() {
+    let mut pacer = Pacer::new(&PacerConfig::default()).unwrap();
+    let t0 = base();
+    for id in 0..6 {
+        pacer.push_frame(t0, frame(id)).unwrap();
+    }
+    while pacer.poll_transmit().is_some() {}
+    pacer.pause(t0);
+    pacer.flush(|_| {});
+    assert!(!pacer.is_paused());
+    pacer.push_frame(t0 + ms(30), frame(6)).unwrap();
+    assert!(
+        pacer.poll_transmit().is_some(),
+        "new audio after the clear plays"
+    );
+    let before = pacer.poll_timeout();
+    pacer.resume(t0 + ms(31));
+    assert_eq!(pacer.poll_timeout(), before);
+    assert_eq!(pacer.poll_transmit(), None);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     /// Push this many frames now.
@@ -664,6 +774,10 @@ enum Op {
     End,
     /// Barge-in.
     Flush,
+    /// Hold the frames (a caller onset awaiting its check).
+    Pause,
+    /// Release them again, with a mark at the resume point.
+    Resume,
     /// Wake at the pacer's deadline plus this lateness (µs).
     Timer(u32),
     /// Let this much time pass (µs), then wake.
@@ -676,6 +790,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Mark),
         1 => Just(Op::End),
         1 => Just(Op::Flush),
+        1 => Just(Op::Pause),
+        1 => Just(Op::Resume),
         6 => prop_oneof![3 => 0u32..6_000, 1 => 0u32..120_000].prop_map(Op::Timer),
         2 => (0u32..150_000).prop_map(Op::Wait),
     ]
@@ -702,12 +818,14 @@ struct Checker {
     bursts: HashMap<(u64, Instant), u32>,
     epoch: u64,
     next_seq: u64,
+    paused: bool,
 }
 
 impl Checker {
     fn sent(&mut self, now: Instant, transmit: Transmit) -> Result<(), TestCaseError> {
         match transmit {
             Transmit::Frame { seq, frame } => {
+                prop_assert!(!self.paused, "a frame left while paused");
                 prop_assert_eq!(seq, self.next_seq);
                 self.next_seq += 1;
                 prop_assert_eq!(self.expected.pop_front(), Some(Item::Frame(id_of(&frame))));
@@ -746,7 +864,9 @@ impl Checker {
         while let Some(t) = pacer.poll_transmit() {
             self.sent(now, t)?;
         }
-        if self.exact && pacer.queued_frames() > 0 {
+        if self.paused {
+            prop_assert_eq!(pacer.poll_timeout(), None);
+        } else if self.exact && pacer.queued_frames() > 0 {
             // Nothing due is held back, and the next deadline is exactly when Twilio's
             // buffer falls to the lead.
             let end = self.twilio_end.unwrap_or(now);
@@ -790,6 +910,7 @@ proptest! {
             bursts: HashMap::new(),
             epoch: 0,
             next_seq: 0,
+            paused: false,
         };
         let mut now = base();
         let (mut frames_in, mut next_id, mut marks_in) = (0u64, 0u64, 0u64);
@@ -830,7 +951,25 @@ proptest! {
                     check.twilio_end = None;
                     check.steady_end = None;
                     check.epoch += 1;
+                    check.paused = false;
                     prop_assert_eq!(pacer.poll_timeout(), None);
+                }
+                Op::Pause => {
+                    pacer.pause(now);
+                    check.paused = true;
+                    check.drain(&mut pacer, now)?;
+                }
+                Op::Resume => {
+                    if check.paused {
+                        let id = marks_in;
+                        if pacer.push_mark_next(MarkId(id)).is_ok() {
+                            marks_in += 1;
+                            check.expected.push_front(Item::Mark(id));
+                        }
+                    }
+                    pacer.resume(now);
+                    check.paused = false;
+                    check.drain(&mut pacer, now)?;
                 }
                 Op::Timer(late) => {
                     if let Some(deadline) = pacer.poll_timeout() {
@@ -847,6 +986,9 @@ proptest! {
             }
         }
         // Play everything out on time.
+        pacer.resume(now);
+        check.paused = false;
+        check.drain(&mut pacer, now)?;
         while let Some(deadline) = pacer.poll_timeout() {
             now = deadline.max(now);
             pacer.handle_timeout(now);

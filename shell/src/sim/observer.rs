@@ -23,8 +23,9 @@
 //!   the start of the first agent audio that plays after it (and before the next utterance).
 //! - **Barge-in**: an utterance whose onset finds agent audio playing. Its latency runs from
 //!   the onset (when the sim started sending the speech) to the first `clear` received after
-//!   it; its stale audio is the agent audio played between the onset and the end of the
-//!   utterance.
+//!   it; it is *silenced* when the agent audio playing at the onset stops (by the `clear`, or
+//!   earlier when the server stops sending); its stale audio is the agent audio played
+//!   between the onset and the end of the utterance.
 //! - **False barge-in**: a `clear` that is neither within an utterance (onset to end + 1 s)
 //!   nor within 1 s after a DTMF key.
 //! - **Unprompted playback**: a new playback (after at least the underrun window of silence)
@@ -84,6 +85,9 @@ pub struct BargeIn {
     pub onset_ms: f64,
     /// Onset → `clear` received, ms; `None` if no `clear` came before the utterance ended.
     pub latency_ms: Option<f64>,
+    /// Onset → the agent audio playing at the onset stopped, ms; `None` if it played on past
+    /// the end of the utterance.
+    pub silenced_ms: Option<f64>,
     /// Agent audio played between the onset and the end of the utterance, ms.
     pub stale_ms: f64,
 }
@@ -373,12 +377,13 @@ impl CallObserver {
             let playing = self
                 .played
                 .iter()
-                .any(|s| s.start <= u.onset && s.end > u.onset);
-            if playing {
+                .find(|s| s.start <= u.onset && s.end > u.onset);
+            if let Some(playing) = playing {
                 let clear = self.clears.iter().find(|c| **c >= u.onset && **c <= u.end);
                 barge_ins.push(BargeIn {
                     onset_ms: ms(u.onset),
                     latency_ms: clear.map(|c| ms(*c - u.onset)),
+                    silenced_ms: (playing.end <= u.end).then(|| ms(playing.end - u.onset)),
                     stale_ms: ms(played_between(u.onset, u.end)),
                 });
             }
@@ -595,6 +600,29 @@ mod tests {
     }
 
     #[test]
+    fn audio_that_stops_before_the_clear_is_silenced_at_its_end() {
+        let t0 = t0();
+        let mut obs = CallObserver::new(t0, false, false);
+        // Paced from 0: 4 frames at once, then one per 20 ms up to 320 ms (Twilio plays to
+        // 400 ms); the server stops sending at the onset (300 ms) and clears at 500 ms.
+        paced(&mut obs, t0, 0, 4, 20, 0);
+        obs.on_clear(t0 + ms(500));
+        let speech = [Utterance {
+            onset: ms(300),
+            end: ms(1_000),
+        }];
+        let b = obs.finish(&speech, &[], false).barge_ins[0];
+        assert_eq!(b.latency_ms, Some(200.0));
+        assert_eq!(b.silenced_ms, Some(100.0));
+        assert!((b.stale_ms - 100.0).abs() < 1e-9, "{b:?}");
+        // Audio that plays on past the utterance was never silenced.
+        let mut obs = CallObserver::new(t0, false, false);
+        paced(&mut obs, t0, 0, 4, 100, 0);
+        let b = obs.finish(&speech, &[], false).barge_ins[0];
+        assert_eq!((b.latency_ms, b.silenced_ms), (None, None));
+    }
+
+    #[test]
     fn barge_in_latency_stale_audio_and_response_are_measured_from_the_script() {
         let t0 = t0();
         let mut obs = CallObserver::new(t0, false, false);
@@ -615,6 +643,7 @@ mod tests {
         assert_eq!(m.barge_ins.len(), 1);
         let b = m.barge_ins[0];
         assert_eq!(b.latency_ms, Some(120.0));
+        assert_eq!(b.silenced_ms, Some(120.0));
         assert!((b.stale_ms - 120.0).abs() < 1e-9, "{b:?}");
         assert_eq!(m.responses_ms, [600.0]);
         assert_eq!(m.unanswered, 0);

@@ -61,6 +61,8 @@ pub struct GroupReport {
     pub barge_ins_missed: u64,
     /// Onset → `clear` received.
     pub barge_in_latency: Summary,
+    /// Onset → the agent audio playing at the onset stopped.
+    pub silenced: Summary,
     /// Agent audio heard after the onset.
     pub stale_audio: Summary,
     /// `clear`s not explained by speech or DTMF.
@@ -144,6 +146,7 @@ impl GroupReport {
             barge_ins: barge().count() as u64,
             barge_ins_missed: barge().filter(|b| b.latency_ms.is_none()).count() as u64,
             barge_in_latency: summary_of(barge().filter_map(|b| b.latency_ms)).0,
+            silenced: summary_of(barge().filter_map(|b| b.silenced_ms)).0,
             stale_audio: summary_of(barge().map(|b| b.stale_ms)).0,
             false_barge_ins: sum(|c| c.false_barge_ins),
             unprompted_playbacks: sum(|c| c.unprompted_playbacks),
@@ -233,16 +236,16 @@ pub fn table(groups: &[GroupReport]) -> String {
     if has_wire {
         out.push_str(WIRE_HEAD);
     }
-    out.push_str(" underruns | depth p50 (ms) | first audio p50 (ms) | response p50 / p99 (ms) | barge-in p50 / p99 (ms) (n) | stale p50 (ms) | false barge-ins | unprompted | DTMF→clear p50 (ms) | malformed |\n");
+    out.push_str(" underruns | depth p50 (ms) | first audio p50 (ms) | response p50 / p99 (ms) | barge-in p50 / p99 (ms) (n) | silenced p50 / p99 (ms) | stale p50 (ms) | false barge-ins | unprompted | DTMF→clear p50 (ms) | malformed |\n");
     out.push_str("|---|---|---:|---:|---|");
     if has_wire {
         out.push_str(WIRE_RULE);
     }
-    out.push_str("---:|---:|---:|---|---|---:|---:|---:|---:|---:|\n");
+    out.push_str("---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|\n");
     for g in groups {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |{} {} | {} | {} | {} | {} ({}{}) | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |{} {} | {} | {} | {} | {} ({}{}) | {} | {} | {} | {} | {} | {} |",
             g.scenario,
             g.target,
             g.calls,
@@ -272,6 +275,7 @@ pub fn table(groups: &[GroupReport]) -> String {
             } else {
                 String::new()
             },
+            duo(&g.silenced),
             if g.stale_audio.count == 0 {
                 "–".to_owned()
             } else {
@@ -422,6 +426,7 @@ mod tests {
             barge_ins: vec![BargeIn {
                 onset_ms: 300.0,
                 latency_ms: if failed { None } else { Some(120.0) },
+                silenced_ms: if failed { None } else { Some(80.0) },
                 stale_ms: 100.0,
             }],
             marks: [3, 2, 1],
@@ -451,7 +456,10 @@ mod tests {
         assert_eq!(g.interval_error.max_ms, 1.0);
         let text = table(&[g]);
         assert!(text.contains("| single | handset | 2 | 1 |"), "{text}");
-        assert!(text.contains("120 / 120 (2, 1 missed)"), "{text}");
+        assert!(
+            text.contains("120 / 120 (2, 1 missed) | 80 / 80 |"),
+            "{text}"
+        );
     }
 
     #[test]
