@@ -125,6 +125,8 @@ pub async fn handle(tcp: TcpStream, token: Option<&str>) -> Result<Session, Stri
                 out.push(Message::binary(pcm_bytes(&answer(2))));
                 out.push(send_json(json!({"type": "mark", "name": "greeting"})));
             }
+            // A dismissed utterance was not speech (music, noise): nothing to answer.
+            "speech_ended" if event["dismissed"] == true => {}
             "speech_ended" => {
                 session.answers += 1;
                 let n = session.answers;

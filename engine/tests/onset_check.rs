@@ -214,12 +214,60 @@ fn a_check_that_cannot_take_the_onset_lets_it_barge_in_at_once() {
     assert!(at <= Duration::from_secs(3) + ms(60), "{at:?}");
 }
 
+fn ended(sim: &Sim) -> Vec<(Duration, CallEvent)> {
+    sim.events_matching(|e| matches!(e, CallEvent::SpeechEnded { .. }))
+}
+
+fn dismissed(sim: &Sim) -> Vec<(Duration, CallEvent)> {
+    sim.events_matching(|e| matches!(e, CallEvent::SpeechDismissed { .. }))
+}
+
 #[test]
-fn speech_outside_playback_is_not_checked() {
-    let r = run(None, false, false);
-    assert_eq!(r.begun, 0);
-    assert_eq!(started(&r.sim).len(), 1, "{:?}", r.sim.events);
-    assert_eq!(r.sim.call.stats().onsets_checked, 0);
+fn speech_outside_playback_starts_at_once_and_is_dismissed_only_if_never_confirmed() {
+    // Never confirmed: reported at once, then dismissed instead of ended.
+    let music = run(None, false, false);
+    let confirmed = run(Some(ONSET_PRE_ROLL + 3), false, false);
+    let refused = run(None, true, false);
+    for r in [&music, &confirmed, &refused] {
+        assert_eq!(started(&r.sim).len(), 1, "{:?}", r.sim.events);
+        assert_eq!(r.sim.call.stats().onsets_checked, 0, "nothing is held");
+    }
+    assert_eq!(
+        started(&music.sim)[0].0,
+        started(&refused.sim)[0].0,
+        "the check does not delay the start"
+    );
+    assert_eq!(music.begun, 1);
+    assert!(ended(&music.sim).is_empty(), "{:?}", music.sim.events);
+    let [(t, CallEvent::SpeechDismissed { at })] = dismissed(&music.sim)[..] else {
+        panic!("{:?}", music.sim.events)
+    };
+    let [(t_end, CallEvent::SpeechEnded { at: end })] = ended(&refused.sim)[..] else {
+        panic!("{:?}", refused.sim.events)
+    };
+    assert_eq!((t, at), (t_end, end), "dismissed where it would have ended");
+    assert_eq!(music.sim.call.stats().speech_dismissed, 1);
+    // Confirmed, or not checkable: an ordinary utterance.
+    for r in [&confirmed, &refused] {
+        assert_eq!(ended(&r.sim).len(), 1, "{:?}", r.sim.events);
+        assert!(dismissed(&r.sim).is_empty());
+        assert_eq!(r.sim.call.stats().speech_dismissed, 0);
+    }
+    // The check stopped listening once it had confirmed.
+    assert_eq!(confirmed.frames, ONSET_PRE_ROLL + 3);
+    assert!(
+        music.frames > ONSET_PRE_ROLL + 25,
+        "it followed the whole utterance: {}",
+        music.frames
+    );
+    let trace = music.sim.call.trace().unwrap();
+    assert!(
+        trace
+            .events()
+            .iter()
+            .any(|(_, k)| matches!(k, TraceKind::SpeechDismissed(_)))
+    );
+    assert!(trace.to_chrome_json("CA1").contains("\"speech dismissed\""));
 }
 
 /// The trace's onset events, in order.

@@ -1356,6 +1356,9 @@ fn log_event(id: u64, info: &CallInfo, event: &CallEvent) {
         CallEvent::SpeechEnded { at } => {
             tracing::info!(id, call_sid, at_ms = at.as_millis(), "SPEECH_ENDED");
         }
+        CallEvent::SpeechDismissed { at } => {
+            tracing::info!(id, call_sid, at_ms = at.as_millis(), "SPEECH_DISMISSED");
+        }
         CallEvent::PlaybackFinished { played } => {
             tracing::debug!(
                 id,

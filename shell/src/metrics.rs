@@ -622,11 +622,12 @@ impl Collector for HandsetCollector {
         labelled_counter(
             enc,
             "handset_vad_transitions",
-            "Caller voice activity transitions.",
+            "Caller voice activity transitions: speech started, speech ended, and speech dismissed (an utterance outside agent playback that the onset check never confirmed ended as not speech).",
             "transition",
             [
                 ("speech_started", load(&e.speech_started)),
                 ("speech_ended", load(&e.speech_ended)),
+                ("speech_dismissed", load(&e.speech_dismissed)),
             ],
         )?;
 

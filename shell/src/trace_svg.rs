@@ -177,6 +177,7 @@ pub fn render(json: &str) -> Result<String, TraceError> {
                 "speech ended" => ("#7f7f7f", "end"),
                 "onset held" => ("#bcbd22", "held"),
                 "onset rejected" => ("#7f7f7f", "rejected"),
+                "speech dismissed" => ("#7f7f7f", "dismissed"),
                 "playback paused" => ("#bcbd22", "paused"),
                 "playback resumed" => ("#2ca02c", "resumed"),
                 "concealed" => ("#ff7f0e", ""),
@@ -222,6 +223,7 @@ fn is_marked(name: &str) -> bool {
             | "speech ended"
             | "onset held"
             | "onset rejected"
+            | "speech dismissed"
             | "playback paused"
             | "playback resumed"
             | "concealed"

@@ -1,7 +1,7 @@
 //! The built-in echo agent: what Handset does with no configuration.
 //!
 //! When the stream starts it plays a short greeting ("Hello" and a beep). After each caller
-//! utterance ends (VAD), it plays the utterance back through the full path: the 16 kHz agent
+//! utterance ends (VAD; a dismissed one, not speech, is dropped), it plays the utterance back through the full path: the 16 kHz agent
 //! feed it recorded goes back in as 16 kHz agent audio and is resampled to 8 kHz by the call.
 //! Caller speech during playback barges in: the call flushes and sends `clear`; the echo agent
 //! drops the rest of what it was playing and records the new utterance.
@@ -194,6 +194,11 @@ impl Agent for EchoAgent {
                 self.start_recording(at);
             }
             CallEvent::SpeechEnded { at } if self.recording => self.stop_recording(at),
+            // Not speech (music, noise): nothing to echo.
+            CallEvent::SpeechDismissed { .. } if self.recording => {
+                self.recording = false;
+                self.release_memory();
+            }
             CallEvent::BargeIn(_) | CallEvent::PlaybackCleared(_) => {
                 self.source = Source::Idle;
                 if !self.recording {
@@ -371,6 +376,37 @@ mod tests {
         assert_eq!(agent.utterance.capacity(), 0, "freed after playback");
         // The next utterance records and plays as well.
         record(&mut agent, 200, 20);
+        assert_eq!(pull_all(&mut agent).0.len(), 20 * WIDEBAND_FRAME_SAMPLES);
+    }
+
+    #[test]
+    fn a_dismissed_utterance_is_not_echoed() {
+        let mut agent = EchoAgent::new(EchoConfig {
+            greeting: false,
+            ..EchoConfig::default()
+        });
+        let mut out = AgentOutput::default();
+        agent.on_event(
+            now(),
+            &CallEvent::SpeechStarted {
+                at: SampleTime::from_frames(0),
+            },
+            &mut out,
+        );
+        for f in 0..50 {
+            agent.on_caller_audio(SampleTime::from_frames(f), &frame(6000), &mut out);
+        }
+        agent.on_event(
+            now(),
+            &CallEvent::SpeechDismissed {
+                at: SampleTime::from_frames(50),
+            },
+            &mut out,
+        );
+        assert_eq!(pull_all(&mut agent).0.len(), 0, "music is not echoed");
+        assert_eq!(agent.utterance.capacity(), 0, "and its recording is freed");
+        // The next utterance is echoed as usual.
+        record(&mut agent, 100, 20);
         assert_eq!(pull_all(&mut agent).0.len(), 20 * WIDEBAND_FRAME_SAMPLES);
     }
 

@@ -301,6 +301,13 @@ pub enum CallEvent {
         /// End of speech.
         at: SampleTime,
     },
+    /// The utterance the last [`CallEvent::SpeechStarted`] began ended without the
+    /// [`OnsetCheck`] confirming it was speech (music, noise): it ends that utterance in place
+    /// of [`CallEvent::SpeechEnded`], and was not speech. `at` is where it ended.
+    SpeechDismissed {
+        /// End of the utterance.
+        at: SampleTime,
+    },
     /// The stream stopped.
     Stopped,
 }
@@ -371,6 +378,9 @@ pub struct CallStats {
     /// Held onsets whose check was still undecided when the pause ran out
     /// ([`CallConfig::onset_pause`]): playback resumed while they stayed held.
     pub onset_pauses_expired: u64,
+    /// Utterances outside playback that the [`OnsetCheck`] never confirmed: each ended with
+    /// [`CallEvent::SpeechDismissed`] instead of [`CallEvent::SpeechEnded`].
+    pub speech_dismissed: u64,
     /// Agent clears carried out.
     pub agent_clears: u64,
     /// Agent audio frames accepted for playback.
@@ -843,6 +853,10 @@ impl Call {
             match gate.next() {
                 Verdict::Waiting => {}
                 Verdict::Speech => self.onset_confirmed(now),
+                // A watched utterance the check cannot follow ends as speech.
+                Verdict::Unchecked if gate.watching() => {
+                    gate.release();
+                }
                 Verdict::Unchecked => {
                     self.stats.onsets_unchecked += 1;
                     self.onset_released(now);
@@ -888,21 +902,48 @@ impl Call {
                 }
                 let arrival = self.arrival_since(at);
                 let at = self.caller_time(at);
-                if playing && let Some(gate) = self.onset.as_mut() {
-                    if gate.hold(Held { at, arrival }) {
+                if let Some(gate) = self.onset.as_mut() {
+                    if !playing {
+                        // Outside playback the utterance starts at once (an agent's turn must
+                        // not wait); the check decides only whether it ends as speech or is
+                        // dismissed. If it cannot take it, it ends as speech.
+                        gate.hold(Held {
+                            at,
+                            arrival,
+                            watch: true,
+                        });
+                    } else if gate.hold(Held {
+                        at,
+                        arrival,
+                        watch: false,
+                    }) {
                         self.stats.onsets_checked += 1;
                         if let Some(trace) = self.trace.as_mut() {
                             trace.record(now, TraceKind::OnsetHeld(at));
                         }
                         self.pause_playback(now);
                         return;
+                    } else {
+                        self.stats.onsets_unchecked += 1;
                     }
-                    self.stats.onsets_unchecked += 1;
                 }
                 self.onset_arrival = arrival;
                 self.speech_started(now, at);
             }
             VadTransition::SpeechEnded { .. } if self.echo_held => self.echo_held = false,
+            VadTransition::SpeechEnded { at }
+                if self.onset.as_ref().is_some_and(OnsetGate::watching) =>
+            {
+                if let Some(gate) = self.onset.as_mut() {
+                    gate.release();
+                }
+                self.stats.speech_dismissed += 1;
+                let at = self.speech_end(at);
+                if let Some(trace) = self.trace.as_mut() {
+                    trace.record(now, TraceKind::SpeechDismissed(at));
+                }
+                self.emit(Output::Event(CallEvent::SpeechDismissed { at }));
+            }
             VadTransition::SpeechEnded { .. }
                 if self.onset.as_ref().is_some_and(OnsetGate::holding) =>
             {
@@ -917,9 +958,7 @@ impl Call {
             }
             VadTransition::SpeechEnded { at } => {
                 self.stats.speech_ended += 1;
-                // `at` ends the last speech frame: place that frame, then its end.
-                let last = SampleTime(at.0.saturating_sub(FRAME_SAMPLES as u64));
-                let at = SampleTime(self.caller_time(last).0 + FRAME_SAMPLES as u64);
+                let at = self.speech_end(at);
                 if let Some(trace) = self.trace.as_mut() {
                     trace.record(now, TraceKind::SpeechEnded(at));
                 }
@@ -928,8 +967,21 @@ impl Call {
         }
     }
 
-    /// The check confirmed the held onset.
+    /// Where the VAD's speech end `at` (the end of its last speech frame, on its own count) lies
+    /// on the caller timeline: that frame's slot, then its end.
+    fn speech_end(&self, at: SampleTime) -> SampleTime {
+        let last = SampleTime(at.0.saturating_sub(FRAME_SAMPLES as u64));
+        SampleTime(self.caller_time(last).0 + FRAME_SAMPLES as u64)
+    }
+
+    /// The check confirmed the held onset (or the watched utterance: it ends normally).
     fn onset_confirmed(&mut self, now: Instant) {
+        if self.onset.as_ref().is_some_and(OnsetGate::watching) {
+            if let Some(gate) = self.onset.as_mut() {
+                gate.release();
+            }
+            return;
+        }
         if self.onset.as_ref().is_some_and(OnsetGate::holding) {
             self.stats.onsets_confirmed += 1;
             self.onset_released(now);

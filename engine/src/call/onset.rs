@@ -9,6 +9,10 @@
 //! (with the onset's own time) only once the check confirms speech. An utterance that ends
 //! unconfirmed was not speech: no barge-in, no `SpeechStarted`.
 //!
+//! Outside playback nothing is held: a speech start is an agent's turn and must not wait. The
+//! check still follows the utterance, and one it never confirms ends as a dismissal instead of
+//! a speech end, so an agent need not answer music.
+//!
 //! The check runs elsewhere (the shell's runs Silero VAD on a thread of its own); the call only
 //! hands over frames and polls for the verdict, so nothing here waits. A check that cannot take
 //! a candidate or a frame (its queue is full) says so, and the onset then barges in unchecked:
@@ -56,6 +60,9 @@ pub(super) struct Held {
     pub at: SampleTime,
     /// When its audio arrived.
     pub arrival: Option<Instant>,
+    /// Outside playback: the utterance was reported at once, and the check only decides
+    /// whether it ends as speech or is dismissed.
+    pub watch: bool,
 }
 
 /// What became of a held onset after a frame.
@@ -85,9 +92,14 @@ impl OnsetGate {
         self.read += 1;
     }
 
-    /// Whether an onset is held.
+    /// Whether an onset is held (or an utterance watched).
     pub(super) fn holding(&self) -> bool {
         self.held.is_some()
+    }
+
+    /// Whether an utterance outside playback is being watched.
+    pub(super) fn watching(&self) -> bool {
+        self.held.is_some_and(|held| held.watch)
     }
 
     /// Holds `onset` and hands the check its pre-roll. `false`: the check could not take it.

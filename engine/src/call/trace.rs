@@ -68,6 +68,8 @@ pub enum TraceKind {
     PlaybackResumed,
     /// Speech ended (end of the last speech frame).
     SpeechEnded(SampleTime),
+    /// An utterance outside playback ended unconfirmed by the second-stage check: dismissed.
+    SpeechDismissed(SampleTime),
     /// Speech started (onset).
     SpeechStarted(SampleTime),
     /// The stream stopped.
@@ -224,6 +226,14 @@ impl Trace {
                     (
                         3,
                         "speech ended",
+                        format!("{{\"end_ms\":{}}}", at.as_millis()),
+                    )
+                }
+                TraceKind::SpeechDismissed(at) => {
+                    speech_start = None;
+                    (
+                        3,
+                        "speech dismissed",
                         format!("{{\"end_ms\":{}}}", at.as_millis()),
                     )
                 }

@@ -307,6 +307,9 @@ pub struct EngineCounters {
     pub speech_started: AtomicU64,
     /// Caller speech-ended transitions of the VAD.
     pub speech_ended: AtomicU64,
+    /// Caller utterances outside playback that the onset check never confirmed (dismissed
+    /// instead of ended).
+    pub speech_dismissed: AtomicU64,
     /// Barge-ins decided (caller speech over agent playback).
     pub barge_ins: AtomicU64,
     /// How late each outbound frame was handed to its socket writer after it was due on its
@@ -348,6 +351,7 @@ impl Default for EngineCounters {
             onset_pauses_expired: AtomicU64::new(0),
             speech_started: AtomicU64::new(0),
             speech_ended: AtomicU64::new(0),
+            speech_dismissed: AtomicU64::new(0),
             barge_ins: AtomicU64::new(0),
             outbound_lateness: AtomicHistogram::new(&OUTBOUND_LATENESS_BOUNDS),
             wake_busy: AtomicHistogram::new(&OUTBOUND_LATENESS_BOUNDS),

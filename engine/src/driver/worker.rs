@@ -331,6 +331,9 @@ impl Slot {
             CallEvent::SpeechEnded { .. } => {
                 counters.speech_ended.fetch_add(1, Ordering::Relaxed);
             }
+            CallEvent::SpeechDismissed { .. } => {
+                counters.speech_dismissed.fetch_add(1, Ordering::Relaxed);
+            }
             CallEvent::BargeIn(_) => {
                 counters.barge_ins.fetch_add(1, Ordering::Relaxed);
                 if let Some(arrived) = self.call.onset_arrival() {

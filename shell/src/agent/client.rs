@@ -383,6 +383,11 @@ impl Session {
                 }),
                 CallEvent::SpeechEnded { at } => protocol::event(&ToAgent::SpeechEnded {
                     at_ms: at.as_millis(),
+                    dismissed: false,
+                }),
+                CallEvent::SpeechDismissed { at } => protocol::event(&ToAgent::SpeechEnded {
+                    at_ms: at.as_millis(),
+                    dismissed: true,
                 }),
                 CallEvent::Dtmf(digit) => protocol::event(&ToAgent::Dtmf(digit)),
                 CallEvent::MarkPlayed(mark) => {

@@ -201,10 +201,13 @@ pub enum ToAgent<'a> {
         /// Onset, ms since the stream started.
         at_ms: u64,
     },
-    /// The caller stopped speaking at `at_ms`.
+    /// The caller stopped speaking at `at_ms`; `dismissed`: the utterance was not speech after
+    /// all (the second-stage check never confirmed it), so there is nothing to answer.
     SpeechEnded {
         /// End of speech, ms since the stream started.
         at_ms: u64,
+        /// Not speech (music, noise).
+        dismissed: bool,
     },
     /// A DTMF key.
     Dtmf(char),
@@ -250,7 +253,9 @@ pub enum ToAgent<'a> {
 pub fn event(event: &ToAgent<'_>) -> String {
     match *event {
         ToAgent::SpeechStarted { at_ms } => json!({"type": "speech_started", "at_ms": at_ms}),
-        ToAgent::SpeechEnded { at_ms } => json!({"type": "speech_ended", "at_ms": at_ms}),
+        ToAgent::SpeechEnded { at_ms, dismissed } => {
+            json!({"type": "speech_ended", "at_ms": at_ms, "dismissed": dismissed})
+        }
         ToAgent::Dtmf(digit) => json!({"type": "dtmf", "digit": digit.to_string()}),
         ToAgent::BargeIn {
             at_ms,
@@ -438,6 +443,17 @@ mod tests {
         assert_eq!(v["heard_ms"], 740);
         assert_eq!(v["interrupted_mark"], "r1");
         assert!(v["last_played_mark"].is_null());
+        for dismissed in [false, true] {
+            let e = event(&ToAgent::SpeechEnded {
+                at_ms: 3_140,
+                dismissed,
+            });
+            let v: serde_json::Value = serde_json::from_str(&e).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({"type": "speech_ended", "at_ms": 3_140, "dismissed": dismissed})
+            );
+        }
         let r: serde_json::Value =
             serde_json::from_str(&recording("CA1", "RE1", 14, 8_000)).unwrap();
         assert_eq!(r["type"], "recording");

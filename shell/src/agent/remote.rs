@@ -532,7 +532,8 @@ impl Agent for RemoteAgent {
                 }
                 self.uplink(Uplink::Event(*event));
             }
-            CallEvent::SpeechStarted { .. } => {
+            // Not speech: no answer is expected.
+            CallEvent::SpeechStarted { .. } | CallEvent::SpeechDismissed { .. } => {
                 self.reply_deadline = None;
                 self.uplink(Uplink::Event(*event));
             }
