@@ -71,6 +71,7 @@ struct Setup {
     refuse: bool,
     over_playback: bool,
     pause: Duration,
+    dismiss: bool,
     /// When the caller speaks (600 ms each), over playback.
     speech: Vec<Duration>,
 }
@@ -83,6 +84,7 @@ impl Default for Setup {
             refuse: false,
             over_playback: true,
             pause: CallConfig::default().onset_pause,
+            dismiss: true,
             speech: vec![Duration::from_secs(3)],
         }
     }
@@ -95,6 +97,7 @@ fn run_with(setup: Setup) -> Run {
         refuse,
         over_playback,
         pause,
+        dismiss,
         speech,
     } = setup;
     let begun = Arc::new(AtomicUsize::new(0));
@@ -102,6 +105,7 @@ fn run_with(setup: Setup) -> Run {
     let mut config = roomy(10);
     config.trace_events = 100_000;
     config.onset_pause = pause;
+    config.dismiss_unconfirmed = dismiss;
     let mut sim = Sim::new(config, seed(40));
     sim.call.set_onset_check(Box::new(Scripted {
         confirm_after,
@@ -268,6 +272,14 @@ fn speech_outside_playback_starts_at_once_and_is_dismissed_only_if_never_confirm
             .any(|(_, k)| matches!(k, TraceKind::SpeechDismissed(_)))
     );
     assert!(trace.to_chrome_json("CA1").contains("\"speech dismissed\""));
+    // Switched off (an agent with its own turn detector), the check never hears it.
+    let off = run_with(Setup {
+        over_playback: false,
+        dismiss: false,
+        ..Setup::default()
+    });
+    assert_eq!(off.begun, 0);
+    assert_eq!(ended(&off.sim).len(), 1, "{:?}", off.sim.events);
 }
 
 /// The trace's onset events, in order.

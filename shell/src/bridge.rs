@@ -479,6 +479,12 @@ async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
             };
             config.echo.enabled = state.config.echo_check;
             config.onset_pause = state.config.onset_pause;
+            // OpenAI Realtime takes turns from its own server VAD: dismissals would go unused.
+            config.dismiss_unconfirmed = state
+                .config
+                .agent
+                .as_ref()
+                .is_none_or(|agent| agent.openai.is_none());
             config
         },
         info: info.clone(),

@@ -105,6 +105,11 @@ pub struct CallConfig {
     /// while the onset stays held. Zero: playback never pauses, and the agent is heard until
     /// the verdict.
     pub onset_pause: Duration,
+    /// With an [`OnsetCheck`]: follow each utterance outside playback too, and end one the
+    /// check never confirms as [`CallEvent::SpeechDismissed`] (default true). Off when the
+    /// agent takes its turns from a detector of its own (OpenAI Realtime's server VAD), which
+    /// spares the check about 10 model runs per utterance.
+    pub dismiss_unconfirmed: bool,
     /// The echo-reference check on speech onsets during playback (on by default): the agent's
     /// own audio coming back is not a barge-in. See [`EchoConfig`].
     pub echo: EchoConfig,
@@ -151,6 +156,7 @@ impl Default for CallConfig {
             // Silero confirms clean speech within 280 ms of the onset in 90 % of cases
             // (docs/vad-eval.md); a false onset costs the caller at most this much silence.
             onset_pause: Duration::from_millis(500),
+            dismiss_unconfirmed: true,
             echo: EchoConfig::default(),
             agent_feed: true,
             trace_events: 0,
@@ -903,7 +909,7 @@ impl Call {
                 let arrival = self.arrival_since(at);
                 let at = self.caller_time(at);
                 if let Some(gate) = self.onset.as_mut() {
-                    if !playing {
+                    if !playing && self.config.dismiss_unconfirmed {
                         // Outside playback the utterance starts at once (an agent's turn must
                         // not wait); the check decides only whether it ends as speech or is
                         // dismissed. If it cannot take it, it ends as speech.
@@ -912,18 +918,20 @@ impl Call {
                             arrival,
                             watch: true,
                         });
-                    } else if gate.hold(Held {
-                        at,
-                        arrival,
-                        watch: false,
-                    }) {
+                    } else if playing
+                        && gate.hold(Held {
+                            at,
+                            arrival,
+                            watch: false,
+                        })
+                    {
                         self.stats.onsets_checked += 1;
                         if let Some(trace) = self.trace.as_mut() {
                             trace.record(now, TraceKind::OnsetHeld(at));
                         }
                         self.pause_playback(now);
                         return;
-                    } else {
+                    } else if playing {
                         self.stats.onsets_unchecked += 1;
                     }
                 }
