@@ -341,6 +341,16 @@ mod tests {
 
     /// Feeds `frames` frames of speech from frame `first` on and ends the utterance.
     fn record(agent: &mut EchoAgent, first: u64, frames: u64) {
+        let at = speak(agent, first, frames);
+        agent.on_event(
+            now(),
+            &CallEvent::SpeechEnded { at },
+            &mut AgentOutput::default(),
+        );
+    }
+
+    /// Starts an utterance at frame `first` and feeds `frames` frames of it; returns its end.
+    fn speak(agent: &mut EchoAgent, first: u64, frames: u64) -> SampleTime {
         let mut out = AgentOutput::default();
         agent.on_event(
             now(),
@@ -352,13 +362,7 @@ mod tests {
         for f in first..first + frames {
             agent.on_caller_audio(SampleTime::from_frames(f), &frame(6000), &mut out);
         }
-        agent.on_event(
-            now(),
-            &CallEvent::SpeechEnded {
-                at: SampleTime::from_frames(first + frames),
-            },
-            &mut out,
-        );
+        SampleTime::from_frames(first + frames)
     }
 
     #[test]
@@ -385,23 +389,11 @@ mod tests {
             greeting: false,
             ..EchoConfig::default()
         });
-        let mut out = AgentOutput::default();
+        let at = speak(&mut agent, 0, 50);
         agent.on_event(
             now(),
-            &CallEvent::SpeechStarted {
-                at: SampleTime::from_frames(0),
-            },
-            &mut out,
-        );
-        for f in 0..50 {
-            agent.on_caller_audio(SampleTime::from_frames(f), &frame(6000), &mut out);
-        }
-        agent.on_event(
-            now(),
-            &CallEvent::SpeechDismissed {
-                at: SampleTime::from_frames(50),
-            },
-            &mut out,
+            &CallEvent::SpeechDismissed { at },
+            &mut AgentOutput::default(),
         );
         assert_eq!(pull_all(&mut agent).0.len(), 0, "music is not echoed");
         assert_eq!(agent.utterance.capacity(), 0, "and its recording is freed");

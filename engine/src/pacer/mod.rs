@@ -419,11 +419,7 @@ impl Pacer {
     /// Queues a mark after everything pushed so far. With nothing queued before it, it is
     /// released by the next [`Pacer::poll_transmit`].
     pub fn push_mark(&mut self, mark: MarkId) -> Result<(), PacerError> {
-        if self.marks.len() >= self.capacity_marks {
-            return Err(PacerError::MarkQueueFull {
-                capacity: self.capacity_marks,
-            });
-        }
+        self.mark_room()?;
         self.marks.push_back(QueuedMark {
             after: self.frames_in,
             mark,
@@ -435,11 +431,7 @@ impl Pacer {
     /// [`Pacer::poll_transmit`] and marks the point where the audio sent so far ends (where a
     /// resumed playback continues).
     pub fn push_mark_next(&mut self, mark: MarkId) -> Result<(), PacerError> {
-        if self.marks.len() >= self.capacity_marks {
-            return Err(PacerError::MarkQueueFull {
-                capacity: self.capacity_marks,
-            });
-        }
+        self.mark_room()?;
         // Every queued mark waits for `after ≥ frames_out`, so the front keeps the order.
         self.marks.push_front(QueuedMark {
             after: self.frames_out,
@@ -480,6 +472,16 @@ impl Pacer {
         // so the schedule is not broken either.
         self.wake_recorded = true;
         self.advance(now, false);
+    }
+
+    /// Room for one more mark, or the error that says there is none.
+    fn mark_room(&self) -> Result<(), PacerError> {
+        if self.marks.len() >= self.capacity_marks {
+            return Err(PacerError::MarkQueueFull {
+                capacity: self.capacity_marks,
+            });
+        }
+        Ok(())
     }
 
     /// Declares the audio pushed so far complete (end of an utterance): when Twilio's buffer
