@@ -50,6 +50,10 @@ pub const TURN_HANGOVER: u32 = 25;
 const NOISE_ALONE_DBFS: f64 = -30.0;
 /// Talkers in the babble.
 const BABBLE_TALKERS: usize = 6;
+/// Local SNRs (dB) at which the ceiling's ideal detector still hears a speech frame.
+const CEILING_SNR_DB: [f64; 3] = [0.0, -6.0, -12.0];
+/// Hangovers (frames) the ceiling's ideal detector tries; it keeps the best.
+const CEILING_HANGOVERS: [u32; 8] = [0, 2, 4, 6, 8, 12, 16, 25];
 
 pub struct Args {
     per_source: usize,
@@ -437,6 +441,47 @@ fn score(run: &Run, corpus: &Corpus) -> Score {
     }
 }
 
+/// The F1 the labels allow under `under`: an ideal detector hears exactly the speech-labelled
+/// frames whose speech power is at least `snr_db` above the noise's power in the same frame
+/// (before µ-law), and holds each decision for a hangover of frames, the best of
+/// [`CEILING_HANGOVERS`]. Per threshold of [`CEILING_SNR_DB`]: (best F1, its hangover).
+fn ceiling(corpus: &Corpus, under: Under<'_>) -> Vec<(f64, u32)> {
+    let power = |f: &dyn Fn(usize) -> f64, frame: usize| -> f64 {
+        (frame * FRAME..(frame + 1) * FRAME)
+            .map(|i| f(i).powi(2))
+            .sum()
+    };
+    let speech: Vec<f64> = (0..corpus.labels.len())
+        .map(|frame| power(&|i| corpus.clean[i], frame))
+        .collect();
+    let noise: Vec<f64> = (0..corpus.labels.len())
+        .map(|frame| under.map_or(0.0, |(n, g)| power(&|i| n[i % n.len()] * g, frame)))
+        .collect();
+    CEILING_SNR_DB
+        .iter()
+        .map(|&snr_db| {
+            let ratio = 10f64.powf(snr_db / 10.0);
+            let heard: Vec<bool> = (0..corpus.labels.len())
+                .map(|i| corpus.labels[i] && speech[i] >= noise[i] * ratio)
+                .collect();
+            CEILING_HANGOVERS
+                .iter()
+                .map(|&hangover| {
+                    let mut since = u32::MAX;
+                    let decisions: Vec<bool> = heard
+                        .iter()
+                        .map(|&h| {
+                            since = if h { 0 } else { since.saturating_add(1) };
+                            since <= hangover
+                        })
+                        .collect();
+                    (f1_of(&decisions, &corpus.labels), hangover)
+                })
+                .fold((0.0, 0), |best, x| if x.0 > best.0 { x } else { best })
+        })
+        .collect()
+}
+
 fn fmt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_owned(), |v| format!("{v:.0}"))
 }
@@ -585,6 +630,23 @@ fn main() -> anyhow::Result<()> {
     for (name, f1) in &per_source {
         let f: Vec<String> = f1.iter().map(|v| format!("{v:.3}")).collect();
         println!("| {name} | {} |", f.join(" / "));
+    }
+
+    println!(
+        "\n## The ceiling the labels set\n\nAn ideal detector that hears exactly the speech-labelled frames whose speech is at least θ dB above the noise in the same frame, holding each decision for the best hangover (frames): its F1.\n"
+    );
+    let head: Vec<String> = CEILING_SNR_DB
+        .iter()
+        .map(|t| format!("θ = {t} dB"))
+        .collect();
+    println!("| condition | {} |", head.join(" | "));
+    println!("|---|{}", "---|".repeat(CEILING_SNR_DB.len()));
+    for (name, under) in conditions(&corpus, &noises) {
+        let cells: Vec<String> = ceiling(&corpus, under)
+            .iter()
+            .map(|(f1, h)| format!("{f1:.3} (hangover {h})"))
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
     }
 
     println!("\n## Noise alone, no speech ({split:?} sources)\n");
