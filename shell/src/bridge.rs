@@ -1026,6 +1026,8 @@ impl WriterState {
                     barge_ins = stats.barge_ins,
                     echo_onsets = stats.echo_onsets,
                     echo_breakthroughs = stats.echo_breakthroughs,
+                    onsets_rejected = stats.onsets_rejected,
+                    speech_dismissed = stats.speech_dismissed,
                     marks_played = stats.marks_played,
                     underruns = stats.pacer.underruns,
                     late_wakeups = stats.pacer.late_wakeups,
