@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod support;
 use support::{
-    Logs, TOKEN, TestServer, after_silence, best_correlation, call_sid, heard_between, media,
+    Logs, TOKEN, TestServer, after_silence, best_correlation, call_sid, drum, heard_between, media,
     open_call, pacer_underruns, post_form, read_media, read_to_end, speech, start_message,
     stream_sid, twilio_sign, voice_params, ws_connect,
 };
@@ -154,6 +154,93 @@ async fn talking_over_the_greeting_clears_it() {
         "heard {heard} of {} greeting samples",
         GREETING.len()
     );
+    server.stop().await;
+}
+
+/// The call's `WS stop` line (its counters).
+async fn stop_line(logs: &Logs, call_sid: &str) -> serde_json::Value {
+    let stop = logs
+        .wait_for("WS stop", call_sid, Duration::from_secs(10))
+        .await;
+    assert_eq!(stop.len(), 1, "{stop:?}");
+    stop[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drum_over_the_greeting_pauses_it_and_the_whole_greeting_is_heard() {
+    let logs = Logs::capture();
+    let server = TestServer::start(&[]).await;
+    let mut plan = server.plan(61);
+    let sid = plan.call_sid.clone();
+    plan.audio = after_silence(
+        Duration::from_millis(300),
+        &drum(Duration::from_millis(1_500)),
+    );
+    plan.duration = Duration::from_secs(5);
+    let outcome = run_call(plan).await.expect("call runs");
+    assert_exact_shapes(&outcome);
+    assert!(
+        support::clears_at(&outcome).is_empty(),
+        "not speech: no barge-in"
+    );
+    // The greeting stopped while Silero listened, then went on where it stopped.
+    let media: Vec<Duration> = outcome
+        .received
+        .iter()
+        .filter(|r| matches!(r.kind, ReceivedKind::Media(_)))
+        .map(|r| r.at)
+        .collect();
+    let longest_gap = media
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        longest_gap >= Duration::from_millis(300),
+        "paused: {longest_gap:?}"
+    );
+    // The whole greeting, byte for byte and in order (its last frame padded with silence).
+    let played = support::played_bytes(&outcome);
+    let norm = |b: u8| if b == 0x7F { 0xFF } else { b };
+    assert_eq!(played.len(), GREETING.len().div_ceil(160) * 160);
+    assert!(
+        played.iter().zip(GREETING).all(|(a, b)| *a == norm(*b)),
+        "the greeting resumed where it stopped"
+    );
+    let stop = stop_line(&logs, &sid).await;
+    assert_eq!(stop["onsets_rejected"], 1, "{stop}");
+    assert_eq!(stop["barge_ins"], 0, "{stop}");
+    assert_eq!(stop["underruns"], 0, "a pause is not an underrun: {stop}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drum_after_the_greeting_is_dismissed_and_not_echoed() {
+    let logs = Logs::capture();
+    let server = TestServer::start(&[]).await;
+    let mut plan = server.plan(62);
+    let sid = plan.call_sid.clone();
+    let drum_at = Duration::from_secs(2);
+    plan.audio = after_silence(drum_at, &drum(Duration::from_millis(1_500)));
+    plan.duration = Duration::from_secs(6);
+    let outcome = run_call(plan).await.expect("call runs");
+    assert_exact_shapes(&outcome);
+    // The VAD took it for speech, at once; Silero never did.
+    assert_eq!(
+        logs.wait_for("SPEECH_STARTED", &sid, Duration::from_secs(5))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(logs.find("SPEECH_DISMISSED", &sid).len(), 1);
+    assert!(logs.find("SPEECH_ENDED", &sid).is_empty());
+    let echoed = outcome
+        .received
+        .iter()
+        .filter(|r| r.at > drum_at && matches!(r.kind, ReceivedKind::Media(_)))
+        .count();
+    assert_eq!(echoed, 0, "the echo agent does not answer a drum");
+    assert_eq!(stop_line(&logs, &sid).await["speech_dismissed"], 1);
     server.stop().await;
 }
 
