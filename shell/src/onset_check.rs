@@ -3,13 +3,14 @@
 //!
 //! The engine's VAD decides every frame in about a microsecond; Silero costs about 60 µs per
 //! 32 ms chunk and is much harder to fool with music, so it runs only where a decision matters:
-//! from a speech onset during agent playback until it confirms speech or the utterance ends.
+//! from a speech onset during agent playback (and, to dismiss what was never speech, from any
+//! utterance's start outside it) until it confirms speech or the utterance ends.
 //! Each call gets a [`SileroCheck`] handle. Its methods, called on the engine's worker thread,
 //! only push onto the call's own single-producer ring, wake the checker thread, and read one
 //! atomic: no lock and no wait (a shared channel's send can take a lock or spin behind a receiver
 //! in mid-read, which a real-time worker must never do). The checker thread takes every call's
 //! messages, runs the model and publishes the verdict. A full ring refuses the message, and the
-//! engine then barges in unchecked.
+//! engine then barges in unchecked (outside playback: lets the utterance end as speech).
 //!
 //! The model is `silero_vad_op18_ifless.onnx` from the `silero-vad` 6.2.3 wheel (MIT,
 //! `shell/models/LICENSE-silero-vad`), compiled into the binary and run through tract with the
