@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{CallerScript, Impair, Sim, ms, roomy, seed, tone};
-use handset_engine::SampleRate;
-use handset_engine::call::{CallConfig, CallEvent, Interruption};
+use handset_engine::call::{CallConfig, CallEvent, Interruption, ONSET_PRE_ROLL, OnsetCheck};
+use handset_engine::{MulawFrame, SampleRate};
 
 fn barge_in(sim: &Sim) -> Vec<(Duration, Interruption)> {
     sim.events
@@ -360,4 +360,74 @@ fn the_echo_is_held_through_bursty_arrivals_and_jitter_buffer_changes() {
     assert!(stats.echo_onsets >= 1, "{stats:?}");
     let sim = speakerphone(roomy(10), Some(Duration::from_secs(3)), impair);
     assert_eq!(barge_in(&sim).len(), 1);
+}
+
+/// An onset check that confirms every candidate once it has seen `0` frames (as Silero
+/// would: the agent's voice coming back is speech).
+struct ConfirmAfter(usize, usize);
+
+impl OnsetCheck for ConfirmAfter {
+    fn begin(&mut self) -> bool {
+        self.1 = 0;
+        true
+    }
+    fn push(&mut self, _frame: &MulawFrame) -> bool {
+        self.1 += 1;
+        true
+    }
+    fn confirmed(&mut self) -> bool {
+        self.1 >= self.0
+    }
+    fn end(&mut self) {
+        self.1 = 0;
+    }
+}
+
+/// [`speakerphone`] with the echo `delay` later, and with an onset check that confirms every
+/// candidate 80 ms after its onset when `checked`.
+fn speakerphone_at(delay: Duration, checked: bool, talks: Option<Duration>) -> Sim {
+    let mut sim = Sim::new(roomy(10), seed(18));
+    if checked {
+        sim.call
+            .set_onset_check(Box::new(ConfirmAfter(ONSET_PRE_ROLL + 4, 0)));
+    }
+    sim.link_delay = ms(20);
+    sim.echo = Some((delay, 0.25));
+    if let Some(at) = talks {
+        sim.script = CallerScript {
+            speech: vec![(at, Duration::from_secs(2))],
+        };
+    }
+    sim.run_for(Duration::from_secs(1));
+    sim.agent_says(&agent_speech(6), SampleRate::NARROWBAND);
+    sim.run_for(Duration::from_secs(7));
+    sim
+}
+
+#[test]
+fn an_echo_too_short_to_tell_at_its_onset_is_found_while_the_onset_is_held() {
+    // Echo delays at which the echo's first syllable escapes the check at its onset: the
+    // window holds a frame or two of it (found by scanning 250–252 ms in 125 µs steps).
+    for us in [250_250, 250_750, 251_125, 251_250, 251_625, 251_750] {
+        let delay = Duration::from_micros(us);
+        let unchecked = speakerphone_at(delay, false, None);
+        assert_eq!(barge_in(&unchecked).len(), 1, "{delay:?}: the premise");
+        let sim = speakerphone_at(delay, true, None);
+        assert!(barge_in(&sim).is_empty(), "{delay:?}: {:?}", barge_in(&sim));
+        assert!(sim.clears.is_empty());
+        let stats = sim.call.stats();
+        assert_eq!(
+            (stats.echo_onsets_in_hold, stats.onsets_confirmed),
+            (1, 0),
+            "{delay:?}: {stats:?}"
+        );
+        assert!(
+            sim.events_matching(|e| matches!(e, CallEvent::SpeechStarted { .. }))
+                .is_empty()
+        );
+        assert_eq!(sim.twilio.stats().bytes_cleared, 0, "everything played");
+        // The caller talking over that echo still barges in.
+        let talks = speakerphone_at(delay, true, Some(Duration::from_secs(3)));
+        assert_eq!(barge_in(&talks).len(), 1, "{delay:?}");
+    }
 }

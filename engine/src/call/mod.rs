@@ -79,6 +79,15 @@ const OUTPUT_CAPACITY: usize = 32;
 /// (and again, two frames at a time, until none is overdue).
 const CALLER_RING: usize = 4;
 
+/// While an onset is held for the [`OnsetCheck`], the echo check looks again every this many
+/// frames, up to [`ECHO_RECHECK_UNTIL`]: at the onset its window may hold only the first frame
+/// or two of an echo, too little to correlate, and a few frames later it holds enough.
+const ECHO_RECHECK_EVERY: u32 = 2;
+
+/// Frames into a hold after which the echo check stops looking again (200 ms, about when the
+/// check confirms speech; each look is one full search, about 1 M multiply-adds).
+const ECHO_RECHECK_UNTIL: u32 = 10;
+
 /// Frames the VAD read whose caller-timeline slot and arrival are remembered, to place a
 /// speech onset on the caller timeline and date it by when its audio arrived. The VAD dates an
 /// onset at most 50 frames back (its largest attack; the lookback is 25), so 64 always reach it.
@@ -368,6 +377,10 @@ pub struct CallStats {
     /// Speech onsets during playback held as the agent's own echo (no barge-in, no
     /// `SpeechStarted`).
     pub echo_onsets: u64,
+    /// Onsets held for the [`OnsetCheck`] that the echo check, looking again with more of the
+    /// utterance in its window, found to be the agent's echo after all (also counted in
+    /// `echo_onsets`): held as echo from then on.
+    pub echo_onsets_in_hold: u64,
     /// Onsets held as echo that turned out to be the caller talking over it: each became a
     /// `SpeechStarted` (and a barge-in if the agent was still playing) on the first frame the
     /// echo no longer explained.
@@ -455,6 +468,8 @@ pub struct Call {
     onset: Option<OnsetGate>,
     /// While a held onset pauses playback: when the pause runs out.
     pause_until: Option<Instant>,
+    /// Frames the VAD has read since the onset now held for the check.
+    held_frames: u32,
     /// Caller 8 kHz → 16 kHz for the agent feed.
     upsampler: Resampler,
     /// 16 kHz samples gathered toward the next agent-feed frame.
@@ -521,6 +536,7 @@ impl Call {
             echo_held: false,
             onset: None,
             pause_until: None,
+            held_frames: 0,
             upsampler,
             feed: [0; WIDEBAND_FRAME_SAMPLES],
             feed_len: 0,
@@ -854,8 +870,11 @@ impl Call {
         if let Some(transition) = self.vad.push(&pcm) {
             self.vad_transition(now, transition);
         }
-        // An onset held for the check since an earlier frame: this frame is the check's too.
-        if checking && let Some(gate) = self.onset.as_mut() {
+        // An onset held for the check since an earlier frame: this frame is the check's too,
+        // unless the echo check, looking again, now finds the agent's echo.
+        if checking && self.echo_in_hold(now) {
+            // Held as echo from here on (below).
+        } else if checking && let Some(gate) = self.onset.as_mut() {
             match gate.next() {
                 Verdict::Waiting => {}
                 Verdict::Speech => self.onset_confirmed(now),
@@ -926,6 +945,7 @@ impl Call {
                         })
                     {
                         self.stats.onsets_checked += 1;
+                        self.held_frames = 0;
                         if let Some(trace) = self.trace.as_mut() {
                             trace.record(now, TraceKind::OnsetHeld(at));
                         }
@@ -973,6 +993,40 @@ impl Call {
                 self.emit(Output::Event(CallEvent::SpeechEnded { at }));
             }
         }
+    }
+
+    /// While an onset is held for the check (not an utterance watched outside playback): every
+    /// [`ECHO_RECHECK_EVERY`] frames up to [`ECHO_RECHECK_UNTIL`], whether the echo check now
+    /// finds the agent's echo. If so the candidate ends unconfirmed, playback resumes, and the
+    /// utterance is held as echo, as if the check had found it at the onset.
+    fn echo_in_hold(&mut self, now: Instant) -> bool {
+        if !self
+            .onset
+            .as_ref()
+            .is_some_and(|g| g.holding() && !g.watching())
+        {
+            return false;
+        }
+        self.held_frames += 1;
+        if self.held_frames > ECHO_RECHECK_UNTIL
+            || !self.held_frames.is_multiple_of(ECHO_RECHECK_EVERY)
+        {
+            return false;
+        }
+        if !self.echo.as_mut().is_some_and(EchoCheck::onset_is_echo) {
+            return false;
+        }
+        if let Some(gate) = self.onset.as_mut() {
+            gate.release();
+        }
+        self.echo_held = true;
+        self.stats.echo_onsets += 1;
+        self.stats.echo_onsets_in_hold += 1;
+        if let Some(trace) = self.trace.as_mut() {
+            trace.record(now, TraceKind::OnsetRejected);
+        }
+        self.resume_playback(now);
+        true
     }
 
     /// Where the VAD's speech end `at` (the end of its last speech frame, on its own count) lies
