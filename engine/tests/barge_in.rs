@@ -292,9 +292,14 @@ fn agent_speech(seconds: usize) -> Vec<i16> {
 /// quarter of its level (a speakerphone), and the caller talks over it when `talks` says.
 fn speakerphone(config: CallConfig, talks: Option<Duration>, impair: Impair) -> Sim {
     let mut sim = Sim::new(config, seed(18));
-    sim.link_delay = ms(20);
     sim.impair = impair;
-    sim.echo = Some((ms(250), 0.25));
+    speak_over(sim, ms(250), talks)
+}
+
+/// Runs the [`speakerphone`] call on `sim`, the echo `delay` later.
+fn speak_over(mut sim: Sim, delay: Duration, talks: Option<Duration>) -> Sim {
+    sim.link_delay = ms(20);
+    sim.echo = Some((delay, 0.25));
     if let Some(at) = talks {
         sim.script = CallerScript {
             speech: vec![(at, Duration::from_secs(2))],
@@ -391,17 +396,7 @@ fn speakerphone_at(delay: Duration, checked: bool, talks: Option<Duration>) -> S
         sim.call
             .set_onset_check(Box::new(ConfirmAfter(ONSET_PRE_ROLL + 4, 0)));
     }
-    sim.link_delay = ms(20);
-    sim.echo = Some((delay, 0.25));
-    if let Some(at) = talks {
-        sim.script = CallerScript {
-            speech: vec![(at, Duration::from_secs(2))],
-        };
-    }
-    sim.run_for(Duration::from_secs(1));
-    sim.agent_says(&agent_speech(6), SampleRate::NARROWBAND);
-    sim.run_for(Duration::from_secs(7));
-    sim
+    speak_over(sim, delay, talks)
 }
 
 #[test]
