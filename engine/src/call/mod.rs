@@ -928,31 +928,27 @@ impl Call {
                 let arrival = self.arrival_since(at);
                 let at = self.caller_time(at);
                 if let Some(gate) = self.onset.as_mut() {
-                    if !playing && self.config.dismiss_unconfirmed {
+                    let held = Held {
+                        at,
+                        arrival,
+                        watch: !playing,
+                    };
+                    if playing {
+                        if gate.hold(held) {
+                            self.stats.onsets_checked += 1;
+                            self.held_frames = 0;
+                            if let Some(trace) = self.trace.as_mut() {
+                                trace.record(now, TraceKind::OnsetHeld(at));
+                            }
+                            self.pause_playback(now);
+                            return;
+                        }
+                        self.stats.onsets_unchecked += 1;
+                    } else if self.config.dismiss_unconfirmed {
                         // Outside playback the utterance starts at once (an agent's turn must
                         // not wait); the check decides only whether it ends as speech or is
                         // dismissed. If it cannot take it, it ends as speech.
-                        gate.hold(Held {
-                            at,
-                            arrival,
-                            watch: true,
-                        });
-                    } else if playing
-                        && gate.hold(Held {
-                            at,
-                            arrival,
-                            watch: false,
-                        })
-                    {
-                        self.stats.onsets_checked += 1;
-                        self.held_frames = 0;
-                        if let Some(trace) = self.trace.as_mut() {
-                            trace.record(now, TraceKind::OnsetHeld(at));
-                        }
-                        self.pause_playback(now);
-                        return;
-                    } else if playing {
-                        self.stats.onsets_unchecked += 1;
+                        gate.hold(held);
                     }
                 }
                 self.onset_arrival = arrival;
