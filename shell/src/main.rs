@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use handset_engine::driver::{CpuLatency, Scheduling};
-use handset_shell::{AppState, Config, LogFormat};
+use handset_shell::{AppState, Config, LogFormat, config};
 
 /// Realtime voice media engine for Twilio Media Streams.
 #[derive(Debug, Parser)]
@@ -134,7 +134,7 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let files_before = handset_shell::config::open_files_limit();
+    let files_before = config::open_files_limit();
     let files_raised = rlimit::increase_nofile_limit(u64::MAX);
     let cli = Cli::parse();
     let args = match cli.command {
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
         Some(Command::Call(args)) => return call(args),
         None => cli.serve,
     };
-    let config = match Config::from_vars(std::env::vars().chain(args.as_vars())) {
+    let config = match Config::from_vars(config::environment().chain(args.as_vars())) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("handset: configuration error: {err}");
@@ -200,7 +200,7 @@ fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runti
 /// `handset migrate-data`: imports the old JSON-lines files; exit 2 if the store cannot be
 /// opened, 1 if the import fails.
 fn migrate_data(args: &MigrateArgs) -> ExitCode {
-    let config = match Config::from_vars(std::env::vars()) {
+    let config = match Config::from_vars(config::environment()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("handset: configuration error: {err}");
@@ -244,7 +244,7 @@ fn migrate_data(args: &MigrateArgs) -> ExitCode {
 /// `handset call`: asks Twilio for the call and prints its CallSid; exit 2 on a bad argument
 /// or configuration, 1 when Twilio cannot be reached or refuses.
 fn call(args: CallArgs) -> ExitCode {
-    let config = match Config::from_vars(std::env::vars()) {
+    let config = match Config::from_vars(config::environment()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("handset: configuration error: {err}");
@@ -348,7 +348,7 @@ fn trace(args: &TraceArgs) -> ExitCode {
 /// log thread falls 128,000 lines behind, new lines are dropped rather than waited for.
 fn init_tracing(
     format: LogFormat,
-    color: handset_shell::config::LogColor,
+    color: config::LogColor,
 ) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal as _;
 
@@ -398,7 +398,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         recordings_pending = startup.counts.recordings_pending,
         call_statuses_stored = startup.counts.call_statuses,
         max_connections = config.max_connections,
-        open_files_limit = handset_shell::config::open_files_limit(),
+        open_files_limit = config::open_files_limit(),
         version = env!("CARGO_PKG_VERSION"),
         "handset listening"
     );

@@ -41,6 +41,28 @@ fn empty_auth_token_and_bad_port_flag_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
 }
 
+/// Someone else's variable that is not UTF-8 does not stop the server from reading its own; one
+/// of Handset's that is not UTF-8 is refused with its name.
+#[cfg(unix)]
+#[test]
+fn a_variable_that_is_not_utf8_is_ignored_unless_it_is_ours() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let out = handset()
+        .env("SOMEONE_ELSES", latin1)
+        .env("PUBLIC_URL", "voice.example.com/path")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PUBLIC_URL must be"), "{stderr}");
+
+    let out = handset().env("PORT", latin1).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PORT must be"), "{stderr}");
+}
+
 #[test]
 fn help_lists_the_serve_subcommand() {
     let out = handset().arg("--help").output().unwrap();

@@ -73,6 +73,14 @@ pub enum ConfigError {
         /// Largest accepted value.
         max: u64,
     },
+    /// A share that is not a number from 0 to 1.
+    #[error("{name} must be a number from 0 to 1, such as 0.05: got {value:?}")]
+    Share {
+        /// Variable name.
+        name: &'static str,
+        /// Value given.
+        value: String,
+    },
     /// A WebSocket URL that is not `ws://` or `wss://` with a host.
     #[error("{name} must be a ws:// or wss:// URL with a host and no credentials: got {value:?}")]
     WebSocketUrl {

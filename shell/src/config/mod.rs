@@ -1,7 +1,7 @@
 //! Shell configuration, read once at start from environment-style variables.
 //!
 //! [`Config::from_vars`] takes any iterator of `(name, value)` pairs, so tests inject the
-//! environment the way the engine injects time. `main` passes `std::env::vars()` followed by the
+//! environment the way the engine injects time. `main` passes [`environment()`] followed by the
 //! command-line flags translated to the same names, so a flag overrides its variable and every
 //! value is validated in one place. After validation every field holds a type that cannot be
 //! invalid (`Duration`, `SocketAddr`, [`PublicUrl`]).
@@ -38,6 +38,19 @@ pub use limits::{
 pub use public_url::PublicUrl;
 pub use secret::Secret;
 pub use twilio_rest::{DEFAULT_TWILIO_API_URL, TwilioRestConfig};
+
+/// The process environment as `(name, value)` pairs for [`Config::from_vars`]. A name or value
+/// that is not UTF-8 is converted with U+FFFD in place of the bad bytes (`std::env::vars` would
+/// panic on it, whoever's variable it is): one Handset reads then fails its own check with a
+/// clear message, and any other is ignored as before.
+pub fn environment() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().map(|(name, value)| {
+        (
+            name.to_string_lossy().into_owned(),
+            value.to_string_lossy().into_owned(),
+        )
+    })
+}
 
 use agent::agent_config;
 use limits::max_connections;
@@ -464,11 +477,9 @@ impl Config {
                 .parse::<f64>()
                 .ok()
                 .filter(|f| (0.0..=1.0).contains(f))
-                .ok_or_else(|| ConfigError::OutOfRange {
+                .ok_or_else(|| ConfigError::Share {
                     name: "TRACE_SAMPLE",
                     value: v.to_owned(),
-                    min: 0,
-                    max: 1,
                 })?;
         }
         if let Some(v) = non_empty("DRAIN_TIMEOUT") {

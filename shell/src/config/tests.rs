@@ -570,3 +570,19 @@ fn secret_never_prints_its_value() {
     assert!(!format!("{c:?}").contains("hunter2"));
     assert_eq!(c.auth_token.unwrap().to_string(), "[redacted]");
 }
+
+#[test]
+fn trace_sample_is_a_share_from_zero_to_one() {
+    assert_eq!(from(&[]).unwrap().trace_sample, 0.0);
+    assert_eq!(
+        from(&[("TRACE_SAMPLE", "0.05")]).unwrap().trace_sample,
+        0.05
+    );
+    assert_eq!(from(&[("TRACE_SAMPLE", "1")]).unwrap().trace_sample, 1.0);
+    for bad in ["2", "-0.1", "NaN", "half"] {
+        assert_eq!(
+            from(&[("TRACE_SAMPLE", bad)]).unwrap_err().to_string(),
+            format!("TRACE_SAMPLE must be a number from 0 to 1, such as 0.05: got {bad:?}")
+        );
+    }
+}
