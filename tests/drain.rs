@@ -11,8 +11,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod support;
 use support::{
-    Reply, TOKEN, TestServer, call_sid, media, open_call, post_form, read_media, read_to_end, send,
-    silence_payload, stream_sid, twilio_sign, voice_params,
+    Options, Reply, TOKEN, TestServer, call_sid, media, open_call, post_form, read_media,
+    read_to_end, send, silence_payload, stream_sid, twilio_sign, voice_params,
 };
 
 async fn get(server: &TestServer, path: &str) -> Reply {
@@ -170,7 +170,8 @@ async fn calls_live_at_the_drain_deadline_are_redirected_a_bounded_number_of_tim
     // Its last call closed, the draining instance exits; the `<Connect action>` lands on
     // another instance sharing the store.
     assert!(server.stopped_within(Duration::from_secs(10)).await);
-    let other = TestServer::start_in(server.data_dir.clone(), &[]).await;
+    let other =
+        TestServer::start_with(Options::default().in_dir(server.data_dir.clone()), &[]).await;
     let next = stream_ended(&other, 4, "").await;
     assert!(
         next.body

@@ -1,12 +1,17 @@
-//! End-to-end: every route of the HTTP shell over real TCP, signature checks off unless stated.
+//! End-to-end: every route of the HTTP shell over real TCP, on servers started bare: signature
+//! checks off and no `PUBLIC_URL` unless stated.
 
-mod http_common;
+mod support;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-use http_common::{form_post, raw_status, send, start, start_in, twiml_attr, twiml_parameter};
+use support::{
+    Options, TestServer, post_form, raw_exchange, send, status_of, twiml_attr, twiml_parameter,
+};
 
 const PUBLIC: &str = "https://voice.example.com";
 
@@ -22,14 +27,8 @@ fn call_params() -> Vec<(&'static str, &'static str)> {
 
 #[tokio::test]
 async fn incoming_call_answers_connect_stream_with_a_redeemable_token() {
-    let server = start(&[("PUBLIC_URL", PUBLIC)]).await;
-    let reply = send(form_post(
-        &server,
-        "/webhook/incoming_call",
-        &call_params(),
-        &[],
-    ))
-    .await;
+    let server = TestServer::start_with(Options::bare(), &[("PUBLIC_URL", PUBLIC)]).await;
+    let reply = post_form(&server, "/webhook/incoming_call", &call_params(), &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(
         reply.headers["content-type"]
@@ -83,7 +82,7 @@ async fn incoming_call_answers_connect_stream_with_a_redeemable_token() {
 
 #[tokio::test]
 async fn incoming_call_by_get_reads_query_parameters() {
-    let server = start(&[("PUBLIC_URL", PUBLIC)]).await;
+    let server = TestServer::start_with(Options::bare(), &[("PUBLIC_URL", PUBLIC)]).await;
     let sid = "CA00000000000000000000000000000009";
     let req = Request::get(server.url(&format!(
         "/webhook/incoming_call?CallSid={sid}&From=%2B1555"
@@ -99,14 +98,8 @@ async fn incoming_call_by_get_reads_query_parameters() {
 
 #[tokio::test]
 async fn incoming_call_without_call_sid_is_a_clear_400() {
-    let server = start(&[]).await;
-    let reply = send(form_post(
-        &server,
-        "/webhook/incoming_call",
-        &[("From", "+1")],
-        &[],
-    ))
-    .await;
+    let server = TestServer::start_with(Options::bare(), &[]).await;
+    let reply = post_form(&server, "/webhook/incoming_call", &[("From", "+1")], &[]).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(reply.body.contains("missing CallSid"), "{}", reply.body);
     server.stop().await;
@@ -114,18 +107,15 @@ async fn incoming_call_without_call_sid_is_a_clear_400() {
 
 #[tokio::test]
 async fn greeting_is_escaped_and_spoken_before_connect_in_english_by_default() {
-    let server = start(&[
-        ("PUBLIC_URL", PUBLIC),
-        ("GREETING_TEXT", "Hi <there> & 'welcome'"),
-    ])
+    let server = TestServer::start_with(
+        Options::bare(),
+        &[
+            ("PUBLIC_URL", PUBLIC),
+            ("GREETING_TEXT", "Hi <there> & 'welcome'"),
+        ],
+    )
     .await;
-    let reply = send(form_post(
-        &server,
-        "/webhook/incoming_call",
-        &call_params(),
-        &[],
-    ))
-    .await;
+    let reply = post_form(&server, "/webhook/incoming_call", &call_params(), &[]).await;
     assert!(
         reply.body.contains(
             r#"<Response><Say language="en-US">Hi &lt;there&gt; &amp; &apos;welcome&apos;</Say><Connect "#
@@ -138,8 +128,8 @@ async fn greeting_is_escaped_and_spoken_before_connect_in_english_by_default() {
 
 #[tokio::test]
 async fn without_public_url_twiml_urls_follow_forwarded_headers() {
-    let server = start(&[]).await;
-    let reply = send(form_post(
+    let server = TestServer::start_with(Options::bare(), &[]).await;
+    let reply = post_form(
         &server,
         "/webhook/incoming_call",
         &call_params(),
@@ -147,7 +137,7 @@ async fn without_public_url_twiml_urls_follow_forwarded_headers() {
             ("x-forwarded-proto", "https,http"),
             ("x-forwarded-host", "edge.example.org, internal"),
         ],
-    ))
+    )
     .await;
     assert_eq!(
         twiml_attr(&reply.body, "Stream", "url"),
@@ -156,7 +146,7 @@ async fn without_public_url_twiml_urls_follow_forwarded_headers() {
     // Plain Host: http origin, ws stream URL (another call: the same one again is a replay).
     let mut other = call_params();
     other[1].1 = "CA00000000000000000000000000000002";
-    let reply = send(form_post(&server, "/webhook/incoming_call", &other, &[])).await;
+    let reply = post_form(&server, "/webhook/incoming_call", &other, &[]).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let expected = format!("ws://{}/ws/twilio-media", server.addr);
     assert_eq!(
@@ -168,14 +158,12 @@ async fn without_public_url_twiml_urls_follow_forwarded_headers() {
 
 #[tokio::test]
 async fn stream_ended_answers_prompt_and_record() {
-    let server = start(&[("PUBLIC_URL", PUBLIC), ("RECORD_MAX_LENGTH", "45")]).await;
-    let reply = send(form_post(
-        &server,
-        "/webhook/stream_ended",
-        &call_params(),
-        &[],
-    ))
+    let server = TestServer::start_with(
+        Options::bare(),
+        &[("PUBLIC_URL", PUBLIC), ("RECORD_MAX_LENGTH", "45")],
+    )
     .await;
+    let reply = post_form(&server, "/webhook/stream_ended", &call_params(), &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(
         reply.body.contains("<Say language=\"en-US\">"),
@@ -194,7 +182,7 @@ async fn stream_ended_answers_prompt_and_record() {
 
 #[tokio::test]
 async fn recording_is_acknowledged_handed_on_and_survives_restart() {
-    let server = start(&[]).await;
+    let server = TestServer::start_with(Options::bare(), &[]).await;
     let mut params = call_params();
     params.extend([
         (
@@ -204,13 +192,7 @@ async fn recording_is_acknowledged_handed_on_and_survives_restart() {
         ("RecordingSid", "RE00000000000000000000000000000001"),
         ("RecordingDuration", "12"),
     ]);
-    let reply = send(form_post(
-        &server,
-        "/webhook/handle_recording",
-        &params,
-        &[],
-    ))
-    .await;
+    let reply = post_form(&server, "/webhook/handle_recording", &params, &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body.contains("<Hangup />"));
     let stored = server
@@ -222,13 +204,7 @@ async fn recording_is_acknowledged_handed_on_and_survives_restart() {
         .expect("the job is stored before the 200");
     assert_eq!(stored.event.duration_secs, Some(12));
     // A retried callback is the same job.
-    let again = send(form_post(
-        &server,
-        "/webhook/handle_recording",
-        &params,
-        &[],
-    ))
-    .await;
+    let again = post_form(&server, "/webhook/handle_recording", &params, &[]).await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(server.state.store.counts().await.unwrap().recordings, 1);
 
@@ -236,7 +212,7 @@ async fn recording_is_acknowledged_handed_on_and_survives_restart() {
     let mut bad = params.clone();
     bad.retain(|(k, _)| *k != "RecordingSid");
     bad.push(("RecordingSid", "RE1"));
-    let reply = send(form_post(&server, "/webhook/handle_recording", &bad, &[])).await;
+    let reply = post_form(&server, "/webhook/handle_recording", &bad, &[]).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(server.state.store.counts().await.unwrap().recordings, 1);
 
@@ -256,13 +232,13 @@ async fn recording_is_acknowledged_handed_on_and_survives_restart() {
         .unwrap();
     assert_eq!(job.event.call_sid, "CA00000000000000000000000000000001");
     drop(state);
-    let server = start_in(dir, &[]).await;
+    let server = TestServer::start_with(Options::bare().in_dir(dir), &[]).await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn call_status_is_stored_and_stream_status_is_204() {
-    let server = start(&[]).await;
+    let server = TestServer::start_with(Options::bare(), &[]).await;
     let mut params = call_params();
     params.retain(|(k, _)| *k != "CallStatus");
     params.extend([
@@ -270,7 +246,7 @@ async fn call_status_is_stored_and_stream_status_is_204() {
         ("SequenceNumber", "3"),
         ("CallDuration", "30"),
     ]);
-    let reply = send(form_post(&server, "/webhook/call_status", &params, &[])).await;
+    let reply = post_form(&server, "/webhook/call_status", &params, &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     let stored = server
         .state
@@ -283,7 +259,7 @@ async fn call_status_is_stored_and_stream_status_is_204() {
     assert_eq!(stored[0].sequence_number, Some(3));
     assert_eq!(stored[0].duration_secs, Some(30));
     // Twilio retries a callback it got no answer to: stored once.
-    let reply = send(form_post(&server, "/webhook/call_status", &params, &[])).await;
+    let reply = post_form(&server, "/webhook/call_status", &params, &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
         server
@@ -296,7 +272,7 @@ async fn call_status_is_stored_and_stream_status_is_204() {
         1
     );
 
-    let reply = send(form_post(
+    let reply = post_form(
         &server,
         "/webhook/stream_status",
         &[
@@ -305,7 +281,7 @@ async fn call_status_is_stored_and_stream_status_is_204() {
             ("CallSid", "CA00000000000000000000000000000001"),
         ],
         &[],
-    ))
+    )
     .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert_eq!(
@@ -322,7 +298,7 @@ async fn call_status_is_stored_and_stream_status_is_204() {
 
 #[tokio::test]
 async fn healthz_reports_calls_and_that_checks_are_off() {
-    let server = start(&[]).await;
+    let server = TestServer::start_with(Options::bare(), &[]).await;
     let _guard = server.state.active_calls.enter();
     let reply = send(
         Request::get(server.url("/healthz"))
@@ -343,7 +319,8 @@ async fn healthz_reports_calls_and_that_checks_are_off() {
     );
     server.stop().await;
 
-    let server = start(&[("TWILIO_AUTH_TOKEN", "secret-token")]).await;
+    let server =
+        TestServer::start_with(Options::bare(), &[("TWILIO_AUTH_TOKEN", "secret-token")]).await;
     let reply = send(
         Request::get(server.url("/healthz"))
             .body(Full::new(Bytes::new()))
@@ -359,7 +336,11 @@ async fn healthz_reports_calls_and_that_checks_are_off() {
 
 #[tokio::test]
 async fn version_reports_deploy_id_and_package_version() {
-    let server = start(&[("DEPLOY_ID", "green-42"), ("BUILD_COMMIT", "abc123")]).await;
+    let server = TestServer::start_with(
+        Options::bare(),
+        &[("DEPLOY_ID", "green-42"), ("BUILD_COMMIT", "abc123")],
+    )
+    .await;
     let reply = send(
         Request::get(server.url("/version"))
             .body(Full::new(Bytes::new()))
@@ -375,7 +356,7 @@ async fn version_reports_deploy_id_and_package_version() {
 
 #[tokio::test]
 async fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
-    let server = start(&[]).await;
+    let server = TestServer::start_with(Options::bare(), &[]).await;
     let reply = send(
         Request::get(server.url("/nope"))
             .body(Full::new(Bytes::new()))
@@ -404,7 +385,7 @@ async fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
 
 #[tokio::test]
 async fn bodies_over_64_kib_are_413_by_length_and_when_streamed() {
-    let server = start(&[]).await;
+    let server = TestServer::start_with(Options::bare(), &[]).await;
     let big = "a=".to_owned() + &"x".repeat(64 * 1024);
     let req = Request::post(server.url("/webhook/call_status"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -422,7 +403,8 @@ async fn bodies_over_64_kib_are_413_by_length_and_when_streamed() {
         raw.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
     }
     raw.push_str("0\r\n\r\n");
-    assert_eq!(raw_status(server.addr, raw.as_bytes()).await, 413);
+    let answer = raw_exchange(server.addr, raw.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(status_of(&answer), 413);
 
     // Exactly at the limit is accepted.
     let at_limit = "a=".to_owned() + &"x".repeat(64 * 1024 - 2);
@@ -436,7 +418,7 @@ async fn bodies_over_64_kib_are_413_by_length_and_when_streamed() {
 
 #[tokio::test]
 async fn undecodable_form_is_400_and_unknown_content_type_is_415() {
-    let server = start(&[]).await;
+    let server = TestServer::start_with(Options::bare(), &[]).await;
     let req = Request::post(server.url("/webhook/call_status"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(Full::new(Bytes::from_static(b"CallSid=CA1&From=%FF%FE")))
@@ -455,7 +437,7 @@ async fn undecodable_form_is_400_and_unknown_content_type_is_415() {
 
 #[tokio::test]
 async fn shutdown_returns_after_in_flight_requests() {
-    let server = start(&[]).await;
+    let server = TestServer::start_with(Options::bare(), &[]).await;
     let addr = server.addr;
     let reply = send(
         Request::get(server.url("/healthz"))

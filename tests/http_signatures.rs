@@ -1,13 +1,14 @@
 //! End-to-end: `X-Twilio-Signature` enforcement over real TCP, with requests signed by the
-//! independent signer in `http_common` (itself checked against Twilio's official vectors).
+//! independent signer in `support::signer` (itself checked against Twilio's official vectors
+//! here), on servers started bare so that each test sets its own token and public URL.
 
-mod http_common;
+mod support;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-use http_common::{form_post, send, start, twilio_sign};
+use support::{Options, TestServer, post_form, send, twilio_sign};
 
 const TOKEN: &str = "12345";
 const PUBLIC: &str = "https://voice.example.com";
@@ -65,28 +66,26 @@ fn test_signer_reproduces_official_vectors() {
 
 #[tokio::test]
 async fn valid_signature_is_accepted_and_tampered_or_missing_is_403() {
-    let server = start(&[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)]).await;
+    let server = TestServer::start_with(
+        Options::bare(),
+        &[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)],
+    )
+    .await;
     let path = "/webhook/incoming_call";
     let sig = twilio_sign(TOKEN, &format!("{PUBLIC}{path}"), &base_params());
 
-    let ok = send(form_post(
+    let ok = post_form(
         &server,
         path,
         &base_params(),
         &[("x-twilio-signature", &sig)],
-    ))
+    )
     .await;
     assert_eq!(ok.status, StatusCode::OK);
 
     let mut tampered = base_params();
     tampered[2].1 = "9999";
-    let reply = send(form_post(
-        &server,
-        path,
-        &tampered,
-        &[("x-twilio-signature", &sig)],
-    ))
-    .await;
+    let reply = post_form(&server, path, &tampered, &[("x-twilio-signature", &sig)]).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_eq!(
         reply.body.trim(),
@@ -94,17 +93,17 @@ async fn valid_signature_is_accepted_and_tampered_or_missing_is_403() {
         "403 must not say which check failed"
     );
 
-    let reply = send(form_post(&server, path, &base_params(), &[])).await;
+    let reply = post_form(&server, path, &base_params(), &[]).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_eq!(reply.body.trim(), "forbidden");
 
     let wrong_token = twilio_sign("other-token", &format!("{PUBLIC}{path}"), &base_params());
-    let reply = send(form_post(
+    let reply = post_form(
         &server,
         path,
         &base_params(),
         &[("x-twilio-signature", &wrong_token)],
-    ))
+    )
     .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
 
@@ -114,12 +113,12 @@ async fn valid_signature_is_accepted_and_tampered_or_missing_is_403() {
         &format!("{PUBLIC}/webhook/call_status"),
         &base_params(),
     );
-    let reply = send(form_post(
+    let reply = post_form(
         &server,
         path,
         &base_params(),
         &[("x-twilio-signature", &other)],
-    ))
+    )
     .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     server.stop().await;
@@ -127,19 +126,23 @@ async fn valid_signature_is_accepted_and_tampered_or_missing_is_403() {
 
 #[tokio::test]
 async fn signature_with_default_port_is_accepted() {
-    let server = start(&[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)]).await;
+    let server = TestServer::start_with(
+        Options::bare(),
+        &[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)],
+    )
+    .await;
     let path = "/webhook/stream_status";
     let sig = twilio_sign(
         TOKEN,
         &format!("https://voice.example.com:443{path}"),
         &base_params(),
     );
-    let reply = send(form_post(
+    let reply = post_form(
         &server,
         path,
         &base_params(),
         &[("x-twilio-signature", &sig)],
-    ))
+    )
     .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     let sig = twilio_sign(
@@ -147,12 +150,12 @@ async fn signature_with_default_port_is_accepted() {
         &format!("https://voice.example.com:8443{path}"),
         &base_params(),
     );
-    let reply = send(form_post(
+    let reply = post_form(
         &server,
         path,
         &base_params(),
         &[("x-twilio-signature", &sig)],
-    ))
+    )
     .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     server.stop().await;
@@ -160,7 +163,7 @@ async fn signature_with_default_port_is_accepted() {
 
 #[tokio::test]
 async fn behind_a_proxy_the_forwarded_url_is_verified() {
-    let server = start(&[("TWILIO_AUTH_TOKEN", TOKEN)]).await;
+    let server = TestServer::start_with(Options::bare(), &[("TWILIO_AUTH_TOKEN", TOKEN)]).await;
     let path = "/webhook/call_status";
     let sig = twilio_sign(
         TOKEN,
@@ -172,15 +175,15 @@ async fn behind_a_proxy_the_forwarded_url_is_verified() {
         ("x-forwarded-host", "voice.example.com, 10.0.0.7"),
         ("x-twilio-signature", sig.as_str()),
     ];
-    let reply = send(form_post(&server, path, &base_params(), &forwarded)).await;
+    let reply = post_form(&server, path, &base_params(), &forwarded).await;
     assert_eq!(reply.status, StatusCode::OK);
     // Same signature without the forwarded headers: the server sees http://127.0.0.1:port.
-    let reply = send(form_post(
+    let reply = post_form(
         &server,
         path,
         &base_params(),
         &[("x-twilio-signature", &sig)],
-    ))
+    )
     .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     server.stop().await;
@@ -188,7 +191,11 @@ async fn behind_a_proxy_the_forwarded_url_is_verified() {
 
 #[tokio::test]
 async fn non_ascii_and_repeated_parameters_verify() {
-    let server = start(&[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)]).await;
+    let server = TestServer::start_with(
+        Options::bare(),
+        &[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)],
+    )
+    .await;
     let path = "/webhook/call_status";
     let params = [
         ("CallSid", "CA00000000000000000000000000000001"),
@@ -200,30 +207,22 @@ async fn non_ascii_and_repeated_parameters_verify() {
         ("Body", "It's a & b = c + d"),
     ];
     let sig = twilio_sign(TOKEN, &format!("{PUBLIC}{path}"), &params);
-    let reply = send(form_post(
-        &server,
-        path,
-        &params,
-        &[("x-twilio-signature", &sig)],
-    ))
-    .await;
+    let reply = post_form(&server, path, &params, &[("x-twilio-signature", &sig)]).await;
     assert_eq!(reply.status, StatusCode::OK);
     let mut changed = params;
     changed[2].1 = "Jose Nunez";
-    let reply = send(form_post(
-        &server,
-        path,
-        &changed,
-        &[("x-twilio-signature", &sig)],
-    ))
-    .await;
+    let reply = post_form(&server, path, &changed, &[("x-twilio-signature", &sig)]).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     server.stop().await;
 }
 
 #[tokio::test]
 async fn get_with_query_string_is_signed_over_the_full_url() {
-    let server = start(&[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)]).await;
+    let server = TestServer::start_with(
+        Options::bare(),
+        &[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)],
+    )
+    .await;
     let path_and_query =
         "/webhook/incoming_call?CallSid=CA00000000000000000000000000000077&From=%2B1555";
     let sig = twilio_sign(TOKEN, &format!("{PUBLIC}{path_and_query}"), &[]);
@@ -245,7 +244,11 @@ async fn get_with_query_string_is_signed_over_the_full_url() {
 
 #[tokio::test]
 async fn json_body_is_verified_through_body_sha256() {
-    let server = start(&[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)]).await;
+    let server = TestServer::start_with(
+        Options::bare(),
+        &[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)],
+    )
+    .await;
     // Body and hash from Twilio's official vector V6.
     let hash = "0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620";
     let path = format!("/webhook/call_status?bodySHA256={hash}");
@@ -274,7 +277,11 @@ async fn json_body_is_verified_through_body_sha256() {
 
 #[tokio::test]
 async fn health_and_version_need_no_signature() {
-    let server = start(&[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)]).await;
+    let server = TestServer::start_with(
+        Options::bare(),
+        &[("TWILIO_AUTH_TOKEN", TOKEN), ("PUBLIC_URL", PUBLIC)],
+    )
+    .await;
     for path in ["/healthz", "/version"] {
         let req = Request::get(server.url(path))
             .body(Full::new(Bytes::new()))

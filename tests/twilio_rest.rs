@@ -30,7 +30,7 @@ use handset_shell::{PublicUrl, Secret, TwilioRestConfig};
 
 mod support;
 use support::fakes::watcher;
-use support::{TOKEN, TestServer, call_sid, post_form, twilio_sign};
+use support::{Options, TOKEN, TestServer, call_sid, post_form, twilio_sign};
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const KEY: &str = "SK0123456789abcdef0123456789abcdef";
@@ -514,7 +514,7 @@ async fn at_the_drain_deadline_a_live_call_is_handed_over_to_a_ready_instance() 
 
     // Twilio fetches the redirect (through the load balancer: here, a second instance on the
     // same store) and opens the new stream there; its agent starts with `resumed: true`.
-    let new = TestServer::start_in(old.data_dir.clone(), &vars).await;
+    let new = TestServer::start_with(Options::default().in_dir(old.data_dir.clone()), &vars).await;
     let params = support::voice_params(60);
     let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let path = "/webhook/incoming_call?hop=1";

@@ -1,5 +1,5 @@
-//! HTTP to a [`TestServer`]: requests with hyper's client, the signed voice webhook, and raw
-//! bytes over TCP for what a client library would not send.
+//! HTTP to a [`TestServer`]: requests with hyper's client, the signed voice webhook, raw bytes
+//! over TCP for what a client library would not send, and reading TwiML answers.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,7 +20,7 @@ pub struct Reply {
     pub status: u16,
     /// Response headers.
     pub headers: http::HeaderMap,
-    /// Body as text (lossy).
+    /// Body as text.
     pub body: String,
 }
 
@@ -47,7 +47,8 @@ pub async fn send(req: http::Request<Full<Bytes>>) -> Reply {
     try_send(req).await.expect("request completes")
 }
 
-/// [`send`], with a failure to connect or to read the answer as an error.
+/// [`send`], with a failure to connect or to read the answer, or a body that is not UTF-8, as
+/// an error.
 pub async fn try_send(req: http::Request<Full<Bytes>>) -> Result<Reply, String> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
@@ -60,10 +61,11 @@ pub async fn try_send(req: http::Request<Full<Bytes>>) -> Result<Reply, String> 
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
+    let body = String::from_utf8(body.to_vec()).map_err(|e| format!("body: {e}"))?;
     Ok(Reply {
         status,
         headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body,
     })
 }
 
@@ -82,6 +84,25 @@ pub async fn stream_target(server: &TestServer, n: u32) -> StreamTarget {
     .await;
     assert_eq!(reply.status, 200, "voice webhook: {}", reply.body);
     handset_shell::sim::parse_twiml(&reply.body).expect("TwiML with <Connect><Stream>")
+}
+
+/// Value of `<Parameter name="…" value="…" />` in a TwiML document.
+pub fn twiml_parameter<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let needle = format!("<Parameter name=\"{name}\" value=\"");
+    let start = xml.find(&needle)? + needle.len();
+    let end = xml[start..].find('"')?;
+    Some(&xml[start..start + end])
+}
+
+/// Value of attribute `attr` on the first `<tag …>` in `xml`.
+pub fn twiml_attr<'a>(xml: &'a str, tag: &str, attr: &str) -> Option<&'a str> {
+    let open = xml.find(&format!("<{tag} "))?;
+    let close = open + xml[open..].find('>')?;
+    let element = &xml[open..close];
+    let needle = format!(" {attr}=\"");
+    let start = element.find(&needle)? + needle.len();
+    let end = element[start..].find('"')?;
+    Some(&element[start..start + end])
 }
 
 /// Writes `request` on a fresh connection and reads the answer until the server closes or

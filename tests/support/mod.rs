@@ -1,7 +1,9 @@
-//! Shared helpers for end-to-end tests over real sockets:
+//! Shared helpers for the end-to-end tests over real sockets:
 //!
-//! - [`server`]: the real server in-process on `127.0.0.1:0` ([`TestServer`]);
-//! - [`http`]: requests with a real client, the signed voice webhook, raw HTTP;
+//! - [`server`]: the real server in-process on `127.0.0.1:0` ([`TestServer`]), set up as
+//!   Twilio reaches it (its own address as `PUBLIC_URL`, [`TOKEN`] as auth token) or bare;
+//! - [`signer`]: Twilio's request signature, written independently of the server's;
+//! - [`http`]: requests with a real client, the signed voice webhook, raw HTTP, TwiML values;
 //! - [`ws`]: Media Streams WebSockets spoken message by message;
 //! - [`sim`]: whole Twilio-emulating calls through the simulator's client and
 //!   `handset_engine::sim::PlaybackModel`, and what the caller heard;
@@ -9,12 +11,8 @@
 //! - [`logs`]: the server's log lines captured in memory;
 //! - [`fakes`]: what Handset reaches out to (Twilio's media server, an agent).
 //!
-//! Requests are signed like Twilio with a signer written independently of the server's.
-//! Everything is re-exported here, so tests write `support::TestServer`.
-//!
-//! Assumptions: loopback only; every server gets a fresh temporary `DATA_DIR` (with `TRACE_DIR`
-//! inside it), `PUBLIC_URL` set to its own address and [`TOKEN`] as its auth token, so
-//! signatures are always checked.
+//! Everything is re-exported here, so tests write `support::TestServer`. All traffic stays on
+//! loopback.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -23,26 +21,24 @@ pub mod fakes;
 pub mod http;
 pub mod logs;
 pub mod server;
+pub mod signer;
 pub mod sim;
 pub mod ws;
-
-// The independent Twilio signer, checked against Twilio's official vectors in
-// tests/http_signatures.rs: one copy for every end-to-end test.
-#[path = "../http_common/mod.rs"]
-mod http_common;
 
 // The module's surface, flat; each test binary uses a part of it, hence the allows.
 #[allow(unused_imports)]
 pub use self::http::{
     Reply, header_of, post_form, raw_exchange, read_raw, send, status_of, stream_target, try_send,
+    twiml_attr, twiml_parameter,
 };
 #[allow(unused_imports)]
 pub use audio::{after_silence, best_correlation, drum, speech};
-pub use http_common::twilio_sign;
 #[allow(unused_imports)]
 pub use logs::{Logs, pacer_underruns};
 #[allow(unused_imports)]
-pub use server::{TestServer, temp_dir};
+pub use server::{Options, TestServer, temp_dir};
+#[allow(unused_imports)]
+pub use signer::twilio_sign;
 #[allow(unused_imports)]
 pub use sim::{clears_at, heard_between, played_bytes, twilio_call};
 #[allow(unused_imports)]
@@ -51,7 +47,7 @@ pub use ws::{
     start_message, ws_connect,
 };
 
-/// The auth token every test server is configured with.
+/// The auth token of every server not started bare.
 pub const TOKEN: &str = "support-auth-token";
 
 /// The AccountSid of every test call.

@@ -12,16 +12,36 @@ use handset_shell::{AppState, Config};
 
 use super::{TOKEN, call_sid};
 
-/// A server running in-process on a loopback port.
-pub struct TestServer {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Shared state (tokens, active calls, configuration).
-    pub state: Arc<AppState>,
-    /// The data directory.
-    pub data_dir: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+/// How a [`TestServer`] is set up besides the variables its caller passes.
+///
+/// By default a server is set up as Twilio reaches it: `PUBLIC_URL` is its own address and
+/// [`TOKEN`] its auth token, so signatures are always checked; it also gets two engine workers
+/// and `TRACE_DIR` inside its data directory, which is a fresh one.
+#[derive(Debug, Default)]
+pub struct Options {
+    bare: bool,
+    data_dir: Option<PathBuf>,
+}
+
+impl Options {
+    /// Only `DATA_DIR` and `DRAIN_TIMEOUT` are set: unless the caller's variables say
+    /// otherwise, there is no auth token (signature checks are off) and no `PUBLIC_URL` (TwiML
+    /// URLs follow each request's `Host` and forwarded headers).
+    pub fn bare() -> Self {
+        Self {
+            bare: true,
+            data_dir: None,
+        }
+    }
+
+    /// On `data_dir` instead of a fresh directory: a restart on the same embedded store, or a
+    /// second instance of a fleet sharing it as it shares the database.
+    pub fn in_dir(self, data_dir: PathBuf) -> Self {
+        Self {
+            data_dir: Some(data_dir),
+            ..self
+        }
+    }
 }
 
 /// A fresh, unique directory under the system temp dir.
@@ -33,31 +53,46 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     ))
 }
 
+/// A server running in-process on a loopback port.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Shared state (tokens, active calls, store, configuration).
+    pub state: Arc<AppState>,
+    /// The data directory (removed by [`TestServer::stop`], kept by
+    /// [`TestServer::shutdown`]).
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
 impl TestServer {
-    /// Starts a server with signature checks on, two engine workers and `extra` variables
-    /// (which win over these defaults).
-    pub async fn start(extra: &[(&str, &str)]) -> Self {
-        Self::start_in(temp_dir("support"), extra).await
+    /// [`Self::start_with`] the default [`Options`]: as Twilio reaches it, on a fresh data
+    /// directory.
+    pub async fn start(vars: &[(&str, &str)]) -> Self {
+        Self::start_with(Options::default(), vars).await
     }
 
-    /// [`Self::start`] on `data_dir`: a second server on another's directory shares its
-    /// embedded store, as a second instance of a fleet shares the database.
-    pub async fn start_in(data_dir: PathBuf, extra: &[(&str, &str)]) -> Self {
+    /// Starts a server set up by `options`, with `vars` on top (they win over what `options`
+    /// sets). `DRAIN_TIMEOUT` is 10 s unless `vars` say otherwise.
+    pub async fn start_with(options: Options, vars: &[(&str, &str)]) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let data_dir = options.data_dir.unwrap_or_else(|| temp_dir("e2e"));
         let dir = data_dir.display().to_string();
         let traces = data_dir.join("traces").display().to_string();
         let public = format!("http://{addr}");
-        let mut vars: Vec<(&str, &str)> = vec![
-            ("DATA_DIR", dir.as_str()),
-            ("PUBLIC_URL", public.as_str()),
-            ("TWILIO_AUTH_TOKEN", TOKEN),
-            ("ENGINE_WORKERS", "2"),
-            ("TRACE_DIR", traces.as_str()),
-            ("DRAIN_TIMEOUT", "10"),
-        ];
-        vars.extend_from_slice(extra);
-        let config = Config::from_vars(vars).expect("test config is valid");
+        let mut all: Vec<(&str, &str)> = vec![("DATA_DIR", dir.as_str()), ("DRAIN_TIMEOUT", "10")];
+        if !options.bare {
+            all.extend([
+                ("PUBLIC_URL", public.as_str()),
+                ("TWILIO_AUTH_TOKEN", TOKEN),
+                ("ENGINE_WORKERS", "2"),
+                ("TRACE_DIR", traces.as_str()),
+            ]);
+        }
+        all.extend_from_slice(vars);
+        let config = Config::from_vars(all).expect("test config is valid");
         let (state, _startup) = AppState::new(config).await.expect("server state builds");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(handset_shell::serve(listener, state.clone(), async {
@@ -72,12 +107,14 @@ impl TestServer {
         }
     }
 
-    /// `http://127.0.0.1:port` + `path` (also the public URL signatures are checked against).
+    /// `http://127.0.0.1:port` + `path` (also the public URL signatures are checked against,
+    /// unless started bare).
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Where calls opted in with `?trace=1` leave their timelines.
+    /// Where calls opted in with `?trace=1` leave their timelines (its `TRACE_DIR` unless
+    /// started bare).
     pub fn trace_dir(&self) -> PathBuf {
         self.data_dir.join("traces")
     }
@@ -96,11 +133,18 @@ impl TestServer {
         format!("ws://{}/ws/twilio-media", self.addr)
     }
 
-    /// Signals shutdown, waits for `serve` to return and removes the data directory.
-    pub async fn stop(mut self) {
+    /// Signals shutdown and waits for `serve` to return; keeps the data directory and returns
+    /// it.
+    pub async fn shutdown(mut self) -> PathBuf {
         self.drain();
         self.task.await.unwrap().unwrap();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        self.data_dir
+    }
+
+    /// [`Self::shutdown`], then removes the data directory.
+    pub async fn stop(self) {
+        let dir = self.shutdown().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// Signals shutdown (what SIGTERM does) without waiting: the server starts draining.
