@@ -64,6 +64,7 @@ pub mod trace_svg;
 pub mod twilio;
 pub mod twiml;
 pub mod wav;
+pub mod xml;
 
 mod clock;
 

@@ -9,6 +9,8 @@
 
 use std::fmt::Write as _;
 
+use crate::xml::escape;
+
 /// Why a trace could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -239,13 +241,6 @@ fn nice_step(seconds: f64) -> f64 {
         }
     }
     600.0
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 
 use std::fmt::Write as _;
 
+use crate::xml::escape;
+
 use super::observer::Timeline;
 use super::report::{CapacityReport, CapacityStep, GroupReport};
 
@@ -111,14 +113,6 @@ impl Svg {
             h = self.height
         )
     }
-}
-
-/// Escapes text for XML.
-pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// A round step for about `n` ticks over `range`.
