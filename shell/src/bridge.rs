@@ -23,6 +23,7 @@
 //! call with a counted drop or closes it with a specific close code and a log line
 //! (see [`CloseReason`]).
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -361,16 +362,58 @@ impl OutboundSink for ChannelSink {
     }
 }
 
-/// Wire name of a mark id: `p<n>` for the call's progress marks, `a<n>` for agent marks.
-pub fn mark_name(id: MarkId) -> String {
-    if id.0 >= PROGRESS_MARK_BASE {
-        format!("p{}", id.0 - PROGRESS_MARK_BASE)
-    } else {
-        format!("a{}", id.0)
+/// Wire name of a mark id, held on the stack: `p<n>` for the call's progress marks, `a<n>` for
+/// agent marks. The socket writer copies it straight into the `mark` message.
+#[derive(Clone, Copy)]
+pub struct MarkName {
+    /// `p` or `a`, then up to 20 digits (`u64::MAX` has 20).
+    bytes: [u8; 21],
+    len: u8,
+}
+
+impl MarkName {
+    /// The wire name of `id`.
+    pub fn of(id: MarkId) -> Self {
+        let (kind, mut n) = if id.0 >= PROGRESS_MARK_BASE {
+            (b'p', id.0 - PROGRESS_MARK_BASE)
+        } else {
+            (b'a', id.0)
+        };
+        let mut digits = [0u8; 20];
+        let mut count = 0;
+        loop {
+            digits[count] = b'0' + (n % 10) as u8;
+            count += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut bytes = [0u8; 21];
+        bytes[0] = kind;
+        for (out, &d) in bytes[1..].iter_mut().zip(digits[..count].iter().rev()) {
+            *out = d;
+        }
+        Self {
+            bytes,
+            len: count as u8 + 1,
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII letters and digits are ever written.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 
-/// The mark id of a wire name written by [`mark_name`].
+impl fmt::Display for MarkName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The mark id of a wire name written by [`MarkName`].
 pub fn parse_mark_name(name: &str) -> Option<MarkId> {
     let (kind, digits) = name.split_at_checked(1)?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 18 {
@@ -987,7 +1030,7 @@ impl WriterState {
             }
             Outbound::Mark(mark) => {
                 self.marks.wrote(self.batch_at);
-                self.writer.mark(&mark_name(mark))
+                self.writer.mark(MarkName::of(mark).as_str())
             }
             Outbound::Clear => self.writer.clear(),
             Outbound::Event(event) => {
@@ -1352,9 +1395,9 @@ fn log_event(id: u64, info: &CallInfo, event: &CallEvent) {
         CallEvent::PlaybackCleared(i) => {
             tracing::info!(id, call_sid, heard_ms = i.heard.as_millis() as u64, "CLEAR")
         }
-        CallEvent::MarkPlayed(m) => tracing::info!(id, call_sid, mark = %mark_name(*m), "MARK"),
+        CallEvent::MarkPlayed(m) => tracing::info!(id, call_sid, mark = %MarkName::of(*m), "MARK"),
         CallEvent::MarkCleared(m) => {
-            tracing::info!(id, call_sid, mark = %mark_name(*m), "MARK cleared");
+            tracing::info!(id, call_sid, mark = %MarkName::of(*m), "MARK cleared");
         }
         // Keys may be a PIN or a card number: the line says that one was pressed, never which.
         CallEvent::Dtmf(_) => tracing::info!(id, call_sid, "DTMF key"),
@@ -1449,6 +1492,21 @@ mod tests {
     }
 
     #[test]
+    fn mark_names_are_the_kind_and_the_decimal_number() {
+        assert_eq!(MarkName::of(MarkId(0)).as_str(), "a0");
+        assert_eq!(MarkName::of(MarkId(7)).as_str(), "a7");
+        assert_eq!(MarkName::of(MarkId(PROGRESS_MARK_BASE)).as_str(), "p0");
+        assert_eq!(
+            MarkName::of(MarkId(PROGRESS_MARK_BASE + 1_234_567)).to_string(),
+            "p1234567"
+        );
+        assert_eq!(
+            MarkName::of(MarkId(u64::MAX)).as_str(),
+            format!("p{}", u64::MAX - PROGRESS_MARK_BASE)
+        );
+    }
+
+    #[test]
     fn mark_names_round_trip() {
         for id in [
             MarkId(0),
@@ -1456,7 +1514,7 @@ mod tests {
             MarkId(PROGRESS_MARK_BASE),
             MarkId(PROGRESS_MARK_BASE + 99),
         ] {
-            assert_eq!(parse_mark_name(&mark_name(id)), Some(id));
+            assert_eq!(parse_mark_name(MarkName::of(id).as_str()), Some(id));
         }
         for bad in ["", "p", "x1", "p-1", "a99999999999999999999", "p1 ", "a1.5"] {
             assert_eq!(parse_mark_name(bad), None, "{bad:?}");

@@ -354,14 +354,30 @@ impl Writer {
         self.buf.split()
     }
 
-    /// A `mark` message.
+    /// A `mark` message. A name of ASCII letters, digits, `-` and `_` (all of Handset's own) is
+    /// copied as is; any other is escaped as a JSON string, which allocates.
     pub fn mark(&mut self, name: &str) -> BytesMut {
-        let name = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".to_owned());
-        self.reserve(64 + name.len());
+        let plain = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let escaped;
+        let quoted: &[u8] = if plain {
+            name.as_bytes()
+        } else {
+            escaped = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".to_owned());
+            escaped.as_bytes()
+        };
+        self.reserve(64 + quoted.len());
         self.buf.put_slice(b"{\"event\":\"mark\",");
         self.buf.put_slice(self.sid_field.as_bytes());
         self.buf.put_slice(b",\"mark\":{\"name\":");
-        self.buf.put_slice(name.as_bytes());
+        if plain {
+            self.buf.put_u8(b'"');
+            self.buf.put_slice(quoted);
+            self.buf.put_u8(b'"');
+        } else {
+            self.buf.put_slice(quoted);
+        }
         self.buf.put_slice(b"}}");
         self.buf.split()
     }
@@ -539,6 +555,10 @@ mod tests {
         assert_eq!(
             media,
             serde_json::json!({"event":"media","streamSid":SID,"media":{"payload":STANDARD.encode([0xFFu8;160])}})
+        );
+        assert_eq!(
+            &w.mark("p12")[..],
+            format!(r#"{{"event":"mark","streamSid":"{SID}","mark":{{"name":"p12"}}}}"#).as_bytes()
         );
         let mark: serde_json::Value = serde_json::from_slice(&w.mark("p\"1")).unwrap();
         assert_eq!(
