@@ -16,7 +16,9 @@ use futures_util::{SinkExt, StreamExt};
 use handset_shell::sim::{SimError, run_call};
 use http::{Method, Request};
 use http_body_util::Full;
-use support::{Reply, TestServer, after_silence, open_call, post_form, send, speech, stream_sid};
+use support::{
+    Reply, TestServer, after_silence, media, open_call, post_form, send, speech, stream_sid,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 /// One scrape: `name{labels}` (labels as written) → value.
@@ -129,10 +131,13 @@ async fn a_scrape_after_real_calls_shows_what_happened() {
         other => panic!("a forged handshake must be refused, got {other:?}"),
     }
 
-    // Bad input on a live stream: two malformed messages and one binary frame, then `stop`.
+    // Bad input on a live stream: two malformed messages, one binary frame and two media
+    // messages whose payload is not a frame (not base64; 3 bytes), then `stop`.
     let mut ws = open_call(&server, 3).await;
     let sid = stream_sid(3);
     ws.send(Message::text("not json at all")).await.unwrap();
+    ws.send(media(&sid, 0, "%%%")).await.unwrap();
+    ws.send(media(&sid, 1, "AQID")).await.unwrap();
     ws.send(Message::text(r#"{"event":"media"}"#))
         .await
         .unwrap();
@@ -253,6 +258,12 @@ async fn a_scrape_after_real_calls_shows_what_happened() {
     // WebSocket traffic and bad input.
     assert_eq!(m.must("handset_ws_errors_total{kind=\"malformed\"}"), 2.0);
     assert_eq!(m.must("handset_ws_errors_total{kind=\"binary\"}"), 1.0);
+    // Rejected media is counted once, by the shell that read it, and shown in both places.
+    assert_eq!(m.must("handset_ws_errors_total{kind=\"bad_media\"}"), 2.0);
+    assert_eq!(
+        m.must("handset_frames_dropped_total{stage=\"invalid_media\"}"),
+        2.0
+    );
     assert!(m.must("handset_ws_messages_total{direction=\"in\"}") > frames_in * 0.9);
     assert!(m.must("handset_ws_messages_total{direction=\"out\"}") > 0.0);
 

@@ -34,7 +34,6 @@ use handset_engine::MarkId;
 use handset_engine::agent::{CallInfo, HangupReason};
 use handset_engine::call::{CallConfig, CallEvent, PROGRESS_MARK_BASE};
 use handset_engine::driver::{CallHandle, CallSpec, Control, Outbound, OutboundSink, SinkError};
-use handset_engine::frame::MediaError;
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
 };
@@ -771,14 +770,7 @@ fn on_text(
         Ok(Inbound::Start(_)) => counters.extra_start += 1,
         Ok(Inbound::Connected { .. }) => {}
         Ok(Inbound::Unknown) => counters.unknown_events += 1,
-        Err(ProtocolError::Base64) => {
-            counters.bad_media += 1;
-            handle.send(Control::MediaRejected(now, MediaError::Encoding));
-        }
-        Err(ProtocolError::Media(e)) => {
-            counters.bad_media += 1;
-            handle.send(Control::MediaRejected(now, e));
-        }
+        Err(ProtocolError::Base64 | ProtocolError::Media(_)) => counters.bad_media += 1,
         Err(_) => counters.malformed += 1,
     }
     false

@@ -137,6 +137,10 @@ const WS_ERROR_KINDS: [&str; 8] = [
     "extra_start",
     "unknown_mark",
 ];
+/// Where `bad_media` sits in [`WS_ERROR_KINDS`]: the shell owns that count, and
+/// `handset_frames_dropped_total{stage="invalid_media"}` reads the same one.
+const BAD_MEDIA: usize = 1;
+const _: () = assert!(matches!(WS_ERROR_KINDS[BAD_MEDIA].as_bytes(), b"bad_media"));
 
 /// Every [`CloseReason`], in label order.
 const CLOSE_REASONS: [CloseReason; 18] = [
@@ -549,7 +553,7 @@ impl Collector for HandsetCollector {
                 ("playback_queue_full", load(&e.playback_dropped)),
                 ("outbound_queue_full", load(&e.sink_full)),
                 ("inbound_ring_full", load(&s.inbound_ring_full)),
-                ("invalid_media", load(&e.media_rejected)),
+                ("invalid_media", load(&s.ws_errors[BAD_MEDIA])),
             ],
         )?;
         histogram(

@@ -38,7 +38,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::codec;
-use crate::frame::{InboundMedia, MarkId, MediaError, MulawFrame, PcmFrame, WidebandFrame};
+use crate::frame::{InboundMedia, MarkId, MulawFrame, PcmFrame, WidebandFrame};
 use crate::jitter::{Admission, JitterBuffer, JitterConfig, JitterStats, Playout};
 use crate::pacer::{Pacer, PacerConfig, PacerStats, Transmit};
 use crate::resample::Resampler;
@@ -240,8 +240,6 @@ pub enum Input<'a> {
     MarkEcho(Instant, MarkId),
     /// Caller audio as read off the socket; the `Instant` is when it was read.
     Media(Instant, InboundMedia),
-    /// A `media` message the shell could not turn into [`InboundMedia`]; counted.
-    MediaRejected(Instant, MediaError),
     /// The stream ended (Twilio `stop` or the socket closed).
     Stop(Instant),
     /// A deadline from [`Call::poll_timeout`] was reached.
@@ -258,7 +256,6 @@ impl Input<'_> {
             | Self::Dtmf(t, _)
             | Self::MarkEcho(t, _)
             | Self::Media(t, _)
-            | Self::MediaRejected(t, _)
             | Self::Stop(t)
             | Self::Timeout(t) => t,
         }
@@ -348,12 +345,6 @@ pub struct Interruption {
 pub struct CallStats {
     /// Valid `media` messages handed to the jitter buffer.
     pub media_in: u64,
-    /// `media` messages rejected: payload not 160 bytes.
-    pub media_bad_length: u64,
-    /// `media` messages rejected: payload not base64.
-    pub media_bad_encoding: u64,
-    /// `media` messages rejected: chunk or timestamp not a decimal integer.
-    pub media_bad_number: u64,
     /// `media` rejected by the jitter buffer as duplicate.
     pub media_duplicate: u64,
     /// `media` rejected by the jitter buffer as late or backwards.
@@ -586,7 +577,7 @@ impl Call {
                 Input::Dtmf(_, digit) => Some(TraceKind::Dtmf(digit)),
                 Input::MarkEcho(_, mark) => Some(TraceKind::MarkEcho(mark)),
                 Input::Stop(_) => Some(TraceKind::Stop),
-                Input::Media(..) | Input::MediaRejected(..) | Input::Timeout(_) => None,
+                Input::Media(..) | Input::Timeout(_) => None,
             };
             if let Some(kind) = kind {
                 trace.record(input.time(), kind);
@@ -611,16 +602,6 @@ impl Call {
             Input::Media(now, media) => {
                 self.media(now, &media);
                 self.handle_timeout(now);
-                Ok(())
-            }
-            Input::MediaRejected(_, error) => {
-                match error {
-                    MediaError::PayloadLength { .. } => self.stats.media_bad_length += 1,
-                    MediaError::Encoding => self.stats.media_bad_encoding += 1,
-                    MediaError::BadChunk | MediaError::BadTimestamp => {
-                        self.stats.media_bad_number += 1;
-                    }
-                }
                 Ok(())
             }
             Input::Stop(_) => {

@@ -61,20 +61,6 @@ fn reserved_mark_ids_are_refused() {
 }
 
 #[test]
-fn rejected_media_is_counted_by_kind() {
-    let (mut call, t0) = call();
-    for e in [
-        MediaError::BadChunk,
-        MediaError::BadTimestamp,
-        MediaError::PayloadLength { got: 3 },
-    ] {
-        call.handle_input(Input::MediaRejected(t0, e)).unwrap();
-    }
-    let stats = call.stats();
-    assert_eq!((stats.media_bad_number, stats.media_bad_length), (2, 1));
-}
-
-#[test]
 fn inputs_after_stop_are_refused_and_counted() {
     let (mut call, t0) = call();
     call.handle_input(Input::Stop(t0)).unwrap();

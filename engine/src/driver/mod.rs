@@ -36,7 +36,7 @@ use ringbuf::traits::{Producer, Split};
 
 use crate::agent::{Agent, CallInfo, HangupReason};
 use crate::call::{CallConfig, CallEvent, CallStats};
-use crate::frame::{InboundMedia, MarkId, MediaError, MulawFrame};
+use crate::frame::{InboundMedia, MarkId, MulawFrame};
 use crate::time::SampleRate;
 
 mod clock;
@@ -223,8 +223,6 @@ pub enum Control {
     Dtmf(Instant, char),
     /// Twilio echoed a mark.
     MarkEcho(Instant, MarkId),
-    /// A `media` message the shell could not validate.
-    MediaRejected(Instant, MediaError),
     /// The stream stopped or the socket closed.
     Stop(Instant),
 }
@@ -289,8 +287,6 @@ pub struct EngineCounters {
     pub jitter_overflow: AtomicU64,
     /// Agent frames dropped because a call's playback queue was full.
     pub playback_dropped: AtomicU64,
-    /// `media` messages the shell could not turn into a frame (bad base64, length or numbers).
-    pub media_rejected: AtomicU64,
     /// Caller speech onsets during agent playback held as the agent's own echo (no barge-in).
     pub echo_onsets: AtomicU64,
     /// Caller speech onsets during agent playback held for the second-stage check.
@@ -342,7 +338,6 @@ impl Default for EngineCounters {
             frames_duplicate: AtomicU64::new(0),
             jitter_overflow: AtomicU64::new(0),
             playback_dropped: AtomicU64::new(0),
-            media_rejected: AtomicU64::new(0),
             echo_onsets: AtomicU64::new(0),
             onsets_checked: AtomicU64::new(0),
             onsets_confirmed: AtomicU64::new(0),

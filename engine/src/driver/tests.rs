@@ -131,7 +131,6 @@ fn media_reaches_the_call_and_is_counted_at_the_end() {
             InboundMedia::parse(&(i + 1).to_string(), &(i * 20).to_string(), &[0xFF; 160]).unwrap();
         assert!(handle.push_media(start + FRAME_MS * i as u32, media));
     }
-    handle.send(Control::MediaRejected(start, MediaError::BadChunk));
     std::thread::sleep(Duration::from_millis(100));
     handle.send(Control::Stop(Instant::now()));
     assert!(sink.wait_for(Duration::from_secs(2), |m| {
@@ -144,7 +143,6 @@ fn media_reaches_the_call_and_is_counted_at_the_end() {
         unreachable!()
     };
     assert_eq!(stats.media_in, 25);
-    assert_eq!(stats.media_bad_number, 1);
 }
 
 #[test]
@@ -236,10 +234,9 @@ fn engine_counters_mirror_the_calls_counters_and_time_every_released_frame() {
             InboundMedia::parse(&(i + 1).to_string(), &(i * 20).to_string(), &[0xFF; 160]).unwrap();
         assert!(handle.push_media(start + FRAME_MS * i as u32, media));
     }
-    // A duplicate of the last chunk, and one message the shell rejected.
+    // A duplicate of the last chunk.
     let dup = InboundMedia::parse("30", "580", &[0xFF; 160]).unwrap();
     assert!(handle.push_media(start + FRAME_MS * 30, dup));
-    handle.send(Control::MediaRejected(start, MediaError::Encoding));
     let frames = GREETING.len().div_ceil(160);
     assert!(sink.wait_for(Duration::from_secs(5), |m| {
         m.iter()
@@ -262,7 +259,6 @@ fn engine_counters_mirror_the_calls_counters_and_time_every_released_frame() {
     assert_eq!(load(&c.frames_in), 30);
     assert_eq!(load(&c.frames_in), stats.media_in);
     assert_eq!(load(&c.frames_duplicate), 1);
-    assert_eq!(load(&c.media_rejected), 1);
     assert_eq!(load(&c.frames_concealed), stats.jitter.concealed);
     assert_eq!(load(&c.frames_expanded), stats.jitter.expanded);
     assert_eq!(load(&c.frames_late), stats.media_late);

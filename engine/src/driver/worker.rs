@@ -76,7 +76,6 @@ struct Published {
     duplicate: u64,
     overflow: u64,
     playback_dropped: u64,
-    rejected: u64,
     echo_onsets: u64,
     onsets_checked: u64,
     onsets_confirmed: u64,
@@ -148,7 +147,6 @@ impl Slot {
                     let input = match control {
                         Control::Dtmf(t, digit) => Input::Dtmf(t.min(now), digit),
                         Control::MarkEcho(t, mark) => Input::MarkEcho(t.min(now), mark),
-                        Control::MediaRejected(t, error) => Input::MediaRejected(t.min(now), error),
                         Control::Stop(t) => Input::Stop(t.min(now)),
                     };
                     self.input(now, input, counters);
@@ -220,7 +218,6 @@ impl Slot {
             duplicate: stats.media_duplicate,
             overflow: stats.jitter.overflow,
             playback_dropped: stats.agent_frames_dropped,
-            rejected: stats.media_bad_length + stats.media_bad_encoding + stats.media_bad_number,
             echo_onsets: stats.echo_onsets,
             onsets_checked: stats.onsets_checked,
             onsets_confirmed: stats.onsets_confirmed,
@@ -245,7 +242,6 @@ impl Slot {
             now.playback_dropped,
             before.playback_dropped,
         );
-        add(&counters.media_rejected, now.rejected, before.rejected);
         add(&counters.echo_onsets, now.echo_onsets, before.echo_onsets);
         add(
             &counters.onsets_checked,
