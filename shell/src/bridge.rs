@@ -24,6 +24,7 @@
 //! (see [`CloseReason`]).
 
 use std::fmt;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -373,30 +374,18 @@ pub struct MarkName {
 impl MarkName {
     /// The wire name of `id`.
     pub fn of(id: MarkId) -> Self {
-        let (kind, mut n) = if id.0 >= PROGRESS_MARK_BASE {
+        let (kind, n) = if id.0 >= PROGRESS_MARK_BASE {
             (b'p', id.0 - PROGRESS_MARK_BASE)
         } else {
             (b'a', id.0)
         };
-        let mut digits = [0u8; 20];
-        let mut count = 0;
-        loop {
-            digits[count] = b'0' + (n % 10) as u8;
-            count += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
         let mut bytes = [0u8; 21];
         bytes[0] = kind;
-        for (out, &d) in bytes[1..].iter_mut().zip(digits[..count].iter().rev()) {
-            *out = d;
-        }
-        Self {
-            bytes,
-            len: count as u8 + 1,
-        }
+        let mut digits = &mut bytes[1..];
+        // 20 bytes hold every u64, so the write cannot fail.
+        let _ = write!(digits, "{n}");
+        let len = 21 - digits.len() as u8;
+        Self { bytes, len }
     }
 
     /// The name as text.

@@ -39,6 +39,11 @@ pub use public_url::PublicUrl;
 pub use secret::Secret;
 pub use twilio_rest::{DEFAULT_TWILIO_API_URL, TwilioRestConfig};
 
+use agent::agent_config;
+use limits::max_connections;
+use parse::{int_in, language_tag, switch};
+use twilio_rest::twilio_config;
+
 /// The process environment as `(name, value)` pairs for [`Config::from_vars`]. A name or value
 /// that is not UTF-8 is converted with U+FFFD in place of the bad bytes (`std::env::vars` would
 /// panic on it, whoever's variable it is): one Handset reads then fails its own check with a
@@ -51,11 +56,6 @@ pub fn environment() -> impl Iterator<Item = (String, String)> {
         )
     })
 }
-
-use agent::agent_config;
-use limits::max_connections;
-use parse::{int_in, language_tag, switch};
-use twilio_rest::twilio_config;
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
