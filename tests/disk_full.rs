@@ -16,7 +16,9 @@
 //!    answered 500. Each answer is noted: acknowledged (2xx) or refused (500; any other status
 //!    fails the test).
 //! 3. While the disk is full: `/healthz` says `degraded` with `store_error` `disk_full`,
-//!    `/readyz` answers 503 (`store degraded`), `/metrics` has `handset_store_degraded 1`.
+//!    `/readyz` answers 503 (`store degraded`), `/metrics` has `handset_store_degraded 1` and
+//!    `handset_store_free_bytes` below [`MIN_FREE_MB`]. (Without that floor a probe's small
+//!    write can commit between refused webhooks and turn `/readyz` 200 while the disk is full.)
 //! 4. The filler is deleted, and no request is sent but `/readyz`: it turns 200 by itself (the
 //!    store's probe), and `/healthz` says `ok`. The time this took is printed.
 //! 5. [`AFTER`] more webhooks, all acknowledged.
@@ -49,6 +51,9 @@ use support::{Reply, call_sid, stream_sid, try_send, twilio_sign};
 const TOKEN: &str = "disk-full-auth-token";
 /// Free space left beside the filler when the webhooks start.
 const HEADROOM: u64 = 6 << 20;
+/// The instance's `STORE_MIN_FREE_MB`: well under [`HEADROOM`], so it is ready when the
+/// webhooks start.
+const MIN_FREE_MB: u64 = 1;
 /// Refusals in a row after which the disk counts as full.
 const FAILURES: usize = 40;
 /// Most webhooks sent while filling (the disk must be full well before).
@@ -219,6 +224,7 @@ impl Instance {
             .env("PORT", self.port.to_string())
             .env("INSTANCE_ID", "diskfull")
             .env("DATA_DIR", &self.data_dir)
+            .env("STORE_MIN_FREE_MB", MIN_FREE_MB.to_string())
             .env("TWILIO_AUTH_TOKEN", TOKEN)
             .env("PUBLIC_URL", self.url(""))
             .env("LOG_FORMAT", "json")
@@ -473,6 +479,16 @@ async fn a_full_disk_refuses_webhooks_with_500_and_loses_nothing_acknowledged() 
         "{}",
         metrics.body
     );
+    let free_when_full: u64 = metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("handset_store_free_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no handset_store_free_bytes:\n{}", metrics.body));
+    assert!(
+        free_when_full < MIN_FREE_MB << 20,
+        "{free_when_full} B free when full"
+    );
     let disk_full_errors = metrics
         .body
         .lines()
@@ -557,11 +573,20 @@ async fn a_full_disk_refuses_webhooks_with_500_and_loses_nothing_acknowledged() 
         .lines()
         .filter(|l| l.contains("store degraded"))
         .collect();
-    let first_error = degraded
-        .first()
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| v["error"].to_string())
-        .unwrap_or_default();
+    // The first two: the floor, then the first refused write.
+    let first_degraded = degraded
+        .iter()
+        .take(2)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|mut v| {
+            let fields = v.as_object_mut().unwrap();
+            for noise in ["timestamp", "level", "target", "threadId", "threadName"] {
+                fields.remove(noise);
+            }
+            v.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     assert!(
         !log.contains("panicked"),
         "a panic in the log:\n{}",
@@ -570,11 +595,11 @@ async fn a_full_disk_refuses_webhooks_with_500_and_loses_nothing_acknowledged() 
     println!(
         "disk full: tmpfs {size} B, {free_at_start} B free when the webhooks started; \
          first 500 at webhook {}, {acked_before_full} acknowledged before the disk was full \
-         (then {FAILURES} refused in a row; {refused} refused in all); WAL {wal} B, database \
-         {db} B when full; /readyz 200 again {:.0} ms after the filler was deleted \
+         (then {FAILURES} refused in a row; {refused} refused in all); {free_when_full} B free, \
+         WAL {wal} B, database {db} B when full; /readyz 200 again {:.0} ms after the filler was deleted \
          (first 200 seen {:.0} ms after the first poll); {} acknowledged in all, {stored_total} \
          stored; {disk_full_errors} disk_full statement errors while full (webhooks and \
-         probes); \"store degraded\" logged {} times, first: {first_error}",
+         probes); \"store degraded\" logged {} times, first: {first_degraded}",
         first_refusal.unwrap_or(0),
         recovered_in.as_secs_f64() * 1e3,
         recovery.as_secs_f64() * 1e3,

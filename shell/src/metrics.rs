@@ -689,11 +689,21 @@ impl Collector for HandsetCollector {
         let degraded = u64::from(self.store.status().is_err());
         enc.encode_descriptor(
             "handset_store_degraded",
-            "1 while the store refuses writes (the latest write or probe failed), else 0.",
+            "1 while the store refuses writes (the latest write or probe failed, or the free \
+             space under the SQLite database is below STORE_MIN_FREE_MB), else 0.",
             None,
             MetricType::Gauge,
         )?
         .encode_gauge(&degraded)?;
+        if let Some(free) = self.store.free_bytes() {
+            enc.encode_descriptor(
+                "handset_store_free_bytes",
+                "Free space on the SQLite database's file system, measured every second.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&free)?;
+        }
         labelled_counter(
             enc,
             "handset_store_errors",

@@ -138,6 +138,10 @@ pub struct Config {
     pub database_url: Option<Secret>,
     /// `DATABASE_MAX_CONNECTIONS` (1–1000, default 8): the store's connection pool size.
     pub database_max_connections: u32,
+    /// `STORE_MIN_FREE_MB` (0–1048576, default 64): with the SQLite store, the free space (MiB)
+    /// on its file system below which the store counts as full (`/readyz` 503) before writes
+    /// fail; 0 turns the measure off.
+    pub store_min_free_mb: u64,
     /// `LOG_PII`: `masked` (default) logs phone numbers as `+1415***4567`; `full` logs them
     /// whole. Phone keys (DTMF) are never logged, only counted.
     pub log_pii_full: bool,
@@ -242,6 +246,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             database_url: None,
             database_max_connections: 8,
+            store_min_free_mb: 64,
             log_pii_full: false,
             instance_id: default_instance_id(),
             recording_lease: Duration::from_secs(120),
@@ -423,6 +428,9 @@ impl Config {
             config.database_max_connections =
                 int_in("DATABASE_MAX_CONNECTIONS", v, 1, 1_000)? as u32;
         }
+        if let Some(v) = non_empty("STORE_MIN_FREE_MB") {
+            config.store_min_free_mb = int_in("STORE_MIN_FREE_MB", v, 0, 1 << 20)?;
+        }
         if let Some(v) = non_empty("LOG_PII") {
             config.log_pii_full = match v {
                 "full" => true,
@@ -568,6 +576,7 @@ impl Config {
             None => crate::store::StoreOptions::sqlite_in(&self.data_dir),
         };
         options.max_connections = self.database_max_connections;
+        options.min_free_bytes = self.store_min_free_mb << 20;
         options
     }
 

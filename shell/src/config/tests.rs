@@ -253,6 +253,21 @@ fn bad_numbers_name_the_variable_and_range() {
 }
 
 #[test]
+fn the_free_space_floor_reaches_the_sqlite_store_in_bytes() {
+    assert_eq!(from(&[]).unwrap().store_options().min_free_bytes, 64 << 20);
+    let off = from(&[("STORE_MIN_FREE_MB", "0")]).unwrap();
+    assert_eq!(off.store_options().min_free_bytes, 0);
+    let one = from(&[("STORE_MIN_FREE_MB", "1")]).unwrap();
+    assert_eq!(one.store_options().min_free_bytes, 1 << 20);
+    assert_eq!(
+        from(&[("STORE_MIN_FREE_MB", "-1")])
+            .unwrap_err()
+            .to_string(),
+        "STORE_MIN_FREE_MB must be an integer from 0 to 1048576: got \"-1\""
+    );
+}
+
+#[test]
 fn engine_realtime_priority_is_off_by_default_and_at_zero() {
     assert_eq!(from(&[]).unwrap().engine_realtime_priority, None);
     let zero = from(&[("ENGINE_REALTIME_PRIORITY", "0")]).unwrap();

@@ -16,8 +16,17 @@
 //! [`keep_probing`] writes a row every few seconds (every second while degraded), so the state
 //! is current without traffic: a full disk is noticed even before a webhook fails, and a store
 //! that recovered is noticed within about a second, without waiting for a webhook.
+//!
+//! A nearly full disk can let a small write through while larger ones fail (the probe's
+//! one-row update has committed between refused webhooks), so on its own the latest outcome
+//! can turn healthy and degraded by turns while the disk stays full. For the SQLite
+//! store the free space under the database file is therefore measured too (every second, and
+//! on each `/healthz` and `/readyz`): below its floor (`STORE_MIN_FREE_MB`) the store counts as
+//! [`Trouble::DiskFull`] whatever the latest write did, so readiness turns 503 before writes
+//! fail and stays so until there is room again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::StoreError;
@@ -96,7 +105,7 @@ const OUTCOME_MASK: u64 = (1 << OUTCOME_BITS) - 1;
 
 /// The store's health: the outcome of the latest-started statement that reported, and counts
 /// of failures by kind. Lock-free.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     /// The last ticket handed out.
     tickets: AtomicU64,
@@ -104,11 +113,72 @@ pub struct Health {
     latest: AtomicU64,
     /// Failed statements, by [`Trouble::ALL`].
     errors: [AtomicU64; Trouble::ALL.len()],
+    /// Whether the free space under the database was below its floor when last measured.
+    low_space: AtomicBool,
+    /// The free space last measured, in bytes ([`UNMEASURED`]: not measured).
+    free_bytes: AtomicU64,
+}
+
+/// [`Health::free_bytes`] before any measure, or when the store's disk is not ours to measure.
+const UNMEASURED: u64 = u64::MAX;
+
+/// The floor under the free space of the file system holding the SQLite database.
+#[derive(Debug)]
+pub(super) struct DiskFloor {
+    /// The database file's directory.
+    dir: PathBuf,
+    /// Below this many free bytes the store is degraded.
+    min_free: u64,
+}
+
+impl DiskFloor {
+    /// A floor of `min_free` bytes under `dir`; none when `min_free` is 0.
+    pub(super) fn new(dir: PathBuf, min_free: u64) -> Option<Self> {
+        (min_free > 0).then_some(Self { dir, min_free })
+    }
+
+    /// Measures the free space (a `statvfs`, off the runtime's threads since a network file
+    /// system may be slow to answer) and records it in `health`.
+    pub(super) async fn measure(&self, health: &Health) {
+        let dir = self.dir.clone();
+        let free = tokio::task::spawn_blocking(move || free_bytes(&dir))
+            .await
+            .ok()
+            .flatten();
+        health.space(free, self.min_free);
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`; `None` when it
+/// cannot be told.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let stat = rustix::fs::statvfs(dir).ok()?;
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
 }
 
 /// A statement's place in the order statements started.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Ticket(u64);
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            tickets: AtomicU64::new(0),
+            latest: AtomicU64::new(0),
+            errors: Default::default(),
+            low_space: AtomicBool::new(false),
+            free_bytes: AtomicU64::new(UNMEASURED),
+        }
+    }
+}
 
 impl Health {
     /// Takes a ticket: call when the statement starts.
@@ -148,12 +218,40 @@ impl Health {
         new > before && ((before & OUTCOME_MASK) == 0) != (outcome == 0)
     }
 
-    /// `Ok` while the latest report says the store takes writes; else why not.
+    /// `free` bytes measured under the database (`None`: could not be told) against a floor
+    /// of `min_free`.
+    fn space(&self, free: Option<u64>, min_free: u64) {
+        self.free_bytes
+            .store(free.unwrap_or(UNMEASURED), Ordering::Relaxed);
+        let low = free.is_some_and(|free| free < min_free);
+        if self.low_space.swap(low, Ordering::Relaxed) != low {
+            let free = free.unwrap_or(0);
+            if low {
+                tracing::error!(
+                    free_bytes = free,
+                    min_free_bytes = min_free,
+                    "store degraded: free space under the database below STORE_MIN_FREE_MB"
+                );
+            } else {
+                tracing::info!(free_bytes = free, "store has free space again");
+            }
+        }
+    }
+
+    /// `Ok` while the latest report says the store takes writes and the free space under it
+    /// is above its floor; else why not.
     pub fn status(&self) -> Result<(), Trouble> {
         match Trouble::from_code(self.latest.load(Ordering::Relaxed) & OUTCOME_MASK) {
-            None => Ok(()),
             Some(trouble) => Err(trouble),
+            None if self.low_space.load(Ordering::Relaxed) => Err(Trouble::DiskFull),
+            None => Ok(()),
         }
+    }
+
+    /// The free space under the SQLite database when last measured; `None` for PostgreSQL,
+    /// with no floor set, or when it could not be told.
+    pub fn free_bytes(&self) -> Option<u64> {
+        Some(self.free_bytes.load(Ordering::Relaxed)).filter(|&b| b != UNMEASURED)
     }
 
     /// Failed statements of `kind` since start.
@@ -172,13 +270,15 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Writes `instance`'s probe row ([`Store::probe`](super::Store::probe)) every 5 s, and every
 /// second while the store is degraded (whoever found it so: a webhook's failed write turns the
-/// probe to every second at once), until the process ends. What `/healthz` and `/readyz` say is
-/// then never older than that.
+/// probe to every second at once), until the process ends; and measures the free space under
+/// the SQLite database every second. What `/healthz` and `/readyz` say is then never older
+/// than that.
 pub async fn keep_probing(store: super::Store, instance: String) {
     let mut since_probe = Duration::ZERO;
     loop {
         tokio::time::sleep(PROBE_EVERY_DEGRADED).await;
         since_probe += PROBE_EVERY_DEGRADED;
+        store.measure_space().await;
         if store.health().status().is_ok() && since_probe < PROBE_EVERY {
             continue;
         }

@@ -27,7 +27,7 @@
 //! when it ends, and by the recording worker; no frame waits on it.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +52,7 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
+use health::DiskFloor;
 pub use health::{Health, Trouble, keep_probing};
 pub use import::{ImportReport, import_jsonl};
 
@@ -282,6 +283,9 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// Longest wait for a pooled connection (and the connect at start).
     pub acquire_timeout: Duration,
+    /// SQLite only: below this many free bytes on the database's file system the store counts
+    /// as full ([`Trouble::DiskFull`]) whatever the latest write did; 0 measures nothing.
+    pub min_free_bytes: u64,
 }
 
 impl StoreOptions {
@@ -293,12 +297,14 @@ impl StoreOptions {
         ))
     }
 
-    /// Options for `url` with the default pool size (8) and acquire timeout (5 s).
+    /// Options for `url` with the default pool size (8) and acquire timeout (5 s), and no
+    /// floor under the free space.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
+            min_free_bytes: 0,
         }
     }
 }
@@ -310,6 +316,8 @@ pub struct Store {
     dialect: Dialect,
     /// Whether writes commit, from every statement's outcome.
     health: Arc<Health>,
+    /// SQLite with `min_free_bytes` set: the floor under its file system's free space.
+    floor: Option<Arc<DiskFloor>>,
 }
 
 impl Store {
@@ -326,8 +334,13 @@ impl Store {
                 });
             }
         };
-        if dialect == Dialect::Sqlite {
-            create_sqlite_dir(&options.url);
+        let dir = match dialect {
+            Dialect::Sqlite => sqlite_dir(&options.url),
+            Dialect::Postgres => None,
+        };
+        if let Some(dir) = &dir {
+            // A failure shows up as the connect error that follows, with the path in it.
+            let _ = std::fs::create_dir_all(dir);
         }
         let connect_options: AnyConnectOptions = options
             .url
@@ -354,11 +367,16 @@ impl Store {
             .await
             .map_err(|source| StoreError::Connect { dialect, source })?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self {
+        let store = Self {
             pool,
             dialect,
             health: Arc::default(),
-        })
+            floor: dir
+                .and_then(|dir| DiskFloor::new(dir, options.min_free_bytes))
+                .map(Arc::new),
+        };
+        store.measure_space().await;
+        Ok(store)
     }
 
     /// Which database this is.
@@ -378,9 +396,19 @@ impl Store {
         &self.health
     }
 
-    /// [`Self::ping`] bounded by `limit` (no answer in time is [`Trouble::Timeout`]), then the
-    /// store's health: `Err` when the ping failed or the latest write did.
+    /// Measures the free space under the SQLite database against its floor (see [`Health`]);
+    /// nothing without one.
+    pub async fn measure_space(&self) {
+        if let Some(floor) = &self.floor {
+            floor.measure(&self.health).await;
+        }
+    }
+
+    /// [`Self::ping`] bounded by `limit` (no answer in time is [`Trouble::Timeout`]) and a
+    /// fresh measure of the free space, then the store's health: `Err` when the ping failed,
+    /// the latest write did, or the free space is below its floor.
     pub async fn check(&self, limit: Duration) -> Result<(), Trouble> {
+        self.measure_space().await;
         let ticket = self.health.ticket();
         if tokio::time::timeout(limit, self.ping()).await.is_err() {
             self.health.timed_out(ticket);
@@ -989,8 +1017,9 @@ fn job_from_row(row: &sqlx::any::AnyRow) -> Result<RecordingJob, StoreError> {
     })
 }
 
-/// Creates the directory of a `sqlite://` file URL (SQLite creates the file, not its folder).
-fn create_sqlite_dir(url: &str) {
+/// The directory of a `sqlite://` file URL (SQLite creates the file, not its folder); `None`
+/// for an in-memory database.
+fn sqlite_dir(url: &str) -> Option<PathBuf> {
     let path = url
         .trim_start_matches("sqlite:")
         .trim_start_matches("//")
@@ -998,15 +1027,13 @@ fn create_sqlite_dir(url: &str) {
         .next()
         .unwrap_or_default();
     if path.is_empty() || path == ":memory:" {
-        return;
+        return None;
     }
-    if let Some(dir) = Path::new(path)
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        // A failure shows up as the connect error that follows, with the path in it.
-        let _ = std::fs::create_dir_all(dir);
-    }
+    let dir = Path::new(path).parent()?;
+    Some(match dir.as_os_str().is_empty() {
+        true => PathBuf::from("."),
+        false => dir.to_path_buf(),
+    })
 }
 
 /// A `u64` time or count as the BIGINT column holds it (saturating: no real value is near).

@@ -519,3 +519,38 @@ async fn a_full_database_refuses_writes_whole_and_the_health_follows_the_writes(
     assert!(store.insert_call_status(&event(stored)).await.unwrap());
     assert_eq!(store.counts().await.unwrap().call_statuses, stored + 1);
 }
+
+/// SQLite only: below `min_free_bytes` on the database's file system the store counts as full
+/// before any write fails, and a write that commits does not clear it; above, it is healthy.
+/// (No file system can be filled here: the floors are set beyond and below any real one.)
+#[tokio::test]
+async fn free_space_below_the_floor_counts_as_a_full_disk_whatever_the_writes_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = Duration::from_secs(5);
+    let mut options = StoreOptions::sqlite_in(dir.path());
+    options.min_free_bytes = u64::MAX;
+    let store = Store::open(&options).await.unwrap();
+    let free = store.health().free_bytes().expect("measured at open");
+    assert!(free > 0 && free < u64::MAX, "{free}");
+    assert_eq!(store.health().status(), Err(Trouble::DiskFull));
+    store.probe("test", T0, limit).await;
+    assert_eq!(store.check(limit).await, Err(Trouble::DiskFull));
+    // Writes still commit (the floor warns before they fail), and no statement failed.
+    let probes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM store_probe")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(probes, 1);
+    assert_eq!(store.health().errors(Trouble::DiskFull), 0);
+
+    options.min_free_bytes = 1;
+    let roomy = Store::open(&options).await.unwrap();
+    roomy.probe("test", T0 + 1, limit).await;
+    assert_eq!(roomy.check(limit).await, Ok(()));
+    assert!(roomy.health().free_bytes().is_some());
+
+    options.min_free_bytes = 0;
+    let unmeasured = Store::open(&options).await.unwrap();
+    assert_eq!(unmeasured.check(limit).await, Ok(()));
+    assert_eq!(unmeasured.health().free_bytes(), None);
+}
