@@ -47,11 +47,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::media_stream::{self, Inbound, ProtocolError, Writer};
-use crate::server::AppState;
+use crate::media_stream::{self, CloseReason, Inbound, ProtocolError, Writer};
+use crate::metrics::StreamCounters;
+use crate::state::AppState;
 use crate::store::CallRecord;
 
 /// The subprotocol some Twilio clients offer; echoed only when offered.
@@ -99,128 +99,6 @@ const MARK_ECHO_GRACE: Duration = Duration::from_secs(5);
 /// How often the writer logs a `MEDIA_TX` summary while sending.
 const MEDIA_TX_EVERY: Duration = Duration::from_secs(5);
 
-/// Why the shell closed a media stream, with the close code sent.
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
-pub enum CloseReason {
-    /// The agent hung up (1000).
-    AgentHangup,
-    /// The remote agent failed; Twilio goes on to the recording fallback (1000).
-    AgentFailed,
-    /// The stream ended normally after `stop` (1000).
-    Completed,
-    /// The server is shutting down (1001).
-    GoingAway,
-    /// Too many messages before `start`, or `start` never came (1008).
-    NoStart,
-    /// The peer stopped reading: a message waited [`Config::ws_write_timeout`](crate::config::Config::ws_write_timeout)
-    /// for the socket (1011 when it can still be sent).
-    Stalled,
-    /// The instance is draining and takes no new stream (1001); the call is redirected.
-    Draining,
-    /// The engine refused the call (1011).
-    EngineRefused,
-    /// `MAX_CALLS` media calls are already running (1013).
-    Busy,
-    /// The agent transferred the call once its audio had played (1000); the
-    /// `<Connect action>` dials the target.
-    Transfer,
-    /// Idle for [`Config::ws_idle_timeout`](crate::config::Config::ws_idle_timeout) (1001).
-    Idle,
-    /// `start` without a valid single-use token (1008).
-    InvalidToken,
-    /// `start` whose `streamSid`, `callSid` or `accountSid` is not a Twilio identifier (1008).
-    InvalidStart,
-    /// A message over [`Config::ws_max_message_bytes`](crate::config::Config::ws_max_message_bytes) (1009).
-    TooBig,
-    /// `start` with a media format other than 8 kHz mono µ-law (1003).
-    UnsupportedFormat,
-    /// The store could not be reached to redeem the stream token (1011).
-    StoreUnavailable,
-    /// A frame broke the WebSocket protocol: an unknown opcode, reserved bits set, an unmasked
-    /// client frame, a bad control frame or fragmentation (1002).
-    ProtocolError,
-    /// A text message (or a close frame's reason) that is not UTF-8 (1007).
-    InvalidUtf8,
-}
-
-impl CloseReason {
-    /// The `reason` label in `/metrics`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::AgentHangup => "agent_hangup",
-            Self::AgentFailed => "agent_failed",
-            Self::Completed => "completed",
-            Self::GoingAway => "going_away",
-            Self::NoStart => "no_start",
-            Self::Stalled => "stalled",
-            Self::Draining => "draining",
-            Self::EngineRefused => "engine_refused",
-            Self::Busy => "busy",
-            Self::Transfer => "transfer",
-            Self::Idle => "idle",
-            Self::InvalidToken => "invalid_token",
-            Self::InvalidStart => "invalid_start",
-            Self::TooBig => "too_big",
-            Self::UnsupportedFormat => "unsupported_format",
-            Self::StoreUnavailable => "store_unavailable",
-            Self::ProtocolError => "protocol_error",
-            Self::InvalidUtf8 => "invalid_utf8",
-        }
-    }
-
-    fn frame(self) -> CloseFrame {
-        let (code, reason) = match self {
-            Self::AgentHangup => (CloseCode::Normal, "call ended by agent"),
-            Self::AgentFailed => (CloseCode::Normal, "agent failed"),
-            Self::Completed => (CloseCode::Normal, "stream stopped"),
-            Self::GoingAway => (CloseCode::Away, "server shutting down"),
-            Self::NoStart => (CloseCode::Policy, "expected start message"),
-            Self::Stalled => (CloseCode::Error, "peer stopped reading"),
-            Self::Draining => (CloseCode::Away, "server draining, call redirected"),
-            Self::EngineRefused => (CloseCode::Error, "cannot start call"),
-            Self::Busy => (CloseCode::Again, "server at capacity, try again later"),
-            Self::Transfer => (CloseCode::Normal, "call transferred by agent"),
-            Self::Idle => (CloseCode::Away, "idle timeout"),
-            Self::InvalidToken => (CloseCode::Policy, "invalid or missing stream token"),
-            Self::InvalidStart => (CloseCode::Policy, "invalid identifier in start"),
-            Self::TooBig => (CloseCode::Size, "message too big"),
-            Self::UnsupportedFormat => (CloseCode::Unsupported, "unsupported media format"),
-            Self::StoreUnavailable => (CloseCode::Error, "store unavailable"),
-            Self::ProtocolError => (CloseCode::Protocol, "protocol error"),
-            Self::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8"),
-        };
-        CloseFrame {
-            code,
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Counters for one stream's socket, logged when it ends.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct StreamCounters {
-    /// Text messages received.
-    pub messages: u64,
-    /// Malformed JSON or missing fields.
-    pub malformed: u64,
-    /// Media with invalid base64 or the wrong payload size (also counted by the engine).
-    pub bad_media: u64,
-    /// Binary frames (Twilio sends only text).
-    pub binary: u64,
-    /// Unknown events, ignored.
-    pub unknown_events: u64,
-    /// Messages for another streamSid.
-    pub wrong_stream: u64,
-    /// Messages before `start` (other than `connected`).
-    pub before_start: u64,
-    /// Extra `start` messages.
-    pub extra_start: u64,
-    /// Frames refused because the engine's ring was full (media faster than real time).
-    pub ring_full: u64,
-    /// Mark echoes with names we never sent.
-    pub unknown_marks: u64,
-}
-
 /// Handles `GET /ws/twilio-media`: validates and upgrades, or refuses with a status.
 pub fn upgrade(
     state: Arc<AppState>,
@@ -267,7 +145,7 @@ pub fn upgrade(
                 // socket itself is needed to bound its send buffer. The counted stream moves
                 // into the WebSocket, so the connection stays counted until its socket closes.
                 // Bytes hyper read past the handshake go first.
-                let Ok(parts) = upgraded.downcast::<TokioIo<crate::server::CountedStream>>() else {
+                let Ok(parts) = upgraded.downcast::<TokioIo<crate::conn::CountedStream>>() else {
                     tracing::error!(id, "WS upgrade: the connection is not a counted TCP stream");
                     return;
                 };
@@ -415,7 +293,7 @@ pub fn parse_mark_name(name: &str) -> Option<MarkId> {
     }
 }
 
-type WsStream = WebSocketStream<crate::server::CountedStream>;
+type WsStream = WebSocketStream<crate::conn::CountedStream>;
 
 /// Runs one media stream to its end.
 async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {

@@ -1,6 +1,7 @@
 //! How a call goes on once its media stream has ended: the one table that decides what
 //! `/webhook/stream_ended` (Twilio's `<Connect action>`) answers, and the checks a transfer
-//! target must pass. Pure: the handler reads the call's record from the store and hands it here.
+//! target must pass. Pure: the handler reads the call's record from the store and hands how its
+//! stream ended ([`StreamEnd`]) here.
 //!
 //! | why the stream ended (`calls.end_reason`) | answer |
 //! |---|---|
@@ -11,7 +12,7 @@
 //! | the agent failed, the token or capacity was refused, any other reason | the apology and `<Record>` |
 //! | no record of the call at all | the apology and `<Record>`, logged with the reason |
 
-use crate::store::CallRecord;
+use crate::ids::is_e164;
 
 /// Most times one call is moved to another instance (a drain's `<Redirect>`) before it
 /// takes the fallback instead.
@@ -39,9 +40,20 @@ pub enum Ending {
     },
 }
 
-/// Decides how the call goes on. `record` is the call's row in the store (if any),
-/// `call_status` the `CallStatus` of the `<Connect action>` request and `hop` its hop count.
-pub fn decide(record: Option<&CallRecord>, call_status: Option<&str>, hop: u32) -> Ending {
+/// How a call's stream ended, as its row in the store tells it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamEnd<'a> {
+    /// Why it ended (`calls.end_reason`: a close-reason label such as `agent_hangup`); `None`
+    /// while it has not.
+    pub reason: Option<&'a str>,
+    /// Where the agent transferred the call, when it ended with `transfer`.
+    pub transfer: Option<&'a Transfer>,
+}
+
+/// Decides how the call goes on. `record` is how the call's stream ended, from its row in the
+/// store (`None`: no row), `call_status` the `CallStatus` of the `<Connect action>` request
+/// and `hop` its hop count.
+pub fn decide(record: Option<StreamEnd<'_>>, call_status: Option<&str>, hop: u32) -> Ending {
     if matches!(
         call_status,
         Some("completed" | "canceled" | "busy" | "failed" | "no-answer")
@@ -51,9 +63,9 @@ pub fn decide(record: Option<&CallRecord>, call_status: Option<&str>, hop: u32) 
     let Some(record) = record else {
         return Ending::Fallback("no record of the call");
     };
-    match record.end_reason.as_deref() {
+    match record.reason {
         Some("agent_hangup" | "completed") => Ending::Hangup,
-        Some("transfer") => match &record.transfer {
+        Some("transfer") => match record.transfer {
             Some(transfer) => Ending::Dial(transfer.clone()),
             None => Ending::Fallback("transfer without a target"),
         },
@@ -198,13 +210,6 @@ pub fn masked(target: &str) -> String {
     format!("{head}***{tail}")
 }
 
-/// `+` then 8 to 15 digits, the first not 0.
-pub fn is_e164(s: &str) -> bool {
-    s.strip_prefix('+').is_some_and(|d| {
-        (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
-    })
-}
-
 /// The host of `sip:user@host[:port][;params]`, if the URI is that shape.
 fn sip_host(uri: &str) -> Option<&str> {
     let rest = uri.strip_prefix("sip:")?;
@@ -238,11 +243,10 @@ fn is_host(host: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn ended(reason: &str) -> CallRecord {
-        CallRecord {
-            call_sid: "CA1".into(),
-            end_reason: Some(reason.into()),
-            ..CallRecord::default()
+    fn ended(reason: &str) -> StreamEnd<'_> {
+        StreamEnd {
+            reason: Some(reason),
+            transfer: None,
         }
     }
 
@@ -253,11 +257,11 @@ mod tests {
             caller_id: None,
             timeout_s: 30,
         };
-        let transferred = CallRecord {
-            transfer: Some(transfer.clone()),
+        let transferred = StreamEnd {
+            transfer: Some(&transfer),
             ..ended("transfer")
         };
-        let cases: Vec<(Option<CallRecord>, Option<&str>, u32, Ending)> = vec![
+        let cases: Vec<(Option<StreamEnd<'_>>, Option<&str>, u32, Ending)> = vec![
             (
                 Some(ended("agent_hangup")),
                 Some("in-progress"),
@@ -268,7 +272,7 @@ mod tests {
                 Some(transferred),
                 Some("in-progress"),
                 0,
-                Ending::Dial(transfer),
+                Ending::Dial(transfer.clone()),
             ),
             (
                 Some(ended("transfer")),
@@ -347,7 +351,7 @@ mod tests {
         ];
         for (record, status, hop, want) in cases {
             assert_eq!(
-                decide(record.as_ref(), status, hop),
+                decide(record, status, hop),
                 want,
                 "{record:?} {status:?} {hop}"
             );

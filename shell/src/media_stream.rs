@@ -16,6 +16,11 @@ use bytes::{BufMut, BytesMut};
 use handset_engine::frame::MediaError;
 use handset_engine::{InboundMedia, MulawFrame};
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// The path Twilio's Media Streams WebSocket connects to (the TwiML's `<Stream url>`).
+pub const MEDIA_STREAM_PATH: &str = "/ws/twilio-media";
 
 /// Largest base64 payload accepted in one inbound `media` message (20 ms = 216 characters).
 const MAX_PAYLOAD_BASE64: usize = 1024;
@@ -293,7 +298,7 @@ pub fn parse(text: &str) -> Result<Inbound<'_>, ProtocolError> {
                 ("callSid", "CA", &start.call_sid, true),
                 ("accountSid", "AC", &start.account_sid, false),
             ] {
-                if (required || !value.is_empty()) && !crate::twilio::is_sid(value, prefix) {
+                if (required || !value.is_empty()) && !crate::ids::is_sid(value, prefix) {
                     return Err(ProtocolError::Sid { field, prefix });
                 }
             }
@@ -401,6 +406,104 @@ impl Writer {
         let need = n + self.sid_field.len();
         if self.buf.capacity() < need {
             self.buf.reserve(WRITER_BLOCK.max(need));
+        }
+    }
+}
+
+/// Why the shell closed a media stream, with the close code sent.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum CloseReason {
+    /// The agent hung up (1000).
+    AgentHangup,
+    /// The remote agent failed; Twilio goes on to the recording fallback (1000).
+    AgentFailed,
+    /// The stream ended normally after `stop` (1000).
+    Completed,
+    /// The server is shutting down (1001).
+    GoingAway,
+    /// Too many messages before `start`, or `start` never came (1008).
+    NoStart,
+    /// The peer stopped reading: a message waited [`Config::ws_write_timeout`](crate::config::Config::ws_write_timeout)
+    /// for the socket (1011 when it can still be sent).
+    Stalled,
+    /// The instance is draining and takes no new stream (1001); the call is redirected.
+    Draining,
+    /// The engine refused the call (1011).
+    EngineRefused,
+    /// `MAX_CALLS` media calls are already running (1013).
+    Busy,
+    /// The agent transferred the call once its audio had played (1000); the
+    /// `<Connect action>` dials the target.
+    Transfer,
+    /// Idle for [`Config::ws_idle_timeout`](crate::config::Config::ws_idle_timeout) (1001).
+    Idle,
+    /// `start` without a valid single-use token (1008).
+    InvalidToken,
+    /// `start` whose `streamSid`, `callSid` or `accountSid` is not a Twilio identifier (1008).
+    InvalidStart,
+    /// A message over [`Config::ws_max_message_bytes`](crate::config::Config::ws_max_message_bytes) (1009).
+    TooBig,
+    /// `start` with a media format other than 8 kHz mono µ-law (1003).
+    UnsupportedFormat,
+    /// The store could not be reached to redeem the stream token (1011).
+    StoreUnavailable,
+    /// A frame broke the WebSocket protocol: an unknown opcode, reserved bits set, an unmasked
+    /// client frame, a bad control frame or fragmentation (1002).
+    ProtocolError,
+    /// A text message (or a close frame's reason) that is not UTF-8 (1007).
+    InvalidUtf8,
+}
+
+impl CloseReason {
+    /// The `reason` label in `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AgentHangup => "agent_hangup",
+            Self::AgentFailed => "agent_failed",
+            Self::Completed => "completed",
+            Self::GoingAway => "going_away",
+            Self::NoStart => "no_start",
+            Self::Stalled => "stalled",
+            Self::Draining => "draining",
+            Self::EngineRefused => "engine_refused",
+            Self::Busy => "busy",
+            Self::Transfer => "transfer",
+            Self::Idle => "idle",
+            Self::InvalidToken => "invalid_token",
+            Self::InvalidStart => "invalid_start",
+            Self::TooBig => "too_big",
+            Self::UnsupportedFormat => "unsupported_format",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::ProtocolError => "protocol_error",
+            Self::InvalidUtf8 => "invalid_utf8",
+        }
+    }
+
+    /// The close frame sent: its code and reason.
+    pub fn frame(self) -> CloseFrame {
+        let (code, reason) = match self {
+            Self::AgentHangup => (CloseCode::Normal, "call ended by agent"),
+            Self::AgentFailed => (CloseCode::Normal, "agent failed"),
+            Self::Completed => (CloseCode::Normal, "stream stopped"),
+            Self::GoingAway => (CloseCode::Away, "server shutting down"),
+            Self::NoStart => (CloseCode::Policy, "expected start message"),
+            Self::Stalled => (CloseCode::Error, "peer stopped reading"),
+            Self::Draining => (CloseCode::Away, "server draining, call redirected"),
+            Self::EngineRefused => (CloseCode::Error, "cannot start call"),
+            Self::Busy => (CloseCode::Again, "server at capacity, try again later"),
+            Self::Transfer => (CloseCode::Normal, "call transferred by agent"),
+            Self::Idle => (CloseCode::Away, "idle timeout"),
+            Self::InvalidToken => (CloseCode::Policy, "invalid or missing stream token"),
+            Self::InvalidStart => (CloseCode::Policy, "invalid identifier in start"),
+            Self::TooBig => (CloseCode::Size, "message too big"),
+            Self::UnsupportedFormat => (CloseCode::Unsupported, "unsupported media format"),
+            Self::StoreUnavailable => (CloseCode::Error, "store unavailable"),
+            Self::ProtocolError => (CloseCode::Protocol, "protocol error"),
+            Self::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8"),
+        };
+        CloseFrame {
+            code,
+            reason: reason.into(),
         }
     }
 }

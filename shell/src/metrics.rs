@@ -35,10 +35,10 @@ use prometheus_client::registry::{Registry, Unit};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use crate::bridge::{CloseReason, StreamCounters};
+use crate::active_calls::ActiveCalls;
 use crate::config::Secret;
+use crate::media_stream::{CloseReason, MEDIA_STREAM_PATH};
 use crate::onset_check::CheckerCounters;
-use crate::server::ActiveCalls;
 use crate::store::{Health, Trouble};
 
 /// `Content-Type` of a `/metrics` answer (what the `prometheus-client` text encoder writes).
@@ -91,7 +91,7 @@ impl RouteLabel {
             "/webhook/handle_recording" => Self::HandleRecording,
             "/webhook/call_status" => Self::CallStatus,
             "/webhook/stream_status" => Self::StreamStatus,
-            crate::routes::MEDIA_STREAM_PATH => Self::MediaStream,
+            MEDIA_STREAM_PATH => Self::MediaStream,
             "/healthz" => Self::Healthz,
             "/version" => Self::Version,
             "/metrics" => Self::Metrics,
@@ -107,7 +107,7 @@ impl RouteLabel {
             Self::HandleRecording => "/webhook/handle_recording",
             Self::CallStatus => "/webhook/call_status",
             Self::StreamStatus => "/webhook/stream_status",
-            Self::MediaStream => crate::routes::MEDIA_STREAM_PATH,
+            Self::MediaStream => MEDIA_STREAM_PATH,
             Self::Healthz => "/healthz",
             Self::Version => "/version",
             Self::Metrics => "/metrics",
@@ -752,6 +752,31 @@ impl Collector for HandsetCollector {
         )?;
         Ok(())
     }
+}
+
+/// Counters for one stream's socket, logged when it ends.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamCounters {
+    /// Text messages received.
+    pub messages: u64,
+    /// Malformed JSON or missing fields.
+    pub malformed: u64,
+    /// Media with invalid base64 or the wrong payload size.
+    pub bad_media: u64,
+    /// Binary frames (Twilio sends only text).
+    pub binary: u64,
+    /// Unknown events, ignored.
+    pub unknown_events: u64,
+    /// Messages for another streamSid.
+    pub wrong_stream: u64,
+    /// Messages before `start` (other than `connected`).
+    pub before_start: u64,
+    /// Extra `start` messages.
+    pub extra_start: u64,
+    /// Frames refused because the engine's ring was full (media faster than real time).
+    pub ring_full: u64,
+    /// Mark echoes with names we never sent.
+    pub unknown_marks: u64,
 }
 
 #[cfg(test)]

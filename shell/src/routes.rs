@@ -24,11 +24,12 @@ use crate::clock;
 use crate::config::PublicUrl;
 use crate::ending::Ending;
 use crate::form;
-use crate::server::AppState;
+use crate::media_stream::MEDIA_STREAM_PATH;
 use crate::signature::{
     Algorithm, BODY_SHA256_PARAM, SETTINGS_HEADER, SIGNATURE_HEADER, SignedContent,
 };
-use crate::store::{CallStatusEvent, RecordingEvent, StreamStatusEvent};
+use crate::state::AppState;
+use crate::store::{CallRecord, CallStatusEvent, RecordingEvent, StreamStatusEvent};
 use crate::tokens::{CallIdentity, TOKEN_PARAMETER};
 use crate::twiml;
 
@@ -36,9 +37,6 @@ use crate::twiml;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest time to wait for a request body once the headers are in.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Path of the Media Streams WebSocket, written into the TwiML `<Stream url>`.
-pub const MEDIA_STREAM_PATH: &str = "/ws/twilio-media";
-
 /// Response header naming the instance (`INSTANCE_ID`) that answered.
 pub const INSTANCE_HEADER: &str = "x-handset-instance";
 
@@ -449,7 +447,7 @@ const SID_FIELDS: [(&str, &str); 6] = [
 fn check_sids(fields: &[(String, String)]) -> Result<(), HttpError> {
     for (name, value) in fields {
         if let Some((name, prefix)) = SID_FIELDS.iter().find(|(n, _)| n == name)
-            && !crate::twilio::is_sid(value, prefix)
+            && !crate::ids::is_sid(value, prefix)
         {
             return Err(HttpError::BadRequest(format!(
                 "invalid {name}: expected {prefix} and 32 hex digits"
@@ -697,7 +695,11 @@ async fn stream_ended(state: &AppState, hook: &Webhook, id: u64) -> Response<Bod
         .as_ref()
         .and_then(|r| r.end_reason.as_deref())
         .unwrap_or("unknown");
-    match crate::ending::decide(record.as_ref(), hook.field("CallStatus"), hop) {
+    match crate::ending::decide(
+        record.as_ref().map(CallRecord::stream_end),
+        hook.field("CallStatus"),
+        hop,
+    ) {
         Ending::Hangup => {
             tracing::info!(id, call_sid, reason, "stream ended: hanging up");
             xml_response(twiml::hangup())

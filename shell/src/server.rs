@@ -34,206 +34,19 @@
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use handset_engine::driver::{Engine, EngineConfig, Scheduling, StartError, SystemClock};
-
 use crate::config::Config;
-use crate::metrics::ShellMetrics;
-use crate::signature::Verifier;
-use crate::store::{Counts, ImportReport, Store, StoreError};
-use crate::tokens::StreamTokens;
-use crate::twilio::{TwilioClient, TwilioError};
-
-/// Number of live media calls, shown by `/healthz`. The WebSocket layer holds one
-/// [`ActiveCallGuard`] per bridged call.
-#[derive(Clone, Debug, Default)]
-pub struct ActiveCalls(Arc<AtomicUsize>);
-
-impl ActiveCalls {
-    /// Counts one more call until the guard is dropped.
-    pub fn enter(&self) -> ActiveCallGuard {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        ActiveCallGuard(self.0.clone())
-    }
-
-    /// Calls currently counted.
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Decrements [`ActiveCalls`] when dropped.
-#[derive(Debug)]
-pub struct ActiveCallGuard(Arc<AtomicUsize>);
-
-impl Drop for ActiveCallGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Everything the request handlers share.
-#[derive(Debug)]
-pub struct AppState {
-    /// Validated configuration.
-    pub config: Config,
-    /// Signature verifier; `None` when no auth token is configured (checks off).
-    pub verifier: Option<Verifier>,
-    /// Single-use stream tokens, in the store.
-    pub tokens: StreamTokens,
-    /// The durable state shared with the other instances (and whether it takes writes:
-    /// [`Store::health`]).
-    pub store: Store,
-    /// Live media calls.
-    pub active_calls: ActiveCalls,
-    /// Wakes this instance's recording worker when a recording callback was stored here
-    /// (the other instances' workers find it on their next poll).
-    pub recording_stored: Arc<tokio::sync::Notify>,
-    /// The media engine's worker threads.
-    pub engine: Engine,
-    /// The thread that writes engine output to the media sockets.
-    pub egress: crate::egress::Egress,
-    /// The second stage on barge-in onsets (`ONSET_CHECK`), when on.
-    pub onset_check: Option<crate::onset_check::Checker>,
-    /// Set to true when the server starts draining: media streams finish within
-    /// `config.drain_timeout`, then close with 1001.
-    pub draining: watch::Sender<bool>,
-    /// The shell's counters for `/metrics`.
-    pub metrics: Arc<ShellMetrics>,
-    /// The Twilio REST client, when `TWILIO_ACCOUNT_SID` and credentials are configured
-    /// (`POST /calls`, ending or redirecting calls that have no live stream).
-    pub twilio: Option<TwilioClient>,
-    /// What `/metrics` encodes: a collector over `metrics` and the engine's counters.
-    pub metrics_registry: prometheus_client::registry::Registry,
-    /// Source of per-request ids for log correlation.
-    pub(crate) request_ids: AtomicU64,
-}
-
-impl AppState {
-    /// Whether `MAX_CALLS` media calls are running: the one capacity check, made by the
-    /// voice webhook, by stream admission and by `/readyz`.
-    pub fn at_capacity(&self) -> bool {
-        let max = self.config.max_calls;
-        max > 0 && self.active_calls.count() >= max
-    }
-
-    /// Whether the instance takes new calls: not draining, the store takes writes, below
-    /// `MAX_CALLS`. `Err` names what is wrong.
-    pub fn ready(&self) -> Result<(), &'static str> {
-        if *self.draining.borrow() {
-            Err("draining")
-        } else if self.store.health().status().is_err() {
-            Err("store degraded")
-        } else if self.at_capacity() {
-            Err("at MAX_CALLS")
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// What [`AppState::new`] found besides the state.
-#[derive(Debug)]
-pub struct Startup {
-    /// JSON-lines files of earlier versions imported from `DATA_DIR` (usually none).
-    pub imported: ImportReport,
-    /// What the store holds.
-    pub counts: Counts,
-}
-
-/// Why the shared state could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// The store could not be opened, migrated or read.
-    #[error("cannot open the store: {0}")]
-    Store(#[from] StoreError),
-    /// The media engine could not start.
-    #[error("cannot start the media engine: {0}")]
-    Engine(#[from] StartError),
-    /// The Twilio REST client could not be built.
-    #[error("cannot build the twilio rest client: {0}")]
-    Twilio(#[from] TwilioError),
-    /// The egress thread could not start.
-    #[error("cannot start the egress thread: {0}")]
-    Egress(std::io::Error),
-    /// The onset check's model could not be loaded or its thread started.
-    #[error("cannot start the onset check: {0}")]
-    OnsetCheck(anyhow::Error),
-}
-
-impl AppState {
-    /// Opens the store (`DATABASE_URL`, or SQLite under `DATA_DIR`) and runs its migrations,
-    /// imports any JSON-lines files of earlier versions, starts the media engine and builds
-    /// the shared state.
-    pub async fn new(config: Config) -> Result<(Arc<Self>, Startup), StateError> {
-        let twilio = match config.twilio.is_usable() {
-            true => Some(TwilioClient::new(&config.twilio)?),
-            false => None,
-        };
-        let store = Store::open(&config.store_options()).await?;
-        let imported = crate::store::import_jsonl(&store, &config.data_dir).await?;
-        let counts = store.counts().await?;
-        let engine = Engine::start(
-            EngineConfig {
-                workers: config.engine_workers,
-                realtime_priority: config.engine_realtime_priority,
-                cpu_wake_latency: config.engine_cpu_latency,
-                ..EngineConfig::default()
-            },
-            Arc::new(SystemClock::new()),
-        )?;
-        // The socket writers run just below the engine's priority (and on the default
-        // scheduler when the engine does).
-        let egress = crate::egress::Egress::start(match engine.scheduling() {
-            Scheduling::Realtime(p) => Some(p.saturating_sub(1).max(1)),
-            Scheduling::Normal | Scheduling::Refused(..) => None,
-        })
-        .map_err(StateError::Egress)?;
-        let onset_check = if config.onset_check {
-            Some(crate::onset_check::Checker::start().map_err(StateError::OnsetCheck)?)
-        } else {
-            None
-        };
-        let active_calls = ActiveCalls::default();
-        let metrics = Arc::new(ShellMetrics::default());
-        let metrics_registry = crate::metrics::registry(
-            Arc::clone(engine.counters()),
-            Arc::clone(&metrics),
-            active_calls.clone(),
-            Arc::clone(store.health()),
-            onset_check.as_ref().map(|c| Arc::clone(c.counters())),
-        );
-        let state = Self {
-            verifier: config.auth_token.clone().map(Verifier::new),
-            tokens: StreamTokens::new(store.clone(), config.stream_token_ttl),
-            store,
-            active_calls,
-            recording_stored: Arc::default(),
-            engine,
-            egress,
-            onset_check,
-            draining: watch::channel(false).0,
-            metrics,
-            metrics_registry,
-            twilio,
-            request_ids: AtomicU64::new(1),
-            config,
-        };
-        Ok((Arc::new(state), Startup { imported, counts }))
-    }
-}
+use crate::conn::CountedStream;
+use crate::state::AppState;
 
 /// Binds `addr` with a listen backlog of [`LISTEN_BACKLOG`] (tokio's `TcpListener::bind` uses
 /// 128), so a burst of new connections waits in the kernel's queue for the accept loop instead
@@ -354,10 +167,7 @@ pub async fn serve(
         };
         after_flood.admitted(state.metrics.open_connections() + 1);
         let _ = stream.set_nodelay(true);
-        let stream = CountedStream {
-            stream,
-            _guard: ConnectionGuard::new(state.metrics.clone()),
-        };
+        let stream = CountedStream::new(stream, Arc::clone(&state.metrics));
         let state = state.clone();
         let builder = builder.clone();
         let notify = notify_rx.clone();
@@ -457,7 +267,7 @@ async fn connection(
     // anything has arrived, and `peek` goes back to waiting when the socket says it is empty.
     let mut first = [0u8; 1];
     tokio::select! {
-        peeked = tokio::time::timeout(timeout, stream.stream.peek(&mut first)) => {
+        peeked = tokio::time::timeout(timeout, stream.tcp().peek(&mut first)) => {
             if !matches!(peeked, Ok(Ok(1..))) {
                 // Nothing within the header timeout, the client closed, or a socket error:
                 // closed without an answer, as hyper closes a slow request head.
@@ -506,79 +316,6 @@ async fn serve_http(
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
-}
-
-/// Counts one open connection in [`ShellMetrics`] until dropped.
-#[derive(Debug)]
-struct ConnectionGuard(Arc<ShellMetrics>);
-
-impl ConnectionGuard {
-    fn new(metrics: Arc<ShellMetrics>) -> Self {
-        metrics.connection_opened();
-        Self(metrics)
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.connection_closed();
-    }
-}
-
-/// A client's TCP stream with its [`ConnectionGuard`]. hyper owns it while it serves HTTP and
-/// hands it to the media stream on an upgrade, so the connection is counted exactly as long as
-/// its socket is open, whichever task ends it.
-#[derive(Debug)]
-pub(crate) struct CountedStream {
-    stream: TcpStream,
-    _guard: ConnectionGuard,
-}
-
-impl CountedStream {
-    /// The socket, for its options (a media stream bounds its send buffer).
-    pub(crate) fn tcp(&self) -> &TcpStream {
-        &self.stream
-    }
-}
-
-impl AsyncRead for CountedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for CountedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 

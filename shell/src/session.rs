@@ -19,10 +19,10 @@ use handset_engine::agent::echo::{EchoAgent, EchoConfig};
 use handset_engine::agent::{Agent, CallInfo};
 
 use crate::agent::remote::Shared;
-use crate::bridge::CloseReason;
 use crate::config::Config;
+use crate::media_stream::CloseReason;
 use crate::media_stream::StartMeta;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::tokens::TOKEN_PARAMETER;
 
 /// A call this instance takes.

@@ -27,6 +27,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
+pub use crate::store::{CallIdentity, TokenError};
 use crate::store::{Store, StoreError};
 
 /// `<Parameter name>` carrying the token; the WebSocket handler reads it from
@@ -35,19 +36,6 @@ pub const TOKEN_PARAMETER: &str = "streamToken";
 
 /// Random bytes per token (128 bits).
 pub const TOKEN_BYTES: usize = 16;
-
-/// Who a call is, as told by the signed incoming-call webhook.
-#[derive(Clone, Debug, Default, Eq, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct CallIdentity {
-    /// `CallSid` (`CA…`).
-    pub call_sid: String,
-    /// `AccountSid` (`AC…`).
-    pub account_sid: String,
-    /// Caller (`From`), E.164 or `client:`/SIP form.
-    pub from: String,
-    /// Called number (`To`).
-    pub to: String,
-}
 
 /// An issued token: URL-safe base64 of 16 random bytes. `Debug` redacts it.
 #[derive(Clone, Eq, PartialEq)]
@@ -64,20 +52,6 @@ impl fmt::Debug for StreamToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("StreamToken([redacted])")
     }
-}
-
-/// Why a token was refused. The WebSocket handler closes the socket without saying which.
-#[derive(Clone, Copy, Debug, Eq, PartialEq, thiserror::Error)]
-pub enum TokenError {
-    /// The token was valid but its TTL has passed.
-    #[error("stream token expired")]
-    Expired,
-    /// No outstanding token for this call, or it was already redeemed.
-    #[error("no stream token outstanding for this call")]
-    Unknown,
-    /// A token exists for the call but this one does not match.
-    #[error("stream token does not match")]
-    Mismatch,
 }
 
 /// Issues and redeems stream tokens through the shared [`Store`], so that the instance that

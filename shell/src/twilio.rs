@@ -21,6 +21,7 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 
 use crate::config::{PublicUrl, Secret, TwilioRestConfig};
+use crate::ids::{is_address, is_sid};
 
 /// The API version prefix of every path.
 pub const API_PATH: &str = "/2010-04-01";
@@ -467,21 +468,6 @@ impl Outbound {
     }
 }
 
-/// Whether `value` is something Twilio can dial: an E.164 number
-/// ([`crate::ending::is_e164`]), or a `sip:` or `client:` address (printable, no spaces, at
-/// most 256 bytes).
-pub fn is_address(value: &str) -> bool {
-    if value.starts_with('+') {
-        return crate::ending::is_e164(value);
-    }
-    let rest = value
-        .strip_prefix("sip:")
-        .or_else(|| value.strip_prefix("client:"));
-    rest.is_some_and(|r| {
-        !r.is_empty() && value.len() <= 256 && r.bytes().all(|b| b.is_ascii_graphic())
-    })
-}
-
 /// Whether `name` may be an extra call parameter: 1 to 64 ASCII letters, digits, `_` or `-`,
 /// and not one of [`RESERVED_PARAMS`].
 pub fn is_param_name(name: &str) -> bool {
@@ -490,11 +476,6 @@ pub fn is_param_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         && !RESERVED_PARAMS.contains(&name)
-}
-
-/// Whether `sid` is the two-letter `prefix` followed by 32 hex digits.
-pub fn is_sid(sid: &str, prefix: &str) -> bool {
-    sid.len() == 34 && sid.starts_with(prefix) && sid.bytes().skip(2).all(|b| b.is_ascii_hexdigit())
 }
 
 fn check_sid(name: &'static str, prefix: &'static str, value: &str) -> Result<(), TwilioError> {
@@ -537,7 +518,7 @@ async fn status_error(response: reqwest::Response) -> TwilioError {
         .ok()
         .and_then(|b| serde_json::from_slice::<ErrorResource>(&b).ok())
         .and_then(|e| e.message)
-        .map(|m| crate::agent::protocol::truncate(&m, 200).to_owned())
+        .map(|m| m[..m.floor_char_boundary(200)].to_owned())
         .unwrap_or_default();
     TwilioError::Status { status, message }
 }
@@ -604,31 +585,6 @@ mod tests {
         assert!(!c.is_recording_url(&good, ACCOUNT, &other_sid));
         let other_account = ACCOUNT.replace("AC0", "AC1");
         assert!(!c.is_recording_url(&good, &other_account, RECORDING));
-    }
-
-    #[test]
-    fn addresses_are_e164_numbers_or_sip_and_client_addresses() {
-        for good in [
-            "+15550001111",
-            "+12345678",
-            "+123456789012345",
-            "sip:a@b.example",
-            "client:alice",
-        ] {
-            assert!(is_address(good), "{good}");
-        }
-        for bad in [
-            "15550001111",
-            "+1234567",
-            "+1234567890123456",
-            "+1555000111a",
-            "sip:",
-            "client:a b",
-            "tel:+15550001111",
-            "",
-        ] {
-            assert!(!is_address(bad), "{bad}");
-        }
     }
 
     #[test]

@@ -57,7 +57,6 @@ use tokio_tungstenite::tungstenite::Message;
 use super::client::{
     AgentSocket as Socket, ClientEnds, RETRY, WRITE_TIMEOUT, connect_or_fail, drain, fail,
 };
-use super::protocol::truncate;
 use super::remote::{Downlink, FailReason, INTERNAL_MARK_BASE, Uplink};
 use crate::config::{AgentConfig, OpenAiConfig};
 
@@ -758,7 +757,10 @@ impl Session {
                     }
                 }
             }
-            _ => Err(format!("unknown function {}", truncate(name, 64))),
+            _ => Err(format!(
+                "unknown function {}",
+                &name[..name.floor_char_boundary(64)]
+            )),
         };
         match result {
             Ok(reason) => {
@@ -847,19 +849,19 @@ impl Session {
                 Vec::new()
             }
             ServerEvent::CallerTranscript(text) => {
-                let text = truncate(&text, MAX_LOGGED_TEXT);
+                let text = &text[..text.floor_char_boundary(MAX_LOGGED_TEXT)];
                 tracing::info!(id = self.id, call_sid = %self.call_sid, text = %text, "STT_FINAL");
                 Vec::new()
             }
             ServerEvent::AssistantTranscript(text) => {
-                let text = truncate(&text, MAX_LOGGED_TEXT);
+                let text = &text[..text.floor_char_boundary(MAX_LOGGED_TEXT)];
                 tracing::info!(id = self.id, call_sid = %self.call_sid, text = %text, "AGENT_SAID");
                 Vec::new()
             }
             ServerEvent::Error(message) => {
                 self.counters.errors += 1;
                 if self.counters.errors <= 5 {
-                    let message = truncate(&message, 200);
+                    let message = &message[..message.floor_char_boundary(200)];
                     tracing::warn!(id = self.id, call_sid = %self.call_sid, message = %message, "realtime error event");
                 }
                 Vec::new()

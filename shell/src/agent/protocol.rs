@@ -113,7 +113,7 @@ pub fn parse(text: &str) -> Result<FromAgent, ParseError> {
                 Some(rate) => FromAgent::AudioFormat(rate),
                 None => {
                     return Err(ParseError::Format {
-                        encoding: truncate(&encoding, 32).to_owned(),
+                        encoding: encoding[..encoding.floor_char_boundary(32)].to_owned(),
                         sample_rate,
                         channels,
                     });
@@ -140,23 +140,11 @@ pub fn parse(text: &str) -> Result<FromAgent, ParseError> {
             let text = raw.text.ok_or(ParseError::Transcript)?;
             FromAgent::Transcript {
                 is_final,
-                text: truncate(&text, MAX_TRANSCRIPT).to_owned(),
+                text: text[..text.floor_char_boundary(MAX_TRANSCRIPT)].to_owned(),
             }
         }
         _ => FromAgent::Unknown,
     })
-}
-
-/// `text` cut to at most `max` bytes at a character boundary.
-pub fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// The `start` message: who the call is with, which way it goes (Twilio's `Direction`,
@@ -287,7 +275,7 @@ pub fn event(event: &ToAgent<'_>) -> String {
         } => json!({"type": "stop", "reason": reason}),
         ToAgent::TransferRefused { to, reason } => json!({
             "type": "transfer_refused",
-            "to": truncate(to, crate::ending::MAX_TARGET),
+            "to": &to[..to.floor_char_boundary(crate::ending::MAX_TARGET)],
             "reason": reason,
         }),
     }

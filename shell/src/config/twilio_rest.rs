@@ -61,7 +61,7 @@ pub(super) fn twilio_config<'a>(
     auth_token: Option<Secret>,
 ) -> Result<TwilioRestConfig, ConfigError> {
     let sid = |name: &'static str, prefix: &'static str| match non_empty(name) {
-        Some(v) if crate::twilio::is_sid(v, prefix) => Ok(Some(v.to_owned())),
+        Some(v) if crate::ids::is_sid(v, prefix) => Ok(Some(v.to_owned())),
         Some(v) => Err(ConfigError::TwilioSid {
             name,
             prefix,
@@ -108,7 +108,7 @@ pub(super) fn twilio_config<'a>(
         None => PublicUrl::parse("TWILIO_API_URL", DEFAULT_TWILIO_API_URL)?,
     };
     let from = match non_empty("TWILIO_FROM") {
-        Some(v) if crate::twilio::is_address(v) => Some(v.to_owned()),
+        Some(v) if crate::ids::is_address(v) => Some(v.to_owned()),
         Some(v) => {
             return Err(ConfigError::Address {
                 name: "TWILIO_FROM",

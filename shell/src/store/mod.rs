@@ -35,8 +35,6 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor as _, Row as _};
 
-use crate::tokens::{CallIdentity, TokenError};
-
 /// The columns [`job_from_row`] reads, in order (a macro, so statements stay literals).
 macro_rules! job_columns {
     () => {
@@ -108,6 +106,33 @@ pub struct StreamStatusEvent {
     pub stream_error: Option<String>,
 }
 
+/// Who a call is, as told by the signed incoming-call webhook.
+#[derive(Clone, Debug, Default, Eq, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CallIdentity {
+    /// `CallSid` (`CA…`).
+    pub call_sid: String,
+    /// `AccountSid` (`AC…`).
+    pub account_sid: String,
+    /// Caller (`From`), E.164 or `client:`/SIP form.
+    pub from: String,
+    /// Called number (`To`).
+    pub to: String,
+}
+
+/// Why a token was refused. The WebSocket handler closes the socket without saying which.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum TokenError {
+    /// The token was valid but its TTL has passed.
+    #[error("stream token expired")]
+    Expired,
+    /// No outstanding token for this call, or it was already redeemed.
+    #[error("no stream token outstanding for this call")]
+    Unknown,
+    /// A token exists for the call but this one does not match.
+    #[error("stream token does not match")]
+    Mismatch,
+}
+
 /// A call whose media stream started on some instance.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct CallRecord {
@@ -129,6 +154,16 @@ pub struct CallRecord {
     pub transfer: Option<crate::ending::Transfer>,
     /// How the transfer went (`DialCallStatus`: `completed`, `busy`, `no-answer`, …).
     pub transfer_status: Option<String>,
+}
+
+impl CallRecord {
+    /// How the stream ended, for [`crate::ending::decide`].
+    pub fn stream_end(&self) -> crate::ending::StreamEnd<'_> {
+        crate::ending::StreamEnd {
+            reason: self.end_reason.as_deref(),
+            transfer: self.transfer.as_ref(),
+        }
+    }
 }
 
 /// Where a recording job is.
