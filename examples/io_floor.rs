@@ -31,12 +31,12 @@ const PERIOD: Duration = Duration::from_millis(20);
 /// Bytes per message (a Twilio `media` message with its base64 payload is 380–400 bytes).
 const MESSAGE_BYTES: usize = 400;
 
-/// Both ends use the server's socket settings (shell/src/bridge.rs): a 4 KiB read buffer
+/// Both ends use the server's socket settings (shell/src/bridge/mod.rs): a 2 KiB read buffer
 /// (tungstenite zero-fills the free part of its read buffer before every read, so its 128 KiB
 /// default would measure memset, not I/O) and an 8 KiB write buffer.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(8 * 1024)
 }
 
