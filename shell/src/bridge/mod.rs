@@ -42,6 +42,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 mod marks;
 mod reader;
+mod report;
 mod writer;
 
 use crate::media_stream::CloseReason;
@@ -68,9 +69,6 @@ const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 ///
 /// [`Config::ws_write_timeout`]: crate::config::Config::ws_write_timeout
 const MEDIA_SEND_BUFFER_BYTES: usize = 32 * 1024;
-/// Once the writer closes a stream itself (a hang-up, a stalled peer), how long it waits for
-/// the engine's final counters (its `WS stop` line) after the call is told to stop.
-const ENDED_WAIT: Duration = Duration::from_secs(1);
 /// Outbound messages queued per call between the engine and the socket (about 8 s of audio).
 pub const OUTBOUND_QUEUE: usize = 512;
 

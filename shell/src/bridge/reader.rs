@@ -13,6 +13,7 @@ use handset_engine::driver::{CallHandle, CallSpec, Control};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::report::{REPORT_QUEUE, Report, Reports};
 use super::writer::{ChannelSink, PumpCall, Queued, WriterCall, write_loop};
 use super::{OUTBOUND_QUEUE, WsStream, parse_mark_name, record_end};
 use crate::media_stream::{self, CloseReason, Inbound, ProtocolError};
@@ -28,6 +29,10 @@ const MAX_BEFORE_START: u32 = 50;
 /// of media) and when it ends.
 const PUBLISH_EVERY_MESSAGES: u64 = 256;
 
+/// Once the stream has ended, how long the reader waits for the engine's final counters (its
+/// `WS stop` line) after the call was told to stop.
+const ENDED_WAIT: Duration = Duration::from_secs(1);
+
 /// After asking Twilio to move a call at the drain deadline, how long to wait for its `stop`
 /// before closing the stream from this side.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
@@ -37,6 +42,7 @@ pub(super) async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     let (sink, mut stream) = ws.split();
     let (close_tx, close_rx) = mpsc::channel::<CloseReason>(4);
     let (out_tx, out_rx) = mpsc::channel::<Queued>(OUTBOUND_QUEUE);
+    let (reports_tx, mut reports_rx) = mpsc::channel::<Report>(REPORT_QUEUE);
     // The writer's word that it is closing the stream itself (a hang-up, a stalled peer).
     let (closing_tx, mut closing_rx) = tokio::sync::oneshot::channel::<()>();
     let mut counters = StreamCounters::default();
@@ -135,7 +141,10 @@ pub(super) async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
         },
         info: info.clone(),
         agent,
-        sink: Box::new(ChannelSink(out_tx)),
+        sink: Box::new(ChannelSink {
+            wire: out_tx,
+            reports: reports_tx,
+        }),
         onset_check: state
             .onset_check
             .as_ref()
@@ -179,6 +188,8 @@ pub(super) async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     tracing::info!(id, call_sid = %info.call_sid, stream_sid = %info.stream_sid, from = %state.config.loggable_number(&info.from), to = %state.config.loggable_number(&info.to), "WS start");
 
     let trace_dir = state.config.trace_dir.clone().filter(|_| traced);
+    let mut reports = Reports::new(id, info.clone(), trace_dir);
+    let mut reports_open = true;
     // What this stream's counters have added to the shell's metrics so far.
     let mut published = StreamCounters::default();
     let stop_reason = control.clone();
@@ -192,7 +203,6 @@ pub(super) async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
             pump: PumpCall {
                 info: info.clone(),
                 id,
-                trace_dir,
                 closing: closing_tx,
                 echoes: Arc::clone(&echoes),
                 write_timeout: state.config.ws_write_timeout,
@@ -294,13 +304,16 @@ pub(super) async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
             closing = &mut closing_rx, if !closing_seen => {
                 closing_seen = true;
                 if closing.is_ok() {
-                    // The writer closes the stream: stop the call now, so the engine's final
-                    // counters reach the writer (its `WS stop` line), and read on only for the
-                    // peer's close reply.
+                    // The writer closes the stream: stop the call now, and read on only for
+                    // the peer's close reply.
                     handle.send(Control::Stop(crate::clock::now()));
                     linger_deadline.get_or_insert(tokio::time::Instant::now() + state.config.ws_write_timeout);
                 }
             }
+            report = reports_rx.recv(), if reports_open => match report {
+                Some(report) => reports.take(report),
+                None => reports_open = false,
+            },
             _ = &mut writer, if !writer_done => {
                 writer_done = true;
                 linger_deadline.get_or_insert(tokio::time::Instant::now() + state.config.ws_write_timeout);
@@ -317,8 +330,18 @@ pub(super) async fn run(state: Arc<AppState>, ws: WsStream, id: u64) {
     if !writer_done {
         let _ = writer.await;
     }
+    // The engine's last reports (the timeline, the final counters) follow the stop; it lets go
+    // of the queue once the call is removed.
+    let ended_by = tokio::time::Instant::now() + ENDED_WAIT;
+    while reports_open && !reports.ended() {
+        match tokio::time::timeout_at(ended_by, reports_rx.recv()).await {
+            Ok(Some(report)) => reports.take(report),
+            Ok(None) | Err(_) => break,
+        }
+    }
     state.metrics.publish_stream(&counters, &mut published);
     log_counters(id, &info, &counters);
+    reports.log_stop();
     tracing::info!(id, call_sid = %info.call_sid, ?reason, "WS closed");
 }
 

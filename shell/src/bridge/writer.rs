@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
 use handset_engine::agent::{CallInfo, HangupReason};
-use handset_engine::call::CallEvent;
 use handset_engine::driver::{Outbound, OutboundSink, SinkError};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::marks::{MarkName, MarkWatch};
-use super::{ENDED_WAIT, STORE_WRITE_TIMEOUT, WsStream, record_end};
+use super::report::Report;
+use super::{STORE_WRITE_TIMEOUT, WsStream, record_end};
 use crate::media_stream::{CloseReason, Writer};
 use crate::state::AppState;
 
@@ -32,22 +32,57 @@ const MARK_ECHO_GRACE: Duration = Duration::from_secs(5);
 /// How often the writer logs a `MEDIA_TX` summary while sending.
 const MEDIA_TX_EVERY: Duration = Duration::from_secs(5);
 
-/// An engine message for the socket writer, with the instant it was queued: the writer
-/// closes the stream when a message waits [`Config::ws_write_timeout`](crate::config::Config::ws_write_timeout)
-/// for the socket.
-pub(super) type Queued = (Instant, Outbound);
+/// What the engine sends the socket: only what goes on the wire, and the agent's hang-up
+/// that ends it (after the audio queued before it).
+#[derive(Debug)]
+pub(super) enum Wire {
+    /// A 20 ms frame and its pacer deadline.
+    Media {
+        frame: handset_engine::MulawFrame,
+        due: Instant,
+    },
+    /// A `mark`.
+    Mark(handset_engine::MarkId),
+    /// A `clear`.
+    Clear,
+    /// The agent ended the call: close the stream.
+    Hangup(HangupReason),
+}
 
-/// The engine's handle on the socket writer's queue. Each message is stamped with the instant
-/// the engine emitted it (the worker's own time: no clock read, lock or allocation here).
-pub(super) struct ChannelSink(pub(super) mpsc::Sender<Queued>);
+/// A message for the socket writer, with the instant the engine queued it: the writer closes
+/// the stream when a message waits
+/// [`Config::ws_write_timeout`](crate::config::Config::ws_write_timeout) for the socket.
+pub(super) type Queued = (Instant, Wire);
+
+/// The engine's handle on a stream: what goes on the wire to the writer's queue, the reports
+/// (events, timeline, final counters) to the reader's ([`Report`]). Each wire message is
+/// stamped with the instant the engine emitted it (the worker's own time: no clock read, lock
+/// or allocation here).
+pub(super) struct ChannelSink {
+    pub(super) wire: mpsc::Sender<Queued>,
+    pub(super) reports: mpsc::Sender<Report>,
+}
 
 impl OutboundSink for ChannelSink {
     fn try_send(&mut self, now: Instant, msg: Outbound) -> Result<(), SinkError> {
-        self.0.try_send((now, msg)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SinkError::Full,
-            mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
-        })
+        let wire = match msg {
+            Outbound::Media { frame, due } => Wire::Media { frame, due },
+            Outbound::Mark(mark) => Wire::Mark(mark),
+            Outbound::Clear => Wire::Clear,
+            Outbound::Hangup(reason) => Wire::Hangup(reason),
+            Outbound::Event(event) => return refused(self.reports.try_send(Report::Event(event))),
+            Outbound::Trace(trace) => return refused(self.reports.try_send(Report::Trace(trace))),
+            Outbound::Ended(stats) => return refused(self.reports.try_send(Report::Ended(stats))),
+        };
+        refused(self.wire.try_send((now, wire)))
     }
+}
+
+fn refused<T>(sent: Result<(), mpsc::error::TrySendError<T>>) -> Result<(), SinkError> {
+    sent.map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => SinkError::Full,
+        mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
+    })
 }
 
 /// The call a socket writer serves.
@@ -64,7 +99,7 @@ pub(super) struct WriterCall {
 enum Step {
     /// Queue this text frame on the socket.
     Send(Utf8Bytes),
-    /// Nothing to send (logged or handed elsewhere).
+    /// Nothing to send (a message that is not UTF-8, which the writer never writes).
     Skip,
     /// The call is over: close the stream.
     Stop,
@@ -75,10 +110,7 @@ struct WriterState {
     writer: Writer,
     info: CallInfo,
     id: u64,
-    trace_dir: Option<std::path::PathBuf>,
     close_reason: Option<CloseReason>,
-    /// The engine's final counters arrived (and were logged as `WS stop`).
-    ended: bool,
     frames_total: u64,
     frames_window: u64,
     /// Marks written and echoed.
@@ -92,11 +124,10 @@ struct WriterState {
 }
 
 impl WriterState {
-    /// Turns one engine message into what goes on the wire.
-    fn step(&mut self, msg: Outbound) -> Step {
-        let (id, info) = (self.id, &self.info);
+    /// Turns one message into what goes on the wire.
+    fn step(&mut self, msg: Wire) -> Step {
         let bytes = match msg {
-            Outbound::Media { frame, due } => {
+            Wire::Media { frame, due } => {
                 self.frames_total += 1;
                 self.frames_window += 1;
                 if let Some(slot) = self.batch_dues.get_mut(self.batch_media) {
@@ -105,17 +136,13 @@ impl WriterState {
                 }
                 self.writer.media(&frame)
             }
-            Outbound::Mark(mark) => {
+            Wire::Mark(mark) => {
                 self.marks.wrote(self.batch_at);
                 self.writer.mark(MarkName::of(mark).as_str())
             }
-            Outbound::Clear => self.writer.clear(),
-            Outbound::Event(event) => {
-                log_event(id, info, &event);
-                return Step::Skip;
-            }
-            Outbound::Hangup(reason) => {
-                tracing::info!(id, call_sid = %info.call_sid, ?reason, "HANGUP");
+            Wire::Clear => self.writer.clear(),
+            Wire::Hangup(reason) => {
+                tracing::info!(id = self.id, call_sid = %self.info.call_sid, ?reason, "HANGUP");
                 // A reason already decided (the peer stalled, the caller's `stop`) stands.
                 self.close_reason.get_or_insert(match reason {
                     HangupReason::AgentFailed => CloseReason::AgentFailed,
@@ -124,51 +151,9 @@ impl WriterState {
                 });
                 return Step::Stop;
             }
-            Outbound::Trace(trace) => {
-                if let Some(dir) = self.trace_dir.clone() {
-                    let call_sid = info.call_sid.clone();
-                    tokio::task::spawn_blocking(move || write_trace(&dir, &call_sid, &trace, id));
-                }
-                return Step::Skip;
-            }
-            Outbound::Ended(stats) => {
-                self.ended = true;
-                tracing::info!(
-                    id,
-                    call_sid = %info.call_sid,
-                    stream_sid = %info.stream_sid,
-                    media_in = stats.media_in,
-                    frames_out = stats.frames_out,
-                    concealed = stats.jitter.concealed,
-                    expanded = stats.jitter.expanded,
-                    late = stats.jitter.late,
-                    duplicate = stats.media_duplicate,
-                    barge_ins = stats.barge_ins,
-                    echo_onsets = stats.echo_onsets,
-                    echo_breakthroughs = stats.echo_breakthroughs,
-                    onsets_rejected = stats.onsets_rejected,
-                    speech_dismissed = stats.speech_dismissed,
-                    marks_played = stats.marks_played,
-                    underruns = stats.pacer.underruns,
-                    late_wakeups = stats.pacer.late_wakeups,
-                    "WS stop"
-                );
-                return Step::Stop;
-            }
         };
         // The writer only emits ASCII JSON.
         Utf8Bytes::try_from(bytes).map_or(Step::Skip, Step::Send)
-    }
-
-    /// Takes one engine message once the stream is closing: what would go on the wire is
-    /// dropped, the rest (events, the timeline, the final counters) is handled as usual.
-    fn settle(&mut self, msg: Outbound) {
-        match msg {
-            Outbound::Media { .. } | Outbound::Mark(_) | Outbound::Clear => {}
-            other => {
-                let _ = self.step(other);
-            }
-        }
     }
 }
 
@@ -276,8 +261,6 @@ pub(super) struct PumpCall {
     pub(super) info: CallInfo,
     /// The stream's request id, for the logs.
     pub(super) id: u64,
-    /// Where its timeline goes, when traced.
-    pub(super) trace_dir: Option<std::path::PathBuf>,
     /// Tells the reader that the writer closes the stream itself, so it stops the call.
     pub(super) closing: tokio::sync::oneshot::Sender<()>,
     /// Mark echoes the reader has seen.
@@ -296,7 +279,7 @@ struct Pumped {
 }
 
 /// Moves engine output onto the socket until the call ends or a close is asked for (see
-/// [`write_loop`]), then takes the engine's final counters.
+/// [`write_loop`]).
 async fn pump(
     mut sink: futures_util::stream::SplitSink<WsStream, Message>,
     mut out: mpsc::Receiver<Queued>,
@@ -306,7 +289,6 @@ async fn pump(
     let PumpCall {
         info,
         id,
-        trace_dir,
         closing,
         echoes,
         write_timeout,
@@ -317,9 +299,7 @@ async fn pump(
         writer: Writer::new(&info.stream_sid),
         info,
         id,
-        trace_dir,
         close_reason: None,
-        ended: false,
         frames_total: 0,
         frames_window: 0,
         marks: MarkWatch::default(),
@@ -332,10 +312,15 @@ async fn pump(
     summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     summary.tick().await;
     let mut close_open = true;
+    let mut engine_done = false;
     loop {
         tokio::select! {
             msg = out.recv() => {
-                let Some((queued_at, msg)) = msg else { break };
+                let Some((queued_at, msg)) = msg else {
+                    // The engine let go of the stream: the call is over.
+                    engine_done = true;
+                    break;
+                };
                 if let Some(waited) = ws.marks.overdue(echoes.load(Ordering::Relaxed), queued_at, echo_limit) {
                     tracing::warn!(id, call_sid = %ws.info.call_sid, waited_ms = waited.as_millis() as u64, unechoed = ws.marks.written - ws.marks.echoed, sign = "mark echoes stopped", "WS peer stopped reading: closing");
                     ws.close_reason = Some(CloseReason::Stalled);
@@ -408,93 +393,81 @@ async fn pump(
             }
         }
     }
-    if !ws.ended {
-        // The writer ends the stream itself (a hang-up, a stalled peer, a failed write): make
-        // room in the queue, have the reader stop the call, and take the engine's final
-        // counters, so every call logs its `WS stop` line (and a traced call its timeline).
-        while !ws.ended {
-            let Ok((_, msg)) = out.try_recv() else { break };
-            ws.settle(msg);
-        }
+    if !engine_done {
+        // The writer ends the stream itself (a hang-up, a stalled peer, a failed write): the
+        // reader stops the call (and takes its final counters).
         let _ = closing.send(());
-        let _ = tokio::time::timeout(ENDED_WAIT, async {
-            while !ws.ended {
-                let Some((_, msg)) = out.recv().await else {
-                    break;
-                };
-                ws.settle(msg);
-            }
-        })
-        .await;
     }
     Pumped { sink, close, ws }
 }
 
-/// Writes a call's timeline as `<dir>/<CallSid>.json` (Chrome trace format).
-fn write_trace(
-    dir: &std::path::Path,
-    call_sid: &str,
-    trace: &handset_engine::call::Trace,
-    id: u64,
-) {
-    // CallSids are `CA` + hex; anything else is reduced to a safe file name.
-    let name: String = call_sid
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .take(64)
-        .collect();
-    let path = dir.join(format!(
-        "{}.json",
-        if name.is_empty() { "call" } else { &name }
-    ));
-    let result = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&path, trace.to_chrome_json(call_sid)));
-    match result {
-        Ok(()) => {
-            tracing::info!(id, call_sid, path = %path.display(), events = trace.events().len(), dropped = trace.dropped(), "TRACE written")
-        }
-        Err(e) => tracing::warn!(id, call_sid, error = %e, "TRACE not written"),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use handset_engine::call::{CallEvent, CallStats};
+    use handset_engine::{MarkId, MulawFrame, SampleTime};
 
-fn log_event(id: u64, info: &CallInfo, event: &CallEvent) {
-    let call_sid = info.call_sid.as_str();
-    match event {
-        CallEvent::BargeIn(i) => tracing::info!(
-            id,
-            call_sid,
-            onset_ms = i.onset.map(|o| o.as_millis()),
-            heard_ms = i.heard.as_millis() as u64,
-            sent_ms = i.sent.as_millis() as u64,
-            dropped_ms = i.dropped.as_millis() as u64,
-            "BARGE_IN"
-        ),
-        CallEvent::PlaybackCleared(i) => {
-            tracing::info!(id, call_sid, heard_ms = i.heard.as_millis() as u64, "CLEAR")
+    use super::*;
+
+    /// What goes on the wire reaches the writer's queue, in order; the reports reach the
+    /// reader's, and still do when the writer's queue is full (a peer that stopped reading).
+    #[test]
+    fn the_wire_and_the_reports_travel_apart() {
+        let (wire_tx, mut wire) = mpsc::channel(4);
+        let (reports_tx, mut reports) = mpsc::channel(4);
+        let mut sink = ChannelSink {
+            wire: wire_tx,
+            reports: reports_tx,
+        };
+        let now = crate::clock::now();
+        let sent = [
+            Outbound::Media {
+                frame: MulawFrame::SILENCE,
+                due: now,
+            },
+            Outbound::Event(CallEvent::SpeechStarted {
+                at: SampleTime::ZERO,
+            }),
+            Outbound::Mark(MarkId(3)),
+            Outbound::Clear,
+            Outbound::Hangup(HangupReason::Completed),
+        ];
+        for msg in sent {
+            assert_eq!(sink.try_send(now, msg), Ok(()));
         }
-        CallEvent::MarkPlayed(m) => tracing::info!(id, call_sid, mark = %MarkName::of(*m), "MARK"),
-        CallEvent::MarkCleared(m) => {
-            tracing::info!(id, call_sid, mark = %MarkName::of(*m), "MARK cleared");
+        // The writer's queue is full now.
+        assert_eq!(sink.try_send(now, Outbound::Clear), Err(SinkError::Full));
+        let stats = CallStats {
+            frames_out: 7,
+            ..CallStats::default()
+        };
+        assert_eq!(sink.try_send(now, Outbound::Ended(Box::new(stats))), Ok(()));
+
+        let mut on_wire = Vec::new();
+        while let Ok((_, msg)) = wire.try_recv() {
+            on_wire.push(format!("{msg:?}"));
         }
-        // Keys may be a PIN or a card number: the line says that one was pressed, never which.
-        CallEvent::Dtmf(_) => tracing::info!(id, call_sid, "DTMF key"),
-        CallEvent::SpeechStarted { at } => {
-            tracing::info!(id, call_sid, at_ms = at.as_millis(), "SPEECH_STARTED");
-        }
-        CallEvent::SpeechEnded { at } => {
-            tracing::info!(id, call_sid, at_ms = at.as_millis(), "SPEECH_ENDED");
-        }
-        CallEvent::SpeechDismissed { at } => {
-            tracing::info!(id, call_sid, at_ms = at.as_millis(), "SPEECH_DISMISSED");
-        }
-        CallEvent::PlaybackFinished { played } => {
-            tracing::debug!(
-                id,
-                call_sid,
-                played_ms = played.as_millis() as u64,
-                "playback finished"
-            );
-        }
-        _ => {}
+        assert_eq!(on_wire.len(), 4, "{on_wire:?}");
+        assert!(on_wire[0].starts_with("Media"), "{on_wire:?}");
+        assert_eq!(
+            on_wire[1..],
+            ["Mark(MarkId(3))", "Clear", "Hangup(Completed)"]
+        );
+        assert!(matches!(
+            reports.try_recv(),
+            Ok(Report::Event(CallEvent::SpeechStarted { .. }))
+        ));
+        assert!(matches!(reports.try_recv(), Ok(Report::Ended(s)) if s.frames_out == 7));
+
+        // The reader gone: reports are refused as closed, as the wire is once the writer is.
+        drop(reports);
+        assert_eq!(
+            sink.try_send(
+                now,
+                Outbound::Event(CallEvent::SpeechEnded {
+                    at: SampleTime::ZERO
+                })
+            ),
+            Err(SinkError::Closed)
+        );
     }
 }
