@@ -271,7 +271,6 @@ fn speech_outside_playback_starts_at_once_and_is_dismissed_only_if_never_confirm
             .iter()
             .any(|(_, k)| matches!(k, TraceKind::SpeechDismissed(_)))
     );
-    assert!(trace.to_chrome_json("CA1").contains("\"speech dismissed\""));
     // Switched off (an agent with its own turn detector), the check never hears it.
     let off = run_with(Setup {
         over_playback: false,
@@ -333,15 +332,6 @@ fn the_trace_shows_the_hold_and_its_outcome() {
         "{:?}",
         onset_trace(&rejected.sim)
     );
-    let json = rejected.sim.call.trace().unwrap().to_chrome_json("CA1");
-    for name in [
-        "onset held",
-        "onset rejected",
-        "playback paused",
-        "playback resumed",
-    ] {
-        assert!(json.contains(&format!("\"{name}\"")), "{name}");
-    }
 }
 
 /// When the trace recorded the first event of this kind, since the call started.

@@ -30,6 +30,7 @@
 //! | `session` | stream admission after `start`: drain, token, capacity, agent choice, tracing |
 //! | [`media_stream`] | pure parsing and writing of Twilio's Media Streams JSON; close reasons |
 //! | [`onset_check`] | the second stage on barge-in onsets (Silero VAD on a thread of its own) |
+//! | [`chrome_trace`] | a call's timeline (the engine's records) as Chrome trace JSON, with serde |
 //! | [`trace_svg`] | `handset trace FILE`: a call's Chrome trace JSON as an SVG timeline |
 //! | [`sim`] | a Twilio call simulator (webhook, TwiML, signed WebSocket, playback model) |
 //! | [`recording`] | recorded messages: download (Basic auth, retries), durable status, transcription by the agent |
@@ -52,6 +53,7 @@
 pub mod active_calls;
 pub mod agent;
 pub mod bridge;
+pub mod chrome_trace;
 pub mod config;
 mod conn;
 pub mod egress;

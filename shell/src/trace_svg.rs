@@ -35,7 +35,7 @@ struct Event {
     dur: Option<f64>,
 }
 
-/// Renders Chrome trace JSON (as written by `handset_engine::call::Trace::to_chrome_json`) to SVG.
+/// Renders Chrome trace JSON (as [`crate::chrome_trace::to_json`] writes it) to SVG.
 pub fn render(json: &str) -> Result<String, TraceError> {
     let value: serde_json::Value = serde_json::from_str(json)?;
     let events = value

@@ -112,7 +112,7 @@ fn write_trace(dir: &std::path::Path, call_sid: &str, trace: &Trace, id: u64) {
     // Written beside it and renamed, so a reader of the directory never sees half a file.
     let partial = path.with_extension("json.partial");
     let result = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&partial, trace.to_chrome_json(call_sid)))
+        .and_then(|()| std::fs::write(&partial, crate::chrome_trace::to_json(trace, call_sid)))
         .and_then(|()| std::fs::rename(&partial, &path));
     match result {
         Ok(()) => {
