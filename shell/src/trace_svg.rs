@@ -7,9 +7,7 @@
 //! the events that matter when profiling barge-in and pacing — speech started/ended, `clear`,
 //! `BARGE_IN`, marks, concealed slots — are marked and labelled.
 
-use std::fmt::Write as _;
-
-use crate::xml::escape;
+use crate::svg::{Svg, nice_step};
 
 /// Why a trace could not be rendered.
 #[derive(Debug, thiserror::Error)]
@@ -88,42 +86,27 @@ pub fn render(json: &str) -> Result<String, TraceError> {
     let height = TOP + ROW * lanes.len() as f64 + 60.0;
     let row_of = |tid: u64| lanes.iter().position(|(t, _)| *t == tid);
 
-    let mut svg = String::with_capacity(64 * 1024);
-    let _ = write!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = write!(
-        svg,
-        r##"<rect width="100%" height="100%" fill="#ffffff"/>"##
-    );
-    let _ = write!(
-        svg,
-        r#"<text x="{LEFT}" y="24" font-size="16" font-weight="bold">{} — {:.2} s</text>"#,
-        escape(&title),
-        end_us / 1e6
+    let mut svg = Svg::new(WIDTH, height);
+    svg.title(
+        LEFT,
+        24.0,
+        16.0,
+        &format!("{title} — {:.2} s", end_us / 1e6),
     );
     for (i, (_, label)) in lanes.iter().enumerate() {
         let y = TOP + ROW * i as f64;
         let fill = if i % 2 == 0 { "#f4f6f8" } else { "#ffffff" };
-        let _ = write!(
-            svg,
-            r##"<rect x="{LEFT}" y="{y}" width="{plot}" height="{ROW}" fill="{fill}"/><text x="10" y="{:.1}">{}</text>"##,
-            y + ROW / 2.0 + 4.0,
-            escape(label)
-        );
+        svg.rect(LEFT, y, plot, ROW, fill);
+        svg.text(10.0, y + ROW / 2.0 + 4.0, 12.0, "start", label);
     }
     // Time axis.
     let axis_y = TOP + ROW * lanes.len() as f64;
-    let step = nice_step(end_us / 1e6);
+    let step = nice_step(end_us / 1e6, 12.0);
     let mut t = 0.0;
     while t * 1e6 <= end_us {
         let px = x(t * 1e6);
-        let _ = write!(
-            svg,
-            r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{axis_y}" stroke="#d0d4d8" stroke-width="0.5"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{t:.1} s</text>"##,
-            axis_y + 16.0
-        );
+        svg.line(px, TOP, px, axis_y, "#d0d4d8", 0.5);
+        svg.text(px, axis_y + 16.0, 12.0, "middle", &format!("{t:.1} s"));
         t += step;
     }
     // Density strips: count events per pixel column per lane.
@@ -150,12 +133,7 @@ pub fn render(json: &str) -> Result<String, TraceError> {
                 continue;
             }
             let opacity = 0.25 + 0.75 * f64::from(n) / f64::from(max);
-            let _ = write!(
-                svg,
-                r#"<rect x="{:.1}" y="{y:.1}" width="1" height="{:.1}" fill="{color}" fill-opacity="{opacity:.2}"/>"#,
-                LEFT + col as f64,
-                ROW - 16.0
-            );
+            svg.rect_faded(LEFT + col as f64, y, 1.0, ROW - 16.0, color, opacity);
         }
     }
     // Intervals and marked events.
@@ -163,14 +141,8 @@ pub fn render(json: &str) -> Result<String, TraceError> {
         let Some(row) = row_of(e.tid) else { continue };
         let y = TOP + ROW * row as f64;
         if let Some(dur) = e.dur {
-            let _ = write!(
-                svg,
-                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#c27a2c" fill-opacity="0.35" stroke="#c27a2c"/>"##,
-                x(e.ts),
-                y + 6.0,
-                (dur / end_us * plot).max(1.0),
-                ROW - 12.0
-            );
+            let width = (dur / end_us * plot).max(1.0);
+            svg.rect_outlined(x(e.ts), y + 6.0, width, ROW - 12.0, "#c27a2c", 0.35);
         } else if is_marked(&e.name) {
             let (color, label) = match e.name.as_str() {
                 "BARGE_IN" => ("#d62728", "BARGE_IN"),
@@ -188,32 +160,28 @@ pub fn render(json: &str) -> Result<String, TraceError> {
                 _ => ("#555555", ""),
             };
             let px = x(e.ts);
-            let _ = write!(
-                svg,
-                r#"<line x1="{px:.1}" y1="{:.1}" x2="{px:.1}" y2="{:.1}" stroke="{color}" stroke-width="1.5"/>"#,
-                y + 2.0,
-                y + ROW - 2.0
-            );
+            svg.line(px, y + 2.0, px, y + ROW - 2.0, color, 1.5);
             if !label.is_empty() {
                 // Barge-in sits on the same frame as the speech start: label it lower.
                 let dy = if label == "BARGE_IN" { 26.0 } else { 12.0 };
-                let _ = write!(
-                    svg,
-                    r#"<text x="{:.1}" y="{:.1}" fill="{color}" font-size="10">{label}</text>"#,
-                    px + 2.0,
-                    y + dy
-                );
+                svg.text_colored(px + 2.0, y + dy, 10.0, "start", color, label);
             }
         }
     }
-    let _ = write!(
-        svg,
-        r##"<text x="{LEFT}" y="{:.1}" fill="#555555">strips: one pixel per {:.1} ms, darker = more frames; orange bars = caller speech; red = clear / barge-in; olive = onset held for the second-stage check (and playback paused for it); orange ticks = concealed slots</text>"##,
+    svg.text_colored(
+        LEFT,
         height - 12.0,
-        end_us / plot / 1e3
+        12.0,
+        "start",
+        "#555555",
+        &format!(
+            "strips: one pixel per {:.1} ms, darker = more frames; orange bars = caller speech; \
+             red = clear / barge-in; olive = onset held for the second-stage check (and playback \
+             paused for it); orange ticks = concealed slots",
+            end_us / plot / 1e3
+        ),
     );
-    svg.push_str("</svg>");
-    Ok(svg)
+    Ok(svg.finish())
 }
 
 fn is_marked(name: &str) -> bool {
@@ -234,15 +202,6 @@ fn is_marked(name: &str) -> bool {
     )
 }
 
-fn nice_step(seconds: f64) -> f64 {
-    for step in [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0] {
-        if seconds / step <= 16.0 {
-            return step;
-        }
-    }
-    600.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +217,7 @@ mod tests {
             {"name":"BARGE_IN","ph":"i","s":"t","pid":1,"tid":3,"ts":160000,"args":{}}
         ]}"#;
         let svg = render(json).unwrap();
-        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("CA&lt;1&gt;"), "title escaped");
         assert!(svg.contains("caller media in"));
         assert!(svg.contains(">BARGE_IN<"));
