@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{
-    CallStatusEvent, RecordingEvent, Store, StoreError, insert_call_status, insert_recording, ms,
-};
+use super::calls::insert_call_status;
+use super::recordings::insert_recording;
+use super::{CallStatusEvent, RecordingEvent, Store, StoreError, ms};
 
 /// The old files, by name under `DATA_DIR`.
 pub(super) const FILES: [&str; 3] = [
