@@ -546,7 +546,7 @@ impl Collector for HandsetCollector {
         labelled_counter(
             enc,
             "handset_frames_dropped",
-            "Frames and messages dropped, by where: jitter buffer full, agent playback queue full, socket writer queue full, caller ring full, invalid media message.",
+            "Frames and messages dropped, by where: jitter buffer full, agent playback queue full, a stream's outbound queue full (wire or reports), caller ring full, invalid media message.",
             "stage",
             [
                 ("jitter_overflow", load(&e.jitter_overflow)),

@@ -176,7 +176,9 @@ pub(crate) fn agent_audio_capacity(chunk: Duration) -> usize {
     usize::try_from(samples).unwrap_or(usize::MAX)
 }
 
-/// A message from the engine to a call's socket writer.
+/// A message from the engine about a call: what goes on the wire (media, marks, clears, the
+/// agent's hang-up) and reports (events, the timeline, the final counters). The shell's sink
+/// sends the two kinds to different queues.
 #[derive(Clone, Debug)]
 pub enum Outbound {
     /// Send Twilio `clear`.
@@ -259,7 +261,8 @@ pub struct EngineCounters {
     pub calls_started: AtomicU64,
     /// Frames handed to socket writers.
     pub frames_out: AtomicU64,
-    /// Outbound messages dropped because a socket writer's queue was full.
+    /// Outbound messages a call's sink refused as full (in the shell: a stream's wire queue to
+    /// its socket writer, or its report queue).
     pub sink_full: AtomicU64,
     /// Worker wake-ups.
     pub wakeups: AtomicU64,
