@@ -165,16 +165,7 @@ pub async fn run(
         transfer_allow: config.transfer_allow.clone(),
     };
     let outcome = session.pump(&mut tx, &mut rx).await;
-    match outcome {
-        Ok(()) => {
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.close()).await;
-        }
-        Err((reason, error)) => {
-            fail(&session.ends, reason, id, &session.call_sid, &error);
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.close()).await;
-            drain(&mut session.ends.uplink).await;
-        }
-    }
+    finish(&mut session.ends, &mut tx, outcome, id, &session.call_sid).await;
     let c = session.counters;
     tracing::info!(
         id,
@@ -248,6 +239,25 @@ pub(super) fn fail(ends: &ClientEnds, reason: FailReason, id: u64, call_sid: &st
     tracing::warn!(id, call_sid, %reason, error, "AGENT_FAILED: playing the fallback, then recording");
 }
 
+/// Ends an agent session, whichever adapter ran it: a failure is recorded and logged (the
+/// caller hears the fallback), the socket is closed (bounded by [`WRITE_TIMEOUT`]), and after a
+/// failure what the engine still sends is discarded until the call ends.
+pub(super) async fn finish(
+    ends: &mut ClientEnds,
+    tx: &mut SplitSink<AgentSocket, Message>,
+    outcome: Result<(), Failure>,
+    id: u64,
+    call_sid: &str,
+) {
+    if let Err((reason, error)) = &outcome {
+        fail(ends, *reason, id, call_sid, error);
+    }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.close()).await;
+    if outcome.is_err() {
+        drain(&mut ends.uplink).await;
+    }
+}
+
 /// Waits for the call to end, discarding what the engine sends.
 pub(super) async fn drain(uplink: &mut mpsc::Receiver<Uplink>) {
     while let Some(msg) = uplink.recv().await {
@@ -281,7 +291,8 @@ struct Session {
     transfer_allow: Vec<String>,
 }
 
-type Failure = (FailReason, String);
+/// Why a session ended early, and the error to log.
+pub(super) type Failure = (FailReason, String);
 
 impl Session {
     /// Moves messages both ways until the call ends (`Ok`) or the agent fails.

@@ -52,7 +52,8 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{
-    AgentSocket as Socket, ClientEnds, RETRY, WRITE_TIMEOUT, connect_or_fail, drain, fail,
+    AgentSocket as Socket, ClientEnds, Failure, RETRY, WRITE_TIMEOUT, connect_or_fail, drain, fail,
+    finish,
 };
 use super::remote::{Downlink, FailReason, Uplink};
 use crate::config::AgentConfig;
@@ -147,13 +148,7 @@ pub async fn run(config: AgentConfig, info: CallInfo, mut ends: ClientEnds, id: 
         transfer_allow: config.transfer_allow.clone(),
     };
     let outcome = session.pump(&mut tx, &mut rx).await;
-    if let Err((reason, error)) = &outcome {
-        fail(&session.ends, *reason, id, &session.call_sid, error);
-    }
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.close()).await;
-    if outcome.is_err() {
-        drain(&mut session.ends.uplink).await;
-    }
+    finish(&mut session.ends, &mut tx, outcome, id, &session.call_sid).await;
     let c = session.counters;
     tracing::info!(
         id,
@@ -189,8 +184,6 @@ struct Counters {
     errors: u64,
     malformed: u64,
 }
-
-type Failure = (FailReason, String);
 
 struct Session {
     ends: ClientEnds,
