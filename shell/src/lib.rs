@@ -10,7 +10,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`config`] | `Config::from_vars` (environment + flags, validated once), `Secret` |
+//! | [`config`] | `Config::from_vars` (the environment; `from_vars_with` adds the typed flags), validated once; `Secret` |
 //! | [`state`] | `AppState`: what the handlers and media streams share, built once at start |
 //! | [`server`] | `listen(addr)`, `serve(listener, state, shutdown)`: the accept loop (`MAX_CONNECTIONS`), the drain |
 //! | [`active_calls`] | the live-call count behind `MAX_CALLS` |

@@ -110,26 +110,17 @@ enum LogFormatArg {
 }
 
 impl ServeArgs {
-    /// The flags as `(variable, value)` pairs, applied after the environment.
-    fn as_vars(&self) -> Vec<(String, String)> {
-        let mut vars = Vec::new();
-        if let Some(port) = self.port {
-            vars.push(("PORT".to_owned(), port.to_string()));
+    /// The flags, typed as parsed, each in place of its variable.
+    fn overrides(&self) -> config::Overrides {
+        config::Overrides {
+            port: self.port,
+            bind: self.bind,
+            log_format: self.log_format.map(|format| match format {
+                LogFormatArg::Json => LogFormat::Json,
+                LogFormatArg::Text => LogFormat::Text,
+            }),
+            data_dir: self.data_dir.clone(),
         }
-        if let Some(bind) = self.bind {
-            vars.push(("BIND".to_owned(), bind.to_string()));
-        }
-        if let Some(format) = self.log_format {
-            let value = match format {
-                LogFormatArg::Json => "json",
-                LogFormatArg::Text => "text",
-            };
-            vars.push(("LOG_FORMAT".to_owned(), value.to_owned()));
-        }
-        if let Some(dir) = &self.data_dir {
-            vars.push(("DATA_DIR".to_owned(), dir.display().to_string()));
-        }
-        vars
     }
 }
 
@@ -145,7 +136,7 @@ fn main() -> ExitCode {
         Some(Command::Call(args)) => return call(args),
         None => cli.serve,
     };
-    let config = match Config::from_vars(config::environment().chain(args.as_vars())) {
+    let config = match Config::from_vars_with(config::environment(), &args.overrides()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("handset: configuration error: {err}");

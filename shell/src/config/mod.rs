@@ -300,6 +300,20 @@ fn default_instance_id() -> String {
         .unwrap_or_else(|| "handset".to_owned())
 }
 
+/// Values the command line gives typed (`handset serve --port …`), each in place of its
+/// variable: parsed once by the flag parser, never turned back into text.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--port`, in place of `PORT`.
+    pub port: Option<u16>,
+    /// `--bind`, in place of `BIND`.
+    pub bind: Option<IpAddr>,
+    /// `--log-format`, in place of `LOG_FORMAT`.
+    pub log_format: Option<LogFormat>,
+    /// `--data-dir`, in place of `DATA_DIR` (any path, UTF-8 or not).
+    pub data_dir: Option<PathBuf>,
+}
+
 impl Config {
     /// Builds and validates a configuration from `(name, value)` pairs. Later pairs override
     /// earlier ones with the same name; unknown names are ignored.
@@ -312,11 +326,26 @@ impl Config {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        Self::from_vars_limited(vars, open_files_limit())
+        Self::from_vars_limited(vars, &Overrides::default(), open_files_limit())
     }
 
-    /// [`Self::from_vars`] for a given open-files limit (`None`: unlimited).
-    fn from_vars_limited<I, K, V>(vars: I, file_limit: Option<u64>) -> Result<Self, ConfigError>
+    /// [`Self::from_vars`] with the command line's typed values in place of their variables
+    /// (a variable an override replaces is not read, so its value cannot be an error).
+    pub fn from_vars_with<I, K, V>(vars: I, overrides: &Overrides) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        Self::from_vars_limited(vars, overrides, open_files_limit())
+    }
+
+    /// [`Self::from_vars_with`] for a given open-files limit (`None`: unlimited).
+    fn from_vars_limited<I, K, V>(
+        vars: I,
+        overrides: &Overrides,
+        file_limit: Option<u64>,
+    ) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<str>,
@@ -331,16 +360,18 @@ impl Config {
 
         let mut config = Self::default();
 
-        let ip = match non_empty("BIND") {
-            Some(v) => v.parse::<IpAddr>().map_err(|_| ConfigError::BindAddress {
+        let ip = match (overrides.bind, non_empty("BIND")) {
+            (Some(ip), _) => ip,
+            (None, Some(v)) => v.parse::<IpAddr>().map_err(|_| ConfigError::BindAddress {
                 name: "BIND",
                 value: v.to_owned(),
             })?,
-            None => config.listen.ip(),
+            (None, None) => config.listen.ip(),
         };
-        let port = match non_empty("PORT") {
-            Some(v) => int_in("PORT", v, 0, u64::from(u16::MAX))? as u16,
-            None => DEFAULT_PORT,
+        let port = match (overrides.port, non_empty("PORT")) {
+            (Some(port), _) => port,
+            (None, Some(v)) => int_in("PORT", v, 0, u64::from(u16::MAX))? as u16,
+            (None, None) => DEFAULT_PORT,
         };
         config.listen = SocketAddr::new(ip, port);
         config.health_port = match non_empty("HEALTH_PORT") {
@@ -382,7 +413,9 @@ impl Config {
             config.record_max_length =
                 Duration::from_secs(int_in("RECORD_MAX_LENGTH", v, 2, 14_400)?);
         }
-        if let Some(v) = non_empty("LOG_FORMAT") {
+        if let Some(format) = overrides.log_format {
+            config.log_format = format;
+        } else if let Some(v) = non_empty("LOG_FORMAT") {
             config.log_format = match v.to_ascii_lowercase().as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
@@ -407,7 +440,9 @@ impl Config {
                 }
             };
         }
-        if let Some(v) = non_empty("DATA_DIR") {
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir.clone_from(dir);
+        } else if let Some(v) = non_empty("DATA_DIR") {
             config.data_dir = PathBuf::from(v);
         }
         if let Some(v) = non_empty("STREAM_TOKEN_TTL") {

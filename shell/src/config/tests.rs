@@ -482,7 +482,7 @@ fn control_token_needs_a_public_url_and_twilio_credentials() {
 }
 
 fn limited(pairs: &[(&str, &str)], files: Option<u64>) -> Result<Config, ConfigError> {
-    Config::from_vars_limited(pairs.iter().copied(), files)
+    Config::from_vars_limited(pairs.iter().copied(), &Overrides::default(), files)
 }
 
 #[test]
@@ -598,6 +598,51 @@ fn trace_sample_is_a_share_from_zero_to_one() {
         assert_eq!(
             from(&[("TRACE_SAMPLE", bad)]).unwrap_err().to_string(),
             format!("TRACE_SAMPLE must be a number from 0 to 1, such as 0.05: got {bad:?}")
+        );
+    }
+}
+
+#[test]
+fn a_typed_override_takes_the_place_of_its_variable() {
+    let overrides = Overrides {
+        port: Some(8080),
+        bind: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        log_format: Some(LogFormat::Json),
+        data_dir: Some(PathBuf::from("/var/lib/handset")),
+    };
+    // The variables an override replaces are not read, so even bad values are no error.
+    let vars = [
+        ("PORT", "not a port"),
+        ("BIND", "nowhere"),
+        ("LOG_FORMAT", "xml"),
+        ("DATA_DIR", "/elsewhere"),
+    ];
+    let c = Config::from_vars_with(vars, &overrides).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.data_dir, PathBuf::from("/var/lib/handset"));
+    // Without overrides the same variables are read, and refused.
+    assert_eq!(
+        Config::from_vars_with(vars, &Overrides::default())
+            .unwrap_err()
+            .to_string(),
+        Config::from_vars(vars).unwrap_err().to_string()
+    );
+    // The checks between variables see the overridden value.
+    let err = Config::from_vars_with([("HEALTH_PORT", "8080")], &overrides).unwrap_err();
+    assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
+    // A path that is not UTF-8 is kept as it is.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let raw = PathBuf::from(std::ffi::OsStr::from_bytes(b"/srv/h\xffandset"));
+        let o = Overrides {
+            data_dir: Some(raw.clone()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Config::from_vars_with([("A", "b")], &o).unwrap().data_dir,
+            raw
         );
     }
 }
