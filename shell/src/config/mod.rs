@@ -467,12 +467,12 @@ impl Config {
             config.store_min_free_mb = int_in("STORE_MIN_FREE_MB", v, 0, 1 << 20)?;
         }
         if let Some(v) = non_empty("LOG_PII") {
-            config.log_pii_full = match v {
+            config.log_pii_full = match v.to_ascii_lowercase().as_str() {
                 "full" => true,
                 "masked" => false,
-                other => {
+                _ => {
                     return Err(ConfigError::LogPii {
-                        value: other.chars().take(32).collect(),
+                        value: v.chars().take(32).collect(),
                     });
                 }
             };

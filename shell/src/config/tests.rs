@@ -646,3 +646,15 @@ fn a_typed_override_takes_the_place_of_its_variable() {
         );
     }
 }
+
+#[test]
+fn log_pii_is_masked_unless_full_in_any_case_and_refuses_other_values() {
+    assert!(!from(&[]).unwrap().log_pii_full);
+    assert!(!from(&[("LOG_PII", "Masked")]).unwrap().log_pii_full);
+    assert!(from(&[("LOG_PII", "full")]).unwrap().log_pii_full);
+    assert!(from(&[("LOG_PII", "FULL")]).unwrap().log_pii_full);
+    assert_eq!(
+        from(&[("LOG_PII", "yes")]).unwrap_err().to_string(),
+        "LOG_PII must be masked or full: got \"yes\""
+    );
+}
