@@ -118,7 +118,7 @@ async fn run(name: &str, url: Option<String>, dir: &std::path::Path, calls: usiz
         let t = Instant::now();
         let twiml = body(&client, signed(&public, "/webhook/incoming_call", &params)).await;
         times[1] = t.elapsed();
-        let token = handset_shell::sim::parse_twiml(&twiml)
+        let token = handset_sim::parse_twiml(&twiml)
             .expect("TwiML with a stream")
             .parameters
             .into_iter()

@@ -9,7 +9,7 @@
 //! `CLOCK_REALTIME` just before and just after its `write`, in ns: the kernel's capture
 //! timestamp of that frame must lie between the two.
 //!
-//! `check` reads that log and `handset sim`'s `report.json` (run with `--wire-capture`) and
+//! `check` reads that log and `handset-sim`'s `report.json` (run with `--wire-capture`) and
 //! checks, per call: the wire saw every frame, and each frame's wire time lies inside its write
 //! window (exact: the kernel stamps a loopback packet inside the `write` that sends it); every
 //! wire interval error equals the injected delay difference, up to where inside their writes

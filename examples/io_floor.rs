@@ -43,7 +43,7 @@ fn ws_config() -> WebSocketConfig {
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat` (read by the
 /// simulator's own process sampler).
 fn cpu_seconds() -> f64 {
-    handset_shell::sim::procfs::sample(0).map_or(0.0, |s| s.cpu_ms as f64 / 1000.0)
+    handset_sim::procfs::sample(0).map_or(0.0, |s| s.cpu_ms as f64 / 1000.0)
 }
 
 /// Sends one message per tick (first at `start`) and counts what it reads, until `end`.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the release binary, starts a fresh Handset server (echo agent), runs
-# `handset sim --scenario capacity` against it and prints the summary. The server and the
+# `handset-sim --scenario capacity` against it and prints the summary. The server and the
 # simulator both run under `chrt -f 10` (SCHED_FIFO; needs root or CAP_SYS_NICE) when
 # available, as in benches/README.md; set CHRT= to run them under the default scheduler.
 # The server runs differently: its engine threads under SCHED_FIFO 20 and its socket writer at
@@ -14,7 +14,7 @@
 # SERVER_CPUS and SIM_CPUS pin each process to a CPU list (taskset); pinned to one CPU, the
 # server runs one engine worker and one tokio worker (both follow the CPUs it may use).
 #
-# Usage: scripts/capacity.sh [extra `handset sim` flags...]
+# Usage: scripts/capacity.sh [extra `handset-sim` flags...]
 # Environment (all optional):
 #   SCENARIO=capacity                                   another scenario runs against the same
 #                                                         server set-up, e.g. SCENARIO=barge-in
@@ -54,8 +54,9 @@ SIM_PIN=""
 if [ "$ENGINE_RT" -gt 0 ]; then SERVER_CHRT=""; else SERVER_CHRT=$CHRT; fi
 
 # NO_BUILD=1 uses the binary already built.
-[ -n "${NO_BUILD:-}" ] || cargo build --release --locked -p handset-shell
+[ -n "${NO_BUILD:-}" ] || cargo build --release --locked -p handset-shell -p handset-sim
 BIN="$TARGET_DIR/release/handset"
+SIM="$TARGET_DIR/release/handset-sim"
 DATA=$(mktemp -d)
 # Many sockets: two per call on the server side and the simulator's side.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -74,7 +75,7 @@ for _ in $(seq 50); do
 done
 
 # shellcheck disable=SC2086
-TWILIO_AUTH_TOKEN=simtoken $SIM_PIN $CHRT "$BIN" sim \
+TWILIO_AUTH_TOKEN=simtoken $SIM_PIN $CHRT "$SIM" \
     --target "handset=http://127.0.0.1:$PORT/webhook/incoming_call" --server-pid "$SERVER" \
     --scenario "${SCENARIO:-capacity}" --capacity-start "$START" --capacity-step "$STEP" --capacity-max "$MAX" \
     --capacity-hold "$HOLD" --ramp-rate "$RAMP_RATE" --out "$OUT" "$@"

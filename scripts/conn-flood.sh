@@ -10,7 +10,7 @@
 #     (FLOOD_MODE=partial, which makes the server build its HTTP connection state);
 #   - samples the server's VmRSS before, at the peak of the flood and FLOOD_SETTLE seconds
 #     after the client closed everything; counts the connections answered 503;
-# then runs one echo call with `handset sim`, scrapes /metrics and stops the server.
+# then runs one echo call with `handset-sim`, scrapes /metrics and stops the server.
 # The client needs FLOOD_CONNECTIONS descriptors: the script raises `ulimit -n` to the hard
 # limit. Prints one line per phase and the refusal counters; exit status 0 when the call
 # after the floods succeeded.
@@ -30,8 +30,9 @@ OUT=${FLOOD_OUT:-flood-report}
 TOKEN=flood-token
 
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p handset-shell --bin handset
+cargo build --release --locked -p handset-shell --bin handset -p handset-sim
 BIN="${CARGO_TARGET_DIR:-target}/release/handset"
+SIM="${CARGO_TARGET_DIR:-target}/release/handset-sim"
 ulimit -n "$(ulimit -Hn)"
 
 rm -rf "$OUT"
@@ -131,7 +132,7 @@ for round_ in (1, 2):
 EOF
 
 SIM_STATUS=0
-TWILIO_AUTH_TOKEN=$TOKEN "$BIN" sim \
+TWILIO_AUTH_TOKEN=$TOKEN "$SIM" \
   --target "handset=http://127.0.0.1:$PORT/webhook/incoming_call" \
   --scenario single --duration 6 --out "$OUT/sim" >"$OUT/sim.txt" 2>&1 || SIM_STATUS=$?
 echo "call after the floods: sim exit status $SIM_STATUS (details in $OUT/sim.txt)"

@@ -79,12 +79,14 @@ trap cleanup EXIT
 
 # --- the binary -----------------------------------------------------------------------------------
 if [ "${NO_BUILD:-0}" != 1 ]; then
-    step "cargo build --release --locked -p handset-shell"
+    step "cargo build --release --locked -p handset-shell -p handset-sim"
     HANDSET_BUILD_COMMIT=${HANDSET_BUILD_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || true)} \
-        cargo build --release --locked -p handset-shell
+        cargo build --release --locked -p handset-shell -p handset-sim
 fi
 BIN="$TARGET/release/handset"
+SIM="$TARGET/release/handset-sim"
 [ -x "$BIN" ] || fail "$BIN not found (build it, or unset NO_BUILD)"
+[ -x "$SIM" ] || fail "$SIM not found (build it, or unset NO_BUILD)"
 
 # --- the runtime base: Debian bookworm minbase ------------------------------------------------------
 if ! podman image exists "$BASE_IMAGE"; then
@@ -175,11 +177,11 @@ podman healthcheck run "$NAME" || fail "the image's HEALTHCHECK failed"
 echo "HEALTHCHECK: healthy"
 
 # --- SIGTERM with live calls: drain, then exit 0 ---------------------------------------------------------
-# Two simulated Twilio calls (the host's `handset sim`, same binary) are live when `podman stop`
+# Two simulated Twilio calls (the host's `handset-sim`) are live when `podman stop`
 # sends SIGTERM. The server must keep them for DRAIN_TIMEOUT (5 s here), close them, and exit 0
 # well before podman's 30 s SIGKILL.
 step "podman stop (SIGTERM) with 2 live calls, DRAIN_TIMEOUT=5"
-"$BIN" sim --target "handset=$url/webhook/incoming_call" --scenario long --calls-each 2 \
+"$SIM" --target "handset=$url/webhook/incoming_call" --scenario long --calls-each 2 \
     --duration 60 --out "$CACHE/sim-report" >"$CACHE/sim.log" 2>&1 &
 sim_pid=$!
 active=0

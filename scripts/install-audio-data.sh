@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the offline audio used by the greeting and apology scripts and by `handset sim` (the VAD corpus is scripts/install-vad-data.sh):
+# Installs the offline audio used by the greeting and apology scripts and by `handset-sim` (the VAD corpus is scripts/install-vad-data.sh):
 #   - asterisk-core-sounds-en-wav: real 8 kHz/16-bit/mono telephone speech (Allison Smith prompts),
 #     under /usr/share/asterisk/sounds/en_US_f_Allison/ (CC-BY-SA-3.0);
 #   - asterisk-moh-opsound-wav: hold music, 8 kHz/16-bit/mono, under /usr/share/asterisk/moh/ (CC-BY-SA-3.0);

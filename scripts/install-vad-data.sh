@@ -56,7 +56,7 @@ if [ ! -f "$DATA/silero_vad.onnx" ]; then
     mv "$DATA/silero_vad.onnx.part" "$DATA/silero_vad.onnx"
     rm -rf "$wheels"
 fi
-# Held-out hold music for `handset sim --scenario hold --music "$DATA/heldout-music.wav"`: the first
+# Held-out hold music for `handset-sim --scenario hold --music "$DATA/heldout-music.wav"`: the first
 # minute of five drascula tracks and of the four warzone2100 ones (both held-out soundtracks).
 if [ ! -f "$DATA/heldout-music.wav" ]; then
     parts=$(mktemp -d)

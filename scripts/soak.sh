@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The soak: 200 concurrent echo calls for 10 minutes against a release `handset` server, driven
-# by `handset sim --scenario long` (each caller says "hello world" every 5.3 s and hears it
+# by `handset-sim --scenario long` (each caller says "hello world" every 5.3 s and hears it
 # echoed). Not part of `cargo test`: it takes the whole 10 minutes and about one core.
 #
 # It builds release, starts the server (JSON logs), samples the server's RSS from /proc every
@@ -28,8 +28,9 @@ OUT=${SOAK_OUT:-soak-report}
 TOKEN=soak-token
 
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p handset-shell --bin handset
+cargo build --release --locked -p handset-shell --bin handset -p handset-sim
 BIN="${CARGO_TARGET_DIR:-target}/release/handset"
+SIM="${CARGO_TARGET_DIR:-target}/release/handset-sim"
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -64,7 +65,7 @@ SAMPLER=$!
 
 echo "soak: $CALLS calls for $DURATION s against pid $SERVER (port $PORT), output in $OUT"
 SIM_STATUS=0
-TWILIO_AUTH_TOKEN=$TOKEN "$BIN" sim \
+TWILIO_AUTH_TOKEN=$TOKEN "$SIM" \
   --target "handset=http://127.0.0.1:$PORT/webhook/incoming_call" --server-pid "$SERVER" \
   --scenario long --calls-each "$CALLS" --duration "$DURATION" --ramp "$RAMP" \
   --timeline-calls 1 --out "$OUT/sim" >"$OUT/sim.txt" 2>&1 || SIM_STATUS=$?

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Calibrates `handset sim --wire-capture`: a server that delays chosen frames by known amounts
+# Calibrates `handset-sim --wire-capture`: a server that delays chosen frames by known amounts
 # (examples/delay_server.rs) is measured by the simulator while the simulator is stopped for
 # 30 ms of every 100 ms (SIGSTOP/SIGCONT), and the checker then requires that every frame's
 # wire time lies inside the server's write window (the exact check), that every wire interval
@@ -51,10 +51,10 @@ fi
 DIR=debug
 [ "$PROFILE" = dev ] || DIR=$PROFILE
 if [ -z "${NO_BUILD:-}" ]; then
-    cargo build --locked --profile "$PROFILE" -p handset-shell
+    cargo build --locked --profile "$PROFILE" -p handset-sim
     cargo build --locked --profile "$PROFILE" --example delay_server
 fi
-SIM="$TARGET_DIR/$DIR/handset"
+SIM="$TARGET_DIR/$DIR/handset-sim"
 SERVER_BIN="$TARGET_DIR/$DIR/examples/delay_server"
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -82,7 +82,7 @@ done
 
 # The simulator: one `single` call of 10 s (the server sends 8 s of frames), captured on lo.
 # shellcheck disable=SC2086
-$CHRT "$SIM" sim --target "delay=http://127.0.0.1:$PORT/voice" --scenario single \
+$CHRT "$SIM" --target "delay=http://127.0.0.1:$PORT/voice" --scenario single \
     --calls-each "$CALLS" --timeline-calls "$CALLS" --duration 10 \
     --wire-capture lo --out "$OUT" >"$OUT/sim.out" 2>"$OUT/sim.err" &
 SIMPID=$!
@@ -103,7 +103,7 @@ kill -CONT "$SIMPID" 2>/dev/null || true
 STOPPER=""
 echo "after: $(uptime)"
 if [ "$SIM_STATUS" != 0 ]; then
-    echo "wire-calibration: handset sim failed (exit $SIM_STATUS):" >&2
+    echo "wire-calibration: handset-sim failed (exit $SIM_STATUS):" >&2
     cat "$OUT/sim.err" >&2
     exit 1
 fi

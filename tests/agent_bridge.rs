@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use handset_shell::agent::APOLOGY;
-use handset_shell::sim::{CallOutcome, CallPlan, ReceivedKind, run_call};
+use handset_sim::{CallOutcome, CallPlan, ReceivedKind, run_call};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;

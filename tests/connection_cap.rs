@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use futures_util::SinkExt as _;
-use handset_shell::sim::run_call;
+use handset_sim::run_call;
 use support::{
     TestServer, after_silence, read_raw, send, speech, start_message, status_of, stream_sid,
     stream_target, ws_connect,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use handset_shell::sim::run_call;
+use handset_sim::run_call;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -105,7 +105,7 @@ async fn stream_ended(server: &TestServer, n: u32) -> Reply {
     .await
 }
 
-async fn call(server: &TestServer, n: u32) -> handset_shell::sim::CallOutcome {
+async fn call(server: &TestServer, n: u32) -> handset_sim::CallOutcome {
     let mut plan = server.plan(n);
     plan.duration = Duration::from_secs(10);
     run_call(plan).await.expect("the call runs")

@@ -2,7 +2,7 @@
 //! database, behind a real load balancer (Debian's haproxy: `balance roundrobin`, WebSocket
 //! upgrades, health checks on `/readyz` every 200 ms), driven the way Twilio drives them:
 //! every webhook and every WebSocket handshake signed, calls played in real time by the call
-//! simulator (`handset_shell::sim`) through the load balancer.
+//! simulator (`handset_sim`) through the load balancer.
 //!
 //! Run it with `bash scripts/fleet-test.sh`, which starts a throwaway PostgreSQL cluster,
 //! installs haproxy if missing, builds `handset` and runs these tests with `--ignored`, passing
@@ -53,8 +53,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use handset_engine::agent::echo::GREETING;
-use handset_shell::sim::{self, CallOutcome, CallPlan, ReceivedKind};
 use handset_shell::store::{CallRecord, JobState, RecordingJob, Store, StoreOptions};
+use handset_sim::{self as sim, CallOutcome, CallPlan, ReceivedKind};
 use http_body_util::Full;
 use sqlx::Row as _;
 use tokio::task::JoinHandle;

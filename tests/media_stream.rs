@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use handset_engine::agent::echo::GREETING;
-use handset_shell::sim::{CallOutcome, ReceivedKind, SimError, run_call};
+use handset_sim::{CallOutcome, ReceivedKind, SimError, run_call};
 use tokio_tungstenite::tungstenite::Message;
 
 mod support;
@@ -269,17 +269,13 @@ async fn streams_without_a_valid_token_or_signature_are_refused() {
 
     // A token is single use: replaying the same TwiML parameters fails the second time.
     let plan = server.plan(5);
-    let twiml = handset_shell::sim::post_webhook(&plan).await.unwrap();
-    let target = handset_shell::sim::parse_twiml(&twiml).unwrap();
+    let twiml = handset_sim::post_webhook(&plan).await.unwrap();
+    let target = handset_sim::parse_twiml(&twiml).unwrap();
     let mut short = plan.clone();
     short.duration = Duration::from_millis(300);
-    let first = handset_shell::sim::run_stream(&short, &target)
-        .await
-        .unwrap();
+    let first = handset_sim::run_stream(&short, &target).await.unwrap();
     assert_ne!(first.close.as_ref().map(|c| c.0), Some(1008));
-    let second = handset_shell::sim::run_stream(&short, &target)
-        .await
-        .unwrap();
+    let second = handset_sim::run_stream(&short, &target).await.unwrap();
     assert_eq!(second.close.map(|c| c.0), Some(1008));
     server.stop().await;
 }
@@ -303,7 +299,7 @@ async fn a_replayed_voice_webhook_gets_no_token_and_never_displaces_the_stream()
     };
     let genuine = webhook("/webhook/incoming_call").await;
     assert_eq!(genuine.status, 200, "{}", genuine.body);
-    let target = handset_shell::sim::parse_twiml(&genuine.body).unwrap();
+    let target = handset_sim::parse_twiml(&genuine.body).unwrap();
 
     // Replayed before the stream starts: refused, and the genuine token still works.
     let replay = webhook("/webhook/incoming_call").await;
@@ -531,8 +527,8 @@ async fn beyond_max_calls_the_webhook_apologises_and_the_socket_says_try_later()
     let server = TestServer::start(&[("MAX_CALLS", "1")]).await;
     // B gets its TwiML (and token) while the server is free.
     let b = server.plan(31);
-    let b_twiml = handset_shell::sim::post_webhook(&b).await.unwrap();
-    let b_target = handset_shell::sim::parse_twiml(&b_twiml).unwrap();
+    let b_twiml = handset_sim::post_webhook(&b).await.unwrap();
+    let b_target = handset_sim::parse_twiml(&b_twiml).unwrap();
     // A takes the only slot.
     let mut a = server.plan(30);
     a.duration = Duration::from_secs(3);
@@ -544,16 +540,14 @@ async fn beyond_max_calls_the_webhook_apologises_and_the_socket_says_try_later()
     assert_eq!(server.state.active_calls.count(), 1);
     // A third caller hears the busy prompt and is hung up on: no stream is offered.
     let c = server.plan(32);
-    let twiml = handset_shell::sim::post_webhook(&c).await.unwrap();
+    let twiml = handset_sim::post_webhook(&c).await.unwrap();
     assert!(twiml.contains("<Hangup"), "{twiml}");
     assert!(twiml.contains("lines are busy"), "{twiml}");
     assert!(!twiml.contains("<Stream"), "{twiml}");
     // B's stream arrives while A is running: closed with 1013.
     let mut short = b.clone();
     short.duration = Duration::from_millis(500);
-    let outcome = handset_shell::sim::run_stream(&short, &b_target)
-        .await
-        .unwrap();
+    let outcome = handset_sim::run_stream(&short, &b_target).await.unwrap();
     assert_eq!(
         outcome.close.as_ref().map(|c| c.0),
         Some(1013),

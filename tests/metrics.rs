@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use handset_shell::sim::{SimError, run_call};
+use handset_sim::{SimError, run_call};
 use http::{Method, Request};
 use http_body_util::Full;
 use support::{

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use handset_engine::codec;
-use handset_shell::sim::{CallOutcome, CallPlan, ReceivedKind, run_call};
+use handset_sim::{CallOutcome, CallPlan, ReceivedKind, run_call};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;

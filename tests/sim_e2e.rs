@@ -1,12 +1,12 @@
-//! `handset sim` end to end: a short simulated call against the real server on loopback, run
+//! `handset-sim` end to end: a short simulated call against the real server on loopback, run
 //! through the same entry point as the command line, and the report's fields checked: the JSON
 //! on disk, the Markdown table and the picture.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use handset_shell::sim::runner::{self, Scenario, SimArgs};
 use handset_shell::{AppState, Config};
+use handset_sim::runner::{self, Scenario, SimArgs};
 use tokio::sync::oneshot;
 
 const TOKEN: &str = "sim-e2e-auth-token";

@@ -380,7 +380,7 @@ async fn an_outbound_call_reaches_the_agent_with_direction_outbound_api() {
     let path = webhook.trim_start_matches(&server.url(""));
     let twiml = post_form(&server, path, &pairs, &[("X-Twilio-Signature", &signature)]).await;
     assert_eq!(twiml.status, 200, "{}", twiml.body);
-    let target = handset_shell::sim::parse_twiml(&twiml.body).unwrap();
+    let target = handset_sim::parse_twiml(&twiml.body).unwrap();
     let parameters: HashMap<_, _> = target.parameters.iter().cloned().collect();
     assert_eq!(parameters["direction"], "outbound-api");
     assert_eq!(parameters["lead"], "42 b");
@@ -521,7 +521,7 @@ async fn at_the_drain_deadline_a_live_call_is_handed_over_to_a_ready_instance() 
     let sig = twilio_sign(TOKEN, &new.url(path), &pairs);
     let reply = post_form(&new, path, &pairs, &[("X-Twilio-Signature", sig.as_str())]).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let target = handset_shell::sim::parse_twiml(&reply.body).unwrap();
+    let target = handset_sim::parse_twiml(&reply.body).unwrap();
     let tcp = tokio::net::TcpStream::connect(new.addr).await.unwrap();
     let mut ws = support::ws_connect(&new, tcp).await;
     ws.send(support::start_message(60, &target)).await.unwrap();

@@ -19,7 +19,7 @@ Marks are echoed like Twilio does: when the audio sent before them has played (p
 at real time from arrival), or at once on `clear`.
 
 Assumptions: loopback, plain `ws://` (TLS is not modelled; `--connect-plain` follows a `wss://`
-TwiML URL over plain TCP). The Rust `handset sim` is the precise instrument; this client exists so
+TwiML URL over plain TCP). The Rust `handset-sim` is the precise instrument; this client exists so
 the peer can be checked with nothing but its own venv. Timing numbers come from this Python
 process's event loop, so they include its own scheduling noise.
 """

@@ -18,7 +18,6 @@
 //! | call | [`call`] | the per-call state machine composing all of the above, with barge-in |
 //! | agent | [`agent`] | the per-call agent seam and the built-in echo agent |
 //! | driver | [`driver`] | dedicated worker threads, absolute-deadline sleeps, rings to the shell |
-//! | sim | [`sim`] | models of Twilio's side for tests and the simulator |
 //!
 //! Every stateful component has the same verbs: `handle_*` / `push`/`insert` for inputs,
 //! `poll_timeout()` for the next instant it wants to be woken at, and `poll_*` / `pop` for
@@ -35,7 +34,6 @@ pub mod frame;
 pub mod jitter;
 pub mod pacer;
 pub mod resample;
-pub mod sim;
 pub mod time;
 pub mod vad;
 

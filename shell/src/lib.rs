@@ -31,9 +31,8 @@
 //! | [`media_stream`] | pure parsing and writing of Twilio's Media Streams JSON; close reasons |
 //! | [`onset_check`] | the second stage on barge-in onsets (Silero VAD on a thread of its own) |
 //! | [`chrome_trace`] | a call's timeline (the engine's records) as Chrome trace JSON, with serde |
-//! | [`svg`] | the one SVG writer (trace timelines, the simulator's pictures) |
+//! | [`svg`] | the one SVG writer (trace timelines, and `handset-sim`'s pictures) |
 //! | [`trace_svg`] | `handset trace FILE`: a call's Chrome trace JSON as an SVG timeline |
-//! | [`sim`] | a Twilio call simulator (webhook, TwiML, signed WebSocket, playback model) |
 //! | [`recording`] | recorded messages: download (Basic auth, retries), durable status, transcription by the agent |
 //! | [`agent`] | remote voice agents over WebSocket: per-call client, engine-side agent, fallback |
 //! | [`log_line`] | the log writer that keeps one event on one line |
@@ -70,7 +69,6 @@ pub mod routes;
 pub mod server;
 mod session;
 pub mod signature;
-pub mod sim;
 pub mod state;
 pub mod store;
 pub mod svg;

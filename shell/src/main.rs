@@ -1,9 +1,9 @@
 //! `handset`: the Handset server binary.
 //!
-//! Parses the command line (`serve` is the default subcommand; `sim` runs the Twilio call
-//! simulator, see [`handset_shell::sim`]; `call` starts an outbound call through Twilio's REST
-//! API, see [`handset_shell::twilio`]), builds the [`Config`] from the
-//! environment with flags layered on top, initialises `tracing` (text or JSON), binds, and runs
+//! Parses the command line (`serve` is the default subcommand; `call` starts an outbound call
+//! through Twilio's REST API, see [`handset_shell::twilio`]; `trace` draws a call's timeline;
+//! the call simulator is a binary of its own, `handset-sim`), builds the [`Config`] from the
+//! environment with the typed flags in place of their variables, initialises `tracing` (text or JSON), binds, and runs
 //! [`handset_shell::serve`] until SIGTERM or Ctrl-C. A configuration error prints one clear line
 //! to stderr and exits with status 2. `anyhow` is used here only.
 //!
@@ -33,8 +33,6 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (default).
     Serve(ServeArgs),
-    /// Play Twilio against Media Streams servers: scenarios, load, capacity, report.
-    Sim(Box<handset_shell::sim::SimArgs>),
     /// Render a call's Chrome trace JSON (from TRACE_DIR) as an SVG timeline.
     Trace(TraceArgs),
     /// Import the JSON-lines files of earlier versions (recordings.jsonl, call_status.jsonl,
@@ -130,7 +128,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
-        Some(Command::Sim(args)) => return sim(*args),
         Some(Command::Trace(args)) => return trace(&args),
         Some(Command::MigrateData(args)) => return migrate_data(&args),
         Some(Command::Call(args)) => return call(args),
@@ -290,17 +287,6 @@ fn call(args: CallArgs) -> ExitCode {
         }
         Err(err) => {
             eprintln!("handset call: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `handset sim`: prints the tables, writes the report; exit 1 if it cannot run.
-fn sim(args: handset_shell::sim::SimArgs) -> ExitCode {
-    match handset_shell::sim::run_cli(args) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("handset sim: {err}");
             ExitCode::FAILURE
         }
     }

@@ -247,7 +247,7 @@ fn network_input_cannot_forge_a_log_line() {
     ));
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     let twiml = reply.split_once("\r\n\r\n").unwrap().1;
-    let target = handset_shell::sim::parse_twiml(twiml).expect("TwiML with a stream");
+    let target = handset_sim::parse_twiml(twiml).expect("TwiML with a stream");
     let parameters: serde_json::Map<String, serde_json::Value> = target
         .parameters
         .into_iter()

@@ -1,5 +1,6 @@
-//! The crates' top-level modules use each other without a circle, so each can be read (and
-//! tested) after the ones it uses: the order `ARCHITECTURE.md` gives a newcomer.
+//! The top-level modules of the shell, the engine and the simulator use each other without a
+//! circle, so each can be read (and tested) after the ones it uses: the order `ARCHITECTURE.md`
+//! gives a newcomer.
 //!
 //! A module's uses are the `crate::name` paths in its files' code (comments and doc links are
 //! not uses; `lib.rs` and `main.rs`, which only declare and wire, are left out).
@@ -146,6 +147,11 @@ fn the_shells_modules_use_each_other_without_a_circle() {
 #[test]
 fn the_engines_modules_use_each_other_without_a_circle() {
     check("../engine");
+}
+
+#[test]
+fn the_simulators_modules_use_each_other_without_a_circle() {
+    check("../benches/sim");
 }
 
 #[test]

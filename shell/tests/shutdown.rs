@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use handset_shell::sim::{CallPlan, run_call};
+use handset_sim::{CallPlan, run_call};
 
 /// How long calls may go on after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(2);

@@ -8,7 +8,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use handset_engine::agent::echo::GREETING;
-use handset_shell::sim::CallOutcome;
+use handset_sim::CallOutcome;
 use libtest_mimic::Failed;
 
 use crate::support::{self, call_sid};

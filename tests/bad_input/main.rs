@@ -47,7 +47,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use handset_engine::agent::echo::GREETING;
-use handset_shell::sim::CallOutcome;
+use handset_sim::CallOutcome;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use case::{Case, Expect, Input, Observed, check_counted};

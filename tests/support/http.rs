@@ -9,7 +9,7 @@ use http_body_util::{BodyExt as _, Full};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use handset_shell::sim::StreamTarget;
+use handset_sim::StreamTarget;
 
 use super::{TOKEN, TestServer, twilio_sign, voice_params};
 
@@ -83,7 +83,7 @@ pub async fn stream_target(server: &TestServer, n: u32) -> StreamTarget {
     )
     .await;
     assert_eq!(reply.status, 200, "voice webhook: {}", reply.body);
-    handset_shell::sim::parse_twiml(&reply.body).expect("TwiML with <Connect><Stream>")
+    handset_sim::parse_twiml(&reply.body).expect("TwiML with <Connect><Stream>")
 }
 
 /// Value of `<Parameter name="…" value="…" />` in a TwiML document.

@@ -6,7 +6,7 @@
 //! - [`http`]: requests with a real client, the signed voice webhook, raw HTTP, TwiML values;
 //! - [`ws`]: Media Streams WebSockets spoken message by message;
 //! - [`sim`]: whole Twilio-emulating calls through the simulator's client and
-//!   `handset_engine::sim::PlaybackModel`, and what the caller heard;
+//!   `handset_sim::PlaybackModel`, and what the caller heard;
 //! - [`audio`]: test audio and its comparison;
 //! - [`logs`]: the server's log lines captured in memory;
 //! - [`fakes`]: what Handset reaches out to (Twilio's media server, an agent).

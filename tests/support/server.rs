@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use handset_shell::sim::CallPlan;
 use handset_shell::{AppState, Config};
+use handset_sim::CallPlan;
 
 use super::{TOKEN, call_sid};
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use handset_shell::sim::CallOutcome;
+use handset_sim::CallOutcome;
 
 use super::{TOKEN, TestServer, stream_target, twilio_sign};
 
@@ -22,7 +22,7 @@ pub async fn twilio_call(
     plan.forge_signature = Some(twilio_sign(TOKEN, &target.url, &[]));
     plan.audio = audio;
     plan.duration = duration;
-    handset_shell::sim::run_stream(&plan, &target)
+    handset_sim::run_stream(&plan, &target)
         .await
         .expect("stream runs")
 }
@@ -57,7 +57,7 @@ pub fn clears_at(outcome: &CallOutcome) -> Vec<Duration> {
     outcome
         .received
         .iter()
-        .filter(|r| r.kind == handset_shell::sim::ReceivedKind::Clear)
+        .filter(|r| r.kind == handset_sim::ReceivedKind::Clear)
         .map(|r| r.at)
         .collect()
 }

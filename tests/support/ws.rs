@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use handset_shell::sim::StreamTarget;
+use handset_sim::StreamTarget;
 
 use super::{ACCOUNT_SID, TOKEN, TestServer, call_sid, stream_sid, stream_target, twilio_sign};
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use handset_engine::call::{Call, CallConfig, CallEvent, Input, Output};
 use handset_engine::codec;
-use handset_engine::sim::PlaybackModel;
 use handset_engine::{InboundMedia, MarkId, MulawFrame, PcmFrame, SampleRate};
+use handset_sim::PlaybackModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -7,9 +7,9 @@
 //! (green, lower half), `clear` (red line), mark echoes (grey ticks) and DTMF keys (purple).
 //! Capacity mode gets a chart of interval error p99 (at the wire when captured) and server CPU
 //! against concurrency.
-//! Drawn with the shell's one SVG writer ([`crate::svg`]).
+//! Drawn with the shell's one SVG writer ([`handset_shell::svg`]).
 
-use crate::svg::{Svg, nice_step};
+use handset_shell::svg::{Svg, nice_step};
 
 use super::observer::Timeline;
 use super::report::{CapacityReport, CapacityStep, GroupReport};
@@ -153,7 +153,7 @@ pub fn scenario_picture(groups: &[&GroupReport], rows: usize) -> String {
         18.0,
         "start",
         &format!(
-            "handset sim — scenario “{scenario}”: {}",
+            "handset-sim — scenario “{scenario}”: {}",
             groups
                 .iter()
                 .map(|g| format!("{} ({} calls)", g.target, g.calls))
@@ -311,7 +311,7 @@ pub fn capacity_picture(reports: &[CapacityReport]) -> String {
         26.0,
         18.0,
         "start",
-        "handset sim — capacity (ramp until interval error p99 > limit or any underrun)",
+        "handset-sim — capacity (ramp until interval error p99 > limit or any underrun)",
     );
     let xmax = reports
         .iter()
@@ -415,10 +415,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::sim::observer::{CallMetrics, Span};
-    use crate::sim::script::Utterance;
-    use crate::sim::stats::Histogram;
-    use crate::sim::wire::WireGroup;
+    use crate::observer::{CallMetrics, Span};
+    use crate::script::Utterance;
+    use crate::stats::Histogram;
+    use crate::wire::WireGroup;
 
     #[test]
     fn capacity_with_a_wire_capture_plots_the_wire_and_what_was_read() {

@@ -6,7 +6,7 @@
 //! caller's audio as 20 ms µ-law `media` messages on a real-time schedule with realistic
 //! `sequenceNumber`/`chunk`/`timestamp`, optionally impaired (bursts, jitter, skipped chunks).
 //! Outbound audio goes into a model of Twilio's playback buffer
-//! ([`handset_engine::sim::PlaybackModel`], inside [`CallObserver`]) that plays at real time,
+//! ([`crate::playback::PlaybackModel`], inside [`CallObserver`]) that plays at real time,
 //! echoes marks when played and flushes on `clear`; the observer measures what the caller heard.
 //!
 //! Cost per call is kept small so one process can drive a thousand calls: one tokio task per
@@ -22,11 +22,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::playback::{PlaybackModel, PlaybackStats};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::{SinkExt, StreamExt};
 use handset_engine::codec;
-use handset_engine::sim::{PlaybackModel, PlaybackStats};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde::Deserialize;
@@ -40,7 +40,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use super::observer::{CallMetrics, CallObserver};
 pub use super::script::Impairments;
 use super::script::{CallerFrames, LineEcho, SendSchedule, Utterance};
-use crate::signature;
+use handset_shell::signature;
 
 /// The WebSocket read buffer per call. tungstenite zero-fills the free part of its read buffer
 /// before every socket read, so its 128 KiB default cost a 128 KiB memset per read (a quarter

@@ -414,7 +414,7 @@ pub fn capacity_table(reports: &[CapacityReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::observer::BargeIn;
+    use crate::observer::BargeIn;
 
     fn call(responses: &[f64], underruns: u64, failed: bool) -> CallMetrics {
         let mut interval_hist = Histogram::new();

@@ -1,7 +1,7 @@
 //! What a simulated caller hears, measured: the sans-IO half of one simulated call.
 //!
 //! [`CallObserver`] owns the model of Twilio's playback buffer
-//! ([`handset_engine::sim::PlaybackModel`]) and is fed every server message with the instant it
+//! ([`crate::playback::PlaybackModel`]) and is fed every server message with the instant it
 //! arrived. It keeps the played timeline compactly (merged spans, not bytes) and the
 //! statistics, and [`CallObserver::finish`] turns them into [`CallMetrics`] given the caller's
 //! script. Definitions (the report uses these words exactly):
@@ -34,8 +34,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::playback::{MarkEcho, PlaybackModel, PlaybackStats};
 use handset_engine::MarkId;
-use handset_engine::sim::{MarkEcho, PlaybackModel, PlaybackStats};
 use serde::Serialize;
 
 use super::script::{Utterance, ser_ms};

@@ -22,7 +22,7 @@ use handset_engine::codec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::wav::Pcm16;
+use handset_shell::wav::Pcm16;
 
 /// Samples per 20 ms frame at 8 kHz.
 const FRAME: usize = 160;
@@ -295,7 +295,26 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Vec<i16>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wav::tests::wav;
+
+    /// A WAV of `samples` (interleaved over `channels`) at `rate`, 8 or 16 bits per sample.
+    fn wav(rate: u32, channels: u16, bits: u16, samples: &[i16]) -> Vec<u8> {
+        let spec = hound::WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: bits,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut writer = hound::WavWriter::new(&mut out, spec).unwrap();
+        for &s in samples {
+            match bits {
+                8 => writer.write_sample(s as i8).unwrap(),
+                _ => writer.write_sample(s).unwrap(),
+            }
+        }
+        writer.finalize().unwrap();
+        out.into_inner()
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

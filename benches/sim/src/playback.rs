@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::frame::MarkId;
+use handset_engine::frame::MarkId;
 
 /// µ-law bytes per second at 8 kHz.
 const BYTES_PER_SECOND: u64 = 8_000;

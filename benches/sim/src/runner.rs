@@ -1,4 +1,4 @@
-//! Scenarios, concurrent calls with a ramp, capacity mode and the `handset sim` command line.
+//! Scenarios, concurrent calls with a ramp, capacity mode and the `handset-sim` command line.
 //!
 //! Every scenario is a [`Script`] (what each caller says and when) played by some number of
 //! calls against each server named with `--target`, one server after the other (so they never
@@ -90,7 +90,7 @@ impl Scenario {
     }
 }
 
-/// `handset sim`: plays Twilio against Media Streams servers and reports what callers heard.
+/// `handset-sim`: plays Twilio against Media Streams servers and reports what callers heard.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SimArgs {
     /// Scenarios, comma separated.
@@ -179,7 +179,7 @@ pub struct SimArgs {
 }
 
 impl SimArgs {
-    /// The defaults, as if `handset sim` were run with no flags (the environment still counts).
+    /// The defaults, as if `handset-sim` were run with no flags (the environment still counts).
     pub fn defaults() -> Self {
         #[derive(clap::Parser)]
         struct Wrapper {
@@ -479,7 +479,7 @@ pub async fn run_group(
             }
             for problem in group.problems() {
                 eprintln!(
-                    "handset sim: wire capture of {scenario} against {}: {problem}",
+                    "handset-sim: wire capture of {scenario} against {}: {problem}",
                     target.name
                 );
             }
@@ -531,7 +531,7 @@ pub async fn capacity(
     loop {
         let ramp = Duration::from_secs_f64(calls as f64 / args.ramp_rate.max(1.0));
         let script = conversation(speech, ramp + Duration::from_secs_f64(args.capacity_hold));
-        eprintln!("handset sim: capacity {}: {calls} calls", target.name);
+        eprintln!("handset-sim: capacity {}: {calls} calls", target.name);
         let mut group = run_group(
             "capacity",
             target,
@@ -574,7 +574,7 @@ pub async fn capacity(
         }
         let clean = broke.is_empty();
         eprintln!(
-            "handset sim:   {at}p99 {p99:.2} ms (as read {:.2} ms), {at}underruns {underruns}, failed {}, server CPU {:?} %: {}",
+            "handset-sim:   {at}p99 {p99:.2} ms (as read {:.2} ms), {at}underruns {underruns}, failed {}, server CPU {:?} %: {}",
             group.interval_error.p99_ms,
             group.failed,
             group.server.cpu_percent.map(|c| c.round()),
@@ -693,7 +693,7 @@ pub async fn run(args: SimArgs) -> Result<RunReport, RunError> {
         let mut these = Vec::new();
         for target in &targets {
             eprintln!(
-                "handset sim: {} against {}: {calls} calls of {:.1} s",
+                "handset-sim: {} against {}: {calls} calls of {:.1} s",
                 scenario.name(),
                 target.name,
                 script.duration.as_secs_f64()
@@ -747,7 +747,7 @@ pub async fn run(args: SimArgs) -> Result<RunReport, RunError> {
     Ok(report)
 }
 
-/// `handset sim` entry point: builds the runtime and runs.
+/// `handset-sim` entry point: builds the runtime and runs.
 pub fn run_cli(args: SimArgs) -> Result<RunReport, RunError> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
