@@ -28,7 +28,7 @@
 //! | [`bridge`] | the Media Streams WebSocket: upgrade checks and the socket ↔ engine bridge |
 //! | [`egress`] | the thread whose runtime writes engine output to the media sockets |
 //! | `session` | stream admission after `start`: drain, token, capacity, agent choice, tracing |
-//! | [`media_stream`] | pure parsing and writing of Twilio's Media Streams JSON; close reasons |
+//! | [`media_stream`] | pure parsing and writing of Twilio's Media Streams JSON, and Twilio's side of it (for the simulator and tests); close reasons |
 //! | [`onset_check`] | the second stage on barge-in onsets (Silero VAD on a thread of its own) |
 //! | [`chrome_trace`] | a call's timeline (the engine's records) as Chrome trace JSON, with serde |
 //! | [`svg`] | the one SVG writer (trace timelines, and `handset-sim`'s pictures) |

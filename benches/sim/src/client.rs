@@ -11,13 +11,13 @@
 //!
 //! Cost per call is kept small so one process can drive a thousand calls: one tokio task per
 //! call, caller payloads encoded once per script ([`CallerFrames`]), outgoing messages written
-//! with `format!`-style writes (no JSON trees), server messages parsed into borrowed structs
-//! with unknown fields refused, base64 decoded into a reused buffer, and frames sent on
+//! by the shell's [`TwilioWriter`] into one reused buffer (no JSON trees), server messages read
+//! by [`parse_to_twilio`] into borrowed values with unknown fields refused, base64 decoded into
+//! a reused buffer, and frames sent on
 //! absolute deadlines (a late wake-up sends everything due, so lateness never accumulates).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +29,6 @@ use futures_util::{SinkExt, StreamExt};
 use handset_engine::codec;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
@@ -40,6 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use super::observer::{CallMetrics, CallObserver};
 pub use super::script::Impairments;
 use super::script::{CallerFrames, LineEcho, SendSchedule, Utterance};
+use handset_shell::media_stream::{ToTwilio, ToTwilioError, TwilioWriter, parse_to_twilio};
 use handset_shell::signature;
 
 /// The WebSocket read buffer per call. tungstenite zero-fills the free part of its read buffer
@@ -317,34 +317,6 @@ pub async fn run_call(plan: CallPlan) -> Result<CallOutcome, SimError> {
     Ok(outcome)
 }
 
-/// A server message, borrowed from its text; any field not listed here makes it malformed.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerMessage<'a> {
-    #[serde(borrow)]
-    event: Cow<'a, str>,
-    #[serde(rename = "streamSid", borrow)]
-    stream_sid: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    media: Option<MediaBody<'a>>,
-    #[serde(borrow)]
-    mark: Option<MarkBody<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MediaBody<'a> {
-    #[serde(borrow)]
-    payload: Cow<'a, str>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MarkBody<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-}
-
 /// Per-call state for handling server messages.
 struct Inbox {
     observer: CallObserver,
@@ -430,49 +402,31 @@ pub(crate) fn check_server_message<'a>(
     stream_sid: &str,
     decoded: &mut Vec<u8>,
 ) -> Result<ServerEvent<'a>, &'static str> {
-    let msg =
-        serde_json::from_str::<ServerMessage<'_>>(text).map_err(|_| "not a documented shape")?;
-    if msg.stream_sid.as_deref() != Some(stream_sid) {
+    let msg = parse_to_twilio(text).map_err(|e| match e {
+        ToTwilioError::Shape => "not a documented shape",
+        ToTwilioError::Unknown => "unknown message",
+    })?;
+    if msg.stream_sid() != stream_sid {
         return Err("wrong streamSid");
     }
-    match (msg.event.as_ref(), msg.media, msg.mark) {
-        ("media", Some(media), None) => {
+    match msg {
+        ToTwilio::Media { payload, .. } => {
             decoded.clear();
-            if STANDARD
-                .decode_vec(media.payload.as_bytes(), decoded)
-                .is_err()
-                || decoded.is_empty()
-            {
+            if STANDARD.decode_vec(payload.as_bytes(), decoded).is_err() || decoded.is_empty() {
                 return Err("bad media payload");
             }
             Ok(ServerEvent::Media)
         }
-        ("mark", None, Some(mark)) => Ok(ServerEvent::Mark(mark.name)),
-        ("clear", None, None) => Ok(ServerEvent::Clear),
-        _ => Err("unknown message"),
+        ToTwilio::Mark { name, .. } => Ok(ServerEvent::Mark(name)),
+        ToTwilio::Clear { .. } => Ok(ServerEvent::Clear),
     }
 }
 
-/// The `streamSid` of a server message, if it parses as one of the documented shapes.
+/// The `streamSid` of a server message, if it is one of the documented shapes.
 pub(crate) fn stream_sid_of(text: &str) -> Option<String> {
-    serde_json::from_str::<ServerMessage<'_>>(text)
-        .ok()?
-        .stream_sid
-        .map(Cow::into_owned)
-}
-
-/// Appends `s` to `out` as the inside of a JSON string.
-fn push_json_str(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
+    parse_to_twilio(text)
+        .ok()
+        .map(|msg| msg.stream_sid().to_owned())
 }
 
 /// Runs the Media Stream of a call whose TwiML was already fetched.
@@ -533,33 +487,18 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
     };
     let (mut tx, mut rx) = ws.split();
     let stream_sid = format!("MZ{:032x}", rand::random::<u128>());
-    let account = "AC00000000000000000000000000000000";
-    let mut seq: u64 = 1;
-    let connected = r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#;
-    let _ = tx.send(Message::text(connected)).await;
-    let params: serde_json::Map<String, serde_json::Value> = plan
+    let mut twilio = TwilioWriter::new(&stream_sid, "AC00000000000000000000000000000000");
+    let _ = tx.send(Message::text(twilio.connected())).await;
+    let params = plan
         .override_parameters
-        .clone()
-        .unwrap_or_else(|| target.parameters.clone())
-        .into_iter()
-        .map(|(k, v)| (k, v.into()))
-        .collect();
-    let start = serde_json::json!({
-        "event": "start",
-        "sequenceNumber": seq.to_string(),
-        "start": {
-            "accountSid": account,
-            "streamSid": stream_sid,
-            "callSid": plan.call_sid,
-            "tracks": ["inbound"],
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            "customParameters": params,
-        },
-        "streamSid": stream_sid,
-    });
+        .as_ref()
+        .unwrap_or(&target.parameters);
+    let start = twilio.start(
+        &plan.call_sid,
+        params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     let t0 = Instant::now();
-    let _ = tx.send(Message::text(start.to_string())).await;
-    seq += 1;
+    let _ = tx.send(Message::text(start)).await;
 
     let mut inbox = Inbox {
         observer: CallObserver::new(
@@ -586,7 +525,6 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
     let dtmf_times: Vec<Duration> = dtmf.iter().map(|(t, _)| *t).collect();
     let mut dtmf = dtmf.into_iter().peekable();
     let mut closed = false;
-    let mut buf = String::with_capacity(512);
     let mut skipped = 0u64;
     let mut send_errors = 0u64;
     let end_at = t0 + Duration::from_millis(20 * total_frames);
@@ -618,13 +556,8 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
                 let mut wrote = false;
                 while inbox.observer.poll_echo(std_now).is_some() {
                     let name = inbox.pending_marks.pop_front().unwrap_or_default();
-                    buf.clear();
-                    let _ = write!(buf, r#"{{"event":"mark","sequenceNumber":"{seq}","streamSid":"{stream_sid}","mark":{{"name":""#);
-                    push_json_str(&mut buf, &name);
-                    buf.push_str("\"}}");
-                    seq += 1;
                     wrote = true;
-                    if tx.feed(Message::text(buf.as_str())).await.is_err() {
+                    if tx.feed(Message::text(twilio.mark(&name))).await.is_err() {
                         closed = true;
                     }
                 }
@@ -648,17 +581,9 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
                                 inbox.observer.model(),
                             )),
                         };
-                        buf.clear();
-                        let _ = write!(
-                            buf,
-                            r#"{{"event":"media","sequenceNumber":"{seq}","media":{{"track":"inbound","chunk":"{}","timestamp":"{}","payload":"{}"}},"streamSid":"{stream_sid}"}}"#,
-                            frame_index + 1,
-                            frame_index * 20,
-                            payload,
-                        );
-                        seq += 1;
+                        let media = twilio.media(frame_index + 1, frame_index * 20, &payload);
                         wrote = true;
-                        if tx.feed(Message::text(buf.as_str())).await.is_err() {
+                        if tx.feed(Message::text(media)).await.is_err() {
                             send_errors += 1;
                             closed = true;
                         } else {
@@ -672,13 +597,7 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
                             break;
                         }
                         dtmf.next();
-                        buf.clear();
-                        let _ = write!(
-                            buf,
-                            r#"{{"event":"dtmf","streamSid":"{stream_sid}","sequenceNumber":"{seq}","dtmf":{{"track":"inbound_track","digit":"{digit}"}}}}"#
-                        );
-                        seq += 1;
-                        if tx.feed(Message::text(buf.as_str())).await.is_err() {
+                        if tx.feed(Message::text(twilio.dtmf(digit))).await.is_err() {
                             closed = true;
                         }
                     }
@@ -697,14 +616,7 @@ pub async fn run_stream(plan: &CallPlan, target: &StreamTarget) -> Result<CallOu
         }
     }
     if !closed {
-        buf.clear();
-        let _ = write!(
-            buf,
-            r#"{{"event":"stop","sequenceNumber":"{seq}","stop":{{"accountSid":"{account}","callSid":""#
-        );
-        push_json_str(&mut buf, &plan.call_sid);
-        let _ = write!(buf, r#""}},"streamSid":"{stream_sid}"}}"#);
-        let _ = tx.send(Message::text(buf.as_str())).await;
+        let _ = tx.send(Message::text(twilio.stop(&plan.call_sid))).await;
         let _ = tx.send(Message::Close(None)).await;
         // Drain until the server closes (bounded).
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -882,8 +794,5 @@ mod tests {
         );
         assert_eq!(inbox.pending_marks, ["p\"1", "a2"]);
         assert_eq!(outcome.mark_names, ["p\"1", "a2"]);
-        let mut json = String::new();
-        push_json_str(&mut json, "p\"1\\\n");
-        assert_eq!(json, r#"p\"1\\\u000a"#);
     }
 }

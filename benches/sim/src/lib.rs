@@ -1,7 +1,8 @@
 //! `handset-sim`: plays Twilio against any Media Streams server over real sockets, and measures
 //! what a caller would hear. A client tool, apart from the server: it uses the shell only for
-//! what both sides of the protocol share (the signature, the WAV reader, the SVG writer), and
-//! the engine for µ-law and mark ids.
+//! what both sides of the protocol share (the signature, the Media Streams messages as Twilio
+//! writes and reads them, the WAV reader, the SVG writer), and the engine for µ-law and mark
+//! ids.
 //!
 //! | module | what |
 //! |---|---|

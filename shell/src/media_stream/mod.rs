@@ -1,5 +1,7 @@
 //! Twilio Media Streams messages: parsing what Twilio sends and writing exactly the three shapes
-//! it accepts back. Pure: no I/O, no clock.
+//! it accepts back. Pure: no I/O, no clock. Twilio's side of the same messages (written as
+//! Twilio writes them, read as strictly as Twilio reads them) is [`twilio_side`], for the call
+//! simulator and the tests, so the protocol lives in one place.
 //!
 //! Parsing borrows from the message text (no allocation for a `media` message unless a string
 //! contains JSON escapes). Unknown fields are ignored and unknown events are reported as
@@ -18,6 +20,10 @@ use handset_engine::{InboundMedia, MulawFrame};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+pub mod twilio_side;
+
+pub use twilio_side::{ToTwilio, ToTwilioError, TwilioWriter, parse_to_twilio};
 
 /// The path Twilio's Media Streams WebSocket connects to (the TwiML's `<Stream url>`).
 pub const MEDIA_STREAM_PATH: &str = "/ws/twilio-media";
