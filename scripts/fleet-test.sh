@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fleet test: two `handset` instances sharing one PostgreSQL database behind a real load
-# balancer, driven through it the way Twilio drives them (tests/fleet.rs says what is checked).
+# balancer, driven through it the way Twilio drives them (tests/fleet/main.rs says what is checked).
 #
 #   bash scripts/fleet-test.sh
 #

@@ -1,7 +1,7 @@
 //! Fakes of what Handset reaches out to on the recording path, over loopback: Twilio's media
 //! server (the `RecordingUrl.wav` downloads, with Basic auth) and an agent that transcribes
 //! recordings (`docs/agent-protocol.md`). Used by tests/recording_fetch.rs (workers in this
-//! process), tests/fleet.rs (workers in real `handset` processes) and tests/twilio_rest.rs.
+//! process), tests/fleet/ (workers in real `handset` processes) and tests/twilio_rest.rs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
