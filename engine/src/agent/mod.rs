@@ -21,12 +21,6 @@ use crate::time::{SampleRate, SampleTime};
 
 pub mod echo;
 
-/// A spoken apology for when the agent cannot answer: "I'm sorry. One moment please." 8 kHz
-/// µ-law (see `engine/assets/NOTICE`). The shell plays it when a remote agent fails and when the
-/// call limit is reached; it lives here, beside the greeting, so every crate that needs it gets
-/// it from the engine rather than by a path into another crate.
-pub const APOLOGY: &[u8] = include_bytes!("../../assets/apology.ulaw");
-
 /// Who the call is with, from Twilio's `start` message.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct CallInfo {

@@ -32,8 +32,9 @@ use tokio::sync::mpsc;
 
 use crate::config::AgentFallback;
 
-/// The spoken apology (the engine's asset).
-pub use handset_engine::agent::APOLOGY;
+/// A spoken apology for when the agent cannot answer: "I'm sorry. One moment please." 8 kHz
+/// µ-law (`shell/assets/NOTICE`), played when a remote agent fails.
+pub const APOLOGY: &[u8] = include_bytes!("../../assets/apology.ulaw");
 
 /// Mark ids at or above this are the bridge's own (never an agent's).
 pub const INTERNAL_MARK_BASE: u64 = PROGRESS_MARK_BASE - 16;
