@@ -518,9 +518,9 @@ impl CloseReason {
 mod tests {
     use super::*;
 
-    const SID: &str = "MZ00000000000000000000000000000001";
-    const CALL: &str = "CA0123456789abcdef0123456789abcdef";
-    const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+    pub(super) const SID: &str = "MZ00000000000000000000000000000001";
+    pub(super) const CALL: &str = "CA0123456789abcdef0123456789abcdef";
+    pub(super) const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 
     /// Identifiers in `start` are checked at the edge: anything but the prefix and 32 hex
     /// digits (a newline and a forged log line, say) is refused, naming the field only.

@@ -228,12 +228,9 @@ mod tests {
     use base64::engine::general_purpose::STANDARD;
     use handset_engine::MulawFrame;
 
+    use super::super::tests::{ACCOUNT, CALL, SID};
     use super::super::{Inbound, Writer, parse};
     use super::*;
-
-    const SID: &str = "MZ00000000000000000000000000000001";
-    const CALL: &str = "CA0123456789abcdef0123456789abcdef";
-    const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 
     #[test]
     fn what_twilio_writes_is_what_the_server_reads() {
