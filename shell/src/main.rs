@@ -3,9 +3,9 @@
 //! Parses the command line (`serve` is the default subcommand; `call` starts an outbound call
 //! through Twilio's REST API, see [`handset_shell::twilio`]; `trace` draws a call's timeline;
 //! the call simulator is a binary of its own, `handset-sim`), builds the [`Config`] from the
-//! environment with the typed flags in place of their variables, initialises `tracing` (text or JSON), binds, and runs
-//! [`handset_shell::serve`] until SIGTERM or Ctrl-C. A configuration error prints one clear line
-//! to stderr and exits with status 2. `anyhow` is used here only.
+//! environment with the typed flags in place of their variables, initialises `tracing` (text
+//! or JSON), binds, and runs [`handset_shell::serve`] until SIGTERM or Ctrl-C. A configuration
+//! error prints one clear line to stderr and exits with status 2. `anyhow` is used here only.
 //!
 //! Before anything else the soft open-files limit is raised to the hard limit (every connection
 //! is a descriptor; the default `MAX_CONNECTIONS` is derived from the limit after this).
