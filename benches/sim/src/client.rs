@@ -22,11 +22,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::playback::{PlaybackModel, PlaybackStats};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::{SinkExt, StreamExt};
 use handset_engine::codec;
+use handset_shell::media_stream::{ToTwilio, ToTwilioError, TwilioWriter, parse_to_twilio};
+use handset_shell::signature;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio::net::TcpStream;
@@ -39,8 +40,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use super::observer::{CallMetrics, CallObserver};
 pub use super::script::Impairments;
 use super::script::{CallerFrames, LineEcho, SendSchedule, Utterance};
-use handset_shell::media_stream::{ToTwilio, ToTwilioError, TwilioWriter, parse_to_twilio};
-use handset_shell::signature;
+use crate::playback::{PlaybackModel, PlaybackStats};
 
 /// The WebSocket read buffer per call. tungstenite zero-fills the free part of its read buffer
 /// before every socket read, so its 128 KiB default cost a 128 KiB memset per read (a quarter

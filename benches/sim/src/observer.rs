@@ -34,12 +34,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::playback::{MarkEcho, PlaybackModel, PlaybackStats};
 use handset_engine::MarkId;
 use serde::Serialize;
 
 use super::script::{Utterance, ser_ms};
 use super::stats::{Histogram, Summary};
+use crate::playback::{MarkEcho, PlaybackModel, PlaybackStats};
 
 /// µ-law bytes per second.
 const BYTES_PER_SECOND: u64 = 8_000;

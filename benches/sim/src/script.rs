@@ -19,10 +19,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use handset_engine::codec;
+use handset_shell::wav::Pcm16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-use handset_shell::wav::Pcm16;
 
 /// Samples per 20 ms frame at 8 kHz.
 const FRAME: usize = 160;
