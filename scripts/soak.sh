@@ -28,7 +28,7 @@ OUT=${SOAK_OUT:-soak-report}
 TOKEN=soak-token
 
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p handset-shell --bin handset -p handset-sim
+cargo build --release --locked -p handset-shell -p handset-sim --bin handset --bin handset-sim
 BIN="${CARGO_TARGET_DIR:-target}/release/handset"
 SIM="${CARGO_TARGET_DIR:-target}/release/handset-sim"
 
